@@ -1,0 +1,9 @@
+"""Prefect flows. Importing this package sets Prefect defaults this project relies on."""
+
+import os
+
+# Offline machines: never try to send usage analytics. Users can still override these.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# Show lib/'s log lines (encoder load report, cache rebuilds, skipped files) in Prefect run logs.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lib")

@@ -1,0 +1,136 @@
+"""`astft` command line: `astft finetune ...` and `astft demo`.
+
+Flags override a YAML preset (`--config`), which overrides the defaults in lib/config.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
+
+# flag dest -> (section, field) in FinetuneConfig; None section = top level
+FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
+    "name": (None, "name"),
+    "output_dir": (None, "output_dir"),
+    "work_dir": (None, "work_dir"),
+    "train_dir": ("data", "train_dir"),
+    "validation_dir": ("data", "validation_dir"),
+    "cache_dir": ("data", "cache_dir"),
+    "quick_subsample": ("data", "quick_subsample"),
+    "skip_bad_files": ("data", "skip_bad_files"),
+    "ssl_checkpoint": ("model", "ssl_checkpoint"),
+    "base_config": ("model", "base_config"),
+    "head_only": ("model", "head_only"),
+    "train_last_n_layers": ("model", "train_last_n_layers"),
+    "pooling": ("model", "pooling"),
+    "epochs": ("training", "epochs"),
+    "batch_size": ("training", "batch_size"),
+    "learning_rate": ("training", "learning_rate"),
+    "warmup_steps": ("training", "warmup_steps"),
+    "gradient_accumulation_steps": ("training", "gradient_accumulation_steps"),
+    "metric_for_best_model": ("training", "metric_for_best_model"),
+    "precision": ("training", "precision"),
+    "device": ("training", "device"),
+    "seed": ("training", "seed"),
+    "dataloader_num_workers": ("training", "dataloader_num_workers"),
+    "tensorboard": ("training", "tensorboard"),
+}
+
+
+def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML preset (sections: data, features, model, training)")
+    parser.add_argument("--name", help="member name; published to <output-dir>/best/<name>/")
+    parser.add_argument("--output-dir", help="root of published members (default: ensemble)")
+    parser.add_argument("--work-dir", help="Trainer checkpoints and logs (default: <output-dir>/runs/<name>)")
+    parser.add_argument("--train-dir", help="train/<class>/*.wav folder")
+    parser.add_argument("--validation-dir", help="validation/<class>/*.wav folder")
+    parser.add_argument("--cache-dir", help="feature/scan/encoder cache folder (default: .astft-cache)")
+    parser.add_argument("--quick-subsample", action="store_true", default=None, help="keep every 10th clip")
+    parser.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable clips")
+    parser.add_argument("--ssl-checkpoint", help="folder with the SSL model.safetensors")
+    parser.add_argument("--base-config", help="AST config.json when the checkpoint folder has none")
+    freezing = parser.add_mutually_exclusive_group()
+    freezing.add_argument("--head-only", action="store_true", default=None, help="train only the head")
+    freezing.add_argument("--train-last-n-layers", type=int, help="train the last N layers (0 = full)")
+    parser.add_argument("--pooling", choices=["mean", "mean_patches"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--warmup-steps", type=float, help="steps, or a fraction of all steps if < 1")
+    parser.add_argument("--gradient-accumulation-steps", type=int)
+    parser.add_argument(
+        "--metric-for-best-model", choices=["accuracy", "balanced_accuracy", "f1", "precision", "recall", "loss"]
+    )
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--dataloader-num-workers", type=int)
+    parser.add_argument("--tensorboard", action="store_true", default=None)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for dest, (section, field) in FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        target = overrides if section is None else overrides.setdefault(section, {})
+        target[field] = value
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astft", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_finetune_flags(commands.add_parser("finetune", help="fine-tune and publish one member"))
+    demo = commands.add_parser("demo", help="run the flow on a small built-in synthetic example")
+    demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return parser
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\npublished member: {summary['published']}")
+    print("validation metrics (best epoch {}):".format(summary["best_epoch"]))
+    for key, value in summary["metrics"].items():
+        print(f"  {key:>18}: {value:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lib.config import ConfigError, load_finetune_config
+
+    try:
+        if args.command == "demo":
+            from flows.demo import demo_config
+
+            config = demo_config(args.dir, epochs=args.epochs, device=args.device)
+        else:
+            config = load_finetune_config(args.config, overrides_from_args(args))
+    except ConfigError as error:
+        print(f"astft: {error}", file=sys.stderr)
+        return 2
+
+    from flows.finetune import finetune
+    from lib.checkpoint import CheckpointError
+    from lib.scan import ScanError
+
+    try:
+        summary = finetune(config)
+    except (ConfigError, CheckpointError, ScanError) as error:
+        print(f"astft: {error}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    if args.command == "demo":
+        print(json.dumps({"published": summary["published"], **summary["metrics"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Flow: fine-tune one ensemble member from an SSL checkpoint and publish it."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from lib.config import FinetuneConfig
+from lib.plan import RunPlan, plan_run
+from tasks.data import build_features, scan_folders
+from tasks.member import evaluate_member, prepare_encoder, publish, train_member
+
+
+def run_member(plan: RunPlan, features, encoder) -> dict:
+    """The member sub-DAG shared with the ensemble flow: train -> evaluate -> publish."""
+    outcome = train_member(plan, features, encoder)
+    evaluation = evaluate_member(plan, features, outcome)
+    published = publish(plan, features, encoder, outcome, evaluation)
+    return {
+        "name": plan.config.name,
+        "published": published,
+        "freezing": plan.config.model.freezing,
+        "best_epoch": outcome.best_epoch,
+        "metrics": evaluation.metrics,
+    }
+
+
+def artifact_key(kind: str, name: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    return f"{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
+
+
+def metrics_markdown(summary: dict) -> str:
+    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in summary["metrics"].items())
+    return (
+        f"## Member `{summary['name']}` ({summary['freezing']})\n\n"
+        f"Published to `{summary['published']}` (best epoch {summary['best_epoch']}).\n\n"
+        f"| validation metric | value |\n|---|---|\n{rows}\n"
+    )
+
+
+@flow(name="astft-finetune", log_prints=True)
+def finetune(config: FinetuneConfig) -> dict:
+    """Fine-tune one AST member from an SSL checkpoint and publish it to <output_dir>/best/<name>/."""
+    # validate: fail before any work on anything checkable up front
+    plan = plan_run(config)
+    # data: folder scan -> Arrow features
+    manifest = scan_folders(plan.config.data)
+    features = build_features(manifest, plan.feature_params, plan.config.data.cache_dir)
+    # model: SSL checkpoint -> stripped encoder
+    encoder = prepare_encoder(plan.config.model, plan.config.data.cache_dir)
+    # train -> evaluate -> publish
+    summary = run_member(plan, features, encoder)
+    create_markdown_artifact(
+        markdown=metrics_markdown(summary),
+        key=artifact_key("member", plan.config.name),
+        description="Validation metrics of the published member",
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["finetune", *sys.argv[1:]]))

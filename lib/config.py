@@ -1,0 +1,206 @@
+"""Typed run configuration.
+
+One nested pydantic model per flow: Prefect renders it as a validated form in the UI, the CLI
+loads it from a YAML preset plus flag overrides, and it is written beside every published member.
+Every knob of the original notebook's first cell has a field here (see README, "Configuration").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# AudioSet statistics used by the AST authors (and transformers' ASTFeatureExtractor defaults).
+AUDIOSET_MEAN = -4.2677393
+AUDIOSET_STD = 4.5689974
+
+MetricName = Literal["accuracy", "balanced_accuracy", "f1", "precision", "recall", "loss"]
+MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
+
+
+class _Section(BaseModel):
+    # A typo in a preset must fail loudly instead of silently keeping a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train_dir: Path = Field(description="Folder with one subfolder of .wav clips per class.")
+    validation_dir: Path = Field(description="Folder with the same class subfolders as train_dir.")
+    quick_subsample: bool = Field(
+        False,
+        description="Keep every 10th clip of each class (the notebook's b_just_test) for a dry run.",
+    )
+    skip_bad_files: bool = Field(
+        False,
+        description="Skip unreadable or invalid clips (logged and counted) instead of stopping.",
+    )
+    cache_dir: Path = Field(
+        Path(".astft-cache"),
+        description="Where folder scans, Arrow feature caches and stripped encoders are kept.",
+    )
+
+
+class FeatureConfig(_Section):
+    sample_rate_hz: int = Field(16000, ge=8000, le=192000, description="Clips are resampled to this rate.")
+    clip_seconds: float = Field(1.0, gt=0, le=60, description="Clips are trimmed or zero-padded to this length.")
+    normalize: bool = Field(True, description="Normalise log-mel features with mean/std (as AST does).")
+    mean: float = Field(AUDIOSET_MEAN, description="Feature mean for normalisation (AudioSet default).")
+    std: float = Field(AUDIOSET_STD, gt=0, description="Feature std for normalisation (AudioSet default).")
+
+
+class ModelConfig(_Section):
+    ssl_checkpoint: Path = Field(
+        description="Folder holding the SSL model.safetensors (e.g. an HF Trainer checkpoint-N/ folder)."
+    )
+    base_config: Path | None = Field(
+        None,
+        description=(
+            "AST config.json describing the encoder, used when the checkpoint folder has none. "
+            "Default: the bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
+        ),
+    )
+    head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
+    train_last_n_layers: int = Field(
+        0,
+        ge=0,
+        le=512,
+        description="Train the last N encoder layers plus the head; 0 trains the full network.",
+    )
+    pooling: Literal["mean", "mean_patches"] = Field(
+        "mean",
+        description="'mean' averages all tokens (as the notebook); 'mean_patches' skips the cls/dist tokens.",
+    )
+    classifier_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+
+    @model_validator(mode="after")
+    def _one_freezing_mode(self) -> ModelConfig:
+        if self.head_only and self.train_last_n_layers > 0:
+            raise ValueError(
+                "model.head_only and model.train_last_n_layers are exclusive: set head_only=false to "
+                f"train the last {self.train_last_n_layers} layers, or train_last_n_layers=0 for head only"
+            )
+        return self
+
+    @property
+    def freezing(self) -> str:
+        if self.head_only:
+            return "head_only"
+        return f"last_{self.train_last_n_layers}_layers" if self.train_last_n_layers else "full"
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(50, ge=1, le=100_000, description="Number of training epochs.")
+    batch_size: int = Field(8, ge=1, le=65_536, description="Per-device train and eval batch size.")
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate (cosine schedule).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    warmup_steps: float = Field(
+        3, ge=0, description="Warmup optimizer steps; a value below 1 is a fraction of all steps."
+    )
+    gradient_accumulation_steps: int = Field(4, ge=1, le=4096, description="Batches per optimizer step.")
+    metric_for_best_model: MetricName = Field(
+        "accuracy", description="Validation metric that picks the best epoch ('loss' is minimised)."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="'auto': bf16 (or fp16) mixed precision on CUDA, fp32 on CPU.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for head init, shuffling and dropout.")
+    deterministic: bool = Field(True, description="Deterministic cuDNN kernels (slower, reproducible).")
+    dataloader_num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    save_total_limit: int = Field(2, ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")
+    tensorboard: bool = Field(False, description="Write TensorBoard logs (needs the 'tensorboard' extra).")
+
+
+class FinetuneConfig(_Section):
+    name: str = Field(
+        pattern=MEMBER_NAME_PATTERN,
+        max_length=128,
+        description="Member name (the notebook's postfix): published to <output_dir>/best/<name>/.",
+    )
+    output_dir: Path = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
+    work_dir: Path | None = Field(
+        None, description="Trainer checkpoints and logs; default <output_dir>/runs/<name>/."
+    )
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @property
+    def member_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.output_dir / "runs" / self.name
+
+    def resolved(self) -> FinetuneConfig:
+        """Same config with every path made absolute, so tasks and caches agree on them."""
+        data = self.model_dump()
+
+        def absolute(value: Any) -> Any:
+            return str(Path(value).expanduser().resolve()) if value is not None else None
+
+        data["output_dir"] = absolute(data["output_dir"])
+        data["work_dir"] = absolute(data["work_dir"])
+        for key in ("train_dir", "validation_dir", "cache_dir"):
+            data["data"][key] = absolute(data["data"][key])
+        for key in ("ssl_checkpoint", "base_config"):
+            data["model"][key] = absolute(data["model"][key])
+        return FinetuneConfig.model_validate(data)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights (not where they are published)."""
+        payload = self.model_dump(mode="json", exclude={"output_dir", "work_dir"})
+        payload["training"].pop("dataloader_num_workers")
+        payload["training"].pop("tensorboard")
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names the parameter and the fix."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) preset into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file; pass a YAML preset such as presets/example.yaml")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {path}: not valid YAML ({error})") from error
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_finetune_config(preset: Path | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
+    """Build a FinetuneConfig from an optional preset plus overrides; errors name the parameter."""
+    raw = read_preset(preset) if preset is not None else {}
+    raw = deep_merge(raw, overrides or {})
+    try:
+        return FinetuneConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source=str(preset) if preset else "arguments")) from error
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        found = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+        lines.append(f"  - {where}: {item['msg']}{found}")
+    return "\n".join(lines)

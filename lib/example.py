@@ -1,0 +1,145 @@
+"""The built-in example: a small learnable audio dataset and an SSL-style checkpoint, made offline.
+
+Used by `astft demo` and by the tests. Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from safetensors.torch import save_file
+from transformers import ASTConfig, ASTModel
+
+from lib.checkpoint import architecture_dict
+
+EXAMPLE_CLASSES = ("chirp", "noise_burst", "tone_high", "tone_low")
+
+
+def tiny_ast_config(**overrides) -> ASTConfig:
+    """A small AST (64 hidden, 2 layers, 128 frames) that trains in seconds on a CPU."""
+    values = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_mel_bins=128,
+        max_length=128,
+    )
+    values.update(overrides)
+    return ASTConfig(**values)
+
+
+def synth_clip(class_name: str, rng: np.random.Generator, sample_rate_hz: int = 16000, seconds: float = 1.0) -> np.ndarray:
+    """One clip of a class; classes differ in spectral shape, clips in pitch, level, timing and noise."""
+    t = np.arange(int(sample_rate_hz * seconds)) / sample_rate_hz
+    amplitude = rng.uniform(0.2, 0.7)
+    phase = rng.uniform(0, 2 * np.pi)
+    if class_name == "tone_low":
+        signal = np.sin(2 * np.pi * rng.uniform(250, 450) * t + phase)
+    elif class_name == "tone_high":
+        signal = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t + phase)
+    elif class_name == "chirp":
+        start, end = rng.uniform(300, 600), rng.uniform(3000, 5000)
+        signal = np.sin(2 * np.pi * (start * t + (end - start) * t**2 / (2 * seconds)) + phase)
+    elif class_name == "noise_burst":
+        signal = np.zeros_like(t)
+        begin = rng.integers(0, len(t) // 2)
+        length = rng.integers(len(t) // 4, len(t) // 2)
+        signal[begin : begin + length] = rng.standard_normal(min(length, len(t) - begin))
+        signal /= max(np.abs(signal).max(), 1e-6)
+    else:
+        raise ValueError(f"unknown example class {class_name!r}; choose from {EXAMPLE_CLASSES}")
+    noise = rng.standard_normal(len(t)) * rng.uniform(0.005, 0.03)
+    return np.clip(amplitude * signal + noise, -1, 1).astype(np.float32)
+
+
+def make_example_dataset(
+    root: Path,
+    train_per_class: int = 24,
+    validation_per_class: int = 8,
+    classes: tuple[str, ...] = EXAMPLE_CLASSES,
+    seed: int = 0,
+    sample_rate_hz: int = 16000,
+) -> tuple[Path, Path]:
+    """Write root/train/<class>/*.wav and root/validation/<class>/*.wav (16-bit PCM); return both dirs."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, count in (("train", train_per_class), ("validation", validation_per_class)):
+        for class_name in classes:
+            folder = root / split / class_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                clip = synth_clip(class_name, rng, sample_rate_hz)
+                sf.write(str(folder / f"{class_name}_{index:03d}.wav"), clip, sample_rate_hz, subtype="PCM_16")
+    return root / "train", root / "validation"
+
+
+# transformers 5 name -> transformers 4.x name, for writing checkpoints the way real SSL runs saved them.
+_V4_RENAMES = (
+    ("layers.", "encoder.layer."),
+    ("attention.q_proj", "attention.attention.query"),
+    ("attention.k_proj", "attention.attention.key"),
+    ("attention.v_proj", "attention.attention.value"),
+    ("attention.o_proj", "attention.output.dense"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+)
+
+
+def to_transformers4_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, tensor in state_dict.items():
+        for new, old in _V4_RENAMES:
+            key = key.replace(new, old)
+        renamed[key] = tensor
+    return renamed
+
+
+def make_ssl_checkpoint(
+    folder: Path,
+    config: ASTConfig | None = None,
+    seed: int = 0,
+    layout: str = "4.x",
+    write_config: bool = True,
+) -> tuple[Path, ASTModel]:
+    """Write an SSL wrapper checkpoint (encoder.* + projector.* + decoder.*) as model.safetensors.
+
+    The encoder is randomly initialised: the example shows the mechanics of the pipeline, not the
+    benefit of SSL pretraining. Returns the folder and the encoder it holds.
+    """
+    config = config or tiny_ast_config()
+    torch.manual_seed(seed)
+    encoder = ASTModel(config)
+    # ASTModel zero-initialises the position embeddings; give them values so that a test can tell
+    # loaded weights from fresh ones.
+    with torch.no_grad():
+        encoder.embeddings.position_embeddings.normal_(std=0.02)
+    encoder_state = encoder.state_dict()
+    if layout == "4.x":
+        encoder_state = to_transformers4_names(encoder_state)
+    elif layout != "5.x":
+        raise ValueError(f"layout must be '4.x' or '5.x', got {layout!r}")
+    hidden = config.hidden_size
+    # The SSL heads' shapes mimic the original wrapper (output_dim=[1024, 128]); their exact
+    # architecture does not matter, since loading drops everything outside encoder.*.
+    heads = {
+        "projector.0.weight": torch.randn(hidden * 2, hidden) * 0.02,
+        "projector.0.bias": torch.zeros(hidden * 2),
+        "projector.2.weight": torch.randn(128, hidden * 2) * 0.02,
+        "projector.2.bias": torch.zeros(128),
+        "decoder.weight": torch.randn(config.patch_size**2, hidden) * 0.02,
+        "decoder.bias": torch.zeros(config.patch_size**2),
+    }
+    state = {f"encoder.{key}": tensor.contiguous() for key, tensor in encoder_state.items()} | heads
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if write_config:
+        (folder / "config.json").write_text(
+            json.dumps({"model_type": "audio-spectrogram-transformer", **architecture_dict(config)}, indent=2)
+        )
+    return folder, encoder

@@ -1,0 +1,181 @@
+"""Clips -> AST log-mel fbank features, written once as Arrow and memory-mapped afterwards.
+
+The fbank itself is transformers' ASTFeatureExtractor (torchaudio's Kaldi fbank underneath),
+constructed from parameters so no hub access is needed. The cache folder is keyed by the
+manifest fingerprint and the feature parameters; it is built beside its final name and renamed
+into place, so a crash or a concurrent writer never leaves a half-written cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from pydantic import BaseModel
+from transformers import ASTFeatureExtractor
+
+from lib.audio import load_clip
+from lib.scan import SPLITS, Manifest
+
+logger = logging.getLogger(__name__)
+
+FEATURES_VERSION = "1"  # bump when the feature computation changes, to invalidate old caches
+META_FILE = "meta.json"
+
+
+class FeatureParams(BaseModel):
+    """Everything that changes the feature values; part of the cache key."""
+
+    sample_rate_hz: int = 16000
+    clip_seconds: float = 1.0
+    num_mel_bins: int = 128
+    max_frames: int = 1024
+    normalize: bool = True
+    mean: float = -4.2677393
+    std: float = 4.5689974
+
+
+class FeatureCacheRef(BaseModel):
+    """Where a finished feature cache lives; the hand-off between the feature and training tasks."""
+
+    path: str
+    key: str
+    params: FeatureParams
+    label_names: list[str]
+    num_clips: dict[str, int]
+
+
+def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
+    return ASTFeatureExtractor(
+        sampling_rate=params.sample_rate_hz,
+        num_mel_bins=params.num_mel_bins,
+        max_length=params.max_frames,
+        do_normalize=params.normalize,
+        mean=params.mean,
+        std=params.std,
+    )
+
+
+def cache_key(manifest_fingerprint: str, params: FeatureParams) -> str:
+    payload = json.dumps(
+        {"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
+    return Features(
+        {
+            "input_values": Array2D(shape=(params.max_frames, params.num_mel_bins), dtype="float32"),
+            "label": ClassLabel(names=label_names),
+            "path": Value("string"),
+        }
+    )
+
+
+def _featurize_batch(batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams) -> dict:
+    waveforms = [load_clip(path, params.sample_rate_hz, params.clip_seconds) for path in batch["path"]]
+    values = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
+    return {"input_values": values.astype(np.float32, copy=False), "label": batch["label"], "path": batch["path"]}
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads((path / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _cache_is_complete(path: Path, key: str) -> bool:
+    meta = _read_meta(path)
+    if meta is None or meta.get("key") != key:
+        return False
+    for split in SPLITS:
+        arrow = path / f"{split}.arrow"
+        if not arrow.is_file() or arrow.stat().st_size != meta["arrow_bytes"][split]:
+            return False
+    return True
+
+
+def build_feature_cache(
+    manifest: Manifest,
+    params: FeatureParams,
+    cache_dir: Path,
+    batch_size: int = 64,
+) -> tuple[FeatureCacheRef, bool]:
+    """Return the cache for this manifest + params, computing it if needed; the bool is 'was a hit'."""
+    key = cache_key(manifest.fingerprint, params)
+    root = Path(cache_dir) / "features"
+    final = root / key
+    ref = FeatureCacheRef(
+        path=str(final),
+        key=key,
+        params=params,
+        label_names=manifest.label_names,
+        num_clips={split: len(manifest.split(split)) for split in SPLITS},
+    )
+    if _cache_is_complete(final, key):
+        return ref, True
+    if final.exists():
+        logger.warning("feature cache %s is incomplete or corrupt; rebuilding it", final)
+        shutil.rmtree(final)
+
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        extractor = make_feature_extractor(params)
+        features = arrow_features(params, manifest.label_names)
+        arrow_bytes = {}
+        for split in SPLITS:
+            clips = manifest.split(split)
+            table = Dataset.from_dict(
+                {"path": [clip.path for clip in clips], "label": [clip.label for clip in clips]},
+                features=Features({"path": Value("string"), "label": ClassLabel(names=manifest.label_names)}),
+            )
+            arrow_file = staging / f"{split}.arrow"
+            table.map(
+                _featurize_batch,
+                fn_kwargs={"extractor": extractor, "params": params},
+                batched=True,
+                batch_size=batch_size,
+                features=features,
+                cache_file_name=str(arrow_file),
+                new_fingerprint=f"{key}-{split}",
+                desc=f"Computing {split} features",
+            )
+            arrow_bytes[split] = arrow_file.stat().st_size
+        meta = {
+            "key": key,
+            "version": FEATURES_VERSION,
+            "params": params.model_dump(),
+            "label_names": manifest.label_names,
+            "num_clips": ref.num_clips,
+            "manifest_fingerprint": manifest.fingerprint,
+            "arrow_bytes": arrow_bytes,
+        }
+        # meta.json is written last: its presence (with matching sizes) marks a complete cache.
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(staging, final)
+        except OSError:
+            # Another process published the same key first; its cache is equivalent.
+            if not _cache_is_complete(final, key):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ref, False
+
+
+def load_split(ref: FeatureCacheRef, split: str) -> Dataset:
+    """Memory-map one split of a finished cache, formatted as torch tensors for the Trainer."""
+    dataset = Dataset.from_file(str(Path(ref.path) / f"{split}.arrow"))
+    return dataset.with_format("torch", columns=["input_values", "label"])

@@ -1,0 +1,60 @@
+"""Classification metrics (scikit-learn): the Trainer's per-epoch metrics and the final report."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+SUMMARY_METRICS = ("accuracy", "precision", "recall", "f1", "balanced_accuracy")
+
+
+def summary_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Accuracy, weighted precision/recall/F1 and balanced accuracy."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predictions, average="weighted", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
+    }
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """Trainer hook: logits -> summary metrics."""
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return summary_metrics(np.asarray(labels), np.argmax(logits, axis=-1))
+
+
+def detailed_report(labels: np.ndarray, predictions: np.ndarray, label_names: list[str]) -> dict:
+    """Per-class precision/recall/F1/support and the confusion matrix (rows: true, columns: predicted)."""
+    indices = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=indices, average=None, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(label_names)
+    }
+    matrix = confusion_matrix(labels, predictions, labels=indices)
+    return {"per_class": per_class, "confusion_matrix": {"labels": list(label_names), "matrix": matrix.tolist()}}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,75 @@
+"""Validate a run configuration before any work starts, and derive what the stages need from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from lib.checkpoint import CheckpointError, WEIGHTS_FILE, architecture_dict, resolve_encoder_config
+from lib.config import ConfigError, FinetuneConfig
+from lib.features import FeatureParams
+from lib.training import Runtime, resolve_runtime
+
+
+class RunPlan(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    config: FinetuneConfig
+    encoder_architecture: dict
+    encoder_config_source: str
+    feature_params: FeatureParams
+    runtime: Runtime
+    fingerprint: str
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.member_work_dir
+
+    @property
+    def best_root(self) -> Path:
+        return self.config.output_dir / "best"
+
+
+def plan_run(config: FinetuneConfig) -> RunPlan:
+    """Fail fast on anything checkable without touching audio or weights; errors name the parameter."""
+    config = config.resolved()
+    checkpoint = config.model.ssl_checkpoint
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise ConfigError(
+            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
+            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
+        )
+    for field in ("train_dir", "validation_dir"):
+        folder = getattr(config.data, field)
+        if not folder.is_dir():
+            raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
+    try:
+        encoder_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+    layers = encoder_config.num_hidden_layers
+    if config.model.train_last_n_layers > layers:
+        raise ConfigError(
+            f"model.train_last_n_layers (--train-last-n-layers) is {config.model.train_last_n_layers} "
+            f"but the encoder ({source}) has {layers} layers; use 1..{layers}, or 0 for full fine-tuning"
+        )
+    runtime = resolve_runtime(config.training.device, config.training.precision)
+    feature_params = FeatureParams(
+        sample_rate_hz=config.features.sample_rate_hz,
+        clip_seconds=config.features.clip_seconds,
+        num_mel_bins=encoder_config.num_mel_bins,
+        # Features are exactly as long as the encoder's positional embeddings expect.
+        max_frames=encoder_config.max_length,
+        normalize=config.features.normalize,
+        mean=config.features.mean,
+        std=config.features.std,
+    )
+    return RunPlan(
+        config=config,
+        encoder_architecture=architecture_dict(encoder_config),
+        encoder_config_source=source,
+        feature_params=feature_params,
+        runtime=runtime,
+        fingerprint=config.fingerprint(),
+    )

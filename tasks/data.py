@@ -1,0 +1,49 @@
+"""Data tasks: folder scan (Prefect-cached by content fingerprint) and Arrow feature cache."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lib.config import DataConfig
+from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
+from lib.scan import Manifest, fingerprint_folders, scan_dataset
+
+SCAN_CACHE_VERSION = "1"  # bump when Manifest or the scan rules change
+
+
+def scan_cache_key(context, parameters) -> str:
+    """Listing fingerprint (path, size, mtime per clip) + scan options; costs a stat per file, no decoding."""
+    data: DataConfig = parameters["data"]
+    listing = fingerprint_folders(Path(data.train_dir), Path(data.validation_dir))
+    options = f"{data.quick_subsample}|{data.skip_bad_files}|{SCAN_CACHE_VERSION}"
+    return "astft-scan-" + hashlib.sha256(f"{listing}|{options}".encode()).hexdigest()[:32]
+
+
+@task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
+def scan_folders(data: DataConfig) -> Manifest:
+    """Scan train/validation class folders into a manifest (cached while the folders are unchanged)."""
+    logger = get_run_logger()
+    manifest = scan_dataset(data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files)
+    logger.info(
+        "scanned %d train / %d validation clips, %d classes %s; ignored %s; skipped %d bad files",
+        len(manifest.train), len(manifest.validation), len(manifest.label_names),
+        manifest.label_names, manifest.ignored or "nothing", len(manifest.skipped),
+    )
+    return manifest
+
+
+# The Arrow cache checks its own key and completeness on disk, so a Prefect cache on top would only
+# risk handing out a path that has since been deleted.
+@task(name="build-features", cache_policy=NO_CACHE)
+def build_features(manifest: Manifest, params: FeatureParams, cache_dir: Path) -> FeatureCacheRef:
+    """Compute log-mel features for every clip once, as Arrow, keyed by manifest + feature params."""
+    ref, hit = build_feature_cache(manifest, params, Path(cache_dir))
+    get_run_logger().info(
+        "%s feature cache %s (%s clips, %d frames x %d mel bins)",
+        "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
+    )
+    return ref

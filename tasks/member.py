@@ -1,0 +1,132 @@
+"""Member tasks: strip the SSL checkpoint, train, evaluate, publish. Thin wrappers around lib/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lib.checkpoint import EncoderRef, export_encoder
+from lib.config import ModelConfig
+from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult, evaluate_model
+from lib.features import FeatureCacheRef, load_split, make_feature_extractor
+from lib.model import apply_freezing, build_classifier
+from lib.plan import RunPlan
+from lib.publish import publish_member
+from lib.training import TrainOutcome, seed_everything, train_classifier
+
+
+@task(name="prepare-encoder", cache_policy=NO_CACHE)
+def prepare_encoder(model: ModelConfig, cache_dir: Path) -> EncoderRef:
+    """Load the SSL checkpoint, drop its projector/decoder, and keep the encoder (once per checkpoint)."""
+    ref, hit = export_encoder(model.ssl_checkpoint, model.base_config, Path(cache_dir))
+    get_run_logger().info(
+        "%s encoder %s (config: %s; dropped SSL heads %s)",
+        "reused" if hit else "stripped", ref.path, ref.report.config_source, ref.report.dropped,
+    )
+    return ref
+
+
+@task(name="train-member", cache_policy=NO_CACHE)
+def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
+    """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
+    from transformers import ASTModel
+
+    logger = get_run_logger()
+    config = plan.config
+    seed_everything(config.training.seed, config.training.deterministic)
+    model = build_classifier(
+        ASTModel.from_pretrained(encoder.path),
+        features.label_names,
+        pooling=config.model.pooling,
+        classifier_dropout=config.model.classifier_dropout,
+    )
+    counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
+    logger.info(
+        "variant %s: %d of %d parameters trainable (%.1f%%); %s on %s",
+        config.model.freezing, counts["trainable"], counts["total"],
+        100 * counts["trainable"] / counts["total"], plan.runtime.precision, plan.runtime.device,
+    )
+    work_dir = plan.work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    outcome = train_classifier(
+        model,
+        load_split(features, "train"),
+        load_split(features, "validation"),
+        make_feature_extractor(features.params),
+        config.training,
+        work_dir,
+        work_dir / f"train_log{config.name}.txt",
+        plan.fingerprint,
+        plan.runtime,
+    )
+    (work_dir / "parameter_counts.json").write_text(json.dumps(counts))
+    logger.info("best %s=%s at epoch %s", outcome.metric, outcome.best_metric, outcome.best_epoch)
+    return outcome
+
+
+@task(name="evaluate-member", cache_policy=NO_CACHE)
+def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
+    """Reload the best model and score it on validation: summary, per-class metrics, confusion matrix."""
+    result = evaluate_model(
+        Path(outcome.best_model_dir),
+        load_split(features, "validation"),
+        features.label_names,
+        plan.config.training.batch_size,
+        plan.runtime,
+        Path(outcome.work_dir) / "evaluation",
+        extra={"best_epoch": outcome.best_epoch, "metric_for_best_model": outcome.metric},
+    )
+    get_run_logger().info("validation metrics: %s", result.metrics)
+    return result
+
+
+def _retry_on_io_error(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_io_error)
+def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult) -> str:
+    """Copy model, feature-extractor config, metrics and run config to <output>/best/<name>/ atomically."""
+    config = plan.config
+    work_dir = Path(outcome.work_dir)
+    report_dir = Path(evaluation.report_dir)
+    counts = json.loads((work_dir / "parameter_counts.json").read_text())
+    destination = publish_member(
+        plan.best_root,
+        config.name,
+        sources={
+            "": Path(outcome.best_model_dir),
+            METRICS_FILE: report_dir / METRICS_FILE,
+            CONFUSION_FILE: report_dir / CONFUSION_FILE,
+            PREDICTIONS_FILE: report_dir / PREDICTIONS_FILE,
+            Path(outcome.train_log).name: Path(outcome.train_log),
+        },
+        json_files={
+            "run_config.json": config.model_dump(mode="json"),
+            "label_map.json": {
+                "label2id": {name: i for i, name in enumerate(features.label_names)},
+                "id2label": {str(i): name for i, name in enumerate(features.label_names)},
+            },
+            "member.json": {
+                "name": config.name,
+                "freezing": config.model.freezing,
+                "parameters": counts,
+                "feature_params": features.params.model_dump(),
+                "feature_cache_key": features.key,
+                "encoder": encoder.report.model_dump(),
+                "training": outcome.model_dump(),
+                "run_fingerprint": plan.fingerprint,
+            },
+        },
+    )
+    get_run_logger().info("published %s", destination)
+    return str(destination)
