@@ -7,3 +7,5 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Show lib/'s log lines (encoder load report, cache rebuilds, skipped files) in Prefect run logs.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lib")
+# ... and keep lib/ quiet about the API when it is used outside a flow run (tests, notebooks).
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

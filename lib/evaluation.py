@@ -40,7 +40,7 @@ def evaluate_model(
     if saved_labels != list(label_names):
         raise ValueError(f"model {model_dir} has labels {saved_labels}, features have {label_names}")
     logits = predict_logits(model, dataset, batch_size, runtime)
-    labels = np.asarray(dataset["label"])
+    labels = np.asarray(dataset.with_format("numpy", columns=["label"])["label"][:])
     predictions = logits.argmax(axis=-1)
     metrics = summary_metrics(labels, predictions)
     report = detailed_report(labels, predictions, label_names)

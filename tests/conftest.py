@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny AST configs, synthetic audio, SSL-style checkpoints, one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Prefect reads these at import: isolate its home, result storage and analytics before any import.
+_PREFECT_TMP = Path(tempfile.mkdtemp(prefix="astft-tests-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_TMP / "home")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_PREFECT_TMP / "storage")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from lib.example import make_example_dataset, make_ssl_checkpoint, tiny_ast_config  # noqa: E402
+
+TEST_CLASSES = ("noise_burst", "tone_high", "tone_low")
+
+
+def small_config(**overrides):
+    """2 layers, 32 hidden, 64 mel bins x 64 frames: 27 tokens, trains in a second or two."""
+    values = dict(hidden_size=32, intermediate_size=64, num_mel_bins=64, max_length=64)
+    values.update(overrides)
+    return tiny_ast_config(**values)
+
+
+@pytest.fixture(scope="session")
+def dataset_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return make_example_dataset(root, train_per_class=16, validation_per_class=6, classes=TEST_CLASSES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ssl_checkpoint(tmp_path_factory) -> Path:
+    folder, _ = make_ssl_checkpoint(tmp_path_factory.mktemp("ssl") / "checkpoint-7", small_config(), seed=3)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,30 @@
+import pytest
+
+from flows.cli import build_parser, main, overrides_from_args
+
+
+def test_flags_map_onto_the_nested_config():
+    args = build_parser().parse_args([
+        "finetune", "--train-dir", "t", "--validation-dir", "v", "--ssl-checkpoint", "c", "--name", "n",
+        "--output-dir", "o", "--train-last-n-layers", "3", "--epochs", "4", "--batch-size", "2",
+        "--learning-rate", "0.01", "--seed", "7", "--device", "cpu", "--base-config", "b.json",
+    ])
+    assert overrides_from_args(args) == {
+        "name": "n", "output_dir": "o",
+        "data": {"train_dir": "t", "validation_dir": "v"},
+        "model": {"ssl_checkpoint": "c", "base_config": "b.json", "train_last_n_layers": 3},
+        "training": {"epochs": 4, "batch_size": 2, "learning_rate": 0.01, "seed": 7, "device": "cpu"},
+    }
+
+
+def test_head_only_and_last_n_are_mutually_exclusive_flags(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--head-only", "--train-last-n-layers", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_invalid_config_exits_2_naming_the_parameter(capsys, tmp_path):
+    code = main(["finetune", "--name", "x", "--train-dir", "t", "--validation-dir", "v",
+                 "--ssl-checkpoint", "c", "--epochs", "0"])
+    assert code == 2
+    assert "training.epochs" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from lib.config import ConfigError, FinetuneConfig, load_finetune_config
+
+BASE = {
+    "name": "m1",
+    "data": {"train_dir": "t", "validation_dir": "v"},
+    "model": {"ssl_checkpoint": "ckpt"},
+}
+
+
+def test_preset_then_flag_overrides(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        "name: from-preset\n"
+        "data: {train_dir: a/train, validation_dir: a/validation}\n"
+        "model: {ssl_checkpoint: ckpt, train_last_n_layers: 3}\n"
+        "training: {epochs: 7, learning_rate: 0.001}\n"
+    )
+    config = load_finetune_config(preset, {"training": {"epochs": 2}, "name": "cli-name"})
+    assert config.name == "cli-name"
+    assert config.training.epochs == 2
+    assert config.training.learning_rate == 0.001  # kept from the preset
+    assert config.model.train_last_n_layers == 3
+    assert config.model.freezing == "last_3_layers"
+    assert config.data.train_dir == Path("a/train")
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"training": {"epochs": -1}}, "training.epochs"),
+        ({"training": {"metric_for_best_model": "auc"}}, "training.metric_for_best_model"),
+        ({"training": {"batch_sise": 4}}, "training.batch_sise"),
+        ({"model": {"ssl_checkpoint": "c", "head_only": True, "train_last_n_layers": 2}}, "train_last_n_layers"),
+        ({"name": "../escape"}, "name"),
+    ],
+)
+def test_invalid_values_name_the_parameter(override, named):
+    from lib.config import deep_merge
+
+    with pytest.raises(ConfigError) as error:
+        load_finetune_config(None, deep_merge(BASE, override))
+    assert named in str(error.value)
+
+
+def test_missing_preset_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_finetune_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_ignores_where_outputs_go():
+    one = FinetuneConfig.model_validate(BASE)
+    moved = FinetuneConfig.model_validate({**BASE, "output_dir": "/elsewhere", "work_dir": "/w"})
+    other_lr = FinetuneConfig.model_validate({**BASE, "training": {"learning_rate": 1e-3}})
+    assert one.fingerprint() == moved.fingerprint()
+    assert one.fingerprint() != other_lr.fingerprint()
+
+
+def test_resolved_paths_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = FinetuneConfig.model_validate(BASE).resolved()
+    assert config.data.train_dir == tmp_path / "t"
+    assert config.member_work_dir == tmp_path / "ensemble" / "runs" / "m1"
+
+
+def test_notebook_preset_is_valid_and_mirrors_the_notebook():
+    preset = Path(__file__).parents[1] / "deployments" / "presets" / "notebook.yaml"
+    config = load_finetune_config(preset)
+    assert config.model.train_last_n_layers == 3 and not config.model.head_only
+    assert (config.training.epochs, config.training.batch_size, config.training.gradient_accumulation_steps) == (50, 1, 4)
+    assert (config.training.learning_rate, config.training.warmup_steps, config.training.seed) == (5e-5, 3, 42)

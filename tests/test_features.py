@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+import lib.features as features_module
+from lib.audio import load_clip
+from lib.features import FeatureParams, build_feature_cache, load_split, make_feature_extractor
+from lib.scan import scan_dataset
+
+PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
+
+
+@pytest.fixture()
+def manifest(dataset_dirs):
+    return scan_dataset(*dataset_dirs)
+
+
+def test_features_match_the_ast_feature_extractor(manifest, tmp_path):
+    ref, hit = build_feature_cache(manifest, PARAMS, tmp_path)
+    assert not hit
+    train = load_split(ref, "train")
+    assert len(train) == len(manifest.train) == ref.num_clips["train"]
+    assert tuple(train[0]["input_values"].shape) == (64, 64)
+    assert np.asarray(train["label"]).tolist() == [clip.label for clip in manifest.train]
+
+    clip = manifest.train[5]
+    expected = make_feature_extractor(PARAMS)(
+        [load_clip(clip.path, 16000, 1.0)], sampling_rate=16000, return_tensors="np"
+    )["input_values"][0]
+    np.testing.assert_allclose(train[5]["input_values"].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_second_build_is_a_cache_hit_without_decoding_audio(manifest, tmp_path, monkeypatch):
+    first, _ = build_feature_cache(manifest, PARAMS, tmp_path)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("audio was decoded on a cache hit")
+
+    monkeypatch.setattr(features_module, "load_clip", no_decoding)
+    second, hit = build_feature_cache(manifest, PARAMS, tmp_path)
+    assert hit and second.path == first.path
+    assert len(load_split(second, "validation")) == len(manifest.validation)
+
+
+def test_cache_is_byte_identical_across_builds_and_keyed_by_params(manifest, tmp_path):
+    one, _ = build_feature_cache(manifest, PARAMS, tmp_path / "a")
+    two, _ = build_feature_cache(manifest, PARAMS, tmp_path / "b")
+    for split in ("train", "validation"):
+        assert (tmp_path / "a" / "features" / one.key / f"{split}.arrow").read_bytes() == (
+            tmp_path / "b" / "features" / two.key / f"{split}.arrow"
+        ).read_bytes()
+    other, _ = build_feature_cache(manifest, PARAMS.model_copy(update={"normalize": False}), tmp_path / "a")
+    assert other.key != one.key
+
+
+def test_truncated_cache_is_rebuilt_not_read(manifest, tmp_path):
+    ref, _ = build_feature_cache(manifest, PARAMS, tmp_path)
+    arrow = tmp_path / "features" / ref.key / "train.arrow"
+    good = arrow.read_bytes()
+    arrow.write_bytes(good[: len(good) // 2])
+    rebuilt, hit = build_feature_cache(manifest, PARAMS, tmp_path)
+    assert not hit
+    assert arrow.read_bytes() == good
+    assert not [p for p in (tmp_path / "features").iterdir() if p.name.startswith(".")]  # no staging left

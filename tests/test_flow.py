@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lib.features
+import tasks.data
+from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+from lib.features import FeatureCacheRef, load_split
+from lib.model import ASTMeanPoolClassifier
+
+pytestmark = pytest.mark.slow
+
+
+def make_config(tmp_path, dataset_dirs, ssl_checkpoint, **model) -> FinetuneConfig:
+    train_dir, validation_dir = dataset_dirs
+    return FinetuneConfig(
+        name="tiny_last1",
+        output_dir=tmp_path / "ensemble",
+        data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "cache"),
+        model=ModelConfig(ssl_checkpoint=ssl_checkpoint, **model),
+        training=TrainingConfig(
+            epochs=10, batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=0.1, device="cpu"
+        ),
+    )
+
+
+def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
+    prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
+):
+    from flows.finetune import finetune
+
+    config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=1)
+    summary = finetune(config)
+
+    member = tmp_path / "ensemble" / "best" / "tiny_last1"
+    assert summary["published"] == str(member)
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "metrics.json",
+                 "confusion_matrix.json", "label_map.json", "run_config.json", "member.json",
+                 "train_logtiny_last1.txt", "model.py"):
+        assert (member / name).is_file(), name
+    metrics = json.loads((member / "metrics.json").read_text())
+    assert {"accuracy", "precision", "recall", "f1", "balanced_accuracy"} <= metrics.keys()
+    assert metrics["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+    assert metrics["accuracy"] > 0.6  # 3 classes: chance is 0.33
+    labels = json.loads((member / "label_map.json").read_text())
+    assert labels["label2id"] == {"noise_burst": 0, "tone_high": 1, "tone_low": 2}
+    assert json.loads((member / "run_config.json").read_text())["model"]["train_last_n_layers"] == 1
+    info = json.loads((member / "member.json").read_text())
+    assert info["freezing"] == "last_1_layers"
+    assert info["parameters"]["trainable"] < info["parameters"]["total"]
+
+    # The published folder alone reproduces the validation logits it was scored with.
+    model = ASTMeanPoolClassifier.from_pretrained(member).eval()
+    cache = FeatureCacheRef.model_validate({
+        "path": str(tmp_path / "cache" / "features" / info["feature_cache_key"]),
+        "key": info["feature_cache_key"], "params": info["feature_params"],
+        "label_names": list(labels["label2id"]), "num_clips": {},
+    })
+    validation = load_split(cache, "validation")
+    with torch.no_grad():
+        logits = model(input_values=validation[:]["input_values"]).logits.numpy()
+    np.testing.assert_allclose(logits, np.load(member / "validation_logits.npz")["logits"], atol=1e-5)
+
+    # Second run on unchanged folders: the scan is a Prefect cache hit and no audio is decoded.
+    def fail(*args, **kwargs):
+        raise AssertionError("should have been served from cache")
+
+    monkeypatch.setattr(tasks.data, "scan_dataset", fail)
+    monkeypatch.setattr(lib.features, "load_clip", fail)
+    again = finetune(config.model_copy(update={"name": "tiny_head"}).model_copy(
+        update={"model": config.model.model_copy(update={"train_last_n_layers": 0, "head_only": True})}
+    ))
+    assert again["freezing"] == "head_only"
+    assert (tmp_path / "ensemble" / "best" / "tiny_head" / "metrics.json").is_file()
+    assert (member / "model.safetensors").is_file()  # the other member is untouched
+
+
+def test_flow_rejects_bad_config_before_any_work(prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint):
+    from flows.finetune import finetune
+    from lib.config import ConfigError
+
+    config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=5)
+    with pytest.raises(ConfigError, match=r"train_last_n_layers .* is 5 but the encoder .* has 2 layers"):
+        finetune(config)
+    assert not (tmp_path / "cache").exists()
