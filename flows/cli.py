@@ -1,4 +1,4 @@
-"""`astft` command line: `astft finetune ...` and `astft demo`.
+"""`astft` command line: finetune, ensemble, predict, demo.
 
 Flags override a YAML preset (`--config`), which overrides the defaults in lib/config.py.
 """
@@ -73,9 +73,9 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def overrides_from_args(args: argparse.Namespace, fields: dict[str, tuple[str | None, str]] = FLAG_FIELDS) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
-    for dest, (section, field) in FLAG_FIELDS.items():
+    for dest, (section, field) in fields.items():
         value = getattr(args, dest, None)
         if value is None:
             continue
@@ -84,10 +84,58 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def parse_member(text: str) -> dict[str, Any]:
+    """NAME=head_only | NAME=last_N | NAME=full  ->  a MemberVariant dict."""
+    name, _, variant = text.partition("=")
+    if variant == "head_only":
+        return {"name": name, "head_only": True}
+    if variant == "full":
+        return {"name": name}
+    if variant.startswith("last_") and variant[5:].isdigit() and int(variant[5:]) > 0:
+        return {"name": name, "train_last_n_layers": int(variant[5:])}
+    raise argparse.ArgumentTypeError(f"--member {text!r}: expected NAME=head_only, NAME=last_N or NAME=full")
+
+
+ENSEMBLE_FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
+    key: FLAG_FIELDS[key]
+    for key in ("output_dir", "train_dir", "validation_dir", "cache_dir", "quick_subsample", "skip_bad_files",
+                "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision", "device", "seed")
+} | {"dispatch": (None, "dispatch"), "member_deployment": (None, "member_deployment"), "members": (None, "members")}
+
+
+def _add_ensemble_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML preset (data, features, model, training, members)")
+    parser.add_argument("--member", dest="members", action="append", type=parse_member,
+                        help="a member variant, repeatable: NAME=head_only | NAME=last_N | NAME=full")
+    parser.add_argument("--dispatch", choices=["in_process", "deployments"])
+    parser.add_argument("--member-deployment", help="flow-name/deployment-name used with --dispatch deployments")
+    for flag in ("--output-dir", "--train-dir", "--validation-dir", "--cache-dir", "--ssl-checkpoint", "--base-config"):
+        parser.add_argument(flag)
+    parser.add_argument("--quick-subsample", action="store_true", default=None)
+    parser.add_argument("--skip-bad-files", action="store_true", default=None)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--seed", type=int)
+
+
+def _add_predict_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="model_path", required=True, help="member folder or ensemble folder (best/)")
+    parser.add_argument("--input", dest="input_path", required=True, help="a .wav file or a folder of them")
+    parser.add_argument("--output", dest="output_csv", default="predictions.csv", help="CSV to write")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--skip-bad-files", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_finetune_flags(commands.add_parser("finetune", help="fine-tune and publish one member"))
+    _add_ensemble_flags(commands.add_parser("ensemble", help="fine-tune several variants and soft-vote them"))
+    _add_predict_flags(commands.add_parser("predict", help="predict wav files with a member or an ensemble"))
     demo = commands.add_parser("demo", help="run the flow on a small built-in synthetic example")
     demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
     demo.add_argument("--epochs", type=int, default=20)
@@ -104,32 +152,59 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lib.config import ConfigError, load_finetune_config
+    from lib.checkpoint import CheckpointError
+    from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, load_config
+    from lib.ensemble import EnsembleError
+    from lib.scan import ScanError
 
     try:
+        if args.command == "predict":
+            # Prediction runs without Prefect: no server, no flow run, just the library.
+            from lib.ensemble import predict_files
+            from lib.training import resolve_runtime
+
+            config = PredictConfig(**{key: getattr(args, key) for key in PredictConfig.model_fields})
+            summary = predict_files(
+                config.model_path, config.input_path, config.output_csv,
+                resolve_runtime(config.device, "fp32"), config.batch_size, config.skip_bad_files,
+            )
+            print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
+            return 0
         if args.command == "demo":
             from flows.demo import demo_config
 
             config = demo_config(args.dir, epochs=args.epochs, device=args.device)
+        elif args.command == "ensemble":
+            config = load_config(EnsembleConfig, args.config, overrides_from_args(args, ENSEMBLE_FLAG_FIELDS))
         else:
-            config = load_finetune_config(args.config, overrides_from_args(args))
-    except ConfigError as error:
+            config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
+    except (ConfigError, EnsembleError, ScanError, CheckpointError) as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
 
-    from flows.finetune import finetune
-    from lib.checkpoint import CheckpointError
-    from lib.scan import ScanError
-
     try:
+        if args.command == "ensemble":
+            from flows.ensemble import ensemble
+
+            leaderboard = ensemble(config)
+            print_leaderboard(leaderboard)
+            return 0
+        from flows.finetune import finetune
+
         summary = finetune(config)
-    except (ConfigError, CheckpointError, ScanError) as error:
+    except (ConfigError, CheckpointError, ScanError, EnsembleError) as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
     print_summary(summary)
     if args.command == "demo":
         print(json.dumps({"published": summary["published"], **summary["metrics"]}))
     return 0
+
+
+def print_leaderboard(leaderboard: dict) -> None:
+    print(f"\n{'member':<28} {'accuracy':>9} {'bal.acc':>9} {'f1':>9}")
+    for row in leaderboard["leaderboard"]:
+        print(f"{row['name']:<28} {row['accuracy']:>9.4f} {row['balanced_accuracy']:>9.4f} {row['f1']:>9.4f}")
 
 
 if __name__ == "__main__":

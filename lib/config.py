@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -53,7 +53,7 @@ class FeatureConfig(_Section):
     std: float = Field(AUDIOSET_STD, gt=0, description="Feature std for normalisation (AudioSet default).")
 
 
-class ModelConfig(_Section):
+class EncoderConfig(_Section):
     ssl_checkpoint: Path = Field(
         description="Folder holding the SSL model.safetensors (e.g. an HF Trainer checkpoint-N/ folder)."
     )
@@ -64,6 +64,14 @@ class ModelConfig(_Section):
             "Default: the bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
         ),
     )
+    pooling: Literal["mean", "mean_patches"] = Field(
+        "mean",
+        description="'mean' averages all tokens (as the notebook); 'mean_patches' skips the cls/dist tokens.",
+    )
+    classifier_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+
+
+class ModelConfig(EncoderConfig):
     head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
     train_last_n_layers: int = Field(
         0,
@@ -71,11 +79,6 @@ class ModelConfig(_Section):
         le=512,
         description="Train the last N encoder layers plus the head; 0 trains the full network.",
     )
-    pooling: Literal["mean", "mean_patches"] = Field(
-        "mean",
-        description="'mean' averages all tokens (as the notebook); 'mean_patches' skips the cls/dist tokens.",
-    )
-    classifier_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
 
     @model_validator(mode="after")
     def _one_freezing_mode(self) -> ModelConfig:
@@ -159,6 +162,83 @@ class FinetuneConfig(_Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class MemberVariant(_Section):
+    """One ensemble member: a freezing variant plus optional training overrides."""
+
+    name: str = Field(pattern=MEMBER_NAME_PATTERN, max_length=128, description="Member name (folder under best/).")
+    head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
+    train_last_n_layers: int = Field(0, ge=0, le=512, description="Train the last N layers; 0 = full network.")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")
+    epochs: int | None = Field(None, ge=1, le=100_000, description="Override training.epochs.")
+    batch_size: int | None = Field(None, ge=1, le=65_536, description="Override training.batch_size.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
+    weight: float = Field(1.0, gt=0, le=1000, description="Weight of this member in the soft vote.")
+
+    @model_validator(mode="after")
+    def _one_freezing_mode(self) -> MemberVariant:
+        if self.head_only and self.train_last_n_layers > 0:
+            raise ValueError(f"member {self.name}: head_only and train_last_n_layers are exclusive")
+        return self
+
+
+class EnsembleConfig(_Section):
+    output_dir: Path = Field(Path("ensemble"), description="Members go to <output_dir>/best/<member>/.")
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: EncoderConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    members: list[MemberVariant] = Field(min_length=1, max_length=256, description="The variants to train.")
+    dispatch: Literal["in_process", "deployments"] = Field(
+        "in_process",
+        description=(
+            "'in_process' trains members one after another in this flow run; 'deployments' starts each "
+            "member as a run of member_deployment on the work pool, in parallel across its workers."
+        ),
+    )
+    member_deployment: str = Field(
+        "astft-finetune/member", description="Deployment (flow-name/deployment-name) that trains one member."
+    )
+
+    @model_validator(mode="after")
+    def _unique_member_names(self) -> EnsembleConfig:
+        names = [member.name for member in self.members]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"members: names must be unique (they are folder names), repeated: {duplicates}")
+        return self
+
+    def member_config(self, variant: MemberVariant) -> FinetuneConfig:
+        overrides = {
+            key: getattr(variant, key)
+            for key in ("learning_rate", "epochs", "batch_size", "seed")
+            if getattr(variant, key) is not None
+        }
+        return FinetuneConfig(
+            name=variant.name,
+            output_dir=self.output_dir,
+            data=self.data,
+            features=self.features,
+            model=ModelConfig(
+                **self.model.model_dump(),
+                head_only=variant.head_only,
+                train_last_n_layers=variant.train_last_n_layers,
+            ),
+            training=self.training.model_copy(update=overrides),
+        )
+
+
+class PredictConfig(_Section):
+    model_path: Path = Field(description="A published member folder, or an ensemble folder (<output_dir>/best/).")
+    input_path: Path = Field(description="A .wav file, or a folder searched recursively for .wav files.")
+    output_csv: Path = Field(Path("predictions.csv"), description="Where to write the predictions.")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
+    skip_bad_files: bool = Field(False, description="Skip unreadable clips (logged) instead of stopping.")
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the parameter and the fix."""
 
@@ -187,14 +267,20 @@ def read_preset(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def load_finetune_config(preset: Path | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """Build a FinetuneConfig from an optional preset plus overrides; errors name the parameter."""
+def load_config(
+    config_class: type[ConfigT], preset: Path | None = None, overrides: dict[str, Any] | None = None
+) -> ConfigT:
+    """Build a config from an optional preset plus overrides; errors name the parameter."""
     raw = read_preset(preset) if preset is not None else {}
     raw = deep_merge(raw, overrides or {})
     try:
-        return FinetuneConfig.model_validate(raw)
+        return config_class.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, source=str(preset) if preset else "arguments")) from error
+
+
+def load_finetune_config(preset: Path | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
+    return load_config(FinetuneConfig, preset, overrides)
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

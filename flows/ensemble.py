@@ -1,0 +1,85 @@
+"""Flow: build an ensemble by fine-tuning one SSL checkpoint under several freezing variants."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger
+
+from flows.finetune import run_member
+from lib.config import EnsembleConfig
+from lib.checkpoint import EncoderRef
+from lib.features import FeatureCacheRef
+from lib.plan import RunPlan, plan_run
+from tasks.data import build_features, scan_folders
+from tasks.ensemble import dispatch_member, evaluate_ensemble_members
+from tasks.member import prepare_encoder
+
+
+class EnsembleMembersFailed(RuntimeError):
+    """Some members failed; the others were published and evaluated."""
+
+
+@flow(name="astft-member", log_prints=True)
+def member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> dict:
+    """Train, evaluate and publish one member on the shared features and encoder."""
+    return run_member(plan, features, encoder)
+
+
+def _failure_reason(state) -> str:
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - we report whatever ended the member
+        return f"{type(error).__name__}: {error}"
+    return state.message or state.name
+
+
+@flow(name="astft-ensemble", log_prints=True)
+def ensemble(config: EnsembleConfig) -> dict:
+    """Fine-tune every member variant on shared features, publish each, and soft-vote them."""
+    logger = get_run_logger()
+    # validate: every member's config, before any work
+    plans = {variant.name: plan_run(config.member_config(variant)) for variant in config.members}
+    first = next(iter(plans.values()))
+    # data and encoder: computed once, shared by every member
+    manifest = scan_folders(first.config.data)
+    features = build_features(manifest, first.feature_params, first.config.data.cache_dir)
+    encoder = prepare_encoder(first.config.model, first.config.data.cache_dir)
+
+    # members: a failing member does not stop the others
+    published, failed = {}, {}
+    if config.dispatch == "in_process":
+        for name, plan in plans.items():
+            state = member(plan, features, encoder, return_state=True)
+            if state.is_completed():
+                published[name] = state.result()["published"]
+            else:
+                failed[name] = _failure_reason(state)
+    else:
+        futures = {name: dispatch_member.submit(plan.config, config.member_deployment) for name, plan in plans.items()}
+        for name, future in futures.items():
+            future.wait()
+            if future.state.is_completed():
+                published[name] = future.result()
+            else:
+                failed[name] = _failure_reason(future.state)
+    for name, reason in failed.items():
+        logger.error("member %s failed: %s", name, reason)
+
+    # ensemble: soft vote over the members that were published
+    if not published:
+        raise EnsembleMembersFailed(f"every member failed: {failed}")
+    weights = {variant.name: variant.weight for variant in config.members}
+    leaderboard = evaluate_ensemble_members(published, weights, first.best_root, failed)
+    if failed:
+        raise EnsembleMembersFailed(
+            f"{len(failed)} of {len(plans)} members failed ({', '.join(failed)}); the other members were published "
+            f"and evaluated in {first.best_root / 'ensemble.json'}. Reasons: {failed}"
+        )
+    return leaderboard
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["ensemble", *sys.argv[1:]]))
