@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 
 from lib.checkpoint import EncoderRef, export_encoder
@@ -125,6 +128,12 @@ def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outco
                 "encoder": encoder.report.model_dump(),
                 "training": outcome.model_dump(),
                 "run_fingerprint": plan.fingerprint,
+                "trained_by": {
+                    "host": socket.gethostname(),
+                    # set by Prefect workers for the flow runs they start; None for local runs
+                    "worker": os.environ.get("PREFECT__WORKER_NAME"),
+                    "flow_run_id": str(flow_run.id) if flow_run.id else None,
+                },
             },
         },
     )
