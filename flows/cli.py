@@ -39,6 +39,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "seed": ("training", "seed"),
     "dataloader_num_workers": ("training", "dataloader_num_workers"),
     "tensorboard": ("training", "tensorboard"),
+    "num_processes": ("training", "num_processes"),
 }
 
 
@@ -71,6 +72,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--dataloader-num-workers", type=int)
     parser.add_argument("--tensorboard", action="store_true", default=None)
+    parser.add_argument("--num-processes", type=int, help="train this member on N GPUs with torchrun")
 
 
 def overrides_from_args(args: argparse.Namespace, fields: dict[str, tuple[str | None, str]] = FLAG_FIELDS) -> dict[str, Any]:

@@ -116,6 +116,9 @@ class TrainingConfig(_Section):
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for head init, shuffling and dropout.")
     deterministic: bool = Field(True, description="Deterministic cuDNN kernels (slower, reproducible).")
     dataloader_num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    num_processes: int = Field(
+        1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
+    )
     save_total_limit: int = Field(2, ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")
     tensorboard: bool = Field(False, description="Write TensorBoard logs (needs the 'tensorboard' extra).")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from lib.checkpoint import CheckpointError, WEIGHTS_FILE, architecture_dict, resolve_encoder_config
@@ -55,6 +56,12 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
             f"but the encoder ({source}) has {layers} layers; use 1..{layers}, or 0 for full fine-tuning"
         )
     runtime = resolve_runtime(config.training.device, config.training.precision)
+    processes = config.training.num_processes
+    if runtime.device == "cuda" and processes > torch.cuda.device_count():
+        raise ConfigError(
+            f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "
+            "visible; lower it (one process per GPU) or check CUDA_VISIBLE_DEVICES"
+        )
     feature_params = FeatureParams(
         sample_rate_hz=config.features.sample_rate_hz,
         clip_seconds=config.features.clip_seconds,

@@ -76,10 +76,14 @@ class EpochLogCallback(TrainerCallback):
         self.total_epochs = total_epochs
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a") as log:
             log.write(f"# run started: {self.total_epochs} epochs, output {args.output_dir}\n")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         parts = [
             f"epoch {round(state.epoch or 0)}/{self.total_epochs}",

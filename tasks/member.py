@@ -14,11 +14,12 @@ from prefect.cache_policies import NO_CACHE
 from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
 from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult, evaluate_model
-from lib.features import FeatureCacheRef, load_split, make_feature_extractor
-from lib.model import apply_freezing, build_classifier
+from lib.features import FeatureCacheRef, load_split
+from lib.launch import PARAMETER_COUNTS_FILE, train_member_distributed
+from lib.launch import train_member as train_member_in_process
 from lib.plan import RunPlan
 from lib.publish import publish_member
-from lib.training import TrainOutcome, seed_everything, train_classifier
+from lib.training import TrainOutcome
 
 
 @task(name="prepare-encoder", cache_policy=NO_CACHE)
@@ -35,38 +36,19 @@ def prepare_encoder(model: ModelConfig, cache_dir: Path) -> EncoderRef:
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
-    from transformers import ASTModel
-
     logger = get_run_logger()
-    config = plan.config
-    seed_everything(config.training.seed, config.training.deterministic)
-    model = build_classifier(
-        ASTModel.from_pretrained(encoder.path),
-        features.label_names,
-        pooling=config.model.pooling,
-        classifier_dropout=config.model.classifier_dropout,
-    )
-    counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
+    processes = plan.config.training.num_processes
+    if processes > 1:
+        logger.info("training member %s on %d processes with torchrun", plan.config.name, processes)
+        outcome = train_member_distributed(plan, features, encoder, processes)
+    else:
+        outcome = train_member_in_process(plan, features, encoder)
+    counts = json.loads((plan.work_dir / PARAMETER_COUNTS_FILE).read_text())
     logger.info(
-        "variant %s: %d of %d parameters trainable (%.1f%%); %s on %s",
-        config.model.freezing, counts["trainable"], counts["total"],
-        100 * counts["trainable"] / counts["total"], plan.runtime.precision, plan.runtime.device,
+        "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
+        plan.config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
+        outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
     )
-    work_dir = plan.work_dir
-    work_dir.mkdir(parents=True, exist_ok=True)
-    outcome = train_classifier(
-        model,
-        load_split(features, "train"),
-        load_split(features, "validation"),
-        make_feature_extractor(features.params),
-        config.training,
-        work_dir,
-        work_dir / f"train_log{config.name}.txt",
-        plan.fingerprint,
-        plan.runtime,
-    )
-    (work_dir / "parameter_counts.json").write_text(json.dumps(counts))
-    logger.info("best %s=%s at epoch %s", outcome.metric, outcome.best_metric, outcome.best_epoch)
     return outcome
 
 
@@ -102,7 +84,7 @@ def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outco
     config = plan.config
     work_dir = Path(outcome.work_dir)
     report_dir = Path(evaluation.report_dir)
-    counts = json.loads((work_dir / "parameter_counts.json").read_text())
+    counts = json.loads((work_dir / PARAMETER_COUNTS_FILE).read_text())
     destination = publish_member(
         plan.best_root,
         config.name,

@@ -61,7 +61,7 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
 ):
     import lib.features
-    import tasks.member
+    import lib.launch
     from flows.ensemble import EnsembleMembersFailed, ensemble
     from lib.config import EnsembleConfig
     from lib.ensemble import predict_files
@@ -70,14 +70,14 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     builds = []
     real_build = lib.features.build_feature_cache
     monkeypatch.setattr("tasks.data.build_feature_cache", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    real_train = tasks.member.train_classifier
+    real_train = lib.launch.train_classifier
 
     def train_unless_broken(model, *args, **kwargs):
         if args[4].name == "broken":  # work_dir
             raise RuntimeError("simulated CUDA error")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.member, "train_classifier", train_unless_broken)
+    monkeypatch.setattr(lib.launch, "train_classifier", train_unless_broken)
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),

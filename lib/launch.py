@@ -1,0 +1,100 @@
+"""Train one member: in this process, or on several processes (GPUs) under torchrun.
+
+`python -m lib.launch SPEC.json` is what torchrun starts on every rank; HF Trainer picks up the
+distributed environment torchrun sets (one process per GPU, DistributedSampler, gradients
+all-reduced) and only rank 0 writes checkpoints, logs and the outcome file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from lib.checkpoint import EncoderRef
+from lib.features import FeatureCacheRef, load_split, make_feature_extractor
+from lib.model import apply_freezing, build_classifier
+from lib.plan import RunPlan
+from lib.training import TrainOutcome, prepare_work_dir, seed_everything, train_classifier
+
+PARAMETER_COUNTS_FILE = "parameter_counts.json"
+
+
+class MemberSpec(BaseModel):
+    plan: RunPlan
+    features: FeatureCacheRef
+    encoder: EncoderRef
+    outcome_file: str
+
+
+def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
+    """Build the classifier from the stripped encoder, freeze per variant, and fine-tune it."""
+    from transformers import ASTModel
+
+    config = plan.config
+    seed_everything(config.training.seed, config.training.deterministic)
+    model = build_classifier(
+        ASTModel.from_pretrained(encoder.path),
+        features.label_names,
+        pooling=config.model.pooling,
+        classifier_dropout=config.model.classifier_dropout,
+    )
+    counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
+    work_dir = plan.work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (work_dir / PARAMETER_COUNTS_FILE).write_text(json.dumps(counts))
+    return train_classifier(
+        model,
+        load_split(features, "train"),
+        load_split(features, "validation"),
+        make_feature_extractor(features.params),
+        config.training,
+        work_dir,
+        work_dir / f"train_log{config.name}.txt",
+        plan.fingerprint,
+        plan.runtime,
+    )
+
+
+def train_member_distributed(
+    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, num_processes: int
+) -> TrainOutcome:
+    """Run train_member on num_processes ranks with torchrun and return rank 0's outcome."""
+    work_dir = plan.work_dir
+    # Decide resume-or-fresh once, before the ranks start, so they never race on the work dir.
+    prepare_work_dir(work_dir, plan.fingerprint)
+    spec_file = work_dir / "launch_spec.json"
+    outcome_file = work_dir / "launch_outcome.json"
+    outcome_file.unlink(missing_ok=True)
+    spec_file.write_text(
+        MemberSpec(plan=plan, features=features, encoder=encoder, outcome_file=str(outcome_file)).model_dump_json()
+    )
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
+        "-m", "lib.launch", str(spec_file),
+    ]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
+    if result.returncode != 0 or not outcome_file.is_file():
+        raise RuntimeError(
+            f"torchrun training of member {plan.config.name} failed (exit code {result.returncode}); "
+            f"its ranks' output is above. Command: {' '.join(command)}"
+        )
+    return TrainOutcome.model_validate_json(outcome_file.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = MemberSpec.model_validate_json(Path(argv[0]).read_text())
+    outcome = train_member(spec.plan, spec.features, spec.encoder)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(spec.outcome_file).write_text(outcome.model_dump_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

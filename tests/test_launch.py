@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from lib.checkpoint import export_encoder
+from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+from lib.features import build_feature_cache
+from lib.launch import train_member, train_member_distributed
+from lib.plan import plan_run
+from lib.scan import scan_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_one_member_trains_on_two_processes_under_torchrun(tmp_path, dataset_dirs, ssl_checkpoint):
+    train_dir, validation_dir = dataset_dirs
+    config = FinetuneConfig(
+        name="ddp", output_dir=tmp_path / "out",
+        data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "cache"),
+        model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
+        training=TrainingConfig(epochs=2, batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
+                                device="cpu", num_processes=2),
+    )
+    plan = plan_run(config)
+    manifest = scan_dataset(train_dir, validation_dir)
+    features, _ = build_feature_cache(manifest, plan.feature_params, tmp_path / "cache")
+    encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "cache")
+
+    outcome = train_member_distributed(plan, features, encoder, num_processes=2)
+
+    # 48 clips / (8 per process x 2 processes) = 3 optimizer steps per epoch: the data was split.
+    history = json.loads((plan.work_dir / "log_history.json").read_text())
+    assert max(entry["step"] for entry in history) == 6
+    assert outcome.epochs_run == 2 and outcome.best_metric is not None
+    assert (plan.work_dir / "best-model" / "model.safetensors").is_file()
+    log_lines = [l for l in (plan.work_dir / "train_logddp.txt").read_text().splitlines() if l.startswith("epoch")]
+    assert len(log_lines) == 2  # written by rank 0 only
+
+    single = train_member(plan_run(config.model_copy(update={
+        "name": "single", "training": config.training.model_copy(update={"num_processes": 1})})), features, encoder)
+    assert single.epochs_run == 2
