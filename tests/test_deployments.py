@@ -1,0 +1,51 @@
+"""prefect.yaml and the UI form: parameters validate, and the schema carries descriptions and bounds."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_CLASSES = {
+    "flows/finetune.py:finetune": FinetuneConfig,
+    "flows/ensemble.py:ensemble": EnsembleConfig,
+    "flows/predict.py:predict": PredictConfig,
+}
+
+
+def deployments():
+    return yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["name"])
+def test_every_deployment_has_valid_parameters_and_a_pool(deployment):
+    config_class = CONFIG_CLASSES[deployment["entrypoint"]]
+    config_class.model_validate(deployment["parameters"]["config"])
+    assert deployment["work_pool"]["name"] == "astft-process"
+
+
+def test_declared_schedule_and_scale_out_mode():
+    by_name = {d["name"]: d for d in deployments()}
+    assert by_name["ensemble-nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    scale_out = by_name["ensemble-scale-out"]["parameters"]["config"]
+    assert scale_out["dispatch"] == "deployments" and scale_out["member_deployment"] == "astft-finetune/member"
+
+
+def test_flow_parameter_schema_renders_a_typed_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.ensemble import ensemble
+    from flows.finetune import finetune
+
+    schema = parameter_schema(finetune).model_dump_for_openapi()
+    training = schema["definitions"]["TrainingConfig"]["properties"]
+    assert training["epochs"]["minimum"] == 1 and "epochs" in training["epochs"]["description"].lower()
+    assert set(training["metric_for_best_model"]["enum"]) >= {"accuracy", "balanced_accuracy"}
+    model = schema["definitions"]["ModelConfig"]["properties"]
+    assert model["train_last_n_layers"]["minimum"] == 0 and model["head_only"]["type"] == "boolean"
+    ensemble_schema = parameter_schema(ensemble).model_dump_for_openapi()
+    assert ensemble_schema["definitions"]["EnsembleConfig"]["properties"]["dispatch"]["enum"] == [
+        "in_process", "deployments"
+    ]
