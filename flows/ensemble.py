@@ -43,7 +43,9 @@ def ensemble(config: EnsembleConfig) -> dict:
     first = next(iter(plans.values()))
     # data and encoder: computed once, shared by every member
     manifest = scan_folders(first.config.data)
-    features = build_features(manifest, first.feature_params, first.config.data.cache_dir)
+    features = build_features(
+        manifest, first.feature_params, first.config.data.cache_dir, first.config.data.skip_bad_files
+    )
     encoder = prepare_encoder(first.config.model, first.config.data.cache_dir)
 
     # members: a failing member does not stop the others

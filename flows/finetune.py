@@ -49,7 +49,9 @@ def finetune(config: FinetuneConfig) -> dict:
     plan = plan_run(config)
     # data: folder scan -> Arrow features
     manifest = scan_folders(plan.config.data)
-    features = build_features(manifest, plan.feature_params, plan.config.data.cache_dir)
+    features = build_features(
+        manifest, plan.feature_params, plan.config.data.cache_dir, plan.config.data.skip_bad_files
+    )
     # model: SSL checkpoint -> stripped encoder
     encoder = prepare_encoder(plan.config.model, plan.config.data.cache_dir)
     # train -> evaluate -> publish

@@ -231,7 +231,8 @@ def export_encoder(checkpoint_dir: Path, base_config: Path | None, cache_dir: Pa
     try:
         encoder.save_pretrained(str(staging), save_original_format=False)
         (staging / "load_report.json").write_text(report.model_dump_json(indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists() and not report_file.is_file():
+            shutil.rmtree(final)  # an incomplete leftover; a complete one may be in use by another run
         try:
             os.rename(staging, final)
         except OSError:

@@ -21,7 +21,7 @@ from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from pydantic import BaseModel
 from transformers import ASTFeatureExtractor
 
-from lib.audio import load_clip
+from lib.audio import AudioError, load_clip
 from lib.scan import SPLITS, Manifest
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class FeatureCacheRef(BaseModel):
     params: FeatureParams
     label_names: list[str]
     num_clips: dict[str, int]
+    skipped: dict[str, str] = {}
 
 
 def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
@@ -81,10 +82,34 @@ def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
     )
 
 
-def _featurize_batch(batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams) -> dict:
-    waveforms = [load_clip(path, params.sample_rate_hz, params.clip_seconds) for path in batch["path"]]
+def _featurize_batch(batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str]) -> dict:
+    # Clips whose samples turn out unusable (headers were checked by the scan) are left out of the
+    # batch and recorded, so one run reports every bad file instead of stopping at the first.
+    waveforms, labels, paths = [], [], []
+    for path, label in zip(batch["path"], batch["label"]):
+        try:
+            waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds))
+        except AudioError as error:
+            bad[error.path] = error.reason
+            continue
+        labels.append(label)
+        paths.append(path)
+    if not waveforms:
+        empty = np.zeros((0, params.max_frames, params.num_mel_bins), np.float32)
+        return {"input_values": empty, "label": [], "path": []}
     values = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
-    return {"input_values": values.astype(np.float32, copy=False), "label": batch["label"], "path": batch["path"]}
+    return {"input_values": values.astype(np.float32, copy=False), "label": labels, "path": paths}
+
+
+class BadAudioError(ValueError):
+    """Clips that passed the header scan but cannot be decoded into usable samples."""
+
+    def __init__(self, bad: dict[str, str]):
+        self.bad = dict(sorted(bad.items()))
+        lines = [f"{len(bad)} bad audio file(s) found while computing features:"]
+        lines += [f"  - {path}: {reason}" for path, reason in self.bad.items()]
+        lines.append("Fix or remove them, or pass --skip-bad-files (data.skip_bad_files=true) to skip them.")
+        super().__init__("\n".join(lines))
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -110,8 +135,13 @@ def build_feature_cache(
     params: FeatureParams,
     cache_dir: Path,
     batch_size: int = 64,
+    skip_bad_files: bool = False,
 ) -> tuple[FeatureCacheRef, bool]:
-    """Return the cache for this manifest + params, computing it if needed; the bool is 'was a hit'."""
+    """Return the cache for this manifest + params, computing it if needed; the bool is 'was a hit'.
+
+    Clips that cannot be decoded stop the build with one error listing all of them, unless
+    skip_bad_files, in which case they are left out, logged, and listed in the cache's `skipped`.
+    """
     key = cache_key(manifest.fingerprint, params)
     root = Path(cache_dir) / "features"
     final = root / key
@@ -122,8 +152,13 @@ def build_feature_cache(
         label_names=manifest.label_names,
         num_clips={split: len(manifest.split(split)) for split in SPLITS},
     )
+    scan_skipped = {item.path: item.reason for item in manifest.skipped}
     if _cache_is_complete(final, key):
-        return ref, True
+        meta = _read_meta(final)
+        if meta.get("skipped") and not skip_bad_files:
+            raise BadAudioError(meta["skipped"])  # built by a lenient run; this run asked to stop
+        skipped = {**scan_skipped, **meta.get("skipped", {})}
+        return ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped}), True
     if final.exists():
         logger.warning("feature cache %s is incomplete or corrupt; rebuilding it", final)
         shutil.rmtree(final)
@@ -134,7 +169,7 @@ def build_feature_cache(
     try:
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
-        arrow_bytes = {}
+        arrow_bytes, num_clips, bad = {}, {}, {}
         for split in SPLITS:
             clips = manifest.split(split)
             table = Dataset.from_dict(
@@ -144,7 +179,7 @@ def build_feature_cache(
             arrow_file = staging / f"{split}.arrow"
             table.map(
                 _featurize_batch,
-                fn_kwargs={"extractor": extractor, "params": params},
+                fn_kwargs={"extractor": extractor, "params": params, "bad": bad},
                 batched=True,
                 batch_size=batch_size,
                 features=features,
@@ -153,12 +188,21 @@ def build_feature_cache(
                 desc=f"Computing {split} features",
             )
             arrow_bytes[split] = arrow_file.stat().st_size
+            num_clips[split] = Dataset.from_file(str(arrow_file)).num_rows
+        if bad and not skip_bad_files:
+            raise BadAudioError(bad)
+        for path, reason in sorted(bad.items()):
+            logger.warning("skipping %s: %s", path, reason)
+        if not all(num_clips.values()):
+            raise BadAudioError(bad)
+        ref = ref.model_copy(update={"num_clips": num_clips, "skipped": {**scan_skipped, **dict(sorted(bad.items()))}})
         meta = {
             "key": key,
             "version": FEATURES_VERSION,
             "params": params.model_dump(),
             "label_names": manifest.label_names,
             "num_clips": ref.num_clips,
+            "skipped": dict(sorted(bad.items())),
             "manifest_fingerprint": manifest.fingerprint,
             "arrow_bytes": arrow_bytes,
         }

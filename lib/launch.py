@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel
 
 from lib.checkpoint import EncoderRef
@@ -22,6 +23,10 @@ from lib.plan import RunPlan
 from lib.training import TrainOutcome, prepare_work_dir, seed_everything, train_classifier
 
 PARAMETER_COUNTS_FILE = "parameter_counts.json"
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message says which knobs to turn."""
 
 
 class MemberSpec(BaseModel):
@@ -48,17 +53,27 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
     work_dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         (work_dir / PARAMETER_COUNTS_FILE).write_text(json.dumps(counts))
-    return train_classifier(
-        model,
-        load_split(features, "train"),
-        load_split(features, "validation"),
-        make_feature_extractor(features.params),
-        config.training,
-        work_dir,
-        work_dir / f"train_log{config.name}.txt",
-        plan.fingerprint,
-        plan.runtime,
-    )
+    try:
+        return train_classifier(
+            model,
+            load_split(features, "train"),
+            load_split(features, "validation"),
+            make_feature_extractor(features.params),
+            config.training,
+            work_dir,
+            work_dir / f"train_log{config.name}.txt",
+            plan.fingerprint,
+            plan.runtime,
+        )
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingOutOfMemory(
+            f"GPU out of memory training member {config.name} (batch_size {config.training.batch_size} per device, "
+            f"{features.params.max_frames} frames, variant {config.model.freezing}, {plan.runtime.precision}). "
+            "Lower training.batch_size (--batch-size) and raise gradient_accumulation_steps to keep the "
+            "effective batch; or start a per-epoch batch-size schedule small; or cut features.max_frames; or "
+            "train fewer layers (--train-last-n-layers / --head-only). Checkpoints of finished epochs are kept: "
+            "re-running the same config resumes from them."
+        ) from error
 
 
 def train_member_distributed(

@@ -39,11 +39,15 @@ def scan_folders(data: DataConfig) -> Manifest:
 # The Arrow cache checks its own key and completeness on disk, so a Prefect cache on top would only
 # risk handing out a path that has since been deleted.
 @task(name="build-features", cache_policy=NO_CACHE)
-def build_features(manifest: Manifest, params: FeatureParams, cache_dir: Path) -> FeatureCacheRef:
+def build_features(
+    manifest: Manifest, params: FeatureParams, cache_dir: Path, skip_bad_files: bool = False
+) -> FeatureCacheRef:
     """Compute log-mel features for every clip once, as Arrow, keyed by manifest + feature params."""
-    ref, hit = build_feature_cache(manifest, params, Path(cache_dir))
+    ref, hit = build_feature_cache(manifest, params, Path(cache_dir), skip_bad_files=skip_bad_files)
     get_run_logger().info(
         "%s feature cache %s (%s clips, %d frames x %d mel bins)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
     )
+    if ref.skipped:
+        get_run_logger().warning("%d clips skipped as unreadable: %s", len(ref.skipped), ref.skipped)
     return ref

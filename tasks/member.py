@@ -62,7 +62,11 @@ def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutc
         plan.config.training.batch_size,
         plan.runtime,
         Path(outcome.work_dir) / "evaluation",
-        extra={"best_epoch": outcome.best_epoch, "metric_for_best_model": outcome.metric},
+        extra={
+            "best_epoch": outcome.best_epoch,
+            "metric_for_best_model": outcome.metric,
+            "skipped_files": len(features.skipped),
+        },
     )
     get_run_logger().info("validation metrics: %s", result.metrics)
     return result
@@ -107,6 +111,7 @@ def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outco
                 "parameters": counts,
                 "feature_params": features.params.model_dump(),
                 "feature_cache_key": features.key,
+                "skipped_files": features.skipped,
                 "encoder": encoder.report.model_dump(),
                 "training": outcome.model_dump(),
                 "run_fingerprint": plan.fingerprint,
