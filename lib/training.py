@@ -14,7 +14,6 @@ import torch
 from datasets import Dataset
 from pydantic import BaseModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from lib.config import ConfigError, TrainingConfig
 from lib.metrics import compute_metrics
@@ -154,6 +153,28 @@ def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(work_dir / "tensorboard")))
 
 
+def last_complete_checkpoint(work_dir: Path) -> str | None:
+    """Newest checkpoint-N whose trainer_state.json (which Trainer writes last) is readable.
+
+    A run killed while saving leaves a checkpoint without it; such leftovers are removed so that
+    neither the resume nor Trainer's save_total_limit rotation picks them up.
+    """
+    checkpoints = sorted(
+        (p for p in Path(work_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            logger.warning("removing incomplete checkpoint %s (interrupted while saving)", checkpoint)
+            shutil.rmtree(checkpoint)
+            continue
+        return str(checkpoint)
+    return None
+
+
 def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     """Return the checkpoint to resume from, if the work dir holds one from this same run config.
 
@@ -163,7 +184,7 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     work_dir.mkdir(parents=True, exist_ok=True)
     run_file = work_dir / RUN_FILE
     previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-    last = get_last_checkpoint(str(work_dir))
+    last = last_complete_checkpoint(work_dir)
     if last and previous == run_fingerprint:
         return last
     if last:

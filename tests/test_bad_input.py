@@ -141,14 +141,17 @@ def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dat
         return path
 
     def start(spec: Path) -> subprocess.Popen:
+        log = (spec.parent / "log.txt").open("a")
         return subprocess.Popen([sys.executable, "-m", "lib.launch", str(spec)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     killed_spec = spec_file(tmp_path / "killed")
     work_dir = tmp_path / "killed" / "runs" / "resume"
     process = start(killed_spec)
     deadline = time.monotonic() + 240
-    while not list(work_dir.glob("checkpoint-*")) and time.monotonic() < deadline and process.poll() is None:
+    # wait for a complete checkpoint (Trainer writes trainer_state.json last), then kill at once
+    while (not list(work_dir.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline
+           and process.poll() is None):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -156,7 +159,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dat
     assert list(work_dir.glob("checkpoint-*"))
 
     resumed = start(killed_spec)
-    assert resumed.wait(timeout=300) == 0
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "killed" / "log.txt").read_text()[-3000:]
     outcome = json.loads((tmp_path / "killed" / "outcome.json").read_text())
     assert outcome["resumed_from"] is not None and outcome["epochs_run"] == 30
 

@@ -82,3 +82,18 @@ def test_a_run_with_the_same_config_resumes_and_another_config_starts_fresh(feat
     fresh = run(1, "other")
     assert fresh.resumed_from is None
     assert sorted(p.name for p in (tmp_path / "work").glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+def test_a_checkpoint_interrupted_while_saving_is_not_resumed(tmp_path):
+    from lib.training import prepare_work_dir
+
+    for step, complete in ((10, True), (20, True), (30, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("x")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text('{"trunc')  # killed mid-write
+    (tmp_path / "run.json").write_text('{"fingerprint": "fp"}')
+    assert prepare_work_dir(tmp_path, "fp") == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10"]
