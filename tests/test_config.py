@@ -72,3 +72,17 @@ def test_notebook_preset_is_valid_and_mirrors_the_notebook():
     assert config.model.train_last_n_layers == 3 and not config.model.head_only
     assert (config.training.epochs, config.training.batch_size, config.training.gradient_accumulation_steps) == (50, 1, 4)
     assert (config.training.learning_rate, config.training.warmup_steps, config.training.seed) == (5e-5, 3, 42)
+
+
+def test_ensemble_member_names_must_be_unique_and_variants_valid():
+    from lib.config import EnsembleConfig, load_config
+
+    base = {"data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"}}
+    with pytest.raises(ConfigError, match=r"repeated: \['full'\]"):
+        load_config(EnsembleConfig, None, {**base, "members": [{"name": "full"}, {"name": "full"}]})
+    with pytest.raises(ConfigError, match="members.0.*exclusive"):
+        load_config(EnsembleConfig, None, {**base, "members": [{"name": "x", "head_only": True, "train_last_n_layers": 2}]})
+    config = load_config(EnsembleConfig, None, {**base, "training": {"epochs": 9},
+                                                 "members": [{"name": "h", "head_only": True, "epochs": 3}, {"name": "f"}]})
+    assert [config.member_config(m).training.epochs for m in config.members] == [3, 9]
+    assert config.member_config(config.members[0]).model.freezing == "head_only"
