@@ -6,9 +6,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from lib.checkpoint import CheckpointError, WEIGHTS_FILE, architecture_dict, resolve_encoder_config
+from lib.checkpoint import (
+    CheckpointError,
+    WEIGHTS_FILE,
+    architecture_dict,
+    config_for_frames,
+    resolve_encoder_config,
+)
 from lib.config import ConfigError, FinetuneConfig
-from lib.features import FeatureParams
+from lib.features import FeatureParams, fbank_frames
 from lib.training import Runtime, resolve_runtime
 
 
@@ -45,9 +51,18 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         if not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
     try:
-        encoder_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
+        checkpoint_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
+        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
+        encoder_config = config_for_frames(checkpoint_config, config.features.max_frames)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
+    clip_frames = fbank_frames(config.features.sample_rate_hz, config.features.clip_seconds)
+    if clip_frames > encoder_config.max_length:
+        raise ConfigError(
+            f"features.clip_seconds={config.features.clip_seconds} makes {clip_frames} frames but "
+            f"features.max_frames is {encoder_config.max_length}, which would cut the end of every clip; "
+            f"set features.max_frames (--max-frames) to at least {clip_frames}, or shorten clip_seconds"
+        )
     layers = encoder_config.num_hidden_layers
     if config.model.train_last_n_layers > layers:
         raise ConfigError(
@@ -59,7 +74,7 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         sample_rate_hz=config.features.sample_rate_hz,
         clip_seconds=config.features.clip_seconds,
         num_mel_bins=encoder_config.num_mel_bins,
-        # Features are exactly as long as the encoder's positional embeddings expect.
+        # Features are exactly as long as the (fitted) positional embeddings expect.
         max_frames=encoder_config.max_length,
         normalize=config.features.normalize,
         mean=config.features.mean,
