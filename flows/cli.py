@@ -28,8 +28,10 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "head_only": ("model", "head_only"),
     "train_last_n_layers": ("model", "train_last_n_layers"),
     "pooling": ("model", "pooling"),
+    "max_frames": ("features", "max_frames"),
     "epochs": ("training", "epochs"),
     "batch_size": ("training", "batch_size"),
+    "batch_sizes": ("training", "batch_sizes"),
     "learning_rate": ("training", "learning_rate"),
     "warmup_steps": ("training", "warmup_steps"),
     "gradient_accumulation_steps": ("training", "gradient_accumulation_steps"),
@@ -41,6 +43,14 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "tensorboard": ("training", "tensorboard"),
     "num_processes": ("training", "num_processes"),
 }
+
+
+def int_list(text: str) -> list[int]:
+    """'8,16,32' -> [8, 16, 32]; range checks are the config's, so errors name the config field."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,16,32, got {text!r}") from None
 
 
 def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +69,14 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     freezing.add_argument("--head-only", action="store_true", default=None, help="train only the head")
     freezing.add_argument("--train-last-n-layers", type=int, help="train the last N layers (0 = full)")
     parser.add_argument("--pooling", choices=["mean", "mean_patches"])
+    parser.add_argument(
+        "--max-frames", type=int, help="feature frames per clip (default 128; 1024 = the notebook's AST length)"
+    )
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="eval batch size, and train batch size without --batch-sizes")
+    parser.add_argument(
+        "--batch-sizes", type=int_list, help="per-epoch train batch sizes, e.g. 8,16,32 (the last one repeats)"
+    )
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--warmup-steps", type=float, help="steps, or a fraction of all steps if < 1")
     parser.add_argument("--gradient-accumulation-steps", type=int)

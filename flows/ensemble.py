@@ -46,7 +46,7 @@ def ensemble(config: EnsembleConfig) -> dict:
     features = build_features(
         manifest, first.feature_params, first.config.data.cache_dir, first.config.data.skip_bad_files
     )
-    encoder = prepare_encoder(first.config.model, first.config.data.cache_dir)
+    encoder = prepare_encoder(first.config.model, first.config.data.cache_dir, first.feature_params.max_frames)
 
     # members: a failing member does not stop the others
     published, failed = {}, {}

@@ -52,8 +52,8 @@ def finetune(config: FinetuneConfig) -> dict:
     features = build_features(
         manifest, plan.feature_params, plan.config.data.cache_dir, plan.config.data.skip_bad_files
     )
-    # model: SSL checkpoint -> stripped encoder
-    encoder = prepare_encoder(plan.config.model, plan.config.data.cache_dir)
+    # model: SSL checkpoint -> stripped encoder, positional embeddings fitted to the feature length
+    encoder = prepare_encoder(plan.config.model, plan.config.data.cache_dir, plan.feature_params.max_frames)
     # train -> evaluate -> publish
     summary = run_member(plan, features, encoder)
     create_markdown_artifact(

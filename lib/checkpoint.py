@@ -6,6 +6,10 @@ without needing to know the heads' architecture. Checkpoints saved with transfor
 old AST module names (``encoder.layer.N.attention.attention.query``); transformers 5 renames those
 to ``layers.N.attention.q_proj`` through its own checkpoint conversion mapping, which
 ``from_pretrained(state_dict=...)`` applies, so both layouts load without a hand-written table.
+
+The encoder can be loaded for a shorter or longer input than it was pretrained on (``max_frames``):
+the positional embeddings of its patch grid are then cut or interpolated along time, as the AST and
+SSAST reference code does when fine-tuning on clips of another length.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
+
+from lib.model import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +56,20 @@ ARCHITECTURE_KEYS = (
     "time_stride",
 )
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|encoder\.layer)\.(\d+)\.")
+POSITION_KEY = "embeddings.position_embeddings"
 
 
 class CheckpointError(ValueError):
     """An SSL checkpoint that cannot become an encoder; the message names the file/key and the fix."""
+
+
+class PositionGrid(BaseModel):
+    """How the patch grid's positional embeddings were fitted to the feature length."""
+
+    checkpoint: tuple[int, int]  # (frequency, time) patches the checkpoint was trained with
+    encoder: tuple[int, int]  # (frequency, time) patches of the loaded encoder
+    max_frames: int
+    adaptation: str  # "none", "centre_cut" or "bilinear"
 
 
 class EncoderLoadReport(BaseModel):
@@ -63,6 +79,7 @@ class EncoderLoadReport(BaseModel):
     encoder_keys: int
     dropped: dict[str, int]
     unexpected: list[str]
+    position_grid: PositionGrid | None = None  # None in reports cached before max_frames existed
 
 
 def architecture_dict(config: ASTConfig | dict) -> dict:
@@ -154,8 +171,93 @@ def count_layers(encoder_state: dict[str, torch.Tensor]) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def load_encoder(checkpoint_dir: Path, base_config: Path | None = None) -> tuple[ASTModel, EncoderLoadReport]:
-    """Load the SSL checkpoint's encoder into an ASTModel; fail on any missing or mismatched weight."""
+def patch_grid(config: ASTConfig) -> tuple[int, int]:
+    """(frequency, time) patches of an AST input, as transformers' ASTEmbeddings.get_shape counts them."""
+    return (
+        (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1,
+        (config.max_length - config.patch_size) // config.time_stride + 1,
+    )
+
+
+def config_for_frames(config: ASTConfig, max_frames: int | None) -> ASTConfig:
+    """The encoder config for inputs of max_frames frames; None keeps the config's own max_length."""
+    if max_frames is None or max_frames == config.max_length:
+        return config
+    if max_frames < config.patch_size:
+        raise CheckpointError(
+            f"features.max_frames is {max_frames}, shorter than one {config.patch_size}-frame patch of the "
+            f"encoder; use at least {config.patch_size} (128 fits 1 s clips), or null for the encoder's "
+            f"own max_length ({config.max_length})"
+        )
+    return ASTConfig(**{**architecture_dict(config), "max_length": max_frames})
+
+
+def fit_position_embeddings(
+    position_embeddings: torch.Tensor, frequency_patches: int, time_patches: int
+) -> tuple[torch.Tensor, str]:
+    """Fit the patch grid's positional embeddings to `time_patches`, keeping the cls/dist tokens.
+
+    Patch tokens are frequency-major: ASTPatchEmbeddings flattens the conv output
+    (batch, hidden, frequency, time), so token 2 + f * T + t is patch (f, t). As in the AST and
+    SSAST reference code (``ASTModel.__init__``), a shorter time axis keeps the centred columns
+    ``[T/2 - t/2, T/2 - t/2 + t)`` and a longer one is interpolated bilinearly. The frequency axis
+    never changes here: features always use the encoder's own mel bins.
+    Returns the new tensor and "none", "centre_cut" or "bilinear".
+    """
+    special, patches = position_embeddings[:, :SPECIAL_TOKENS], position_embeddings[:, SPECIAL_TOKENS:]
+    hidden = position_embeddings.shape[-1]
+    source_time = patches.shape[1] // frequency_patches
+    if source_time == time_patches:
+        return position_embeddings, "none"
+    grid = patches.reshape(1, frequency_patches, source_time, hidden).permute(0, 3, 1, 2)
+    if time_patches < source_time:
+        start = source_time // 2 - time_patches // 2
+        grid, adaptation = grid[..., start : start + time_patches], "centre_cut"
+    else:
+        # interpolate in float32: half-precision bilinear is not available on every device
+        resized = torch.nn.functional.interpolate(
+            grid.float(), size=(frequency_patches, time_patches), mode="bilinear", align_corners=False
+        )
+        grid, adaptation = resized.to(position_embeddings.dtype), "bilinear"
+    patches = grid.permute(0, 2, 3, 1).reshape(1, frequency_patches * time_patches, hidden)
+    return torch.cat([special, patches], dim=1).contiguous(), adaptation
+
+
+def _check_position_tokens(
+    encoder_state: dict[str, torch.Tensor], config: ASTConfig, checkpoint_dir: Path, config_source: str
+) -> None:
+    """The checkpoint's token count must be the grid its config describes, or the cut would scramble it."""
+    position = encoder_state.get(POSITION_KEY)
+    if position is None or position.ndim != 3:
+        return  # reported as a missing or mismatched weight by the load itself
+    frequency, time = patch_grid(config)
+    tokens = position.shape[1]
+    if tokens == SPECIAL_TOKENS + frequency * time:
+        return
+    patches = tokens - SPECIAL_TOKENS
+    looks_like = (
+        f"; it looks like {frequency} x {patches // frequency} patches, i.e. another max_length"
+        if patches > 0 and patches % frequency == 0
+        else ""
+    )
+    raise CheckpointError(
+        f"checkpoint {checkpoint_dir} does not fit the encoder config ({config_source}): "
+        f"{POSITION_KEY}: checkpoint {tuple(position.shape)} has {tokens} tokens, but num_mel_bins="
+        f"{config.num_mel_bins}, max_length={config.max_length}, patch_size={config.patch_size} and strides "
+        f"{config.frequency_stride}/{config.time_stride} make {SPECIAL_TOKENS} + {frequency} x {time} = "
+        f"{SPECIAL_TOKENS + frequency * time}{looks_like}. Pass --base-config with the config.json the SSL "
+        "model was built from"
+    )
+
+
+def load_encoder(
+    checkpoint_dir: Path, base_config: Path | None = None, max_frames: int | None = None
+) -> tuple[ASTModel, EncoderLoadReport]:
+    """Load the SSL checkpoint's encoder into an ASTModel; fail on any missing or mismatched weight.
+
+    With max_frames set, the encoder takes inputs of that many frames (its config's max_length
+    becomes max_frames) and its positional embeddings are cut or interpolated to match.
+    """
     config, config_source = resolve_encoder_config(checkpoint_dir, base_config)
     encoder_state, dropped, prefix = split_encoder(read_checkpoint(checkpoint_dir))
     layers_in_checkpoint = count_layers(encoder_state)
@@ -165,9 +267,15 @@ def load_encoder(checkpoint_dir: Path, base_config: Path | None = None) -> tuple
             f"({config_source}) has num_hidden_layers={config.num_hidden_layers}; pass --base-config with "
             "the config.json the SSL model was built from"
         )
+    _check_position_tokens(encoder_state, config, checkpoint_dir, config_source)
+    target = config_for_frames(config, max_frames)
+    frequency, time = patch_grid(target)
+    adaptation = "none"
+    if POSITION_KEY in encoder_state and encoder_state[POSITION_KEY].ndim == 3:
+        encoder_state[POSITION_KEY], adaptation = fit_position_embeddings(encoder_state[POSITION_KEY], frequency, time)
     model, info = ASTModel.from_pretrained(
         None,
-        config=config,
+        config=target,
         state_dict=encoder_state,
         output_loading_info=True,
         ignore_mismatched_sizes=True,  # we raise our own error below, naming each key and both shapes
@@ -198,10 +306,16 @@ def load_encoder(checkpoint_dir: Path, base_config: Path | None = None) -> tuple
         encoder_keys=len(encoder_state),
         dropped=dropped,
         unexpected=unexpected,
+        position_grid=PositionGrid(
+            checkpoint=patch_grid(config),
+            encoder=(frequency, time),
+            max_frames=target.max_length,
+            adaptation=adaptation,
+        ),
     )
     logger.info(
-        "loaded %d encoder tensors (prefix %r) from %s; dropped SSL heads %s",
-        report.encoder_keys, prefix, checkpoint_dir, dropped,
+        "loaded %d encoder tensors (prefix %r) from %s; dropped SSL heads %s; patch grid %s -> %s (%s)",
+        report.encoder_keys, prefix, checkpoint_dir, dropped, patch_grid(config), (frequency, time), adaptation,
     )
     return model, report
 
@@ -213,19 +327,23 @@ class EncoderRef(BaseModel):
     report: EncoderLoadReport
 
 
-def export_encoder(checkpoint_dir: Path, base_config: Path | None, cache_dir: Path) -> tuple[EncoderRef, bool]:
-    """Strip the SSL heads once and keep the encoder under cache_dir/encoders/<fingerprint>/.
+def export_encoder(
+    checkpoint_dir: Path, base_config: Path | None, cache_dir: Path, max_frames: int | None = None
+) -> tuple[EncoderRef, bool]:
+    """Strip the SSL heads once and keep the encoder under cache_dir/encoders/<key>/.
 
-    Every member of an ensemble starts from the same checkpoint, so the strip runs once. Returns
-    the reference and whether it was already there.
+    Every member of an ensemble starts from the same checkpoint, so the strip runs once per
+    checkpoint and max_frames (the key covers both). Returns the reference and whether it was
+    already there.
     """
-    key = checkpoint_fingerprint(checkpoint_dir, base_config)
+    source = checkpoint_fingerprint(checkpoint_dir, base_config)
+    key = hashlib.sha256(f"{source}|max_frames={max_frames}".encode()).hexdigest()[:24]
     root = Path(cache_dir) / "encoders"
     final = root / key
     report_file = final / "load_report.json"
     if report_file.is_file() and (final / WEIGHTS_FILE).is_file():
         return EncoderRef(path=str(final), report=EncoderLoadReport.model_validate_json(report_file.read_text())), True
-    encoder, report = load_encoder(checkpoint_dir, base_config)
+    encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
     try:

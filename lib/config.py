@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,6 +51,16 @@ class FeatureConfig(_Section):
     normalize: bool = Field(True, description="Normalise log-mel features with mean/std (as AST does).")
     mean: float = Field(AUDIOSET_MEAN, description="Feature mean for normalisation (AudioSet default).")
     std: float = Field(AUDIOSET_STD, gt=0, description="Feature std for normalisation (AudioSet default).")
+    max_frames: int | None = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description=(
+            "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98). The encoder's positional "
+            "embeddings are cut or interpolated to fit. 1024 reproduces the notebook (AST-base's length); "
+            "null uses the encoder config's max_length."
+        ),
+    )
 
 
 class EncoderConfig(_Section):
@@ -98,7 +108,17 @@ class ModelConfig(EncoderConfig):
 
 class TrainingConfig(_Section):
     epochs: int = Field(50, ge=1, le=100_000, description="Number of training epochs.")
-    batch_size: int = Field(8, ge=1, le=65_536, description="Per-device train and eval batch size.")
+    batch_size: int = Field(
+        8, ge=1, le=65_536, description="Per-device eval batch size, and train batch size unless batch_sizes is set."
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1, le=65_536)]] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Per-epoch train batch sizes (the notebook's batch_sizes), e.g. [8, 16, 32]: epoch i uses entry i; "
+            "epochs past the end of the list repeat its last entry. null: batch_size every epoch."
+        ),
+    )
     learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate (cosine schedule).")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     warmup_steps: float = Field(

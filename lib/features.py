@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 FEATURES_VERSION = "1"  # bump when the feature computation changes, to invalidate old caches
 META_FILE = "meta.json"
+# torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
 
 
 class FeatureParams(BaseModel):
@@ -40,6 +43,14 @@ class FeatureParams(BaseModel):
     normalize: bool = True
     mean: float = -4.2677393
     std: float = 4.5689974
+
+
+def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
+    """Frames the fbank makes from one clip before padding/truncation to max_frames (edges snipped)."""
+    samples = int(round(sample_rate_hz * clip_seconds))  # as lib.audio.load_clip trims/pads
+    window = int(sample_rate_hz * FRAME_LENGTH_MS * 0.001)
+    shift = int(sample_rate_hz * FRAME_SHIFT_MS * 0.001)
+    return 0 if samples < window else 1 + (samples - window) // shift
 
 
 class FeatureCacheRef(BaseModel):

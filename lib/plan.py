@@ -7,9 +7,15 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from lib.checkpoint import CheckpointError, WEIGHTS_FILE, architecture_dict, resolve_encoder_config
+from lib.checkpoint import (
+    CheckpointError,
+    WEIGHTS_FILE,
+    architecture_dict,
+    config_for_frames,
+    resolve_encoder_config,
+)
 from lib.config import ConfigError, FinetuneConfig
-from lib.features import FeatureParams
+from lib.features import FeatureParams, fbank_frames
 from lib.training import Runtime, resolve_runtime
 
 
@@ -46,9 +52,18 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         if not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
     try:
-        encoder_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
+        checkpoint_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
+        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
+        encoder_config = config_for_frames(checkpoint_config, config.features.max_frames)
     except CheckpointError as error:
         raise ConfigError(str(error)) from error
+    clip_frames = fbank_frames(config.features.sample_rate_hz, config.features.clip_seconds)
+    if clip_frames > encoder_config.max_length:
+        raise ConfigError(
+            f"features.clip_seconds={config.features.clip_seconds} makes {clip_frames} frames but "
+            f"features.max_frames is {encoder_config.max_length}, which would cut the end of every clip; "
+            f"set features.max_frames (--max-frames) to at least {clip_frames}, or shorten clip_seconds"
+        )
     layers = encoder_config.num_hidden_layers
     if config.model.train_last_n_layers > layers:
         raise ConfigError(
@@ -57,6 +72,11 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         )
     runtime = resolve_runtime(config.training.device, config.training.precision)
     processes = config.training.num_processes
+    if processes > 1 and config.training.batch_sizes:
+        raise ConfigError(
+            "training.batch_sizes (a per-epoch schedule) works with one training process only; "
+            "drop it or set training.num_processes (--num-processes) to 1"
+        )
     if runtime.device == "cuda" and processes > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "
@@ -66,7 +86,7 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         sample_rate_hz=config.features.sample_rate_hz,
         clip_seconds=config.features.clip_seconds,
         num_mel_bins=encoder_config.num_mel_bins,
-        # Features are exactly as long as the encoder's positional embeddings expect.
+        # Features are exactly as long as the (fitted) positional embeddings expect.
         max_frames=encoder_config.max_length,
         normalize=config.features.normalize,
         mean=config.features.mean,

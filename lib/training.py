@@ -1,11 +1,13 @@
-"""Trainer assembly: device/precision choice, TrainingArguments, callbacks, resume, best model."""
+"""Trainer assembly: device/precision choice, TrainingArguments, batch-size schedule, callbacks, resume."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +69,104 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def epoch_batch_sizes(config: TrainingConfig) -> list[int]:
+    """The train batch size of each epoch: batch_sizes (its last entry repeated), else batch_size."""
+    schedule = config.batch_sizes or [config.batch_size]
+    return [schedule[min(epoch, len(schedule) - 1)] for epoch in range(config.epochs)]
+
+
+def batches_per_epoch(num_examples: int, batch_size: int, drop_last: bool = False) -> int:
+    """Length of a DataLoader over num_examples (the last batch is partial unless dropped)."""
+    return num_examples // batch_size if drop_last else math.ceil(num_examples / batch_size)
+
+
+def optimizer_steps_per_epoch(
+    num_examples: int, batch_sizes: list[int], gradient_accumulation_steps: int, drop_last: bool = False
+) -> list[int]:
+    """Optimizer steps of each epoch: ceil(batches / accumulation), as Trainer steps through an epoch."""
+    return [
+        max(math.ceil(batches_per_epoch(num_examples, size, drop_last) / gradient_accumulation_steps), 1)
+        for size in batch_sizes
+    ]
+
+
+class EpochBatchSizeTrainer(Trainer):
+    """HF Trainer whose train batch size follows a per-epoch schedule.
+
+    Stock Trainer builds the train dataloader once and derives from its length the length of every
+    epoch, the total number of optimizer steps (which the LR schedule spans) and the position to
+    resume from; editing args.per_device_train_batch_size from a callback, as the notebook did,
+    changes none of them. Here each epoch gets a dataloader of its own batch size and those three
+    come from the whole schedule. It hooks transformers 5.24's epoch loop (`_run_epoch`,
+    `_init_training_state`, both private: transformers is pinned) and supports one process, with
+    DataParallel over local GPUs as stock Trainer does.
+    """
+
+    def __init__(self, *args, epoch_batch_sizes: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        if len(epoch_batch_sizes) != math.ceil(self.args.num_train_epochs) or self.args.max_steps > 0:
+            raise ValueError(
+                f"epoch_batch_sizes has {len(epoch_batch_sizes)} entries for num_train_epochs="
+                f"{self.args.num_train_epochs} (max_steps={self.args.max_steps}); give one per epoch and no max_steps"
+            )
+        if self.args.world_size > 1:
+            raise ValueError("a per-epoch batch-size schedule needs a single training process (no torchrun/DDP)")
+        self.epoch_batch_sizes = list(epoch_batch_sizes)
+        # DataParallel splits each batch over the local GPUs, as args.train_batch_size does.
+        self._loader_sizes = [size * max(1, self.args.n_gpu) for size in epoch_batch_sizes]
+        self.epoch_steps = optimizer_steps_per_epoch(
+            len(self.train_dataset), self._loader_sizes, self.args.gradient_accumulation_steps,
+            self.args.dataloader_drop_last,
+        )
+
+    def _batches_in_epoch(self, epoch: int) -> int:
+        return batches_per_epoch(len(self.train_dataset), self._loader_sizes[epoch], self.args.dataloader_drop_last)
+
+    def set_initial_training_values(self, args, dataloader):
+        epochs, _, examples, _, total_batch_size, _, _ = super().set_initial_training_values(args, dataloader)
+        # max_steps is what the LR scheduler is built for: the sum over the real epoch lengths.
+        return (
+            epochs, self.epoch_steps[0], examples, examples * epochs, total_batch_size,
+            self._batches_in_epoch(0), sum(self.epoch_steps),
+        )
+
+    def _init_training_state(self, *args, **kwargs):
+        epochs_trained, batches_to_skip = super()._init_training_state(*args, **kwargs)
+        if self.state.global_step > 0:  # resuming: the stock code divides by one fixed epoch length
+            epochs_trained, steps_into_epoch = self.epoch_position(self.state.global_step)
+            accumulation = self.args.gradient_accumulation_steps
+            batches_to_skip = 0 if self.args.ignore_data_skip else steps_into_epoch * accumulation
+        return epochs_trained, batches_to_skip
+
+    def epoch_position(self, global_step: int) -> tuple[int, int]:
+        """(epochs completed, optimizer steps into the next epoch) after global_step steps."""
+        for epoch, steps in enumerate(self.epoch_steps):
+            if global_step < steps:
+                return epoch, global_step
+            global_step -= steps
+        return len(self.epoch_steps), 0
+
+    def _run_epoch(self, **kwargs):
+        epoch = kwargs["epoch"]
+        self._train_batch_size = self._loader_sizes[epoch]  # get_train_dataloader batches by this
+        self.state.train_batch_size = self._train_batch_size  # what EpochLogCallback reports
+        dataloader = self.get_train_dataloader()
+        if len(dataloader) != self._batches_in_epoch(epoch):
+            raise RuntimeError(
+                f"epoch {epoch}: the train dataloader has {len(dataloader)} batches, the schedule expected "
+                f"{self._batches_in_epoch(epoch)}; EpochBatchSizeTrainer supports one process only"
+            )
+        self.callback_handler.train_dataloader = dataloader
+        kwargs.update(
+            train_dataloader=dataloader,
+            steps_in_epoch=len(dataloader),
+            num_update_steps_per_epoch=self.epoch_steps[epoch],
+        )
+        return super()._run_epoch(**kwargs)
+
+
 class EpochLogCallback(TrainerCallback):
-    """One line per epoch in train_log<name>.txt: epoch, batch size, train loss, validation metrics."""
+    """One line per epoch in train_log<name>.txt: epoch, batch size used, train loss, validation metrics."""
 
     def __init__(self, path: Path, total_epochs: int):
         self.path = Path(path)
@@ -86,7 +184,7 @@ class EpochLogCallback(TrainerCallback):
         train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         parts = [
             f"epoch {round(state.epoch or 0)}/{self.total_epochs}",
-            f"batch_size {args.per_device_train_batch_size}",
+            f"batch_size {state.train_batch_size or args.per_device_train_batch_size}",
             f"step {state.global_step}",
         ]
         if train_losses:
@@ -110,6 +208,8 @@ class TrainOutcome(BaseModel):
     train_log: str
     precision: str
     device: str
+    batch_sizes: list[int]  # train batch size of each epoch
+    optimizer_steps: int
 
 
 def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
@@ -124,7 +224,7 @@ def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Ru
         metric_for_best_model=metric,
         greater_is_better=metric != "loss",
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=epoch_batch_sizes(config)[0],  # later epochs: EpochBatchSizeTrainer
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
@@ -206,16 +306,25 @@ def train_classifier(
     train_log: Path,
     run_fingerprint: str,
     runtime: Runtime,
+    extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainOutcome:
-    """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model."""
+    """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
+
+    The train batch size follows config.batch_sizes per epoch; extra_callbacks observe the run.
+    """
     work_dir = Path(work_dir)
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    callbacks: list[TrainerCallback] = [EpochLogCallback(train_log, config.epochs)]
+    callbacks: list[TrainerCallback] = [EpochLogCallback(train_log, config.epochs), *extra_callbacks]
     if config.tensorboard:
         callbacks.append(_tensorboard_callback(work_dir))
-    trainer = Trainer(
+    # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also
+    # covers torchrun/DDP, which the schedule does not.
+    schedule = {"epoch_batch_sizes": epoch_batch_sizes(config)} if config.batch_sizes else {}
+    trainer_class = EpochBatchSizeTrainer if config.batch_sizes else Trainer
+    trainer = trainer_class(
+        **schedule,
         model=model,
         args=build_training_arguments(config, work_dir, runtime),
         train_dataset=train_dataset,
@@ -249,4 +358,6 @@ def train_classifier(
         train_log=str(train_log),
         precision=runtime.precision,
         device=runtime.device,
+        batch_sizes=epoch_batch_sizes(config),
+        optimizer_steps=state.global_step,
     )

@@ -23,12 +23,14 @@ from lib.training import TrainOutcome
 
 
 @task(name="prepare-encoder", cache_policy=NO_CACHE)
-def prepare_encoder(model: ModelConfig, cache_dir: Path) -> EncoderRef:
-    """Load the SSL checkpoint, drop its projector/decoder, and keep the encoder (once per checkpoint)."""
-    ref, hit = export_encoder(model.ssl_checkpoint, model.base_config, Path(cache_dir))
+def prepare_encoder(model: ModelConfig, cache_dir: Path, max_frames: int) -> EncoderRef:
+    """Strip the SSL checkpoint's projector/decoder and fit its grid to max_frames, once per checkpoint."""
+    ref, hit = export_encoder(model.ssl_checkpoint, model.base_config, Path(cache_dir), max_frames)
+    grid = ref.report.position_grid
     get_run_logger().info(
-        "%s encoder %s (config: %s; dropped SSL heads %s)",
+        "%s encoder %s (config: %s; dropped SSL heads %s; patch grid %s -> %s for %d frames: %s)",
         "reused" if hit else "stripped", ref.path, ref.report.config_source, ref.report.dropped,
+        grid.checkpoint, grid.encoder, grid.max_frames, grid.adaptation,
     )
     return ref
 

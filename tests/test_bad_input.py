@@ -95,7 +95,7 @@ def test_thousands_of_classes(tmp_path):
 def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch):
     import lib.launch
     from lib.checkpoint import export_encoder
-    from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+    from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.plan import plan_run
 
     def out_of_memory(*args, **kwargs):
@@ -106,6 +106,7 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     plan = plan_run(FinetuneConfig(
         name="oom", output_dir=tmp_path,
         data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "c"),
+        features=FeatureConfig(max_frames=None, clip_seconds=0.6),  # 58 frames fit the tiny checkpoint's 64
         model=ModelConfig(ssl_checkpoint=ssl_checkpoint), training=TrainingConfig(device="cpu", batch_size=64),
     ))
     features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), plan.feature_params, tmp_path / "c")
@@ -117,23 +118,25 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dataset_dirs, ssl_checkpoint):
     from lib.checkpoint import export_encoder
-    from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+    from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.launch import MemberSpec
     from lib.plan import plan_run
 
     train_dir, validation_dir = dataset_dirs
-    features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), PARAMS, tmp_path / "cache")
+    params = PARAMS.model_copy(update={"clip_seconds": 0.6})
+    features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), params, tmp_path / "cache")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "cache")
 
     def spec_file(output: Path) -> Path:
         plan = plan_run(FinetuneConfig(
             name="resume", output_dir=output,
             data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "cache"),
+            features=FeatureConfig(max_frames=None, clip_seconds=0.6),  # 58 frames fit the tiny checkpoint's 64
             model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
             training=TrainingConfig(epochs=30, batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
                                     device="cpu", save_total_limit=1),
         ))
-        assert plan.feature_params == PARAMS
+        assert plan.feature_params == params
         path = output / "spec.json"
         output.mkdir(parents=True)
         path.write_text(MemberSpec(plan=plan, features=features, encoder=encoder,

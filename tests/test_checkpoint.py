@@ -2,12 +2,18 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from transformers import ASTModel
+from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import (
+    ASTPatchEmbeddings,
+)
 
 from lib.checkpoint import (
     CheckpointError,
     export_encoder,
     load_encoder,
+    patch_grid,
     read_ast_config,
     resolve_encoder_config,
     BUNDLED_CONFIG,
@@ -69,7 +75,9 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_encoder(folder)
     message = str(error.value)
-    assert "embeddings.position_embeddings: checkpoint (1, 27, 32) vs model (1, 62, 32)" in message
+    # 64 mel bins -> 5 frequency patches; 64 frames -> 5 time patches, 128 frames -> 12
+    assert "embeddings.position_embeddings: checkpoint (1, 27, 32) has 27 tokens" in message
+    assert "2 + 5 x 12 = 62" in message and "looks like 5 x 5 patches" in message
     assert "--base-config" in message
 
 
@@ -99,6 +107,98 @@ def test_export_encoder_strips_once_and_reuses(tmp_path):
     assert not hit
     second, hit = export_encoder(folder, None, tmp_path / "cache")
     assert hit and second.path == first.path
-    from transformers import ASTModel
-
     assert_same_weights(ASTModel.from_pretrained(first.path), reference)
+
+
+def position_embeddings(model) -> torch.Tensor:
+    return model.state_dict()["embeddings.position_embeddings"]
+
+
+def assert_same_weights_except_positions(loaded, reference):
+    loaded_state, reference_state = loaded.state_dict(), reference.state_dict()
+    assert loaded_state.keys() == reference_state.keys()
+    for key, tensor in reference_state.items():
+        if key != "embeddings.position_embeddings":
+            assert torch.equal(loaded_state[key], tensor), key
+
+
+def test_patch_tokens_are_frequency_major_in_transformers_ast():
+    # The crop relies on this layout: token n is patch (n // time_patches, n % time_patches).
+    config = small_config(hidden_size=2, num_attention_heads=1)
+    frequency_patches, time_patches = patch_grid(config)
+    embed = ASTPatchEmbeddings(config)
+    with torch.no_grad():
+        embed.projection.weight.zero_()
+        embed.projection.bias.zero_()
+        embed.projection.weight[0, 0, 0, 0] = 1.0  # channel 0 = the patch's first (frequency, time) cell
+    frames, bins = torch.meshgrid(torch.arange(config.max_length), torch.arange(config.num_mel_bins), indexing="ij")
+    values = (1000.0 * frames + bins).unsqueeze(0)  # input (batch, time, frequency)
+    tokens = embed(values)[0, :, 0]
+    assert tokens.shape[0] == frequency_patches * time_patches
+    for index, value in enumerate(tokens.tolist()):
+        f, t = divmod(index, time_patches)
+        assert value == 1000.0 * t * config.time_stride + f * config.frequency_stride
+
+
+def test_shorter_max_frames_keeps_the_centred_time_columns(tmp_path):
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(max_length=128), seed=4)
+    encoder, report = load_encoder(folder, max_frames=64)
+
+    assert encoder.config.max_length == 64
+    assert report.position_grid.checkpoint == (5, 12) and report.position_grid.encoder == (5, 5)
+    assert report.position_grid.adaptation == "centre_cut"
+    before, after = position_embeddings(reference), position_embeddings(encoder)
+    assert after.shape == (1, 2 + 5 * 5, 32)
+    assert torch.equal(after[:, :2], before[:, :2])  # cls and distillation tokens
+    start = 12 // 2 - 5 // 2  # AST/SSAST: int(T/2) - int(t/2)
+    for f in range(5):
+        for t in range(5):
+            assert torch.equal(after[0, 2 + f * 5 + t], before[0, 2 + f * 12 + start + t]), (f, t)
+    assert_same_weights_except_positions(encoder, reference)
+    assert encoder(torch.randn(1, 64, 64)).last_hidden_state.shape == (1, 27, 32)
+
+
+def test_longer_max_frames_interpolates_along_time_only(tmp_path):
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=4)  # 5 x 5 patches
+    # Every frequency row gets its own constant: interpolating along time alone must keep it.
+    before = position_embeddings(reference).clone()
+    before[0, 2:] = torch.arange(5.0).repeat_interleave(5)[:, None]
+    state = load_file(str(folder / "model.safetensors"))
+    state["encoder.embeddings.position_embeddings"] = before.contiguous()
+    save_file(state, str(folder / "model.safetensors"))
+
+    encoder, report = load_encoder(folder, max_frames=128)
+    assert encoder.config.max_length == 128
+    assert report.position_grid.encoder == (5, 12) and report.position_grid.adaptation == "bilinear"
+    after = position_embeddings(encoder)
+    assert after.shape == (1, 2 + 5 * 12, 32)
+    assert torch.equal(after[:, :2], before[:, :2])  # cls and distillation tokens
+    torch.testing.assert_close(after[0, 2:], torch.arange(5.0).repeat_interleave(12)[:, None].expand(-1, 32))
+    assert_same_weights_except_positions(encoder, reference)
+    assert encoder(torch.randn(1, 128, 64)).last_hidden_state.shape == (1, 62, 32)
+
+
+@pytest.mark.parametrize("max_frames", [64, 65])  # 65 frames still make 5 time patches
+def test_max_frames_on_the_checkpoints_grid_keeps_identical_weights(tmp_path, max_frames):
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=6)
+    encoder, report = load_encoder(folder, max_frames=max_frames)
+    assert_same_weights(encoder, reference)
+    assert encoder.config.max_length == max_frames
+    assert report.position_grid.adaptation == "none"
+
+
+def test_max_frames_shorter_than_a_patch_is_a_clear_error(tmp_path):
+    folder, _ = make_ssl_checkpoint(tmp_path / "ckpt", small_config())
+    with pytest.raises(CheckpointError, match="features.max_frames is 8, shorter than one 16-frame patch"):
+        load_encoder(folder, max_frames=8)
+
+
+def test_encoder_cache_is_keyed_by_max_frames(tmp_path):
+    folder, _ = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=9)
+    native, _ = export_encoder(folder, None, tmp_path / "cache")
+    longer, hit = export_encoder(folder, None, tmp_path / "cache", max_frames=128)
+    assert not hit and longer.path != native.path
+    reloaded = ASTModel.from_pretrained(longer.path)
+    assert reloaded.config.max_length == 128
+    assert position_embeddings(reloaded).shape == (1, 62, 32)
+    assert longer.report.position_grid.adaptation == "bilinear"

@@ -8,12 +8,16 @@ def test_flags_map_onto_the_nested_config():
         "finetune", "--train-dir", "t", "--validation-dir", "v", "--ssl-checkpoint", "c", "--name", "n",
         "--output-dir", "o", "--train-last-n-layers", "3", "--epochs", "4", "--batch-size", "2",
         "--learning-rate", "0.01", "--seed", "7", "--device", "cpu", "--base-config", "b.json",
+        "--batch-sizes", "8,16,32", "--max-frames", "256",
     ])
     assert overrides_from_args(args) == {
         "name": "n", "output_dir": "o",
         "data": {"train_dir": "t", "validation_dir": "v"},
         "model": {"ssl_checkpoint": "c", "base_config": "b.json", "train_last_n_layers": 3},
-        "training": {"epochs": 4, "batch_size": 2, "learning_rate": 0.01, "seed": 7, "device": "cpu"},
+        "features": {"max_frames": 256},
+        "training": {
+            "epochs": 4, "batch_size": 2, "batch_sizes": [8, 16, 32], "learning_rate": 0.01, "seed": 7, "device": "cpu"
+        },
     }
 
 
@@ -28,3 +32,9 @@ def test_invalid_config_exits_2_naming_the_parameter(capsys, tmp_path):
                  "--ssl-checkpoint", "c", "--epochs", "0"])
     assert code == 2
     assert "training.epochs" in capsys.readouterr().err
+
+
+def test_batch_sizes_flag_needs_integers(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--batch-sizes", "8,sixteen"])
+    assert "comma-separated integers such as 8,16,32, got '8,sixteen'" in capsys.readouterr().err

@@ -36,6 +36,9 @@ def test_preset_then_flag_overrides(tmp_path):
         ({"training": {"batch_sise": 4}}, "training.batch_sise"),
         ({"model": {"ssl_checkpoint": "c", "head_only": True, "train_last_n_layers": 2}}, "train_last_n_layers"),
         ({"name": "../escape"}, "name"),
+        ({"training": {"batch_sizes": []}}, "training.batch_sizes"),
+        ({"training": {"batch_sizes": [8, 0]}}, "training.batch_sizes.1"),
+        ({"features": {"max_frames": 0}}, "features.max_frames"),
     ],
 )
 def test_invalid_values_name_the_parameter(override, named):

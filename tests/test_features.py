@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
+import torchaudio.compliance.kaldi as kaldi
 
 import lib.features as features_module
 from lib.audio import load_clip
-from lib.features import FeatureParams, build_feature_cache, load_split, make_feature_extractor
+from lib.features import FeatureParams, build_feature_cache, fbank_frames, load_split, make_feature_extractor
 from lib.scan import scan_dataset
 
 PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
@@ -61,3 +63,12 @@ def test_truncated_cache_is_rebuilt_not_read(manifest, tmp_path):
     assert not hit
     assert arrow.read_bytes() == good
     assert not [p for p in (tmp_path / "features").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+@pytest.mark.parametrize(
+    ("sample_rate_hz", "clip_seconds", "frames"), [(16000, 1.0, 98), (16000, 10.24, 1022), (22050, 1.3, 128)]
+)
+def test_fbank_frames_counts_what_the_kaldi_fbank_makes(sample_rate_hz, clip_seconds, frames):
+    samples = torch.randn(1, int(round(sample_rate_hz * clip_seconds)))
+    made = kaldi.fbank(samples, sample_frequency=sample_rate_hz, window_type="hanning", num_mel_bins=64).shape[0]
+    assert fbank_frames(sample_rate_hz, clip_seconds) == made == frames

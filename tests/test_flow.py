@@ -50,6 +50,14 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     info = json.loads((member / "member.json").read_text())
     assert info["freezing"] == "last_1_layers"
     assert info["parameters"]["trainable"] < info["parameters"]["total"]
+    # The checkpoint was built for 64 frames; the default max_frames (128) interpolated its grid,
+    # and the member's model, features and feature extractor all agree on 128 frames.
+    assert info["encoder"]["position_grid"] == {
+        "checkpoint": [5, 5], "encoder": [5, 12], "max_frames": 128, "adaptation": "bilinear"
+    }
+    assert info["feature_params"]["max_frames"] == 128
+    assert json.loads((member / "config.json").read_text())["max_length"] == 128
+    assert json.loads((member / "preprocessor_config.json").read_text())["max_length"] == 128
 
     # The published folder alone reproduces the validation logits it was scored with.
     model = ASTMeanPoolClassifier.from_pretrained(member).eval()
@@ -59,6 +67,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
         "label_names": list(labels["label2id"]), "num_clips": {},
     })
     validation = load_split(cache, "validation")
+    assert tuple(validation[0]["input_values"].shape) == (128, 64)  # frames x mel bins
     with torch.no_grad():
         logits = model(input_values=validation[:]["input_values"]).logits.numpy()
     np.testing.assert_allclose(logits, np.load(member / "validation_logits.npz")["logits"], atol=1e-5)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lib.checkpoint import export_encoder
-from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
 from lib.features import build_feature_cache
 from lib.launch import train_member, train_member_distributed
 from lib.plan import plan_run
@@ -17,7 +17,8 @@ def test_one_member_trains_on_two_processes_under_torchrun(tmp_path, dataset_dir
     config = FinetuneConfig(
         name="ddp", output_dir=tmp_path / "out",
         data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "cache"),
-        model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
+        features=FeatureConfig(max_frames=None, clip_seconds=0.6),  # 58 frames fit the tiny checkpoint's 64
+            model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
         training=TrainingConfig(epochs=2, batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
                                 device="cpu", num_processes=2),
     )

@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
+from transformers import ASTModel, TrainerCallback
 
 from lib.checkpoint import load_encoder
 from lib.config import ConfigError, TrainingConfig
@@ -11,7 +13,14 @@ from lib.evaluation import evaluate_model
 from lib.features import FeatureParams, build_feature_cache, load_split, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.scan import scan_dataset
-from lib.training import resolve_runtime, seed_everything, train_classifier
+from lib.training import (
+    epoch_batch_sizes,
+    optimizer_steps_per_epoch,
+    resolve_runtime,
+    seed_everything,
+    train_classifier,
+)
+from tests.conftest import small_config
 
 CPU = resolve_runtime("cpu", "auto")
 
@@ -97,3 +106,91 @@ def test_a_checkpoint_interrupted_while_saving_is_not_resumed(tmp_path):
     (tmp_path / "run.json").write_text('{"fingerprint": "fp"}')
     assert prepare_work_dir(tmp_path, "fp") == str(tmp_path / "checkpoint-10")
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10"]
+
+
+def test_epoch_batch_sizes_repeat_the_last_entry_and_default_to_batch_size():
+    assert epoch_batch_sizes(TrainingConfig(epochs=4, batch_sizes=[2, 4])) == [2, 4, 4, 4]
+    assert epoch_batch_sizes(TrainingConfig(epochs=2, batch_sizes=[2, 4, 8])) == [2, 4]
+    assert epoch_batch_sizes(TrainingConfig(epochs=3, batch_size=5)) == [5, 5, 5]
+    # 20 examples, accumulation 2: 10 batches -> 5 steps, 5 -> 3, 3 (8+8+4) -> 2
+    assert optimizer_steps_per_epoch(20, [2, 4, 8], 2) == [5, 3, 2]
+    assert optimizer_steps_per_epoch(20, [8], 1, drop_last=True) == [2]
+
+
+class ScheduleRecorder(TrainerCallback):
+    """Per epoch: the batch sizes the model was called with in training, and samples per optimizer step."""
+
+    def __init__(self, model):
+        self.micro_batches: list[list[int]] = []
+        self.step_samples: list[list[int]] = []
+        self.learning_rates: list[float] = []  # after each optimizer step's scheduler update
+        self.max_steps = None
+        self._pending = 0
+        model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        if module.training:
+            size = kwargs["input_values"].shape[0]
+            self.micro_batches[-1].append(size)
+            self._pending += size
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.micro_batches.append([])
+        self.step_samples.append([])
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.step_samples[-1].append(self._pending)
+        self._pending = 0
+        self.learning_rates.append(lr_scheduler.get_last_lr()[0])
+        self.max_steps = state.max_steps
+
+
+def random_features(count: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset.from_dict({
+        "input_values": rng.standard_normal((count, 64, 64)).astype(np.float32),
+        "label": [index % 3 for index in range(count)],
+    }).with_format("torch")
+
+
+def train_with_schedule(tmp_path, epochs: int, fingerprint: str = "schedule"):
+    seed_everything(0, True)
+    model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
+    recorder = ScheduleRecorder(model)
+    config = TrainingConfig(
+        epochs=epochs, batch_sizes=[2, 4, 8], gradient_accumulation_steps=2, learning_rate=1e-3, warmup_steps=0
+    )
+    outcome = train_classifier(
+        model, random_features(20, 0), random_features(6, 1), None, config,
+        tmp_path / "work", tmp_path / "log.txt", fingerprint, CPU, extra_callbacks=[recorder],
+    )
+    return outcome, recorder
+
+
+def test_batch_size_schedule_reaches_the_dataloader_and_the_lr_schedule_ends_at_the_last_step(tmp_path):
+    outcome, recorder = train_with_schedule(tmp_path, epochs=4)
+
+    # 20 examples; epochs use 2, 4, 8 and then 8 again (the last entry repeats)
+    assert recorder.micro_batches == [[2] * 10, [4] * 5, [8, 8, 4], [8, 8, 4]]
+    # accumulation 2: each optimizer step sees two batches, the last step of an epoch what is left
+    assert recorder.step_samples == [[4] * 5, [8, 8, 4], [16, 4], [16, 4]]
+    expected_steps = sum(optimizer_steps_per_epoch(20, [2, 4, 8, 8], 2))
+    assert expected_steps == 12
+    assert outcome.optimizer_steps == recorder.max_steps == expected_steps
+    assert outcome.batch_sizes == [2, 4, 8, 8]
+    # the cosine schedule spans exactly these steps: zero after the last one, not before
+    assert recorder.learning_rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert recorder.learning_rates[-2] > 1e-6
+    lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[1] for line in lines] == ["batch_size 2", "batch_size 4", "batch_size 8", "batch_size 8"]
+
+
+def test_resume_finds_its_epoch_in_a_batch_size_schedule(tmp_path):
+    first, _ = train_with_schedule(tmp_path, epochs=2)
+    assert first.optimizer_steps == 5 + 3
+    # same run config, more epochs: resumes after epoch 2 (step 8), which a fixed epoch length
+    # (5 steps) would have placed in the middle of epoch 2
+    resumed, recorder = train_with_schedule(tmp_path, epochs=4)
+    assert resumed.resumed_from.endswith("checkpoint-8")
+    assert recorder.micro_batches == [[8, 8, 4], [8, 8, 4]]
+    assert resumed.optimizer_steps == 12 and resumed.epochs_run == 4

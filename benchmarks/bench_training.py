@@ -1,0 +1,335 @@
+"""Benchmark: the notebook's 1024-frame input vs the default 128-frame crop, and the feature cache.
+
+    python benchmarks/bench_training.py                      # CPU, small AST, ~1 min on 2 cores
+    python benchmarks/bench_training.py --device cuda --config base --steps 50
+
+Prints, side by side on the same synthetic clips (lib/example.py):
+- train steps/s, samples/s and peak memory of one training step (forward, cross-entropy, backward,
+  AdamW) of the classifier at each frame count. Peak memory is what training adds to what the
+  process held before the model was built (weights, gradients, AdamW state, activations): on CUDA
+  torch.cuda.max_memory_allocated; on CPU the peak of glibc's in-use heap bytes (mallinfo2,
+  sampled every 0.5 ms over extra untimed steps; the process's RSS cannot show it, since freed
+  memory is kept or reused). Each frame count runs in a fresh process.
+- feature preprocessing clips/s: a cold build of the Arrow feature cache (decode, resample, fbank,
+  write) vs a cache hit (key check plus reading every clip's features back, as training does).
+- on CUDA, an estimated MFU (model FLOPs utilisation) per frame count, with training FLOPs per
+  sample = 6 * parameters * tokens + 12 * layers * hidden * tokens^2 (weights: 2 forward + 4
+  backward FLOPs per parameter per token; attention scores and values: the same 3x on
+  4 * hidden * tokens^2 per layer), over the GPU's dense bf16/fp16 peak (--peak-tflops to override).
+
+The model is randomly initialised: speed does not depend on the weights. Trainer's own overhead
+(evaluation, checkpoints, logging) is not included; this measures the model step it repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere: lib/ lives in the repository root
+    sys.path.insert(0, str(REPO))
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+from transformers import ASTConfig, ASTModel  # noqa: E402
+
+from lib.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
+from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
+from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
+from lib.model import SPECIAL_TOKENS, build_classifier  # noqa: E402
+from lib.scan import SPLITS, scan_dataset  # noqa: E402
+from lib.training import resolve_runtime  # noqa: E402
+
+NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
+DEFAULT_FRAMES = 128  # features.max_frames default
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendor data sheets, matched on the device name.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
+
+
+def encoder_config(name: str, max_frames: int) -> ASTConfig:
+    """'small': the demo's 64-hidden, 2-layer AST; 'base': the bundled AST-base (for a GPU)."""
+    config = tiny_ast_config() if name == "small" else read_ast_config(BUNDLED_CONFIG)
+    return ASTConfig(**{**architecture_dict(config), "max_length": max_frames})
+
+
+def tokens_per_clip(config: ASTConfig) -> int:
+    frequency, time_patches = patch_grid(config)
+    return SPECIAL_TOKENS + frequency * time_patches
+
+
+def train_flops_per_sample(parameters: int, config: ASTConfig) -> float:
+    tokens = tokens_per_clip(config)
+    return 6.0 * parameters * tokens + 12.0 * config.num_hidden_layers * config.hidden_size * tokens**2
+
+
+def peak_flops(device_name: str, precision: str, override_tflops: float | None) -> float | None:
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    if precision not in ("bf16", "fp16"):
+        return None  # fp32 peaks depend on TF32 settings: pass --peak-tflops
+    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS if key in device_name), None)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")
+    ]
+
+
+def _heap_in_use_reader():
+    """A function returning the bytes glibc malloc has handed out (all arenas + mmapped), or None."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33: no CPU peak-memory figure
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+class HeapPeakSampler:
+    """Peak of the in-use heap while active, sampled by a background thread (torch ops drop the GIL)."""
+
+    def __init__(self, in_use, interval_seconds: float = 0.0005):
+        self.in_use, self.interval_seconds, self.peak = in_use, interval_seconds, in_use()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.in_use())
+            time.sleep(self.interval_seconds)
+
+    def __enter__(self) -> HeapPeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.in_use())
+
+
+def measure_training(job: dict) -> dict:
+    """Run in a fresh process: time `steps` training steps of the classifier at job['max_frames']."""
+    if job["cpu_threads"]:
+        torch.set_num_threads(job["cpu_threads"])
+    runtime = resolve_runtime(job["device"], job["precision"])
+    cache = FeatureCacheRef.model_validate_json(job["cache"])
+    train = load_split(cache, "train")
+    size = job["batch_size"]
+    batches = [
+        (train[start : start + size]["input_values"], train[start : start + size]["label"])
+        for start in range(0, len(train) - size + 1, size)
+    ]
+    if not batches:
+        raise ValueError(f"--batch-size {size} is larger than the {len(train)} train clips; lower it or raise --clips")
+    torch.manual_seed(0)
+    cuda = runtime.device == "cuda"
+    heap_in_use = None if cuda else _heap_in_use_reader()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        before_bytes = torch.cuda.memory_allocated()
+    elif heap_in_use is not None:
+        before_bytes = heap_in_use()
+
+    config = encoder_config(job["config"], job["max_frames"])
+    model = build_classifier(ASTModel(config), cache.label_names).to(runtime.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.fp16)
+    dtype = runtime.autocast_dtype
+
+    def step(index: int) -> None:
+        values, labels = batches[index % len(batches)]
+        values, labels = values.to(runtime.device, non_blocking=True), labels.to(runtime.device, non_blocking=True)
+        with torch.autocast(runtime.device, dtype=dtype, enabled=dtype is not None):
+            loss = model(input_values=values, labels=labels).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for index in range(job["warmup_steps"]):  # allocator, autotuning and first-call costs
+        step(index)
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for index in range(job["steps"]):
+        step(index)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+
+    peak_mib = None
+    if cuda:
+        peak_mib = (torch.cuda.max_memory_allocated() - before_bytes) / 2**20
+    elif heap_in_use is not None:
+        # separate untimed steps, so the sampling thread does not slow the timed ones
+        with HeapPeakSampler(heap_in_use) as sampler:
+            for index in range(2):
+                step(index)
+        peak_mib = (sampler.peak - before_bytes) / 2**20
+    parameters = sum(p.numel() for p in model.parameters())
+    samples_per_second = job["steps"] * size / seconds
+    figures = {
+        "max_frames": job["max_frames"],
+        "tokens": tokens_per_clip(config),
+        "parameters": parameters,
+        "steps_per_second": job["steps"] / seconds,
+        "samples_per_second": samples_per_second,
+        "peak_memory_mib": peak_mib,
+        "precision": runtime.precision,
+        "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "mfu": None,
+    }
+    peak = peak_flops(figures["device_name"], runtime.precision, job["peak_tflops"]) if cuda else None
+    if peak:
+        figures["mfu"] = samples_per_second * train_flops_per_sample(parameters, config) / peak
+    return figures
+
+
+def measure_features(
+    data_root: Path, cache_root: Path, max_frames: int, num_mel_bins: int
+) -> tuple[FeatureCacheRef, dict]:
+    """Cold feature-cache build vs cache hit (key check + reading every clip back), in clips/s."""
+    manifest = scan_dataset(data_root / "train", data_root / "validation")
+    params = FeatureParams(num_mel_bins=num_mel_bins, max_frames=max_frames)
+    clips = len(manifest.train) + len(manifest.validation)
+
+    start = time.perf_counter()
+    ref, hit = build_feature_cache(manifest, params, cache_root)
+    cold_seconds = time.perf_counter() - start
+    if hit:
+        raise RuntimeError(f"{cache_root} already held this feature cache; the cold timing would be a hit")
+
+    start = time.perf_counter()
+    ref, hit = build_feature_cache(manifest, params, cache_root)
+    read = sum(len(load_split(ref, split).with_format("numpy")[:]["input_values"]) for split in SPLITS)
+    hit_seconds = time.perf_counter() - start
+    if not hit or read != clips:
+        raise RuntimeError(f"second build of {ref.path}: hit={hit}, read {read} of {clips} clips")
+    return ref, {
+        "clips": clips, "cold_clips_per_second": clips / cold_seconds, "hit_clips_per_second": clips / hit_seconds
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--config", choices=["small", "base"], default="small",
+                        help="small: 64 hidden, 2 layers (CPU); base: AST-base, 768 hidden, 12 layers (GPU)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto: bf16 (else fp16) on CUDA, fp32 on CPU")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per frame count")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
+    parser.add_argument("--clips", type=int, default=64, help="synthetic train clips (plus a quarter for validation)")
+    parser.add_argument("--frames", type=int, nargs=2, default=[NOTEBOOK_FRAMES, DEFAULT_FRAMES],
+                        metavar=("NOTEBOOK", "CROP"), help="the two frame counts compared")
+    parser.add_argument("--cpu-threads", type=int, help="torch CPU threads for training (default: torch's own)")
+    parser.add_argument("--peak-tflops", type=float, help="GPU peak for MFU (default: bf16/fp16 data-sheet peak)")
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "steps", "clips"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+def format_table(figures: dict) -> str:
+    notebook, crop = figures["train"]
+    features = figures["features"]
+
+    def row(label: str, key: str, fmt: str, better: str) -> str:
+        a, b = notebook[key], crop[key]
+        if a is None or b is None:
+            return f"{label:<24}{'n/a':>18}{'n/a':>18}"
+        ratio = (b / a if better == "higher" else a / b) if a and b else float("nan")
+        return f"{label:<24}{format(a, fmt):>18}{format(b, fmt):>18}{ratio:>10.1f}x"
+
+    header = (
+        f"device {notebook['device_name']}, config {figures['config']} ({notebook['parameters']:,} parameters), "
+        f"{notebook['precision']}, batch {figures['batch_size']}, {figures['steps']} timed steps"
+    )
+    lines = [
+        header,
+        # CPU timings are only comparable on an otherwise idle machine: say how busy it was
+        f"{figures['cpus']} CPUs, torch threads {notebook['torch_threads']}, load average {figures['load_average']}",
+        f"{'':<24}{'notebook':>18}{'crop':>18}{'ratio':>11}",
+        f"{'max_frames':<24}{notebook['max_frames']:>18}{crop['max_frames']:>18}",
+        row("tokens per clip", "tokens", "d", "lower"),
+        row("train steps/s", "steps_per_second", ".2f", "higher"),
+        row("train samples/s", "samples_per_second", ".1f", "higher"),
+        row("peak memory (MiB)", "peak_memory_mib", ".1f", "lower"),
+    ]
+    if notebook["device_name"] != "cpu":
+        lines.append(row("MFU", "mfu", ".1%", "higher"))
+        lines.append("MFU flops/sample = 6*params*tokens + 12*layers*hidden*tokens^2")
+    lines.append(
+        f"feature preprocessing ({crop['max_frames']} frames, {features['clips']} clips): "
+        f"cold {features['cold_clips_per_second']:.1f} clips/s, cache hit {features['hit_clips_per_second']:.1f} "
+        f"clips/s ({features['hit_clips_per_second'] / features['cold_clips_per_second']:.1f}x)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print the table, and return the figures."""
+    args = parse_args(argv)
+    datasets.disable_progress_bars()  # keep the printed table readable
+    mel_bins = encoder_config(args.config, DEFAULT_FRAMES).num_mel_bins
+    work = Path(tempfile.mkdtemp(prefix="astft-bench-"))
+    try:
+        per_class = max(1, args.clips // 4)  # the example has 4 classes
+        make_example_dataset(work / "data", train_per_class=per_class, validation_per_class=max(1, per_class // 4))
+        # data: the default crop's cache is timed cold and warm; the notebook's is only built
+        notebook_frames, crop_frames = args.frames
+        crop_cache, features = measure_features(work / "data", work / "cache", crop_frames, mel_bins)
+        notebook_cache, _ = measure_features(work / "data", work / "cache", notebook_frames, mel_bins)
+        caches = {crop_frames: crop_cache, notebook_frames: notebook_cache}
+        # train: one fresh process per frame count, so each peak-memory figure is its own
+        spawn = multiprocessing.get_context("spawn")
+        train = []
+        for frames in args.frames:
+            job = {
+                "device": args.device, "precision": args.precision, "config": args.config, "max_frames": frames,
+                "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                "peak_tflops": args.peak_tflops, "cpu_threads": args.cpu_threads,
+                "cache": caches[frames].model_dump_json(),
+            }
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                train.append(pool.submit(measure_training, job).result())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    figures = {
+        "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
+        "cpus": os.cpu_count(),
+        "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
+        "train": train, "features": features,
+    }
+    print(format_table(figures))
+    if args.json:
+        print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
