@@ -106,6 +106,23 @@ class ModelConfig(EncoderConfig):
         return f"last_{self.train_last_n_layers}_layers" if self.train_last_n_layers else "full"
 
 
+class AugmentationConfig(_Section):
+    """SSAST-style training augmentation; everything off by default."""
+
+    freq_mask_bins: int = Field(0, ge=0, le=128, description="SpecAugment: max width of one frequency mask (0 = off).")
+    time_mask_frames: int = Field(0, ge=0, le=1024, description="SpecAugment: max width of one time mask (0 = off).")
+    mixup_probability: float = Field(0.0, ge=0, le=1, description="Share of training batches mixed up (0 = off).")
+    mixup_alpha: float = Field(10.0, gt=0, le=100, description="Beta(alpha, alpha) for the mixup weight.")
+    noise_std: float = Field(0.0, ge=0, le=1, description="Std of Gaussian noise added to normalised features (0 = off).")
+    time_roll: bool = Field(False, description="Roll features by a random number of frames along time.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(
+            self.freq_mask_bins or self.time_mask_frames or self.mixup_probability or self.noise_std or self.time_roll
+        )
+
+
 class TrainingConfig(_Section):
     epochs: int = Field(50, ge=1, le=100_000, description="Number of training epochs.")
     batch_size: int = Field(
@@ -141,6 +158,14 @@ class TrainingConfig(_Section):
     )
     save_total_limit: int = Field(2, ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")
     tensorboard: bool = Field(False, description="Write TensorBoard logs (needs the 'tensorboard' extra).")
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    trunk_cache: bool = Field(
+        True,
+        description=(
+            "Compute the frozen leading encoder layers once and train the rest on their cached outputs; "
+            "used only when those layers are deterministic (no dropout) and augmentation is off."
+        ),
+    )
 
 
 class FinetuneConfig(_Section):
