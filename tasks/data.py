@@ -19,7 +19,9 @@ def scan_cache_key(context, parameters) -> str:
     """Listing fingerprint (path, size, mtime per clip) + scan options; costs a stat per file, no decoding."""
     data: DataConfig = parameters["data"]
     listing = fingerprint_folders(Path(data.train_dir), Path(data.validation_dir))
-    options = f"{data.quick_subsample}|{data.skip_bad_files}|{SCAN_CACHE_VERSION}"
+    # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
+    roots = f"{Path(data.train_dir).resolve()}|{Path(data.validation_dir).resolve()}"
+    options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{SCAN_CACHE_VERSION}"
     return "astft-scan-" + hashlib.sha256(f"{listing}|{options}".encode()).hexdigest()[:32]
 
 
