@@ -211,7 +211,17 @@ class TrainBatches(TrainerCallback):
             self.masked_frames.append(int((values == MASK_VALUE).all(dim=2).sum()))
 
 
-def run_classifier(tmp_path, name: str, augmentation: AugmentationConfig, batch_sizes=None):
+class StopAfterEpoch(TrainerCallback):
+    """Ends training after an epoch, once its checkpoint is saved: a run killed there."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_training_stop = round(state.epoch) >= self.epoch
+
+
+def run_classifier(tmp_path, name: str, augmentation: AugmentationConfig, batch_sizes=None, work=None, stop=None):
     seed_everything(0, True)
     model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
     recorder = TrainBatches(model)
@@ -221,9 +231,10 @@ def run_classifier(tmp_path, name: str, augmentation: AugmentationConfig, batch_
     )
     outcome = train_classifier(
         model, random_features(16, 0), random_features(6, 1), None, config,
-        tmp_path / name, tmp_path / f"{name}.txt", name, CPU, extra_callbacks=[recorder],
+        tmp_path / (work or name), tmp_path / f"{name}.txt", "fingerprint", CPU,
+        extra_callbacks=[recorder] + ([StopAfterEpoch(stop)] if stop else []),
     )
-    return outcome, losses(tmp_path / name), recorder
+    return outcome, losses(tmp_path / (work or name)), recorder
 
 
 def test_default_augmentation_leaves_training_unchanged(tmp_path, monkeypatch):
@@ -238,6 +249,18 @@ def test_default_augmentation_leaves_training_unchanged(tmp_path, monkeypatch):
     # ...while any one transform does change the run (so the comparison above can fail)
     _, noisy, _ = run_classifier(tmp_path, "noisy", AugmentationConfig(noise_std=0.05))
     assert noisy != default
+
+
+def test_an_augmented_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
+    augmentation = AugmentationConfig(freq_mask_bins=10, time_mask_frames=10, mixup_probability=0.5, time_roll=True)
+    _, straight, _ = run_classifier(tmp_path, "straight", augmentation)
+    first, _, _ = run_classifier(tmp_path, "killed", augmentation, work="resumed", stop=2)
+    resumed, history, _ = run_classifier(tmp_path, "again", augmentation, work="resumed")
+    assert first.epochs_run == 2 and resumed.resumed_from.endswith("checkpoint-4")
+    # Trainer restored the generator state saved after epoch 2, so epoch 3 drew the same augmentations
+    by_epoch = {entry["epoch"]: entry for entry in history if "loss" in entry or "eval_loss" in entry}
+    expected = {entry["epoch"]: entry for entry in straight if "loss" in entry or "eval_loss" in entry}
+    assert by_epoch[3.0] == expected[3.0]
 
 
 def test_augmentation_composes_with_the_batch_size_schedule(tmp_path):
