@@ -16,8 +16,7 @@ Where this differs from the reference (YuanGongND/ast src/dataloader.py, which S
   waveforms are not kept once the feature cache is built), and picks the partner from the batch,
   not from the whole dataset;
 - masks fill with 0 in the normalised space, i.e. the dataset mean, where the reference fills the
-  raw log-mel with 0 before normalising (about +0.47 after AudioSet normalisation: louder than
-  almost any real bin);
+  raw log-mel with 0 before normalising (about +0.47 after AudioSet normalisation, a loud bin);
 - the reference's noise is uniform, `rand * U(0, 0.1)` per sample (mean 0.025, std about 0.022
   overall); here it is zero-mean Gaussian with a fixed std, so noise_std=0.02 is of the same size
   without shifting the features; the reference rolls only together with its noise, here
@@ -39,7 +38,8 @@ from torch import nn
 
 from lib.config import AugmentationConfig
 
-# 0 in normalised features is the dataset mean: masked bands carry no energy cue.
+# With features.normalize (the default), 0 is the dataset mean: masked bands carry no energy cue.
+# Without it, 0 is a raw log-mel of 0, the reference's own fill value.
 MASK_VALUE = 0.0
 # AST's dataloader: torch.roll(fbank, np.random.randint(-10, 10), 0), i.e. -10..9 frames.
 TIME_ROLL_FRAMES = 10
