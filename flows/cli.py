@@ -13,8 +13,9 @@ from typing import Any
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
 
-# flag dest -> (section, field) in FinetuneConfig; None section = top level
-FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
+# flag dest -> (section, field) in FinetuneConfig; None section = top level, "a.b" = nested section,
+# a tuple of fields takes a flag's list of values in order
+FLAG_FIELDS: dict[str, tuple[str | None, str | tuple[str, ...]]] = {
     "name": (None, "name"),
     "output_dir": (None, "output_dir"),
     "work_dir": (None, "work_dir"),
@@ -42,6 +43,10 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "dataloader_num_workers": ("training", "dataloader_num_workers"),
     "tensorboard": ("training", "tensorboard"),
     "num_processes": ("training", "num_processes"),
+    "spec_augment": ("training.augmentation", ("freq_mask_bins", "time_mask_frames")),
+    "mixup": ("training.augmentation", "mixup_probability"),
+    "noise_std": ("training.augmentation", "noise_std"),
+    "time_roll": ("training.augmentation", "time_roll"),
 }
 
 
@@ -51,6 +56,14 @@ def int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,16,32, got {text!r}") from None
+
+
+def mask_widths(text: str) -> list[int]:
+    """'48,192' -> [48, 192]: the frequency and time mask widths of --spec-augment."""
+    widths = int_list(text)
+    if len(widths) != 2:
+        raise argparse.ArgumentTypeError(f"expected FREQ,TIME mask widths such as 48,192, got {text!r}")
+    return widths
 
 
 def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,16 +102,31 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataloader-num-workers", type=int)
     parser.add_argument("--tensorboard", action="store_true", default=None)
     parser.add_argument("--num-processes", type=int, help="train this member on N GPUs with torchrun")
+    augmentation = parser.add_argument_group("augmentation of training batches (AST recipe; all off by default)")
+    augmentation.add_argument(
+        "--spec-augment", type=mask_widths, metavar="FREQ,TIME",
+        help="SpecAugment: one frequency and one time mask per clip, narrower than FREQ mel bins and TIME frames",
+    )
+    augmentation.add_argument("--mixup", type=float, metavar="P", help="mix each clip with another with probability P")
+    augmentation.add_argument("--noise-std", type=float, help="add Gaussian noise of this std to the features")
+    augmentation.add_argument("--time-roll", action="store_true", default=None, help="roll clips by -10..9 frames")
 
 
-def overrides_from_args(args: argparse.Namespace, fields: dict[str, tuple[str | None, str]] = FLAG_FIELDS) -> dict[str, Any]:
+def overrides_from_args(
+    args: argparse.Namespace, fields: dict[str, tuple[str | None, str | tuple[str, ...]]] = FLAG_FIELDS
+) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for dest, (section, field) in fields.items():
         value = getattr(args, dest, None)
         if value is None:
             continue
-        target = overrides if section is None else overrides.setdefault(section, {})
-        target[field] = value
+        target = overrides
+        for part in section.split(".") if section else ():
+            target = target.setdefault(part, {})
+        if isinstance(field, tuple):
+            target.update(zip(field, value, strict=True))
+        else:
+            target[field] = value
     return overrides
 
 

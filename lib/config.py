@@ -107,14 +107,35 @@ class ModelConfig(EncoderConfig):
 
 
 class AugmentationConfig(_Section):
-    """SSAST-style training augmentation; everything off by default."""
+    """AST/SSAST-style augmentation of training batches (never of evaluation); everything off by default."""
 
-    freq_mask_bins: int = Field(0, ge=0, le=128, description="SpecAugment: max width of one frequency mask (0 = off).")
-    time_mask_frames: int = Field(0, ge=0, le=1024, description="SpecAugment: max width of one time mask (0 = off).")
-    mixup_probability: float = Field(0.0, ge=0, le=1, description="Share of training batches mixed up (0 = off).")
-    mixup_alpha: float = Field(10.0, gt=0, le=100, description="Beta(alpha, alpha) for the mixup weight.")
-    noise_std: float = Field(0.0, ge=0, le=1, description="Std of Gaussian noise added to normalised features (0 = off).")
-    time_roll: bool = Field(False, description="Roll features by a random number of frames along time.")
+    freq_mask_bins: int = Field(
+        0, ge=0, le=128,
+        description=(
+            "SpecAugment: one frequency mask per sample, width uniform in 0..N-1 mel bins (AST AudioSet: 48; 0 = off)."
+        ),
+    )
+    time_mask_frames: int = Field(
+        0, ge=0, le=1024,
+        description=(
+            "SpecAugment: one time mask per sample, width uniform in 0..N-1 frames (AST AudioSet: 192 of 1024; 0 = off)."
+        ),
+    )
+    mixup_probability: float = Field(
+        0.0, ge=0, le=1,
+        description=(
+            "Chance that a training sample is mixed with another of its batch, with soft targets (AST: 0.5; 0 = off)."
+        ),
+    )
+    mixup_alpha: float = Field(
+        10.0, gt=0, le=100, description="Each mixed sample's weight is drawn from Beta(alpha, alpha) (AST: 10)."
+    )
+    noise_std: float = Field(
+        0.0, ge=0, le=1, description="Std of zero-mean Gaussian noise added to the normalised features (0 = off)."
+    )
+    time_roll: bool = Field(
+        False, description="Roll each sample by a random -10..9 frames along time, wrapping around (AST, with its noise)."
+    )
 
     @property
     def enabled(self) -> bool:

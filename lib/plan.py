@@ -70,6 +70,14 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
             f"model.train_last_n_layers (--train-last-n-layers) is {config.model.train_last_n_layers} "
             f"but the encoder ({source}) has {layers} layers; use 1..{layers}, or 0 for full fine-tuning"
         )
+    masks = config.training.augmentation
+    mel_bins, frames = encoder_config.num_mel_bins, encoder_config.max_length
+    if masks.freq_mask_bins > mel_bins or masks.time_mask_frames > frames:
+        raise ConfigError(
+            f"training.augmentation: freq_mask_bins={masks.freq_mask_bins} and time_mask_frames="
+            f"{masks.time_mask_frames} must not exceed the features' {mel_bins} mel bins and {frames} frames "
+            "(features.max_frames); narrow the masks"
+        )
     runtime = resolve_runtime(config.training.device, config.training.precision)
     processes = config.training.num_processes
     if processes > 1 and config.training.batch_sizes:

@@ -17,6 +17,7 @@ from datasets import Dataset
 from pydantic import BaseModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from lib.augment import augmenting_trainer
 from lib.config import ConfigError, TrainingConfig
 from lib.metrics import compute_metrics
 
@@ -323,8 +324,12 @@ def train_classifier(
     # covers torchrun/DDP, which the schedule does not.
     schedule = {"epoch_batch_sizes": epoch_batch_sizes(config)} if config.batch_sizes else {}
     trainer_class = EpochBatchSizeTrainer if config.batch_sizes else Trainer
+    # Unaugmented runs keep the plain classes, so they train exactly as before augmentation existed.
+    augment = {"augmentation": config.augmentation} if config.augmentation.enabled else {}
+    trainer_class = augmenting_trainer(trainer_class) if augment else trainer_class
     trainer = trainer_class(
         **schedule,
+        **augment,
         model=model,
         args=build_training_arguments(config, work_dir, runtime),
         train_dataset=train_dataset,

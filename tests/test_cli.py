@@ -38,3 +38,29 @@ def test_batch_sizes_flag_needs_integers(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["finetune", "--batch-sizes", "8,sixteen"])
     assert "comma-separated integers such as 8,16,32, got '8,sixteen'" in capsys.readouterr().err
+
+
+def test_augmentation_flags_fill_the_nested_augmentation_section():
+    args = build_parser().parse_args([
+        "finetune", "--epochs", "3", "--spec-augment", "48,192", "--mixup", "0.5", "--noise-std", "0.02", "--time-roll",
+    ])
+    assert overrides_from_args(args) == {
+        "training": {
+            "epochs": 3,
+            "augmentation": {
+                "freq_mask_bins": 48, "time_mask_frames": 192, "mixup_probability": 0.5, "noise_std": 0.02,
+                "time_roll": True,
+            },
+        },
+    }
+    assert overrides_from_args(build_parser().parse_args(["finetune", "--epochs", "3"])) == {"training": {"epochs": 3}}
+
+
+def test_spec_augment_flag_needs_two_widths_and_bad_values_name_the_field(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--spec-augment", "48"])
+    assert "expected FREQ,TIME mask widths such as 48,192, got '48'" in capsys.readouterr().err
+    code = main(["finetune", "--name", "x", "--train-dir", "t", "--validation-dir", "v",
+                 "--ssl-checkpoint", "c", "--mixup", "1.5"])
+    assert code == 2
+    assert "training.augmentation.mixup_probability" in capsys.readouterr().err

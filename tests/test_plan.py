@@ -31,3 +31,13 @@ def test_max_frames_that_would_cut_the_clip_or_the_patch_is_rejected(dataset_dir
         plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=2.0))
     with pytest.raises(ConfigError, match=r"features.max_frames is 10, shorter than one 16-frame patch"):
         plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, max_frames=10, clip_seconds=0.1))
+
+
+def test_masks_wider_than_the_features_are_rejected(dataset_dirs, ssl_checkpoint, tmp_path):
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.training.augmentation.freq_mask_bins = 64  # the test encoder has 64 mel bins: allowed
+    config.training.augmentation.time_mask_frames = 128
+    assert plan_run(config).config.training.augmentation.freq_mask_bins == 64
+    config.training.augmentation.freq_mask_bins = 65
+    with pytest.raises(ConfigError, match=r"freq_mask_bins=65 .* must not exceed the features' 64 mel bins and 128"):
+        plan_run(config)
