@@ -21,10 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +34,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lib.checkpoint import architecture_dict
 from lib.config import FinetuneConfig
-from lib.features import FeatureCacheRef, load_split
+from lib.features import FeatureCacheRef, load_split, staged_folder
 from lib.model import ASTMeanPoolClassifier
 from lib.scan import SPLITS
 
@@ -165,28 +162,14 @@ def _write_split(encoder, features: FeatureCacheRef, split: str, layers: int, dt
 
 def _build(encoder, features: FeatureCacheRef, layers: int, dtype: str, root: Path, key: str, meta: dict,
            runtime: Runtime, batch_size: int) -> Path:
-    final = root / key
-    if final.exists():
-        logger.warning("trunk cache %s is incomplete or corrupt; rebuilding it", final)
-        shutil.rmtree(final)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(root, key, _is_complete, "trunk cache") as staging:
         shapes = {
             split: _write_split(encoder, features, split, layers, dtype, staging, runtime, batch_size) for split in SPLITS
         }
         file_bytes = {name: (staging / name).stat().st_size for split in SPLITS for name in _files(split)}
         meta = {**meta, "key": key, "dtype": dtype, "shapes": shapes, "file_bytes": file_bytes}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks the cache complete
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not _is_complete(final, key):  # else another builder published the same key first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return root / key
 
 
 def build_trunk_cache(
@@ -237,8 +220,20 @@ class TrunkStates(torch.utils.data.Dataset):
 
     def __init__(self, folder: Path, split: str):
         states_file, labels_file = _files(split)
-        self.states = np.load(Path(folder) / states_file, mmap_mode="r")
+        self.states_path = Path(folder) / states_file
         self.labels = np.load(Path(folder) / labels_file)
+        self._states = None
+
+    @property
+    def states(self) -> np.ndarray:
+        if self._states is None:
+            self._states = np.load(self.states_path, mmap_mode="r")
+        return self._states
+
+    def __getstate__(self) -> dict:
+        # a pickled np.memmap carries all its data: DataLoader workers started by spawn or
+        # forkserver map the file themselves instead
+        return {**self.__dict__, "_states": None}
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,4 +1,5 @@
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,10 @@ def test_cached_states_are_the_trunk_output_in_float16(prepared, tmp_path):
         torch.testing.assert_close(states.float(), expected, rtol=2e-3, atol=2e-3)  # fp16 rounding only
         labels = load_split(features, split).with_format("numpy", columns=["label"])[:]["label"]
         assert [cached[index]["labels"] for index in range(len(cached))] == labels.tolist()
+    # what DataLoader workers receive: the file's path, not a copy of its data
+    pickled = pickle.dumps(TrunkStates(folder, "train"))
+    assert len(pickled) < states[0].numel() * 2
+    torch.testing.assert_close(pickle.loads(pickled)[3]["hidden_states"], TrunkStates(folder, "train")[3]["hidden_states"])
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["layers"], meta["dtype"], meta["feature_cache_key"]) == (1, "float16", features.key)
 
