@@ -12,6 +12,10 @@ Prints, side by side on the same synthetic clips (lib/example.py):
   memory is kept or reused). Each frame count runs in a fresh process.
 - feature preprocessing clips/s: a cold build of the Arrow feature cache (decode, resample, fbank,
   write) vs a cache hit (key check plus reading every clip's features back, as training does).
+- the frozen-trunk cache (lib/trunk.py): seconds per training epoch (data loading, forward, backward,
+  AdamW over the trainable parameters) of a head-only and a last-N member at the crop's frame count,
+  training the whole classifier on features vs its tail on cached trunk outputs, and the one-off
+  cache build (the trunk over every train and validation clip, written as fp16).
 - on CUDA, an estimated MFU (model FLOPs utilisation) per frame count, with training FLOPs per
   sample = 6 * parameters * tokens + 12 * layers * hidden * tokens^2 (weights: 2 forward + 4
   backward FLOPs per parameter per token; attention scores and values: the same 3x on
@@ -29,6 +33,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -47,9 +52,10 @@ from transformers import ASTConfig, ASTModel  # noqa: E402
 from lib.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
 from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
-from lib.model import SPECIAL_TOKENS, build_classifier  # noqa: E402
+from lib.model import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.training import resolve_runtime  # noqa: E402
+from lib.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
 DEFAULT_FRAMES = 128  # features.max_frames default
@@ -206,6 +212,79 @@ def measure_training(job: dict) -> dict:
     return figures
 
 
+def last_n_layers(args: argparse.Namespace) -> int:
+    """The last-N variant compared: --last-n, else 3 (as the issue asks), fewer on a shallower encoder."""
+    layers = encoder_config(args.config, DEFAULT_FRAMES).num_hidden_layers
+    return args.last_n if args.last_n is not None else max(1, min(3, layers - 1))
+
+
+def measure_trunk(job: dict) -> dict:
+    """Run in a fresh process: seconds per training epoch with and without the trunk cache, per variant."""
+    if job["cpu_threads"]:
+        torch.set_num_threads(job["cpu_threads"])
+    runtime = resolve_runtime(job["device"], job["precision"])
+    cache = FeatureCacheRef.model_validate_json(job["cache"])
+    config = encoder_config(job["config"], job["max_frames"])
+    cuda, dtype = runtime.device == "cuda", runtime.autocast_dtype
+    layers, last_n = config.num_hidden_layers, job["last_n"]
+
+    def epoch_seconds(model: torch.nn.Module, dataset, epochs: int) -> float:
+        """Median seconds per epoch of `epochs` timed epochs after one untimed (warm-up) epoch.
+
+        The median, not the mean: an epoch of the small config lasts tens of milliseconds, so one
+        burst of another process's work would otherwise decide the ratio.
+        """
+        model.to(runtime.device).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        scaler = torch.amp.GradScaler("cuda", enabled=runtime.fp16)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=job["batch_size"], shuffle=True)
+        seconds = []
+        for _ in range(epochs + 1):
+            start = time.perf_counter()
+            for batch in loader:
+                inputs = {key: value.to(runtime.device, non_blocking=True) for key, value in batch.items()}
+                inputs["labels"] = inputs.pop("label", inputs.get("labels"))
+                with torch.autocast(runtime.device, dtype=dtype, enabled=dtype is not None):
+                    loss = model(**inputs).loss
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds[1:])
+
+    variants = []
+    for name, freezing, trunk_layers in (
+        ("head-only", {"head_only": True}, layers),
+        (f"last-{last_n}", {"train_last_n_layers": last_n}, layers - last_n),
+    ):
+        torch.manual_seed(0)
+        model = build_classifier(ASTModel(config), cache.label_names)
+        apply_freezing(model, **freezing)
+        plain = epoch_seconds(model, load_split(cache, "train"), job["epochs"])
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        folder, stored, hit = build_trunk_cache(
+            model, trunk_layers, cache, Path(job["trunk_dir"]) / name, runtime, job["batch_size"]
+        )
+        build = time.perf_counter() - start
+        if hit:
+            raise RuntimeError(f"{folder} already held this trunk cache; the build timing would be a hit")
+        cached = epoch_seconds(TrunkTail(model, trunk_layers), TrunkStates(folder, "train"), job["epochs"])
+        variants.append({
+            "name": name, "trunk_layers": trunk_layers, "layers": layers, "dtype": stored,
+            "plain_epoch_seconds": plain, "cached_epoch_seconds": cached, "speedup": plain / cached,
+            "build_seconds": build,
+        })
+    return {
+        "max_frames": job["max_frames"], "train_clips": cache.num_clips["train"],
+        "cache_clips": sum(cache.num_clips.values()), "epochs": job["epochs"], "variants": variants,
+    }
+
+
 def measure_features(
     data_root: Path, cache_root: Path, max_frames: int, num_mel_bins: int
 ) -> tuple[FeatureCacheRef, dict]:
@@ -244,11 +323,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=64, help="synthetic train clips (plus a quarter for validation)")
     parser.add_argument("--frames", type=int, nargs=2, default=[NOTEBOOK_FRAMES, DEFAULT_FRAMES],
                         metavar=("NOTEBOOK", "CROP"), help="the two frame counts compared")
+    parser.add_argument("--trunk-epochs", type=int, default=5,
+                        help="timed epochs per trunk-cache variant (after one untimed epoch)")
+    parser.add_argument("--last-n", type=int,
+                        help="the last-N variant of the trunk-cache comparison (default 3, or layers - 1 if fewer)")
     parser.add_argument("--cpu-threads", type=int, help="torch CPU threads for training (default: torch's own)")
     parser.add_argument("--peak-tflops", type=float, help="GPU peak for MFU (default: bf16/fp16 data-sheet peak)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "steps", "clips"):
+    layers = encoder_config(args.config, DEFAULT_FRAMES).num_hidden_layers
+    if args.last_n is not None and not 1 <= args.last_n < layers:
+        parser.error(f"--last-n must be 1..{layers - 1} for --config {args.config} ({layers} layers), got {args.last_n}")
+    for name in ("batch_size", "steps", "clips", "trunk_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -288,7 +374,28 @@ def format_table(figures: dict) -> str:
         f"cold {features['cold_clips_per_second']:.1f} clips/s, cache hit {features['hit_clips_per_second']:.1f} "
         f"clips/s ({features['hit_clips_per_second'] / features['cold_clips_per_second']:.1f}x)"
     )
+    if figures.get("trunk"):
+        lines += format_trunk(figures["trunk"], figures["batch_size"])
     return "\n".join(lines)
+
+
+def format_trunk(trunk: dict, batch_size: int) -> list[str]:
+    lines = [
+        f"trunk cache ({trunk['max_frames']} frames, {trunk['train_clips']} train clips, batch {batch_size}, "
+        f"s/epoch = median of {trunk['epochs']} after 1 untimed)",
+        f"{'':<24}{'no cache s/ep':>18}{'trunk cache s/ep':>18}{'ratio':>11}{'build (one-off)':>18}",
+    ]
+    for variant in trunk["variants"]:
+        label = f"{variant['name']} (K={variant['trunk_layers']}/{variant['layers']})"
+        lines.append(
+            f"{label:<24}{variant['plain_epoch_seconds']:>18.4f}{variant['cached_epoch_seconds']:>18.4f}"
+            f"{variant['speedup']:>10.1f}x{variant['build_seconds']:>17.2f}s"
+        )
+    lines.append(
+        f"build: the trunk over all {trunk['cache_clips']} train+validation clips, stored as "
+        f"{trunk['variants'][0]['dtype']}; K = frozen layers cached"
+    )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -317,13 +424,21 @@ def main(argv: list[str] | None = None) -> dict:
             }
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 train.append(pool.submit(measure_training, job).result())
+        # trunk cache: head-only and last-N, each with and without it, at the crop's frame count
+        job = {
+            "device": args.device, "precision": args.precision, "config": args.config, "max_frames": crop_frames,
+            "batch_size": args.batch_size, "epochs": args.trunk_epochs, "last_n": last_n_layers(args),
+            "cpu_threads": args.cpu_threads, "cache": crop_cache.model_dump_json(), "trunk_dir": str(work / "trunk"),
+        }
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            trunk = pool.submit(measure_trunk, job).result()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {
         "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
         "cpus": os.cpu_count(),
         "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
-        "train": train, "features": features,
+        "train": train, "features": features, "trunk": trunk,
     }
     print(format_table(figures))
     if args.json:

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,33 @@ def _cache_is_complete(path: Path, key: str) -> bool:
     return True
 
 
+@contextmanager
+def staged_folder(root: Path, key: str, is_complete: Callable[[Path, str], bool], what: str) -> Iterator[Path]:
+    """Yield an empty staging folder beside root/key; when the block ends normally, rename it to root/key.
+
+    The block writes its marker of completeness (meta.json) last. A leftover incomplete root/key is
+    removed first; a concurrent builder that published the same key first wins (its content is
+    equivalent); on any error the staging folder is removed and nothing is published.
+    """
+    final = Path(root) / key
+    if final.exists():
+        logger.warning("%s %s is incomplete or corrupt; rebuilding it", what, final)
+        shutil.rmtree(final)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(root) / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        try:
+            os.rename(staging, final)
+        except OSError:
+            # Another process published the same key first; its cache is equivalent.
+            if not is_complete(final, key):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def build_feature_cache(
     manifest: Manifest,
     params: FeatureParams,
@@ -170,14 +199,7 @@ def build_feature_cache(
             raise BadAudioError(meta["skipped"])  # built by a lenient run; this run asked to stop
         skipped = {**scan_skipped, **meta.get("skipped", {})}
         return ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped}), True
-    if final.exists():
-        logger.warning("feature cache %s is incomplete or corrupt; rebuilding it", final)
-        shutil.rmtree(final)
-
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(root, key, _cache_is_complete, "feature cache") as staging:
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
         arrow_bytes, num_clips, bad = {}, {}, {}
@@ -219,14 +241,6 @@ def build_feature_cache(
         }
         # meta.json is written last: its presence (with matching sizes) marks a complete cache.
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        try:
-            os.rename(staging, final)
-        except OSError:
-            # Another process published the same key first; its cache is equivalent.
-            if not _cache_is_complete(final, key):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ref, False
 
 

@@ -17,10 +17,11 @@ import torch
 from pydantic import BaseModel
 
 from lib.checkpoint import EncoderRef
-from lib.features import FeatureCacheRef, load_split, make_feature_extractor
+from lib.features import FeatureCacheRef, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.plan import RunPlan
 from lib.training import TrainOutcome, prepare_work_dir, seed_everything, train_classifier
+from lib.trunk import training_inputs
 
 PARAMETER_COUNTS_FILE = "parameter_counts.json"
 
@@ -54,17 +55,20 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
     if int(os.environ.get("RANK", "0")) == 0:
         (work_dir / PARAMETER_COUNTS_FILE).write_text(json.dumps(counts))
     try:
-        return train_classifier(
-            model,
-            load_split(features, "train"),
-            load_split(features, "validation"),
+        # frozen, deterministic leading layers: computed once and cached, only the tail trains (logged either way)
+        inputs = training_inputs(model, config, features, plan.runtime)
+        outcome = train_classifier(
+            inputs.model,
+            inputs.train,
+            inputs.validation,
             make_feature_extractor(features.params),
             config.training,
             work_dir,
             work_dir / f"train_log{config.name}.txt",
-            plan.fingerprint,
+            plan.fingerprint + inputs.fingerprint_suffix,
             plan.runtime,
         )
+        return outcome.model_copy(update={"trunk_cache": inputs.trunk})
     except torch.cuda.OutOfMemoryError as error:
         raise TrainingOutOfMemory(
             f"GPU out of memory training member {config.name} (batch_size {config.training.batch_size} per device, "

@@ -64,10 +64,13 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
     def pool(self, input_values: torch.Tensor) -> torch.Tensor:
         # ASTModel already applies its final layernorm to last_hidden_state. The notebook applied
         # that layernorm a second time; once is what the pretrained weights were trained with.
-        hidden = self.audio_spectrogram_transformer(input_values).last_hidden_state
+        return self.pool_tokens(self.audio_spectrogram_transformer(input_values).last_hidden_state)
+
+    def pool_tokens(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        """Mean over the (layer-normed) token states, per config.pooling."""
         if self.config.pooling == "mean_patches":
-            hidden = hidden[:, SPECIAL_TOKENS:]
-        return hidden.mean(dim=1)
+            sequence_output = sequence_output[:, SPECIAL_TOKENS:]
+        return sequence_output.mean(dim=1)
 
     def forward(
         self,
@@ -75,7 +78,11 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        logits = self.classifier(self.dropout(self.pool(input_values)))
+        return self.classify(self.audio_spectrogram_transformer(input_values).last_hidden_state, labels)
+
+    def classify(self, sequence_output: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        """Pooling, dropout, head and loss on the encoder's output; lib.trunk's tail ends with this too."""
+        logits = self.classifier(self.dropout(self.pool_tokens(sequence_output)))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.long())

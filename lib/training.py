@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from pydantic import BaseModel
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from lib.augment import augmenting_trainer
 from lib.config import ConfigError, TrainingConfig
 from lib.metrics import compute_metrics
+from lib.trunk import TrunkCacheInfo, TrunkTail
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class TrainOutcome(BaseModel):
     device: str
     batch_sizes: list[int]  # train batch size of each epoch
     optimizer_steps: int
+    trunk_cache: TrunkCacheInfo | None = None  # set by lib.launch.train_member
 
 
 def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
@@ -312,6 +314,7 @@ def train_classifier(
     """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
 
     The train batch size follows config.batch_sizes per epoch; extra_callbacks observe the run.
+    `model` may be a lib.trunk.TrunkTail on cached trunk outputs: its full classifier is what is saved.
     """
     work_dir = Path(work_dir)
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
@@ -335,6 +338,8 @@ def train_classifier(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processing_class,
+        # the feature extractor's padding collator expects input_values; cached trunk outputs are stacked as they are
+        data_collator=default_data_collator if isinstance(model, TrunkTail) else None,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
@@ -342,6 +347,8 @@ def train_classifier(
 
     best_dir = work_dir / BEST_MODEL_DIR
     trainer.save_model(str(best_dir))  # load_best_model_at_end put the best epoch's weights back
+    if isinstance(model, TrunkTail):
+        model.save_classifier(best_dir)  # the shared weights, as the classifier evaluation and publish load
     state = trainer.state
     (work_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=2))
     best_epoch = None

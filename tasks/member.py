@@ -51,6 +51,10 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
         plan.config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
         outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
     )
+    trunk = outcome.trunk_cache
+    if trunk is not None:
+        logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
+                    else "not used", trunk.reason)
     return outcome
 
 

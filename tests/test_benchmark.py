@@ -5,7 +5,7 @@ import pytest
 def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
     from benchmarks.bench_training import main
 
-    figures = main(["--steps", "2", "--warmup-steps", "1", "--clips", "8", "--batch-size", "2"])
+    figures = main(["--steps", "2", "--warmup-steps", "1", "--clips", "8", "--batch-size", "2", "--trunk-epochs", "1"])
     notebook, crop = figures["train"]
     assert (notebook["max_frames"], crop["max_frames"]) == (1024, 128)
     assert (notebook["tokens"], crop["tokens"]) == (2 + 12 * 101, 2 + 12 * 12)  # 128 mel bins, stride 10
@@ -16,8 +16,17 @@ def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
         assert run["mfu"] is None  # CPU: no MFU
     assert figures["features"]["clips"] == 8 + 4
     assert figures["features"]["cold_clips_per_second"] > 0 and figures["features"]["hit_clips_per_second"] > 0
+    trunk = figures["trunk"]
+    assert (trunk["max_frames"], trunk["train_clips"], trunk["cache_clips"]) == (128, 8, 12)
+    # the small config has 2 layers: head-only caches both, and last-1 (not last-3) caches the first
+    assert [(v["name"], v["trunk_layers"], v["layers"]) for v in trunk["variants"]] == [
+        ("head-only", 2, 2), ("last-1", 1, 2)]
+    for variant in trunk["variants"]:
+        assert variant["plain_epoch_seconds"] > 0 and variant["cached_epoch_seconds"] > 0
+        assert variant["speedup"] == pytest.approx(variant["plain_epoch_seconds"] / variant["cached_epoch_seconds"])
+        assert variant["build_seconds"] > 0 and variant["dtype"] == "float16"
     printed = capsys.readouterr().out
-    assert "train steps/s" in printed and "cache hit" in printed
+    assert "train steps/s" in printed and "cache hit" in printed and "head-only (K=2/2)" in printed
 
 
 def test_mfu_peak_comes_from_the_device_name_and_precision():
@@ -40,9 +49,19 @@ def test_cuda_table_has_an_mfu_row():
            "max_frames": 1024}
     crop = {**run, "max_frames": 128, "tokens": 146, "steps_per_second": 20.0, "samples_per_second": 320.0,
             "peak_memory_mib": 1500.0, "mfu": 0.2}
+    trunk = {"max_frames": 128, "train_clips": 64, "cache_clips": 80, "epochs": 5, "variants": [
+        {"name": "head-only", "trunk_layers": 12, "layers": 12, "dtype": "float16", "plain_epoch_seconds": 2.0,
+         "cached_epoch_seconds": 0.05, "speedup": 40.0, "build_seconds": 1.5},
+        {"name": "last-3", "trunk_layers": 9, "layers": 12, "dtype": "float16", "plain_epoch_seconds": 3.0,
+         "cached_epoch_seconds": 1.0, "speedup": 3.0, "build_seconds": 1.2},
+    ]}
     table = format_table({
         "config": "base", "batch_size": 16, "steps": 50, "cpus": 16, "load_average": "0.1",
         "train": [run, crop], "features": {"clips": 80, "cold_clips_per_second": 100.0, "hit_clips_per_second": 5000.0},
+        "trunk": trunk,
     })
     assert "MFU" in table and "25.0%" in table and "20.0%" in table
     assert "10.0x" in table  # steps/s ratio
+    head_only = next(line for line in table.splitlines() if line.startswith("head-only (K=12/12)"))
+    assert head_only.split()[2:] == ["2.0000", "0.0500", "40.0x", "1.50s"]
+    assert any(line.startswith("last-3 (K=9/12)") and "3.0x" in line for line in table.splitlines())

@@ -50,6 +50,8 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     info = json.loads((member / "member.json").read_text())
     assert info["freezing"] == "last_1_layers"
     assert info["parameters"]["trainable"] < info["parameters"]["total"]
+    # last 1 of 2 layers: trained on cached outputs of the embeddings and layer 0, recorded as such
+    assert (info["training"]["trunk_cache"]["used"], info["training"]["trunk_cache"]["layers"]) == (True, 1)
     # The checkpoint was built for 64 frames; the default max_frames (128) interpolated its grid,
     # and the member's model, features and feature extractor all agree on 128 frames.
     assert info["encoder"]["position_grid"] == {
