@@ -42,6 +42,10 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
     """The notebook's AST_Classifier as a PreTrainedModel, so it saves and loads the ordinary way."""
 
     config_class = ASTMeanPoolConfig
+    # forward takes **kwargs (Trainer passes extras) but computes a plain mean loss; without this,
+    # Trainer assumes the loss is already normalised by num_items_in_batch and never divides it by
+    # gradient_accumulation_steps, so gradients and the logged loss would grow with accumulation.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: ASTMeanPoolConfig):
         super().__init__(config)

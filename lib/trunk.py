@@ -253,6 +253,8 @@ class TrunkTail(nn.Module):
     loss, labels and gradient accumulation the same way for both.
     """
 
+    accepts_loss_kwargs = False  # as ASTMeanPoolClassifier: a plain mean loss, see there
+
     main_input_name = "hidden_states"
 
     def __init__(self, classifier: ASTMeanPoolClassifier, trunk_layers: int):

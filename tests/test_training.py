@@ -194,3 +194,25 @@ def test_resume_finds_its_epoch_in_a_batch_size_schedule(tmp_path):
     assert resumed.resumed_from.endswith("checkpoint-8")
     assert recorder.micro_batches == [[8, 8, 4], [8, 8, 4]]
     assert resumed.optimizer_steps == 12 and resumed.epochs_run == 4
+
+
+def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
+    """8 clips as one batch of 8, or as 2 accumulated batches of 4: the same step and logged loss."""
+
+    def one_step(batch_size, accumulation):
+        seed_everything(0, True)
+        model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
+        config = TrainingConfig(epochs=1, batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                                learning_rate=1e-3, warmup_steps=0, save_total_limit=1)
+        work = tmp_path / f"b{batch_size}"
+        train_classifier(model, random_features(8, 0), random_features(3, 1), None, config, work,
+                         work / "log.txt", "fp", CPU)
+        history = json.loads((work / "log_history.json").read_text())
+        loss = next(entry["loss"] for entry in history if "loss" in entry)
+        return loss, {k: v.clone() for k, v in model.state_dict().items()}
+
+    loss_big, weights_big = one_step(8, 1)
+    loss_accumulated, weights_accumulated = one_step(4, 2)
+    assert loss_accumulated == pytest.approx(loss_big, rel=1e-4)
+    for key, tensor in weights_big.items():
+        torch.testing.assert_close(weights_accumulated[key], tensor, rtol=1e-4, atol=1e-6)
