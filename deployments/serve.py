@@ -1,7 +1,10 @@
 """Serve the flows without a work pool: `python deployments/serve.py` (Ctrl-C to stop).
 
-Runs from this process the same deployments that prefect.yaml declares for work pools; trigger them
-from the UI or with `prefect deployment run 'astft-ensemble/ensemble'`. Wiring only, no logic.
+Serves the three flows from this process as deployments `astft-finetune/member`,
+`astft-ensemble/ensemble` and `astft-predict/predict` (no schedules; parameters come from the UI
+form or `prefect deployment run ... --params`). One run at a time, so use `dispatch: in_process`
+for ensembles here: a scale-out parent would wait for members this process cannot start.
+Wiring only, no logic.
 """
 
 import sys

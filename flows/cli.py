@@ -198,10 +198,17 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from lib.checkpoint import CheckpointError
-    from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, load_config
+    from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, format_validation_error, load_config
     from lib.ensemble import EnsembleError
+    from lib.features import BadAudioError
+    from lib.launch import TrainingOutOfMemory
     from lib.scan import ScanError
+
+    # Errors whose message already names the file or parameter and the fix: no traceback needed.
+    expected = (ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, TrainingOutOfMemory)
 
     try:
         if args.command == "predict":
@@ -209,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             from lib.ensemble import predict_files
             from lib.training import resolve_runtime
 
-            config = PredictConfig(**{key: getattr(args, key) for key in PredictConfig.model_fields})
+            try:
+                config = PredictConfig(**{key: getattr(args, key) for key in PredictConfig.model_fields})
+            except ValidationError as error:
+                raise ConfigError(format_validation_error(error, "arguments")) from error
             summary = predict_files(
                 config.model_path, config.input_path, config.output_csv,
                 resolve_runtime(config.device, "fp32"), config.batch_size, config.skip_bad_files,
@@ -224,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args, ENSEMBLE_FLAG_FIELDS))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
-    except (ConfigError, EnsembleError, ScanError, CheckpointError) as error:
+    except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
+
+    from flows.ensemble import EnsembleMembersFailed
 
     try:
         if args.command == "ensemble":
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.finetune import finetune
 
         summary = finetune(config)
-    except (ConfigError, CheckpointError, ScanError, EnsembleError) as error:
+    except (*expected, EnsembleMembersFailed) as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
     print_summary(summary)

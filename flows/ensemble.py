@@ -10,6 +10,7 @@ from flows.finetune import run_member
 from lib.config import EnsembleConfig
 from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef
+from lib.launch import release_memory
 from lib.plan import RunPlan, plan_run
 from tasks.data import build_features, scan_folders
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
@@ -57,6 +58,8 @@ def ensemble(config: EnsembleConfig) -> dict:
                 published[name] = state.result()["published"]
             else:
                 failed[name] = _failure_reason(state)
+                del state
+                release_memory()
     else:
         futures = {name: dispatch_member.submit(plan.config, config.member_deployment) for name, plan in plans.items()}
         for name, future in futures.items():

@@ -239,7 +239,9 @@ class MemberVariant(_Section):
     train_last_n_layers: int = Field(0, ge=0, le=512, description="Train the last N layers; 0 = full network.")
     learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")
     epochs: int | None = Field(None, ge=1, le=100_000, description="Override training.epochs.")
-    batch_size: int | None = Field(None, ge=1, le=65_536, description="Override training.batch_size.")
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Override training.batch_size (a constant size: replaces batch_sizes)."
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
     weight: float = Field(1.0, gt=0, le=1000, description="Weight of this member in the soft vote.")
 
@@ -282,6 +284,8 @@ class EnsembleConfig(_Section):
             for key in ("learning_rate", "epochs", "batch_size", "seed")
             if getattr(variant, key) is not None
         }
+        if variant.batch_size is not None:
+            overrides["batch_sizes"] = None  # the member asked for one constant size
         return FinetuneConfig(
             name=variant.name,
             output_dir=self.output_dir,
@@ -326,7 +330,7 @@ def read_preset(path: Path) -> dict[str, Any]:
     """Read a YAML (or JSON) preset into a plain dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file; pass a YAML preset such as presets/example.yaml")
+        raise ConfigError(f"--config {path}: no such file; pass a YAML preset such as deployments/presets/notebook.yaml")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

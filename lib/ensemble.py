@@ -126,7 +126,11 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
     if ensemble_file.is_file():
         listed = json.loads(ensemble_file.read_text())["members"]
         return [read_member(model_path / Path(item["path"]).name, item.get("weight", 1.0)) for item in listed]
-    members = [read_member(p) for p in sorted(model_path.iterdir()) if (p / MEMBER_FILE).is_file()]
+    # Hidden entries are publish backups and staging folders, never members.
+    members = [
+        read_member(p) for p in sorted(model_path.iterdir())
+        if not p.name.startswith(".") and (p / MEMBER_FILE).is_file()
+    ]
     if not members:
         raise EnsembleError(f"--model {model_path}: neither a member folder nor a folder of members")
     return members

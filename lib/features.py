@@ -152,9 +152,9 @@ def staged_folder(root: Path, key: str, is_complete: Callable[[Path, str], bool]
     equivalent); on any error the staging folder is removed and nothing is published.
     """
     final = Path(root) / key
-    if final.exists():
+    if final.exists() and not is_complete(final, key):  # re-checked: another builder may just have finished
         logger.warning("%s %s is incomplete or corrupt; rebuilding it", what, final)
-        shutil.rmtree(final)
+        shutil.rmtree(final, ignore_errors=True)
     Path(root).mkdir(parents=True, exist_ok=True)
     staging = Path(root) / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()

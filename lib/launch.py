@@ -7,6 +7,7 @@ all-reduced) and only rank 0 writes checkpoints, logs and the outcome file.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -37,6 +38,19 @@ class MemberSpec(BaseModel):
     outcome_file: str
 
 
+def release_memory() -> None:
+    """Drop what a failed member left behind (its traceback holds model and optimizer) before the next one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def resume_key(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> str:
+    """What must match for a work dir's checkpoints to be resumed: the config, the exact clips and
+    features (the feature cache key covers the folder fingerprint) and the stripped encoder."""
+    return f"{plan.fingerprint}-{features.key}-{Path(encoder.path).name}"
+
+
 def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Build the classifier from the stripped encoder, freeze per variant, and fine-tune it."""
     from transformers import ASTModel
@@ -65,13 +79,14 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
             config.training,
             work_dir,
             work_dir / f"train_log{config.name}.txt",
-            plan.fingerprint + inputs.fingerprint_suffix,
+            resume_key(plan, features, encoder) + inputs.fingerprint_suffix,
             plan.runtime,
         )
         return outcome.model_copy(update={"trunk_cache": inputs.trunk})
     except torch.cuda.OutOfMemoryError as error:
         raise TrainingOutOfMemory(
-            f"GPU out of memory training member {config.name} (batch_size {config.training.batch_size} per device, "
+            f"GPU out of memory training member {config.name} (per-device batch size "
+            f"{config.training.batch_sizes or config.training.batch_size}, "
             f"{features.params.max_frames} frames, variant {config.model.freezing}, {plan.runtime.precision}). "
             "Lower training.batch_size (--batch-size) and raise gradient_accumulation_steps to keep the "
             "effective batch; or start a per-epoch batch-size schedule small; or cut features.max_frames; or "
@@ -86,7 +101,7 @@ def train_member_distributed(
     """Run train_member on num_processes ranks with torchrun and return rank 0's outcome."""
     work_dir = plan.work_dir
     # Decide resume-or-fresh once, before the ranks start, so they never race on the work dir.
-    prepare_work_dir(work_dir, plan.fingerprint)
+    prepare_work_dir(work_dir, resume_key(plan, features, encoder))
     spec_file = work_dir / "launch_spec.json"
     outcome_file = work_dir / "launch_outcome.json"
     outcome_file.unlink(missing_ok=True)

@@ -105,8 +105,12 @@ def fingerprint_listing(listing: dict[str, dict[str, list[Path]]], roots: dict[s
     for split in SPLITS:
         for class_name, paths in sorted(listing[split].items()):
             for path in paths:
-                stat = path.stat()
                 relative = path.relative_to(roots[split]).as_posix()
+                try:
+                    stat = path.stat()
+                except OSError:  # e.g. a dangling symlink: the scan reports it as a bad file
+                    digest.update(f"{split}\0{relative}\0unreadable\n".encode())
+                    continue
                 digest.update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         digest.update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n".encode())
     return digest.hexdigest()

@@ -295,6 +295,9 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     for stale in work_dir.glob("checkpoint-*"):
         shutil.rmtree(stale)
     shutil.rmtree(work_dir / BEST_MODEL_DIR, ignore_errors=True)
+    # ... and the old run's logs, which would otherwise be published with the new member
+    for old_log in [*work_dir.glob("train_log*.txt"), work_dir / "log_history.json"]:
+        old_log.unlink(missing_ok=True)
     run_file.write_text(json.dumps({"fingerprint": run_fingerprint}))
     return None
 

@@ -111,7 +111,7 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     ))
     features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), plan.feature_params, tmp_path / "c")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "c")
-    with pytest.raises(lib.launch.TrainingOutOfMemory, match="batch_size 64 per device.*--batch-size.*max_frames"):
+    with pytest.raises(lib.launch.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
         lib.launch.train_member(plan, features, encoder)
 
 

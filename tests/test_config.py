@@ -89,3 +89,15 @@ def test_ensemble_member_names_must_be_unique_and_variants_valid():
                                                  "members": [{"name": "h", "head_only": True, "epochs": 3}, {"name": "f"}]})
     assert [config.member_config(m).training.epochs for m in config.members] == [3, 9]
     assert config.member_config(config.members[0]).model.freezing == "head_only"
+
+
+def test_a_member_batch_size_replaces_the_shared_schedule():
+    from lib.config import EnsembleConfig, load_config
+
+    config = load_config(EnsembleConfig, None, {
+        "data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"},
+        "training": {"batch_sizes": [4, 8]}, "members": [{"name": "a", "batch_size": 16}, {"name": "b"}],
+    })
+    first, second = (config.member_config(m).training for m in config.members)
+    assert (first.batch_size, first.batch_sizes) == (16, None)
+    assert second.batch_sizes == [4, 8]

@@ -22,8 +22,11 @@ def deployments():
 @pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["name"])
 def test_every_deployment_has_valid_parameters_and_a_pool(deployment):
     config_class = CONFIG_CLASSES[deployment["entrypoint"]]
-    config_class.model_validate(deployment["parameters"]["config"])
-    assert deployment["work_pool"]["name"] == "astft-process"
+    config = config_class.model_validate(deployment["parameters"]["config"])
+    # a scale-out parent only waits: it must not take a GPU worker's slot
+    waits_for_members = getattr(config, "dispatch", None) == "deployments"
+    assert deployment["work_pool"]["name"] == ("astft-orchestration" if waits_for_members else "astft-process")
+    assert deployment["work_pool"]["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "lib"
 
 
 def test_declared_schedule_and_scale_out_mode():

@@ -91,7 +91,8 @@ def run(command: list[str], env: dict, timeout_s: float = 300) -> subprocess.Com
 
 def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path, dataset_dirs, ssl_checkpoint):
     env, processes, logs = prefect_stack
-    run([PREFECT, "work-pool", "create", "astft-process", "--type", "process"], env)
+    for pool in ("astft-process", "astft-orchestration"):
+        run([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
     deployed = run(
         [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], env
     )

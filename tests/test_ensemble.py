@@ -124,3 +124,12 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     # the CSV's predictions match the vote on the cached features (files are listed in the same order)
     predicted = [board["label_names"].index(row["predicted_label"]) for row in rows]
     assert np.mean(np.asarray(predicted) == voted.argmax(1)) >= 0.95
+
+
+def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
+    from lib.ensemble import resolve_members
+
+    fake_member(tmp_path, "real", [[0.0, 1.0]], [1])
+    fake_member(tmp_path, ".real.previous", [[0.0, 1.0]], [1])
+    fake_member(tmp_path, ".real.staging-1234", [[0.0, 1.0]], [1])
+    assert [m.name for m in resolve_members(tmp_path)] == ["real"]

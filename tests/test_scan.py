@@ -107,3 +107,11 @@ def test_fingerprint_tracks_content_changes_only(tmp_path):
     assert touched != first
     write_wav(train / "a" / "02.wav")
     assert fingerprint_folders(train, validation) not in (first, touched)
+
+
+def test_a_dangling_symlink_is_reported_as_a_bad_file(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1}, "validation": {"a": 1}})
+    (train / "a" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    fingerprint_folders(train, validation)  # no crash while hashing the listing
+    with pytest.raises(ScanError, match="gone.wav: not a readable audio file"):
+        scan_dataset(train, validation)

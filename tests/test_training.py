@@ -216,3 +216,24 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
     assert loss_accumulated == pytest.approx(loss_big, rel=1e-4)
     for key, tensor in weights_big.items():
         torch.testing.assert_close(weights_accumulated[key], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
+    from lib.training import prepare_work_dir
+
+    (tmp_path / "run.json").write_text('{"fingerprint": "old"}')
+    (tmp_path / "train_logm.txt").write_text("epoch 1/5 of the old config\n")
+    (tmp_path / "log_history.json").write_text("[]")
+    assert prepare_work_dir(tmp_path, "new") is None
+    assert not (tmp_path / "train_logm.txt").exists() and not (tmp_path / "log_history.json").exists()
+
+
+def test_resume_key_changes_with_the_data_and_the_encoder():
+    from types import SimpleNamespace
+
+    from lib.launch import resume_key
+
+    plan = SimpleNamespace(fingerprint="cfg")
+    base = resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
+    assert base != resume_key(plan, SimpleNamespace(key="features-b"), SimpleNamespace(path="/c/encoders/enc-1"))
+    assert base != resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-2"))
