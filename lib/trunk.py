@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,22 @@ def training_inputs(
     layers, reason = frozen_trunk_layers(config, classifier.config)
     if layers is None:
         logger.info("trunk cache not used: %s", reason)
+        return TrainingInputs(
+            classifier, load_split(features, "train"), load_split(features, "validation"),
+            TrunkCacheInfo(used=False, reason=reason),
+        )
+    # Token states are large (AST-base at 1024 frames: ~1.9 MB per clip in fp16): never fill the disk.
+    embeddings = classifier.audio_spectrogram_transformer.embeddings.position_embeddings
+    estimate = sum(features.num_clips.values()) * embeddings.shape[1] * embeddings.shape[2] * 2
+    cache_root = Path(config.data.cache_dir)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_root).free
+    if estimate > free // 2:
+        reason = (
+            f"the trunk cache would take ~{estimate / 2**30:.1f} GiB, more than half of the "
+            f"{free / 2**30:.1f} GiB free under {cache_root}"
+        )
+        logger.warning("trunk cache not used: %s", reason)
         return TrainingInputs(
             classifier, load_split(features, "train"), load_split(features, "validation"),
             TrunkCacheInfo(used=False, reason=reason),

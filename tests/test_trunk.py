@@ -276,3 +276,31 @@ def test_training_on_the_trunk_cache_resumes_and_ends_with_the_uninterrupted_mem
     logits = [predict_logits(ASTMeanPoolClassifier.from_pretrained(outcome.best_model_dir), validation, 8, CPU)
               for outcome in (resumed, clean)]
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import lib.trunk as trunk_module
+    from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+    from lib.features import FeatureCacheRef, FeatureParams
+    from lib.model import apply_freezing, build_classifier
+    from lib.training import resolve_runtime
+    from transformers import ASTModel
+
+    from tests.conftest import small_config
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(trunk_module.shutil, "disk_usage", lambda path: usage(10**6, 0, 10**4))
+    classifier = build_classifier(ASTModel(small_config()), ["a", "b"])
+    apply_freezing(classifier, head_only=True)
+    config = FinetuneConfig(
+        name="x", data=DataConfig(train_dir=tmp_path, validation_dir=tmp_path, cache_dir=tmp_path / "c"),
+        model=ModelConfig(ssl_checkpoint=tmp_path, head_only=True), training=TrainingConfig(device="cpu"),
+    )
+    features = FeatureCacheRef(path=str(tmp_path / "missing"), key="k", params=FeatureParams(num_mel_bins=64, max_frames=64),
+                               label_names=["a", "b"], num_clips={"train": 100, "validation": 10})
+    monkeypatch.setattr(trunk_module, "load_split", lambda ref, split: split)
+    inputs = trunk_module.training_inputs(classifier, config, features, resolve_runtime("cpu"))
+    assert not inputs.trunk.used and "more than half" in inputs.trunk.reason
+    assert inputs.model is classifier
