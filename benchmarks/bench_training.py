@@ -54,7 +54,8 @@ from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
 from lib.model import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.scan import SPLITS, scan_dataset  # noqa: E402
-from lib.training import resolve_runtime  # noqa: E402
+from lib.config import TrainingConfig  # noqa: E402
+from lib.training import resolve_runtime, seed_everything, train_classifier  # noqa: E402
 from lib.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
@@ -212,6 +213,30 @@ def measure_training(job: dict) -> dict:
     return figures
 
 
+def measure_accuracy(job: dict) -> dict:
+    """Run in a fresh process: best validation accuracy after `epochs` of HF Trainer at job['max_frames'].
+
+    Both frame counts start from the same seed and the same (random) encoder weights, so the
+    comparison isolates the crop; with a real SSL checkpoint run `astft finetune` twice instead.
+    """
+    if job["cpu_threads"]:
+        torch.set_num_threads(job["cpu_threads"])
+    runtime = resolve_runtime(job["device"], job["precision"])
+    cache = FeatureCacheRef.model_validate_json(job["cache"])
+    seed_everything(0, True)
+    model = build_classifier(ASTModel(encoder_config(job["config"], job["max_frames"])), cache.label_names)
+    config = TrainingConfig(
+        epochs=job["epochs"], batch_size=job["batch_size"], gradient_accumulation_steps=1, learning_rate=1e-3,
+        warmup_steps=0.1, save_total_limit=1,
+    )
+    work = Path(job["work_dir"])
+    outcome = train_classifier(
+        model, load_split(cache, "train"), load_split(cache, "validation"), None, config, work,
+        work / "log.txt", "bench", runtime,
+    )
+    return {"max_frames": job["max_frames"], "best_accuracy": outcome.best_metric, "epochs": job["epochs"]}
+
+
 def last_n_layers(args: argparse.Namespace) -> int:
     """The last-N variant compared: --last-n, else 3 (as the issue asks), fewer on a shallower encoder."""
     layers = encoder_config(args.config, DEFAULT_FRAMES).num_hidden_layers
@@ -327,6 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed epochs per trunk-cache variant (after one untimed epoch)")
     parser.add_argument("--last-n", type=int,
                         help="the last-N variant of the trunk-cache comparison (default 3, or layers - 1 if fewer)")
+    parser.add_argument("--accuracy-epochs", type=int, default=10,
+                        help="epochs of a short fine-tune per frame count to compare validation accuracy (0 = skip)")
     parser.add_argument("--cpu-threads", type=int, help="torch CPU threads for training (default: torch's own)")
     parser.add_argument("--peak-tflops", type=float, help="GPU peak for MFU (default: bf16/fp16 data-sheet peak)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
@@ -374,6 +401,12 @@ def format_table(figures: dict) -> str:
         f"cold {features['cold_clips_per_second']:.1f} clips/s, cache hit {features['hit_clips_per_second']:.1f} "
         f"clips/s ({features['hit_clips_per_second'] / features['cold_clips_per_second']:.1f}x)"
     )
+    if figures.get("accuracy"):
+        notebook_accuracy, crop_accuracy = (entry["best_accuracy"] for entry in figures["accuracy"])
+        lines.append(
+            f"{'validation accuracy':<24}{notebook_accuracy:>18.3f}{crop_accuracy:>18.3f}"
+            f"   (best of {figures['accuracy'][0]['epochs']} epochs, same seed and initial weights)"
+        )
     if figures.get("trunk"):
         lines += format_trunk(figures["trunk"], figures["batch_size"])
     return "\n".join(lines)
@@ -432,13 +465,23 @@ def main(argv: list[str] | None = None) -> dict:
         }
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             trunk = pool.submit(measure_trunk, job).result()
+        # fidelity: validation accuracy after the same short fine-tune at both frame counts
+        accuracy = []
+        for frames in args.frames if args.accuracy_epochs else ():
+            job = {
+                "device": args.device, "precision": args.precision, "config": args.config, "max_frames": frames,
+                "batch_size": args.batch_size, "epochs": args.accuracy_epochs, "cpu_threads": args.cpu_threads,
+                "cache": caches[frames].model_dump_json(), "work_dir": str(work / f"accuracy-{frames}"),
+            }
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                accuracy.append(pool.submit(measure_accuracy, job).result())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {
         "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
         "cpus": os.cpu_count(),
         "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
-        "train": train, "features": features, "trunk": trunk,
+        "train": train, "features": features, "trunk": trunk, "accuracy": accuracy,
     }
     print(format_table(figures))
     if args.json:

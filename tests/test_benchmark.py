@@ -5,7 +5,10 @@ import pytest
 def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
     from benchmarks.bench_training import main
 
-    figures = main(["--steps", "2", "--warmup-steps", "1", "--clips", "8", "--batch-size", "2", "--trunk-epochs", "1"])
+    figures = main(["--steps", "2", "--warmup-steps", "1", "--clips", "8", "--batch-size", "2", "--trunk-epochs", "1",
+                    "--accuracy-epochs", "1"])
+    assert [entry["max_frames"] for entry in figures["accuracy"]] == [1024, 128]
+    assert all(0 <= entry["best_accuracy"] <= 1 for entry in figures["accuracy"])
     notebook, crop = figures["train"]
     assert (notebook["max_frames"], crop["max_frames"]) == (1024, 128)
     assert (notebook["tokens"], crop["tokens"]) == (2 + 12 * 101, 2 + 12 * 12)  # 128 mel bins, stride 10
