@@ -313,7 +313,12 @@ def measure_trunk(job: dict) -> dict:
 def measure_features(
     data_root: Path, cache_root: Path, max_frames: int, num_mel_bins: int
 ) -> tuple[FeatureCacheRef, dict]:
-    """Cold feature-cache build vs cache hit (key check + reading every clip back), in clips/s."""
+    """Cold feature-cache build vs cache hit, in clips/s.
+
+    The hit is timed twice: the feature stage itself (key and completeness check, then both splits
+    memory-mapped, which is all the flow does before training starts) and, stricter, that plus
+    reading every clip's values back, which training does on a cold build as well.
+    """
     manifest = scan_dataset(data_root / "train", data_root / "validation")
     params = FeatureParams(num_mel_bins=num_mel_bins, max_frames=max_frames)
     clips = len(manifest.train) + len(manifest.validation)
@@ -326,12 +331,17 @@ def measure_features(
 
     start = time.perf_counter()
     ref, hit = build_feature_cache(manifest, params, cache_root)
-    read = sum(len(load_split(ref, split).with_format("numpy")[:]["input_values"]) for split in SPLITS)
+    mapped = sum(len(load_split(ref, split)) for split in SPLITS)
     hit_seconds = time.perf_counter() - start
-    if not hit or read != clips:
+    start = time.perf_counter()
+    build_feature_cache(manifest, params, cache_root)
+    read = sum(len(load_split(ref, split).with_format("numpy")[:]["input_values"]) for split in SPLITS)
+    hit_read_seconds = time.perf_counter() - start
+    if not hit or read != clips or mapped != clips:
         raise RuntimeError(f"second build of {ref.path}: hit={hit}, read {read} of {clips} clips")
     return ref, {
-        "clips": clips, "cold_clips_per_second": clips / cold_seconds, "hit_clips_per_second": clips / hit_seconds
+        "clips": clips, "cold_clips_per_second": clips / cold_seconds, "hit_clips_per_second": clips / hit_seconds,
+        "hit_read_clips_per_second": clips / hit_read_seconds,
     }
 
 
@@ -399,7 +409,9 @@ def format_table(figures: dict) -> str:
     lines.append(
         f"feature preprocessing ({crop['max_frames']} frames, {features['clips']} clips): "
         f"cold {features['cold_clips_per_second']:.1f} clips/s, cache hit {features['hit_clips_per_second']:.1f} "
-        f"clips/s ({features['hit_clips_per_second'] / features['cold_clips_per_second']:.1f}x)"
+        f"clips/s ({features['hit_clips_per_second'] / features['cold_clips_per_second']:.1f}x; "
+        f"{features['hit_read_clips_per_second'] / features['cold_clips_per_second']:.1f}x when every value is "
+        "also read back)"
     )
     if figures.get("accuracy"):
         notebook_accuracy, crop_accuracy = (entry["best_accuracy"] for entry in figures["accuracy"])

@@ -60,7 +60,8 @@ def test_cuda_table_has_an_mfu_row():
     ]}
     table = format_table({
         "config": "base", "batch_size": 16, "steps": 50, "cpus": 16, "load_average": "0.1",
-        "train": [run, crop], "features": {"clips": 80, "cold_clips_per_second": 100.0, "hit_clips_per_second": 5000.0},
+        "train": [run, crop], "features": {"clips": 80, "cold_clips_per_second": 100.0, "hit_clips_per_second": 5000.0,
+                                            "hit_read_clips_per_second": 1000.0},
         "trunk": trunk,
     })
     assert "MFU" in table and "25.0%" in table and "20.0%" in table
