@@ -17,10 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -31,10 +28,12 @@ from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
 
 from lib.model import SPECIAL_TOKENS
+from lib.staging import staged_folder
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
+REPORT_FILE = "load_report.json"
 BUNDLED_CONFIG = Path(__file__).with_name("ast_base_config.json")
 # The patch projection exists in every AST layout; whatever precedes it is the encoder's prefix.
 ANCHOR_KEY = "embeddings.patch_embeddings.projection.weight"
@@ -327,6 +326,10 @@ class EncoderRef(BaseModel):
     report: EncoderLoadReport
 
 
+def _encoder_is_complete(folder: Path, key: str) -> bool:
+    return (folder / REPORT_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
 def export_encoder(
     checkpoint_dir: Path, base_config: Path | None, cache_dir: Path, max_frames: int | None = None
 ) -> tuple[EncoderRef, bool]:
@@ -340,22 +343,11 @@ def export_encoder(
     key = hashlib.sha256(f"{source}|max_frames={max_frames}".encode()).hexdigest()[:24]
     root = Path(cache_dir) / "encoders"
     final = root / key
-    report_file = final / "load_report.json"
-    if report_file.is_file() and (final / WEIGHTS_FILE).is_file():
+    report_file = final / REPORT_FILE
+    if _encoder_is_complete(final, key):
         return EncoderRef(path=str(final), report=EncoderLoadReport.model_validate_json(report_file.read_text())), True
     encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_folder(root, key, _encoder_is_complete, "encoder cache") as staging:
         encoder.save_pretrained(str(staging), save_original_format=False)
-        (staging / "load_report.json").write_text(report.model_dump_json(indent=2))
-        if final.exists() and not report_file.is_file():
-            shutil.rmtree(final)  # an incomplete leftover; a complete one may be in use by another run
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not report_file.is_file():  # another process won the race with an equivalent encoder
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))  # written last: marks completeness
     return EncoderRef(path=str(final), report=report), False

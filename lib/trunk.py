@@ -35,7 +35,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lib.checkpoint import architecture_dict
 from lib.config import FinetuneConfig
-from lib.features import FeatureCacheRef, load_split, staged_folder
+from lib.features import FeatureCacheRef, load_split
+from lib.staging import staged_folder
 from lib.model import ASTMeanPoolClassifier
 from lib.scan import SPLITS
 
