@@ -6,15 +6,13 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from flows.finetune import run_member
+from flows.finetune import run_member, shared_inputs
 from lib.config import EnsembleConfig
 from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef
 from lib.launch import release_memory
 from lib.plan import RunPlan, plan_run
-from tasks.data import build_features, scan_folders
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
-from tasks.member import prepare_encoder
 
 
 class EnsembleMembersFailed(RuntimeError):
@@ -42,12 +40,8 @@ def ensemble(config: EnsembleConfig) -> dict:
     # validate: every member's config, before any work
     plans = {variant.name: plan_run(config.member_config(variant)) for variant in config.members}
     first = next(iter(plans.values()))
-    # data and encoder: computed once, shared by every member
-    manifest = scan_folders(first.config.data)
-    features = build_features(
-        manifest, first.feature_params, first.config.data.cache_dir, first.config.data.skip_bad_files
-    )
-    encoder = prepare_encoder(first.config.model, first.config.data.cache_dir, first.feature_params.max_frames)
+    # data and encoder: computed once, shared by every member (their data/features/model sections are equal)
+    features, encoder = shared_inputs(first)
 
     # members: a failing member does not stop the others
     published, failed = {}, {}

@@ -8,10 +8,22 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from lib.checkpoint import EncoderRef
 from lib.config import FinetuneConfig
+from lib.features import FeatureCacheRef
 from lib.plan import RunPlan, plan_run
 from tasks.data import build_features, scan_folders
 from tasks.member import evaluate_member, prepare_encoder, publish, train_member
+
+
+def shared_inputs(plan: RunPlan) -> tuple[FeatureCacheRef, EncoderRef]:
+    """data: folder scan -> Arrow features; model: SSL checkpoint -> stripped encoder fitted to the
+    feature length. Shared by every member of an ensemble."""
+    data = plan.config.data
+    manifest = scan_folders(data)
+    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files)
+    encoder = prepare_encoder(plan.config.model, data.cache_dir, plan.feature_params.max_frames)
+    return features, encoder
 
 
 def run_member(plan: RunPlan, features, encoder) -> dict:
@@ -47,13 +59,8 @@ def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune one AST member from an SSL checkpoint and publish it to <output_dir>/best/<name>/."""
     # validate: fail before any work on anything checkable up front
     plan = plan_run(config)
-    # data: folder scan -> Arrow features
-    manifest = scan_folders(plan.config.data)
-    features = build_features(
-        manifest, plan.feature_params, plan.config.data.cache_dir, plan.config.data.skip_bad_files
-    )
-    # model: SSL checkpoint -> stripped encoder, positional embeddings fitted to the feature length
-    encoder = prepare_encoder(plan.config.model, plan.config.data.cache_dir, plan.feature_params.max_frames)
+    # data and model inputs: scan -> features, checkpoint -> encoder
+    features, encoder = shared_inputs(plan)
     # train -> evaluate -> publish
     summary = run_member(plan, features, encoder)
     create_markdown_artifact(

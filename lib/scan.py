@@ -61,6 +61,13 @@ class Manifest(BaseModel):
     def split(self, name: str) -> list[Clip]:
         return {"train": self.train, "validation": self.validation}[name]
 
+    def length_mismatches(self, clip_seconds: float) -> tuple[int, int]:
+        """(clips shorter, clips longer) than clip_seconds, from their headers; truncated files count as short."""
+        clips = self.train + self.validation
+        short = sum(1 for c in clips if c.num_samples < clip_seconds * c.sample_rate_hz - 0.5)
+        long = sum(1 for c in clips if c.num_samples > clip_seconds * c.sample_rate_hz + 0.5)
+        return short, long
+
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")

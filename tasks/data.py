@@ -50,11 +50,8 @@ def build_features(
         "%s feature cache %s (%s clips, %d frames x %d mel bins)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
     )
-    clips = manifest.train + manifest.validation
-    short = sum(1 for c in clips if c.num_samples < params.clip_seconds * c.sample_rate_hz - 0.5)
-    long = sum(1 for c in clips if c.num_samples > params.clip_seconds * c.sample_rate_hz + 0.5)
+    short, long = manifest.length_mismatches(params.clip_seconds)
     if short or long:
-        # Truncated files also end up here: libsndfile reads the samples that are present.
         get_run_logger().info(
             "%d clips shorter than %.2f s were zero-padded, %d longer ones trimmed", short, params.clip_seconds, long
         )

@@ -115,3 +115,10 @@ def test_a_dangling_symlink_is_reported_as_a_bad_file(tmp_path):
     fingerprint_folders(train, validation)  # no crash while hashing the listing
     with pytest.raises(ScanError, match="gone.wav: not a readable audio file"):
         scan_dataset(train, validation)
+
+
+def test_length_mismatches_count_short_and_long_clips(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1}, "validation": {"a": 1}})  # 0.1 s clips
+    write_wav(train / "a" / "long.wav", seconds=2.0)
+    write_wav(validation / "a" / "exact.wav", seconds=1.0)
+    assert scan_dataset(train, validation).length_mismatches(1.0) == (2, 1)
