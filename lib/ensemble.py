@@ -42,7 +42,10 @@ def read_member(path: Path, weight: float = 1.0) -> MemberInfo:
     path = Path(path)
     config_file, member_file = path / "config.json", path / MEMBER_FILE
     if not config_file.is_file() or not member_file.is_file():
-        raise EnsembleError(f"{path} is not a published member (needs config.json and {MEMBER_FILE})")
+        raise EnsembleError(
+            f"{path} is not a published member (needs config.json and {MEMBER_FILE}); pass a folder that "
+            "astft finetune/ensemble published under <output_dir>/best/"
+        )
     config = json.loads(config_file.read_text())
     member = json.loads(member_file.read_text())
     id2label = config["id2label"]
@@ -93,7 +96,10 @@ def evaluate_ensemble(members: list[MemberInfo], output_file: Path, failed: dict
         if labels is None:
             labels = stored["labels"]
         elif not np.array_equal(labels, stored["labels"]):
-            raise EnsembleError(f"member {member.name} was validated on clips in another order")
+            raise EnsembleError(
+                f"member {member.name} was validated on clips in another order than {members[0].name}; "
+                "re-run the ensemble so every member is evaluated on the same feature cache"
+            )
         probabilities.append(softmax(stored["logits"]))
         metrics = json.loads((Path(member.path) / METRICS_FILE).read_text())
         rows.append({"name": member.name, "freezing": member.freezing, "weight": member.weight,
@@ -132,7 +138,10 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
         if not p.name.startswith(".") and (p / MEMBER_FILE).is_file()
     ]
     if not members:
-        raise EnsembleError(f"--model {model_path}: neither a member folder nor a folder of members")
+        raise EnsembleError(
+            f"--model {model_path}: neither a member folder nor a folder of members; pass <output_dir>/best/ "
+            "for the ensemble or <output_dir>/best/<name>/ for one member"
+        )
     return members
 
 
