@@ -204,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, format_validation_error, load_config
     from lib.ensemble import EnsembleError
     from lib.features import BadAudioError
+    from lib.guards import NonFiniteError
     from lib.launch import TrainingOutOfMemory
     from lib.scan import ScanError
 
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
-    expected = (ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, TrainingOutOfMemory)
+    expected = (
+        ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, NonFiniteError, TrainingOutOfMemory
+    )
 
     try:
         if args.command == "predict":

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
 
+from lib.guards import nonfinite_tensors
 from lib.model import SPECIAL_TOKENS
 from lib.staging import staged_folder
 
@@ -259,6 +260,13 @@ def load_encoder(
     """
     config, config_source = resolve_encoder_config(checkpoint_dir, base_config)
     encoder_state, dropped, prefix = split_encoder(read_checkpoint(checkpoint_dir))
+    bad = nonfinite_tensors(encoder_state)
+    if bad:
+        shown = ", ".join(prefix + name for name in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {checkpoint_dir} has NaN or inf values in {len(bad)} encoder tensors ({shown}); "
+            "the SSL run diverged or the file is corrupt. Use an earlier checkpoint of that run"
+        )
     layers_in_checkpoint = count_layers(encoder_state)
     if layers_in_checkpoint and layers_in_checkpoint != config.num_hidden_layers:
         raise CheckpointError(

@@ -9,6 +9,7 @@ import numpy as np
 from datasets import Dataset
 from pydantic import BaseModel
 
+from lib.guards import check_finite_logits, check_finite_tensors
 from lib.inference import predict_logits
 from lib.metrics import detailed_report, summary_metrics
 from lib.model import ASTMeanPoolClassifier
@@ -39,7 +40,11 @@ def evaluate_model(
     saved_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if saved_labels != list(label_names):
         raise ValueError(f"model {model_dir} has labels {saved_labels}, features have {label_names}")
+    check_finite_tensors(
+        model.named_parameters(), f"model {model_dir}", "training diverged; it is not evaluated or published"
+    )
     logits = predict_logits(model, dataset, batch_size, runtime)
+    check_finite_logits(logits, f"model {model_dir}")
     labels = np.asarray(dataset.with_format("numpy", columns=["label"])["label"][:])
     predictions = logits.argmax(axis=-1)
     metrics = summary_metrics(labels, predictions)

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 
 from lib.augment import augmenting_trainer
 from lib.config import ConfigError, TrainingConfig
+from lib.guards import NonFiniteLossCallback
 from lib.metrics import compute_metrics
 from lib.trunk import TrunkCacheInfo, TrunkTail
 
@@ -240,6 +241,7 @@ def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Ru
         seed=config.seed,
         dataloader_num_workers=config.dataloader_num_workers,
         report_to="none",  # TensorBoard is added explicitly below, with its own log dir
+        logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
         disable_tqdm=False,
     )
 
@@ -323,7 +325,11 @@ def train_classifier(
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    callbacks: list[TrainerCallback] = [EpochLogCallback(train_log, config.epochs), *extra_callbacks]
+    callbacks: list[TrainerCallback] = [
+        NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
+        EpochLogCallback(train_log, config.epochs),
+        *extra_callbacks,
+    ]
     if config.tensorboard:
         callbacks.append(_tensorboard_callback(work_dir))
     # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also

@@ -15,6 +15,7 @@ from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
 from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult, evaluate_model
 from lib.features import FeatureCacheRef, load_split
+from lib.guards import check_finite_folder
 from lib.launch import PARAMETER_COUNTS_FILE, train_member_distributed
 from lib.launch import train_member as train_member_in_process
 from lib.plan import RunPlan
@@ -95,6 +96,9 @@ def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outco
     work_dir = Path(outcome.work_dir)
     report_dir = Path(evaluation.report_dir)
     counts = json.loads((work_dir / PARAMETER_COUNTS_FILE).read_text())
+    # Last line of defence: however it came about, a NaN member never replaces the published one.
+    for folder in (Path(outcome.best_model_dir), report_dir):
+        check_finite_folder(folder, f"member {config.name}", f"not published; {plan.best_root / config.name} is left as it was")
     destination = publish_member(
         plan.best_root,
         config.name,

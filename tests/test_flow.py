@@ -96,3 +96,44 @@ def test_flow_rejects_bad_config_before_any_work(prefect_harness, tmp_path, data
     with pytest.raises(ConfigError, match=r"train_last_n_layers .* is 5 but the encoder .* has 2 layers"):
         finetune(config)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_diverging_run_never_replaces_the_published_member(
+    prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
+):
+    from flows.finetune import finetune
+    from lib.guards import NonFiniteError
+
+    config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, head_only=True)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 2})})
+    member = tmp_path / "ensemble" / "best" / "tiny_last1"
+    finetune(config)
+    before = {p.name: p.read_bytes() for p in member.iterdir()}
+
+    # Divergence, made deterministic: the first training loss is NaN, so are its gradients and then the weights.
+    classify = ASTMeanPoolClassifier.classify
+
+    def diverging_classify(self, sequence_output, labels=None):
+        output = classify(self, sequence_output, labels)
+        if labels is not None and self.training:
+            output["loss"] = output["loss"] * float("nan")
+        return output
+
+    monkeypatch.setattr(ASTMeanPoolClassifier, "classify", diverging_classify)
+    # another seed: a new run config, so the finished run's checkpoints are not resumed
+    diverging = config.model_copy(update={"training": config.training.model_copy(update={"seed": 1})})
+    with pytest.raises(NonFiniteError, match="training loss became nan in epoch 1"):
+        finetune(diverging)
+    assert {p.name: p.read_bytes() for p in member.iterdir()} == before
+
+    # With the training and evaluation guards switched off, the publish task still refuses it.
+    import lib.evaluation
+    import lib.training
+    from transformers import TrainerCallback
+
+    monkeypatch.setattr(lib.training, "NonFiniteLossCallback", TrainerCallback)
+    monkeypatch.setattr(lib.evaluation, "check_finite_tensors", lambda *args: None)
+    monkeypatch.setattr(lib.evaluation, "check_finite_logits", lambda *args: None)
+    with pytest.raises(NonFiniteError, match=r"member tiny_last1: .* hold NaN or inf .*not published; .*tiny_last1 is left as it was"):
+        finetune(diverging.model_copy(update={"training": diverging.training.model_copy(update={"seed": 2})}))
+    assert {p.name: p.read_bytes() for p in member.iterdir()} == before
