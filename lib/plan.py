@@ -16,7 +16,7 @@ from lib.checkpoint import (
 )
 from lib.config import ConfigError, FinetuneConfig
 from lib.features import FeatureParams, fbank_frames
-from lib.training import Runtime, resolve_runtime
+from lib.training import Runtime, check_schedule_supported, resolve_runtime
 
 
 class RunPlan(BaseModel):
@@ -85,6 +85,8 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
             "training.batch_sizes (a per-epoch schedule) works with one training process only; "
             "drop it or set training.num_processes (--num-processes) to 1"
         )
+    if config.training.batch_sizes:
+        check_schedule_supported()
     if runtime.device == "cuda" and processes > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "

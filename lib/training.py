@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import random
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from datasets import Dataset
 from pydantic import BaseModel
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
@@ -93,6 +96,54 @@ def optimizer_steps_per_epoch(
     ]
 
 
+# The private Trainer hooks EpochBatchSizeTrainer overrides, as transformers 5.24 defines them.
+# transformers is pinned; this check turns a silent mis-training after an upgrade into a clear error.
+SCHEDULE_HOOKS = {
+    "_run_epoch": (
+        "self", "model", "epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch", "trial",
+        "ignore_keys_for_eval", "start_time", "resume_from_checkpoint", "epochs_trained",
+        "steps_trained_in_current_epoch",
+    ),
+    "_init_training_state": (
+        "self", "max_steps", "num_update_steps_per_epoch", "num_train_epochs", "resume_from_checkpoint", "trial",
+    ),
+    "set_initial_training_values": ("self", "args", "dataloader"),
+}
+# set_initial_training_values returns these seven values, which the schedule unpacks by position.
+INITIAL_VALUES = (
+    "num_train_epochs", "num_update_steps_per_epoch", "num_examples", "num_train_samples",
+    "total_train_batch_size", "steps_in_epoch", "max_steps",
+)
+SCHEDULE_TESTED_WITH = "transformers 5.24.0"
+
+
+def schedule_hooks_problem(trainer_class: type = Trainer) -> str | None:
+    """Why EpochBatchSizeTrainer cannot work with this Trainer, or None if its hooks are as expected."""
+    for name, expected in SCHEDULE_HOOKS.items():
+        method = getattr(trainer_class, name, None)
+        if method is None:
+            return f"Trainer.{name} does not exist"
+        found = tuple(inspect.signature(method).parameters)
+        if found != expected:
+            return f"Trainer.{name} takes {found}, expected {expected}"
+    doc = inspect.getdoc(trainer_class.set_initial_training_values) or ""
+    listed = tuple(re.findall(r"^- `(\w+)`", doc, flags=re.MULTILINE))
+    if listed != INITIAL_VALUES:
+        return f"Trainer.set_initial_training_values returns {listed or 'undocumented values'}, expected {INITIAL_VALUES}"
+    return None
+
+
+def check_schedule_supported() -> None:
+    """Refuse training.batch_sizes early when the installed Trainer's private hooks have changed."""
+    problem = schedule_hooks_problem()
+    if problem:
+        raise ConfigError(
+            f"training.batch_sizes needs the private Trainer hooks of {SCHEDULE_TESTED_WITH} "
+            f"(installed: transformers {transformers.__version__}): {problem}. Install the pinned version "
+            "(pip install -e .) or train with one --batch-size"
+        )
+
+
 class EpochBatchSizeTrainer(Trainer):
     """HF Trainer whose train batch size follows a per-epoch schedule.
 
@@ -106,6 +157,7 @@ class EpochBatchSizeTrainer(Trainer):
     """
 
     def __init__(self, *args, epoch_batch_sizes: list[int], **kwargs):
+        check_schedule_supported()
         super().__init__(*args, **kwargs)
         if len(epoch_batch_sizes) != math.ceil(self.args.num_train_epochs) or self.args.max_steps > 0:
             raise ValueError(

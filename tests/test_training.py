@@ -237,3 +237,34 @@ def test_resume_key_changes_with_the_data_and_the_encoder():
     base = resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
     assert base != resume_key(plan, SimpleNamespace(key="features-b"), SimpleNamespace(path="/c/encoders/enc-1"))
     assert base != resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-2"))
+
+
+def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch):
+    from transformers import Trainer
+
+    from lib.training import check_schedule_supported, schedule_hooks_problem
+
+    assert schedule_hooks_problem() is None  # the pinned transformers: all hooks as expected
+
+    class Renamed(Trainer):
+        def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, **kwargs):
+            pass
+
+    assert "Trainer._run_epoch takes ('self', 'model', 'epoch', 'train_dataloader', 'steps_in_epoch', 'kwargs')" in (
+        schedule_hooks_problem(Renamed)
+    )
+
+    class EightValues(Trainer):
+        def set_initial_training_values(self, args, dataloader):
+            """Returns:
+            - `num_train_epochs`
+            - `max_steps`
+            """
+
+    assert "returns ('num_train_epochs', 'max_steps')" in schedule_hooks_problem(EightValues)
+
+    import lib.training
+
+    monkeypatch.setattr(lib.training, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
+    with pytest.raises(ConfigError, match=r"training.batch_sizes needs the private Trainer hooks of transformers 5.24.0 .*does not exist"):
+        check_schedule_supported()
