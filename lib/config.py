@@ -88,8 +88,9 @@ class EncoderConfig(_Section):
     base_config: Path | None = Field(
         None,
         description=(
-            "AST config.json describing the encoder, used when the checkpoint folder has none. "
-            "Default: the bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
+            "AST config.json describing the encoder; when set it takes precedence over the checkpoint folder's "
+            "config.json. Unset: the folder's config.json, else the bundled "
+            "MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
         ),
     )
     pooling: Literal["mean", "mean_patches"] = Field(
