@@ -93,7 +93,10 @@ def base_config_fix(base_config: Path | None) -> str:
             "pass --base-config (model.base_config) with the config.json the SSL model was built from; "
             "it takes precedence over the checkpoint folder's config.json"
         )
-    return f"--base-config (model.base_config) is {base_config}: point it at the config.json the SSL model was built from"
+    return (
+        f"--base-config (model.base_config) is {base_config}: point it at the config.json the SSL model "
+        "was built from"
+    )
 
 
 def read_ast_config(path: Path, fix: str = "pass --base-config with the encoder's config.json") -> ASTConfig:
