@@ -166,8 +166,8 @@ def checkpoint_fingerprint(checkpoint_dir: Path, base_config: Path | None) -> st
         if path is not None and Path(path).is_file():
             stat = Path(path).stat()
             parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    # "config-precedence": keys from before --base-config won over the folder's config.json name a
-    # cache whose encoder may have been built from the other file.
+    # Before --base-config took precedence, a key over the same files could stand for an encoder built
+    # from the folder's config.json; the tag keeps such caches from being reused.
     parts.append(f"config={'bundled' if config_file is None else 'file'};config-precedence=base-first")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 

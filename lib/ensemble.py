@@ -144,8 +144,8 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
     ]
     if not members:
         raise EnsembleError(
-            f"--model (model_path) {model_path}: neither a member folder nor a folder of members; pass <output_dir>/best/ "
-            "for the ensemble or <output_dir>/best/<name>/ for one member"
+            f"--model (model_path) {model_path}: neither a member folder nor a folder of members; pass "
+            "<output_dir>/best/ for the ensemble or <output_dir>/best/<name>/ for one member"
         )
     return members
 
@@ -242,7 +242,7 @@ def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
     try:
         value = json.loads(Path(path).read_text())
     except OSError as error:
-        raise EnsembleError(f"cannot read {path}: {error}") from error
+        raise EnsembleError(f"cannot read {path}: {error}; check that it is a file you can read") from error
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise EnsembleError(f"{path} is not valid JSON ({error}); {fix}") from error
     if not isinstance(value, dict):
