@@ -77,7 +77,9 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick-subsample", action="store_true", default=None, help="keep every 10th clip")
     parser.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable clips")
     parser.add_argument("--ssl-checkpoint", help="folder with the SSL model.safetensors")
-    parser.add_argument("--base-config", help="AST config.json when the checkpoint folder has none")
+    parser.add_argument(
+        "--base-config", help="AST config.json of the encoder; overrides the checkpoint folder's config.json"
+    )
     freezing = parser.add_mutually_exclusive_group()
     freezing.add_argument("--head-only", action="store_true", default=None, help="train only the head")
     freezing.add_argument("--train-last-n-layers", type=int, help="train the last N layers (0 = full)")

@@ -87,29 +87,56 @@ def architecture_dict(config: ASTConfig | dict) -> dict:
     return {key: values[key] for key in ARCHITECTURE_KEYS if key in values}
 
 
-def read_ast_config(path: Path) -> ASTConfig:
+def base_config_fix(base_config: Path | None) -> str:
+    """What to do about an encoder config that does not fit: true whether or not --base-config was given."""
+    if base_config is None:
+        return (
+            "pass --base-config (model.base_config) with the config.json the SSL model was built from; "
+            "it takes precedence over the checkpoint folder's config.json"
+        )
+    return (
+        f"--base-config (model.base_config) is {base_config}: point it at the config.json the SSL model "
+        "was built from"
+    )
+
+
+def read_ast_config(path: Path, fix: str = "pass --base-config with the encoder's config.json") -> ASTConfig:
     """Read only the architecture fields of an AST-style config.json (label maps etc. are ignored)."""
     try:
         values = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read AST config {path}: {error}") from error
+        raise CheckpointError(f"cannot read AST config {path}: {error}; {fix}") from error
     if not isinstance(values, dict) or "hidden_size" not in values:
-        raise CheckpointError(
-            f"{path} is not an AST config.json (no hidden_size); pass --base-config with the encoder's config"
-        )
+        raise CheckpointError(f"{path} is not an AST config.json (no hidden_size); {fix}")
     return ASTConfig(**architecture_dict(values))
 
 
-def resolve_encoder_config(checkpoint_dir: Path, base_config: Path | None = None) -> tuple[ASTConfig, str]:
-    """Checkpoint's config.json, else --base-config, else the bundled AST-base default."""
-    own = Path(checkpoint_dir) / "config.json"
-    if own.is_file():
-        return read_ast_config(own), str(own)
+def encoder_config_file(checkpoint_dir: Path, base_config: Path | None = None) -> Path | None:
+    """The config.json that describes the encoder: --base-config, else the checkpoint's, else None (bundled).
+
+    An explicit --base-config wins: it is the way to correct a checkpoint folder whose own
+    config.json is wrong, which would otherwise always shadow it.
+    """
     if base_config is not None:
         if not Path(base_config).is_file():
-            raise CheckpointError(f"--base-config {base_config}: no such file")
-        return read_ast_config(Path(base_config)), str(base_config)
-    return read_ast_config(BUNDLED_CONFIG), "bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture"
+            raise CheckpointError(
+                f"--base-config (model.base_config) {base_config}: no such file; pass the AST config.json the SSL "
+                "model was built from, or leave it unset to use the checkpoint folder's config.json"
+            )
+        return Path(base_config)
+    own = Path(checkpoint_dir) / "config.json"
+    return own if own.is_file() else None
+
+
+def resolve_encoder_config(checkpoint_dir: Path, base_config: Path | None = None) -> tuple[ASTConfig, str]:
+    """--base-config, else the checkpoint's config.json, else the bundled AST-base default; and its source."""
+    path = encoder_config_file(checkpoint_dir, base_config)
+    if path is None:
+        return read_ast_config(BUNDLED_CONFIG), "bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture"
+    own = Path(checkpoint_dir) / "config.json"
+    if base_config is not None and own.is_file():
+        logger.info("encoder config: %s (--base-config) takes precedence over %s", path, own)
+    return read_ast_config(path, base_config_fix(base_config)), str(path)
 
 
 def read_checkpoint(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -133,12 +160,16 @@ def read_checkpoint(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_fingerprint(checkpoint_dir: Path, base_config: Path | None) -> str:
-    """Size and mtime of the weights and of the config that shapes them."""
+    """Size and mtime of the weights and of the config that shapes them (the one actually used)."""
+    config_file = encoder_config_file(checkpoint_dir, base_config)
     parts = []
-    for path in (Path(checkpoint_dir) / WEIGHTS_FILE, Path(checkpoint_dir) / "config.json", base_config):
+    for path in (Path(checkpoint_dir) / WEIGHTS_FILE, config_file):
         if path is not None and Path(path).is_file():
             stat = Path(path).stat()
             parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    # Before --base-config took precedence, a key over the same files could stand for an encoder built
+    # from the folder's config.json; the tag keeps such caches from being reused.
+    parts.append(f"config={'bundled' if config_file is None else 'file'};config-precedence=base-first")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -224,7 +255,7 @@ def fit_position_embeddings(
 
 
 def _check_position_tokens(
-    encoder_state: dict[str, torch.Tensor], config: ASTConfig, checkpoint_dir: Path, config_source: str
+    encoder_state: dict[str, torch.Tensor], config: ASTConfig, checkpoint_dir: Path, config_source: str, fix: str
 ) -> None:
     """The checkpoint's token count must be the grid its config describes, or the cut would scramble it."""
     position = encoder_state.get(POSITION_KEY)
@@ -245,8 +276,7 @@ def _check_position_tokens(
         f"{POSITION_KEY}: checkpoint {tuple(position.shape)} has {tokens} tokens, but num_mel_bins="
         f"{config.num_mel_bins}, max_length={config.max_length}, patch_size={config.patch_size} and strides "
         f"{config.frequency_stride}/{config.time_stride} make {SPECIAL_TOKENS} + {frequency} x {time} = "
-        f"{SPECIAL_TOKENS + frequency * time}{looks_like}. Pass --base-config with the config.json the SSL "
-        "model was built from"
+        f"{SPECIAL_TOKENS + frequency * time}{looks_like}. To fix: {fix}"
     )
 
 
@@ -271,10 +301,9 @@ def load_encoder(
     if layers_in_checkpoint and layers_in_checkpoint != config.num_hidden_layers:
         raise CheckpointError(
             f"checkpoint {checkpoint_dir} has {layers_in_checkpoint} encoder layers but the config "
-            f"({config_source}) has num_hidden_layers={config.num_hidden_layers}; pass --base-config with "
-            "the config.json the SSL model was built from"
+            f"({config_source}) has num_hidden_layers={config.num_hidden_layers}; {base_config_fix(base_config)}"
         )
-    _check_position_tokens(encoder_state, config, checkpoint_dir, config_source)
+    _check_position_tokens(encoder_state, config, checkpoint_dir, config_source, base_config_fix(base_config))
     target = config_for_frames(config, max_frames)
     frequency, time = patch_grid(target)
     adaptation = "none"
@@ -294,7 +323,7 @@ def load_encoder(
         )
         raise CheckpointError(
             f"checkpoint {checkpoint_dir} does not fit the encoder config ({config_source}): {details}. "
-            "Pass --base-config with the config.json the SSL model was built from"
+            f"To fix: {base_config_fix(base_config)}"
         )
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])

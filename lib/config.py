@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # AudioSet statistics used by the AST authors (and transformers' ASTFeatureExtractor defaults).
 AUDIOSET_MEAN = -4.2677393
@@ -21,11 +21,29 @@ AUDIOSET_STD = 4.5689974
 
 MetricName = Literal["accuracy", "balanced_accuracy", "f1", "precision", "recall", "loss"]
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
+# Files the project itself writes under <output_dir>/best/ beside the member folders (lib.ensemble's
+# ENSEMBLE_FILE); a member of that name would overwrite it, or be overwritten. Compared without case,
+# since macOS and Windows folders are case-insensitive.
+RESERVED_MEMBER_NAMES = frozenset({"ensemble.json"})
+
+
+def _not_reserved(name: str) -> str:
+    if name.lower() in RESERVED_MEMBER_NAMES:
+        raise ValueError(
+            f"{name!r} is the name of a file written under <output_dir>/best/ beside the members "
+            f"(reserved: {sorted(RESERVED_MEMBER_NAMES)}); choose another member name"
+        )
+    return name
+
+
+# The pattern already refuses path separators, '.', '..' and leading dots (hidden publish backups).
+MemberName = Annotated[str, Field(pattern=MEMBER_NAME_PATTERN, max_length=128), AfterValidator(_not_reserved)]
 
 
 class _Section(BaseModel):
-    # A typo in a preset must fail loudly instead of silently keeping a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A typo in a preset must fail loudly instead of silently keeping a default; a NaN or infinite
+    # float (YAML's .nan / .inf) would pass most bounds and e.g. turn every normalised feature into NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -70,8 +88,9 @@ class EncoderConfig(_Section):
     base_config: Path | None = Field(
         None,
         description=(
-            "AST config.json describing the encoder, used when the checkpoint folder has none. "
-            "Default: the bundled MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
+            "AST config.json describing the encoder; when set it takes precedence over the checkpoint folder's "
+            "config.json. Unset: the folder's config.json, else the bundled "
+            "MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
         ),
     )
     pooling: Literal["mean", "mean_patches"] = Field(
@@ -190,9 +209,7 @@ class TrainingConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    name: str = Field(
-        pattern=MEMBER_NAME_PATTERN,
-        max_length=128,
+    name: MemberName = Field(
         description="Member name (the notebook's postfix): published to <output_dir>/best/<name>/.",
     )
     output_dir: Path = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
@@ -234,7 +251,7 @@ class FinetuneConfig(_Section):
 class MemberVariant(_Section):
     """One ensemble member: a freezing variant plus optional training overrides."""
 
-    name: str = Field(pattern=MEMBER_NAME_PATTERN, max_length=128, description="Member name (folder under best/).")
+    name: MemberName = Field(description="Member name (folder under best/).")
     head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
     train_last_n_layers: int = Field(0, ge=0, le=512, description="Train the last N layers; 0 = full network.")
     learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")

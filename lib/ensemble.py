@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError, safe_open
 
 from lib.audio import AudioError, load_clip
+from lib.checkpoint import WEIGHTS_FILE
 from lib.evaluation import METRICS_FILE, PREDICTIONS_FILE
 from lib.features import FeatureParams, make_feature_extractor
 from lib.metrics import detailed_report, softmax, summary_metrics
@@ -22,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_FILE = "member.json"
+REPUBLISH = "re-publish the member (re-run astft finetune, or astft ensemble, for it)"
 
 
 class EnsembleError(ValueError):
@@ -46,8 +52,7 @@ def read_member(path: Path, weight: float = 1.0) -> MemberInfo:
             f"{path} is not a published member (needs config.json and {MEMBER_FILE}); pass a folder that "
             "astft finetune/ensemble published under <output_dir>/best/"
         )
-    config = json.loads(config_file.read_text())
-    member = json.loads(member_file.read_text())
+    config, member = _read_member_files(config_file, member_file)
     id2label = config["id2label"]
     return MemberInfo(
         name=member.get("name", path.name),
@@ -130,7 +135,7 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
         return [read_member(model_path)]
     ensemble_file = model_path / ENSEMBLE_FILE
     if ensemble_file.is_file():
-        listed = json.loads(ensemble_file.read_text())["members"]
+        listed = _read_ensemble_listing(ensemble_file)
         return [read_member(model_path / Path(item["path"]).name, item.get("weight", 1.0)) for item in listed]
     # Hidden entries are publish backups and staging folders, never members.
     members = [
@@ -139,8 +144,8 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
     ]
     if not members:
         raise EnsembleError(
-            f"--model {model_path}: neither a member folder nor a folder of members; pass <output_dir>/best/ "
-            "for the ensemble or <output_dir>/best/<name>/ for one member"
+            f"--model (model_path) {model_path}: neither a member folder nor a folder of members; pass "
+            "<output_dir>/best/ for the ensemble or <output_dir>/best/<name>/ for one member"
         )
     return members
 
@@ -150,13 +155,13 @@ def list_inputs(input_path: Path) -> list[Path]:
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
-        raise EnsembleError(f"--input {input_path}: no such file or folder")
+        raise EnsembleError(f"--input (input_path) {input_path}: no such file or folder")
     files = sorted(
         p for p in input_path.rglob("*")
         if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
     )
     if not files:
-        raise EnsembleError(f"--input {input_path}: no .wav files found")
+        raise EnsembleError(f"--input (input_path) {input_path}: no .wav files found")
     return files
 
 
@@ -169,14 +174,16 @@ def predict_files(
     skip_bad_files: bool = False,
 ) -> dict:
     """Write file, predicted label and per-class probabilities for every clip; return a summary."""
-    from lib.model import ASTMeanPoolClassifier
-
+    # inputs and output first: a bad path must not cost a model load and a whole inference pass
+    _check_model_path(model_path)
     members = resolve_members(model_path)
     check_compatible(members)
+    _check_member_weights(members)
     label_names = members[0].label_names
     files = list_inputs(input_path)
+    _check_output_csv(Path(output_csv))
     bad: dict[str, str] = {}
-    models = [ASTMeanPoolClassifier.from_pretrained(member.path).to(runtime.device).eval() for member in members]
+    models = [_load_member_model(member).to(runtime.device).eval() for member in members]
     extractors = [make_feature_extractor(member.feature_params) for member in members]
     member_probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
     for start in range(0, len(files), batch_size):
@@ -226,3 +233,113 @@ def predict_files(
     for path, reason in bad.items():
         logger.warning("skipped %s: %s", path, reason)
     return {"csv": str(output_csv), "predicted": written, "skipped": len(bad), "members": [m.name for m in members]}
+
+
+# --- prediction: checks run before any model is loaded ------------------------------------------
+
+
+def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        value = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise EnsembleError(f"cannot read {path}: {error}; check that it is a file you can read") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EnsembleError(f"{path} is not valid JSON ({error}); {fix}") from error
+    if not isinstance(value, dict):
+        raise EnsembleError(f"{path}: expected a JSON object, found {type(value).__name__}; {fix}")
+    return value
+
+
+def _read_member_files(config_file: Path, member_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A member's config.json and member.json, with everything read_member takes from them checked."""
+    config, member = _read_json_object(config_file, REPUBLISH), _read_json_object(member_file, REPUBLISH)
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise EnsembleError(f"{config_file}: no 'id2label' label map; {REPUBLISH}")
+    missing = [i for i in range(len(id2label)) if str(i) not in id2label]
+    if missing:
+        raise EnsembleError(f"{config_file}: no 'id2label' entry for class {missing[0]}; {REPUBLISH}")
+    if "feature_params" not in member:
+        raise EnsembleError(f"{member_file}: no 'feature_params'; {REPUBLISH}")
+    try:
+        FeatureParams.model_validate(member["feature_params"])
+    except ValidationError as error:
+        raise EnsembleError(f"{member_file}: invalid 'feature_params' ({error}); {REPUBLISH}") from error
+    return config, member
+
+
+def _read_ensemble_listing(ensemble_file: Path) -> list[dict[str, Any]]:
+    """ensemble.json's members: each with a 'path' and, if given, a positive finite 'weight'."""
+    fix = (
+        f"re-run the ensemble, or delete {ensemble_file.name} to predict with every member folder beside it "
+        "at weight 1"
+    )
+    listed = _read_json_object(ensemble_file, fix).get("members")
+    if not isinstance(listed, list) or not listed:
+        raise EnsembleError(f"{ensemble_file}: no 'members' list; {fix}")
+    for index, item in enumerate(listed):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise EnsembleError(f"{ensemble_file}: members[{index}] has no 'path'; {fix}")
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise EnsembleError(
+                f"{ensemble_file}: members[{index}] has weight {weight!r}, not a positive number; {fix}"
+            )
+    return listed
+
+
+def _check_model_path(model_path: Path) -> None:
+    model_path = Path(model_path)
+    if not model_path.is_dir():
+        found = "a file, not a folder" if model_path.exists() else "no such folder"
+        raise EnsembleError(
+            f"--model (model_path) {model_path}: {found}; pass <output_dir>/best/ for the ensemble or "
+            "<output_dir>/best/<name>/ for one member"
+        )
+
+
+def _check_member_weights(members: list[MemberInfo]) -> None:
+    """Every member's weights exist and have a readable safetensors header (read without the tensors)."""
+    for member in members:
+        weights = Path(member.path) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise EnsembleError(f"member {member.name} ({member.path}) has no {WEIGHTS_FILE}; {REPUBLISH}")
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise EnsembleError(f"{weights} is not a readable safetensors file ({error}); {REPUBLISH}") from error
+
+
+def _check_output_csv(output_csv: Path) -> None:
+    """The CSV can be written: not a folder, below folders (missing ones are created), writable."""
+    if output_csv.is_dir():
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} is a folder; pass a file name such as {output_csv / 'predictions.csv'}"
+        )
+    if output_csv.exists():
+        if not os.access(output_csv, os.W_OK):
+            raise EnsembleError(
+                f"--output (output_csv) {output_csv}: cannot overwrite it: permission denied; pass another file"
+            )
+        return
+    existing = next(p for p in output_csv.parents if p.exists())
+    if not existing.is_dir():
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv}: {existing} is a file, not a folder; "
+            "pass a path whose parents are folders"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv}: cannot write in {existing}: permission denied; "
+            "choose a folder you can write to"
+        )
+
+
+def _load_member_model(member: MemberInfo):
+    from lib.model import ASTMeanPoolClassifier
+
+    try:
+        return ASTMeanPoolClassifier.from_pretrained(member.path)
+    except (OSError, ValueError) as error:
+        raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error

@@ -14,8 +14,8 @@ from lib.checkpoint import (
     config_for_frames,
     resolve_encoder_config,
 )
-from lib.config import ConfigError, FinetuneConfig
-from lib.features import FeatureParams, fbank_frames
+from lib.config import ConfigError, FeatureConfig, FinetuneConfig
+from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.training import Runtime, check_schedule_supported, resolve_runtime
 
 
@@ -51,6 +51,8 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         folder = getattr(config.data, field)
         if not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
+    _check_output_folders(config)
+    _check_clip_fills_one_window(config.features)
     try:
         checkpoint_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
         # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
@@ -109,4 +111,52 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         feature_params=feature_params,
         runtime=runtime,
         fingerprint=config.fingerprint(),
+    )
+
+
+def _check_output_folders(config: FinetuneConfig) -> None:
+    """output_dir and cache_dir must be (or become) folders, outside what the folder scan reads."""
+    outputs = {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir}
+    for label, path in outputs.items():
+        _check_can_be_folder(label, path)
+        for split in ("train_dir", "validation_dir"):
+            data_dir = getattr(config.data, split)
+            if _seen_by_scan(path, data_dir):
+                raise ConfigError(
+                    f"{label} {path} is inside data.{split} (--{split.replace('_', '-')}) {data_dir}: the next scan "
+                    "would take the folders written there (best/, runs/, features/) for class folders; "
+                    "choose a folder outside the train and validation folders"
+                )
+
+
+def _check_can_be_folder(label: str, path: Path) -> None:
+    """The path is a folder, or its nearest existing parent is one (mkdir creates the rest)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == path:
+        raise ConfigError(f"{label} {path} is a file, not a folder; pass a folder (it is created if missing)")
+    raise ConfigError(
+        f"{label} {path}: {existing} is a file, not a folder, so nothing can be created below it; "
+        "pass a path whose parents are folders"
+    )
+
+
+def _seen_by_scan(path: Path, data_dir: Path) -> bool:
+    """Whether the folder scan of data_dir would list path: inside it, with no hidden folder on the way."""
+    if not path.is_relative_to(data_dir):
+        return False
+    return not any(part.startswith(".") for part in path.relative_to(data_dir).parts)
+
+
+def _check_clip_fills_one_window(features: FeatureConfig) -> None:
+    """A clip shorter than one fbank window makes no frame at all: its features would be all padding."""
+    if fbank_frames(features.sample_rate_hz, features.clip_seconds) > 0:
+        return
+    rate = features.sample_rate_hz
+    samples = int(round(rate * features.clip_seconds))
+    window = int(rate * FRAME_LENGTH_MS * 0.001)
+    raise ConfigError(
+        f"features.clip_seconds={features.clip_seconds} is {samples} samples at {rate} Hz, fewer than one "
+        f"{FRAME_LENGTH_MS:g} ms fbank window ({window} samples); use at least {window / rate:g}"
     )

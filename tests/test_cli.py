@@ -64,3 +64,23 @@ def test_spec_augment_flag_needs_two_widths_and_bad_values_name_the_field(capsys
                  "--ssl-checkpoint", "c", "--mixup", "1.5"])
     assert code == 2
     assert "training.augmentation.mixup_probability" in capsys.readouterr().err
+
+
+def test_predict_with_bad_inputs_or_output_exits_2_before_inference(capsys, tmp_path):
+    import numpy as np
+    import soundfile
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.zeros(1600, np.float32), 16000)
+    assert main(["predict", "--model", str(tmp_path / "missing"), "--input", str(wav)]) == 2
+    assert "missing: no such folder" in capsys.readouterr().err
+    member = tmp_path / "best" / "m"
+    member.mkdir(parents=True)
+    (member / "config.json").write_text('{"id2label": {"0": "a"}}')
+    (member / "member.json").write_text("{truncated")
+    assert main(["predict", "--model", str(member), "--input", str(wav)]) == 2
+    assert "member.json is not valid JSON" in capsys.readouterr().err
+    (member / "member.json").write_text('{"name": "m", "feature_params": {}}')
+    (member / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    assert main(["predict", "--model", str(member), "--input", str(wav), "--output", str(tmp_path)]) == 2
+    assert f"--output (output_csv) {tmp_path} is a folder" in capsys.readouterr().err

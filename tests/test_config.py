@@ -101,3 +101,56 @@ def test_a_member_batch_size_replaces_the_shared_schedule():
     first, second = (config.member_config(m).training for m in config.members)
     assert (first.batch_size, first.batch_sizes) == (16, None)
     assert second.batch_sizes == [4, 8]
+
+
+@pytest.mark.parametrize(
+    ("yaml_line", "named"),
+    [
+        ("features: {mean: .nan}", "features.mean"),
+        ("features: {std: .nan}", "features.std"),
+        ("features: {std: 0.0}", "features.std"),
+        ("training: {warmup_steps: .inf}", "training.warmup_steps"),
+        ("training: {learning_rate: .nan}", "training.learning_rate"),
+        ("training: {augmentation: {noise_std: .nan}}", "training.augmentation.noise_std"),
+        ("model: {ssl_checkpoint: ckpt, classifier_dropout: .nan}", "model.classifier_dropout"),
+    ],
+)
+def test_non_finite_floats_in_a_preset_are_refused(tmp_path, yaml_line, named):
+    # a NaN mean or std normalises every feature to NaN: the model trains on NaN without an error
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        "name: m\ndata: {train_dir: t, validation_dir: v}\nmodel: {ssl_checkpoint: ckpt}\n" + yaml_line + "\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_finetune_config(preset)
+    assert named in str(error.value)
+
+
+def test_every_config_model_refuses_inf_and_nan():
+    from pydantic import BaseModel
+
+    import lib.config
+
+    models = [value for value in vars(lib.config).values()
+              if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == "lib.config"]
+    assert {model.__name__ for model in models} >= {"FeatureConfig", "TrainingConfig", "EnsembleConfig", "PredictConfig"}
+    for model in models:
+        assert model.model_config.get("allow_inf_nan") is False, model.__name__
+
+
+@pytest.mark.parametrize("name", ["ensemble.json", "Ensemble.JSON", "a/b", "..", ".", ".hidden", "a\\b"])
+def test_member_names_that_are_not_plain_folder_names_under_best_are_refused(name):
+    from lib.config import EnsembleConfig, load_config
+
+    base = {"data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"}}
+    with pytest.raises(ConfigError, match="members.0.name"):
+        load_config(EnsembleConfig, None, {**base, "members": [{"name": name}]})
+    with pytest.raises(ConfigError, match="name"):
+        load_finetune_config(None, {**BASE, "name": name})
+
+
+def test_reserved_member_names_cover_what_the_project_writes_under_best():
+    from lib.config import RESERVED_MEMBER_NAMES
+    from lib.ensemble import ENSEMBLE_FILE
+
+    assert ENSEMBLE_FILE in RESERVED_MEMBER_NAMES

@@ -133,3 +133,104 @@ def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
     fake_member(tmp_path, ".real.previous", [[0.0, 1.0]], [1])
     fake_member(tmp_path, ".real.staging-1234", [[0.0, 1.0]], [1])
     assert [m.name for m in resolve_members(tmp_path)] == ["real"]
+
+
+# --- predict: inputs and the output are checked before any model is loaded ----------------------
+
+
+@pytest.fixture
+def no_inference(monkeypatch):
+    """Fail the test if prediction gets as far as loading a model."""
+    from lib.model import ASTMeanPoolClassifier
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs and the output were checked")
+
+    monkeypatch.setattr(ASTMeanPoolClassifier, "from_pretrained", refuse)
+
+
+def one_wav(tmp_path):
+    import soundfile
+
+    path = tmp_path / "clips" / "a.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.zeros(1600, np.float32), 16000)
+    return path
+
+
+def published(root, name):
+    folder = fake_member(root, name, [[0.0, 1.0]], [1])
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros(2, np.float32)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def predict(model, tmp_path, output=None):
+    from lib.ensemble import predict_files
+    from lib.training import resolve_runtime
+
+    return predict_files(model, one_wav(tmp_path), output or tmp_path / "out.csv", resolve_runtime("cpu"))
+
+
+def test_predict_names_a_missing_model_folder(tmp_path, no_inference):
+    with pytest.raises(EnsembleError, match=r"--model \(model_path\) .*nope: no such folder; pass <output_dir>/best/"):
+        predict(tmp_path / "nope", tmp_path)
+
+
+def test_predict_names_a_member_without_readable_weights(tmp_path, no_inference):
+    folder = fake_member(tmp_path / "best", "m", [[0.0, 1.0]], [1])
+    with pytest.raises(EnsembleError, match=r"member m \(.*best/m\) has no model.safetensors"):
+        predict(folder, tmp_path)
+    (folder / "model.safetensors").write_text("not safetensors")
+    with pytest.raises(EnsembleError, match=r".*best/m/model.safetensors is not a readable safetensors file"):
+        predict(tmp_path / "best", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("member.json", "{not json", r"m/member.json is not valid JSON"),
+        ("config.json", "", r"m/config.json is not valid JSON"),
+        ("member.json", '{"name": "m"}', r"m/member.json: no 'feature_params'"),
+        ("member.json", "[1, 2]", r"m/member.json: expected a JSON object, found list"),
+        ("config.json", '{"id2label": {"1": "a"}}', r"m/config.json: no 'id2label' entry for class 0"),
+        ("ensemble.json", "{", r"best/ensemble.json is not valid JSON"),
+        ("ensemble.json", '{"label_names": []}', r"best/ensemble.json: no 'members'"),
+        ("ensemble.json", '{"members": [{"weight": 1}]}', r"best/ensemble.json: members\[0\] has no 'path'"),
+    ],
+)
+def test_predict_names_a_corrupt_json_file_and_the_fix(tmp_path, no_inference, file, content, message):
+    best = tmp_path / "best"
+    folder = published(best, "m")
+    (best / "ensemble.json").write_text(json.dumps({"members": [{"name": "m", "path": str(folder), "weight": 1.0}]}))
+    (best if file == "ensemble.json" else folder).joinpath(file).write_text(content)
+    with pytest.raises(EnsembleError, match=message) as error:
+        predict(best, tmp_path)
+    assert "re-publish" in str(error.value) or "re-run" in str(error.value)
+
+
+def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference, monkeypatch):
+    member = published(tmp_path / "best", "m")
+    (tmp_path / "a-dir").mkdir()
+    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-dir is a folder; pass a file name such as"):
+        predict(member, tmp_path, tmp_path / "a-dir")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-file/p.csv: .*a-file is a file, not a folder"):
+        predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
+    import lib.ensemble
+
+    monkeypatch.setattr(lib.ensemble.os, "access", lambda path, mode: False)  # tests run as root: fake a read-only dir
+    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .*: permission denied"):
+        predict(member, tmp_path, tmp_path / "new" / "p.csv")
+
+
+@pytest.mark.slow
+def test_predict_flow_fails_with_the_clear_message(prefect_harness, tmp_path):
+    from flows.predict import predict as predict_flow
+    from lib.config import PredictConfig
+
+    config = PredictConfig(model_path=tmp_path / "nope", input_path=one_wav(tmp_path), output_csv=tmp_path / "o.csv")
+    state = predict_flow(config, return_state=True)
+    assert state.is_failed()
+    assert "--model" in state.message and "nope: no such folder" in state.message

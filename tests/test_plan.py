@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from lib.config import ConfigError, DataConfig, FeatureConfig, FinetuneConfig, ModelConfig
 from lib.plan import plan_run
@@ -41,3 +42,113 @@ def test_masks_wider_than_the_features_are_rejected(dataset_dirs, ssl_checkpoint
     config.training.augmentation.freq_mask_bins = 65
     with pytest.raises(ConfigError, match=r"freq_mask_bins=65 .* must not exceed the features' 64 mel bins and 128"):
         plan_run(config)
+
+
+def test_output_and_cache_dirs_that_are_files_are_rejected(dataset_dirs, ssl_checkpoint, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    with pytest.raises(ConfigError, match=r"output_dir \(--output-dir\) .*a-file is a file, not a folder"):
+        plan_run(config.model_copy(update={"output_dir": a_file}))
+    with pytest.raises(ConfigError, match=r"output_dir \(--output-dir\) .*a-file/out: .*a-file is a file"):
+        plan_run(config.model_copy(update={"output_dir": a_file / "out"}))
+    config.data.cache_dir = a_file
+    with pytest.raises(ConfigError, match=r"data.cache_dir \(--cache-dir\) .*a-file is a file, not a folder"):
+        plan_run(config)
+
+
+@pytest.mark.parametrize("split", ["train_dir", "validation_dir"])
+@pytest.mark.parametrize("field", ["output_dir", "cache_dir"])
+def test_outputs_inside_a_data_folder_are_rejected(dataset_dirs, ssl_checkpoint, tmp_path, split, field):
+    # the scan would take <output_dir>/best/ or the cache for a class folder on the next run
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    inside = getattr(config.data, split) / "results"
+    if field == "output_dir":
+        config.output_dir = inside
+    else:
+        config.data.cache_dir = inside
+    with pytest.raises(ConfigError, match=rf"{field} .*results is inside data.{split} \(--{split.replace('_', '-')}\)"):
+        plan_run(config)
+
+
+def test_a_hidden_folder_inside_a_data_folder_is_allowed(dataset_dirs, ssl_checkpoint, tmp_path):
+    # the scan skips hidden folders, so e.g. the default .astft-cache in a data folder is harmless
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.data.cache_dir = dataset_dirs[0] / ".astft-cache"
+    assert plan_run(config).config.data.cache_dir == dataset_dirs[0] / ".astft-cache"
+
+
+def test_clips_shorter_than_one_fbank_window_are_rejected(dataset_dirs, ssl_checkpoint, tmp_path):
+    # 20 ms at 16 kHz is 320 samples; the fbank's 25 ms window needs 400
+    with pytest.raises(ConfigError, match=r"features.clip_seconds=0.02 is 320 samples at 16000 Hz, fewer than one "
+                                          r"25 ms fbank window \(400 samples\); use at least 0.025"):
+        plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=0.02))
+    assert plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=0.025)).feature_params
+
+
+def test_ensemble_member_configs_get_the_same_checks(dataset_dirs, ssl_checkpoint, tmp_path):
+    from lib.config import EnsembleConfig
+
+    train_dir, validation_dir = dataset_dirs
+    config = EnsembleConfig.model_validate({
+        "output_dir": str(validation_dir / "ensemble"),
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir)},
+        "model": {"ssl_checkpoint": str(ssl_checkpoint)},
+        "members": [{"name": "full"}],
+    })
+    # flows/ensemble.py validates each member with plan_run(config.member_config(variant))
+    with pytest.raises(ConfigError, match=r"output_dir .* is inside data.validation_dir"):
+        plan_run(config.member_config(config.members[0]))
+
+
+def wrong_own_config(tmp_path):
+    """A checkpoint whose own config.json says 4 layers, and a --base-config with the right 2."""
+    import json
+
+    from lib.example import make_ssl_checkpoint
+    from tests.conftest import small_config
+
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=4)
+    own = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**own, "num_hidden_layers": 4}))
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(own))
+    return folder, base, reference
+
+
+def test_an_explicit_base_config_wins_over_the_checkpoint_folders_config(tmp_path, dataset_dirs):
+    from lib.checkpoint import CheckpointError, export_encoder, load_encoder
+
+    folder, base, reference = wrong_own_config(tmp_path)
+    # without --base-config the folder's config.json is used, and the error points at the flag
+    with pytest.raises(CheckpointError, match=r"2 encoder layers but the config \(.*ckpt/config.json\) has "
+                                              r"num_hidden_layers=4; pass --base-config"):
+        load_encoder(folder)
+    config = make_config(dataset_dirs, folder, tmp_path)
+    config.model.base_config = base
+    plan = plan_run(config)
+    assert plan.encoder_config_source == str(base)
+    assert plan.encoder_architecture["num_hidden_layers"] == 2
+    ref, hit = export_encoder(folder, base, tmp_path / "cache", 64)
+    assert not hit and ref.report.config_source == str(base)  # recorded in member.json ("encoder")
+    state = reference.state_dict()
+    loaded = load_encoder(folder, base)[0].state_dict()
+    assert all(torch.equal(loaded[key], tensor) for key, tensor in state.items())
+
+
+def test_the_encoder_cache_key_follows_the_config_actually_used(tmp_path):
+    import json
+
+    from lib.checkpoint import export_encoder
+
+    folder, base, _ = wrong_own_config(tmp_path)
+    first, _ = export_encoder(folder, base, tmp_path / "cache", 64)
+    # the folder's own (unused) config.json changing does not invalidate the encoder...
+    own = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**own, "num_hidden_layers": 6}))
+    again, hit = export_encoder(folder, base, tmp_path / "cache", 64)
+    assert hit and again.path == first.path
+    # ...the base config changing does
+    base.write_text(json.dumps({**json.loads(base.read_text()), "hidden_dropout_prob": 0.0}) + "\n")
+    changed, hit = export_encoder(folder, base, tmp_path / "cache", 64)
+    assert not hit and changed.path != first.path
