@@ -267,3 +267,13 @@ def test_content_fingerprint_sees_a_same_size_same_mtime_edit(tmp_path):
     assert fingerprint_folders(train, validation, "content") != before["content"]
     assert scan_dataset(train, validation, fingerprint="content").fingerprint != scanned["content"]
     assert scan_cache_key(None, {"data": data["content"]}) != keys["content"]
+
+
+def test_fingerprint_flag_sets_the_data_section():
+    from flows.cli import ENSEMBLE_FLAG_FIELDS, build_parser, overrides_from_args
+
+    for argv, fields in ((["finetune"], {}), (["ensemble"], {"fields": ENSEMBLE_FLAG_FIELDS})):
+        args = build_parser().parse_args([*argv, "--fingerprint", "content"])
+        assert overrides_from_args(args, **fields) == {"data": {"fingerprint": "content"}}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--fingerprint", "mtime"])
