@@ -213,6 +213,8 @@ def test_a_fifo_named_wav_is_ignored_and_never_opened(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="other systems refuse file names that are not valid UTF-8")
 def test_a_file_or_class_name_that_is_not_utf8_is_named_escaped(tmp_path):
+    from lib.features import FeatureParams, build_feature_cache
+
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
     clip_bytes = (train / "a" / "00.wav").read_bytes()
     with open(os.path.join(os.fsencode(train / "a"), b"\xff.wav"), "wb") as handle:
@@ -227,6 +229,9 @@ def test_a_file_or_class_name_that_is_not_utf8_is_named_escaped(tmp_path):
     assert [item.path for item in manifest.skipped] == [f"{train / 'a'}/\\xff.wav"]
     assert len(manifest.train) == 2
     manifest.model_dump_json()  # the manifest is persisted by Prefect as JSON
+    ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path / "cache")
+    assert list(ref.skipped) == [f"{train / 'a'}/\\xff.wav"] and ref.num_clips == {"train": 2, "validation": 1}
+    ref.model_dump_json()  # member.json lists the skipped files
 
     os.mkdir(os.path.join(os.fsencode(train), b"caf\xe9"))
     with open(os.path.join(os.fsencode(train), b"caf\xe9", b"0.wav"), "wb") as handle:
