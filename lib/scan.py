@@ -163,9 +163,10 @@ def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict
 
 
 def _content_digest(path: Path) -> str:
-    # blake2b streamed in blocks by hashlib (no whole-file read); only regular files reach here.
+    # Streamed in blocks by hashlib (never the whole file in memory); only regular files reach here.
+    # SHA-1 detects edits, not attacks, and with CPU SHA extensions runs about 2x blake2b (measured).
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "blake2b").hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.sha1(usedforsecurity=False)).hexdigest()
 
 
 def fingerprint_listing(
