@@ -150,7 +150,8 @@ def parse_member(text: str) -> dict[str, Any]:
 ENSEMBLE_FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     key: FLAG_FIELDS[key]
     for key in ("output_dir", "train_dir", "validation_dir", "cache_dir", "quick_subsample", "skip_bad_files",
-                "fingerprint", "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision", "device", "seed")
+                "fingerprint", "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision",
+                "device", "seed")
 } | {"dispatch": (None, "dispatch"), "member_deployment": (None, "member_deployment"), "members": (None, "members")}
 
 

@@ -107,7 +107,7 @@ def display_path(path: str | os.PathLike) -> str:
 
 
 def _list_class(folder: str, ignored: dict[str, int]) -> list[Path]:
-    """Every clip under one class folder, nested ones included; symlinked subfolders are followed, each real folder once."""
+    """Every clip under one class folder, nested ones included; symlinked subfolders followed, each real one once."""
     clips: list[Path] = []
     stat = os.stat(folder)
     seen = {(stat.st_dev, stat.st_ino)}  # a symlink back up the tree must not loop forever

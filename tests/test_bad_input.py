@@ -215,7 +215,10 @@ def test_finite_but_huge_samples_that_make_non_finite_features_are_bad_files(tmp
     manifest = scan_dataset(train, validation)
     with pytest.raises(BadAudioError) as error:
         build_feature_cache(manifest, PARAMS, tmp_path / "cache")
-    assert error.value.bad == {str(huge): "its features are not finite (peak sample 1e+30; samples this far outside [-1, 1] overflow the fbank)"}
+    assert error.value.bad == {
+        str(huge): "its features are not finite (peak sample 1e+30; "
+                   "samples this far outside [-1, 1] overflow the fbank)"
+    }
 
     ref, _ = build_feature_cache(manifest, PARAMS, tmp_path / "cache", skip_bad_files=True)
     assert ref.num_clips == {"train": 6, "validation": 6} and list(ref.skipped) == [str(huge)]

@@ -252,7 +252,8 @@ def test_content_fingerprint_sees_a_same_size_same_mtime_edit(tmp_path):
     from tasks.data import scan_cache_key
 
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
-    data = {mode: DataConfig(train_dir=train, validation_dir=validation, fingerprint=mode) for mode in ("stat", "content")}
+    data = {mode: DataConfig(train_dir=train, validation_dir=validation, fingerprint=mode)
+            for mode in ("stat", "content")}
     before = {mode: fingerprint_folders(train, validation, mode) for mode in data}
     scanned = {mode: scan_dataset(train, validation, fingerprint=mode).fingerprint for mode in data}
     keys = {mode: scan_cache_key(None, {"data": config}) for mode, config in data.items()}
