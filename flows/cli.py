@@ -24,6 +24,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str | tuple[str, ...]]] = {
     "cache_dir": ("data", "cache_dir"),
     "quick_subsample": ("data", "quick_subsample"),
     "skip_bad_files": ("data", "skip_bad_files"),
+    "fingerprint": ("data", "fingerprint"),
     "ssl_checkpoint": ("model", "ssl_checkpoint"),
     "base_config": ("model", "base_config"),
     "head_only": ("model", "head_only"),
@@ -76,6 +77,10 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="feature/scan/encoder cache folder (default: .astft-cache)")
     parser.add_argument("--quick-subsample", action="store_true", default=None, help="keep every 10th clip")
     parser.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable clips")
+    parser.add_argument(
+        "--fingerprint", choices=["stat", "content"],
+        help="how the scan notices changed clips: size+mtime (default) or a hash of every clip's bytes",
+    )
     parser.add_argument("--ssl-checkpoint", help="folder with the SSL model.safetensors")
     parser.add_argument(
         "--base-config", help="AST config.json of the encoder; overrides the checkpoint folder's config.json"
@@ -147,7 +152,8 @@ def parse_member(text: str) -> dict[str, Any]:
 ENSEMBLE_FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     key: FLAG_FIELDS[key]
     for key in ("output_dir", "train_dir", "validation_dir", "cache_dir", "quick_subsample", "skip_bad_files",
-                "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision", "device", "seed")
+                "fingerprint", "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision",
+                "device", "seed")
 } | {"dispatch": (None, "dispatch"), "member_deployment": (None, "member_deployment"), "members": (None, "members")}
 
 
@@ -161,6 +167,7 @@ def _add_ensemble_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag)
     parser.add_argument("--quick-subsample", action="store_true", default=None)
     parser.add_argument("--skip-bad-files", action="store_true", default=None)
+    parser.add_argument("--fingerprint", choices=["stat", "content"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +10,58 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
+from lib.scan import MIN_SAMPLE_RATE_HZ, display_path
+
+# torchaudio.functional.resample's defaults: its sinc kernel reaches this many zero crossings of
+# ROLLOFF x the lower rate's Nyquist frequency on each side of an output sample.
+RESAMPLE_FILTER_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
+# Float clips a little over full scale are common (inter-sample overs); +6 dBFS and up means samples
+# written without scaling to [-1, 1] (e.g. raw int16 values stored as float).
+LOUD_FLOAT_PEAK = 2.0
+# A down-mix 60 dB below its channels' peak is silence made of sound: opposite-polarity channels.
+CANCELLED_MIX_RATIO = 1e-3
+
 
 class AudioError(ValueError):
     """A clip that cannot be turned into a waveform; carries the file and the reason."""
 
     def __init__(self, path: str | Path, reason: str):
+        path = display_path(path)  # a name that is not UTF-8 must not crash the message itself
         super().__init__(f"{path}: {reason}")
-        self.path = str(path)
+        self.path = path
         self.reason = reason
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode any PCM width or float wav into float32 of shape (frames, channels) in [-1, 1]."""
+def source_frames(source_hz: int, target_hz: int, clip_seconds: float) -> int:
+    """Source frames that decide the first clip_seconds after resampling: the clip plus the kernel's reach."""
+    reach = math.ceil(RESAMPLE_FILTER_WIDTH * source_hz / (RESAMPLE_ROLLOFF * min(source_hz, target_hz))) + 1
+    return math.ceil(clip_seconds * source_hz) + (reach if source_hz != target_hz else 0)
+
+
+def read_wav(
+    path: str | Path, target_hz: int | None = None, clip_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode any PCM width or float wav into float32 of shape (frames, channels) in [-1, 1].
+
+    With target_hz and clip_seconds, only the frames that clip needs are decoded: an hour-long file
+    (or a header claiming a tiny sample rate) costs no more memory than one clip.
+    """
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as handle:
+            source_hz = handle.samplerate
+            if source_hz < MIN_SAMPLE_RATE_HZ:
+                raise AudioError(
+                    path, f"sample rate {source_hz} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most "
+                    "likely corrupt; re-export the clip at its real sample rate",
+                )
+            frames = -1 if clip_seconds is None else source_frames(source_hz, target_hz or source_hz, clip_seconds)
+            data = handle.read(frames, dtype="float32", always_2d=True)
+    except UnicodeEncodeError as error:  # soundfile encodes the name strictly as UTF-8
+        raise AudioError(path, "the name is not valid UTF-8 (bytes shown as \\xNN); rename the file") from error
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         raise AudioError(path, f"cannot decode audio ({error})") from error
-    return data, sample_rate
+    return data, source_hz
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -46,12 +82,33 @@ def fit_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(waveform, (0, num_samples - waveform.shape[0]))
 
 
-def load_clip(path: str | Path, sample_rate_hz: int, clip_seconds: float) -> np.ndarray:
-    """Return a mono float32 waveform at sample_rate_hz, exactly clip_seconds long."""
-    data, source_hz = read_wav(path)
+def suspicious(data: np.ndarray, mono: np.ndarray) -> str | None:
+    """Why a decodable clip probably is not what its author meant, or None; it is still used."""
+    peak = float(np.abs(data).max(initial=0.0))
+    if peak > LOUD_FLOAT_PEAK:  # only float files can decode outside [-1, 1]
+        return f"float samples reach {peak:.2f}, far outside [-1, 1]; the clip was probably written unscaled"
+    if data.shape[1] > 1 and peak > 0 and float(np.abs(mono).max(initial=0.0)) <= CANCELLED_MIX_RATIO * peak:
+        return (
+            f"the {data.shape[1]} channels cancel out when averaged to mono (one is polarity-inverted?); "
+            "the clip trains as silence"
+        )
+    return None
+
+
+def load_clip(
+    path: str | Path, sample_rate_hz: int, clip_seconds: float, notes: dict[str, str] | None = None
+) -> np.ndarray:
+    """Return a mono float32 waveform at sample_rate_hz, exactly clip_seconds long.
+
+    When notes is given, a clip that decodes but looks wrong (see suspicious) adds path -> why to it.
+    """
+    data, source_hz = read_wav(path, sample_rate_hz, clip_seconds)
     if data.size == 0:
         raise AudioError(path, "zero-length audio (no samples)")
     if not np.isfinite(data).all():
         raise AudioError(path, "contains NaN or infinite samples")
-    waveform = resample(to_mono(data), source_hz, sample_rate_hz)
+    mono = to_mono(data)
+    if notes is not None and (note := suspicious(data, mono)):
+        notes[display_path(path)] = note
+    waveform = resample(mono, source_hz, sample_rate_hz)
     return fit_length(waveform, int(round(sample_rate_hz * clip_seconds))).astype(np.float32, copy=False)

@@ -57,6 +57,13 @@ class DataConfig(_Section):
         False,
         description="Skip unreadable or invalid clips (logged and counted) instead of stopping.",
     )
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat",
+        description=(
+            "How the folder scan notices changed clips: 'stat' compares each clip's size and mtime (cheap), "
+            "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset)."
+        ),
+    )
     cache_dir: Path = Field(
         Path(".astft-cache"),
         description="Where folder scans, Arrow feature caches and stripped encoders are kept.",

@@ -24,7 +24,9 @@ from lib.staging import staged_folder
 
 logger = logging.getLogger(__name__)
 
-FEATURES_VERSION = "1"  # bump when the feature computation changes, to invalidate old caches
+# Bump when the feature computation changes, to invalidate old caches. 2: clips whose features are not
+# finite are bad files (version 1 stored their NaN rows), and meta.json records suspicious clips.
+FEATURES_VERSION = "2"
 META_FILE = "meta.json"
 # torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
@@ -60,6 +62,7 @@ class FeatureCacheRef(BaseModel):
     label_names: list[str]
     num_clips: dict[str, int]
     skipped: dict[str, str] = {}
+    warnings: dict[str, str] = {}  # clips used although they look wrong (lib.audio.suspicious)
 
 
 def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
@@ -91,23 +94,38 @@ def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
     )
 
 
-def _featurize_batch(batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str]) -> dict:
+def _featurize_batch(
+    batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str], notes: dict[str, str]
+) -> dict:
     # Clips whose samples turn out unusable (headers were checked by the scan) are left out of the
     # batch and recorded, so one run reports every bad file instead of stopping at the first.
     waveforms, labels, paths = [], [], []
     for path, label in zip(batch["path"], batch["label"]):
         try:
-            waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds))
+            waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds, notes=notes))
         except AudioError as error:
             bad[error.path] = error.reason
             continue
         labels.append(label)
         paths.append(path)
+    empty = np.zeros((0, params.max_frames, params.num_mel_bins), np.float32)
     if not waveforms:
-        empty = np.zeros((0, params.max_frames, params.num_mel_bins), np.float32)
         return {"input_values": empty, "label": [], "path": []}
     values = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
-    return {"input_values": values.astype(np.float32, copy=False), "label": labels, "path": paths}
+    # Finite samples can still overflow the fbank's power spectrum in float32 (a float clip holding
+    # 1e30): such rows would train as NaN, so those clips are bad files too.
+    finite = np.isfinite(values).all(axis=(1, 2))
+    for index in np.flatnonzero(~finite):
+        peak = float(np.abs(waveforms[index]).max())
+        bad[paths[index]] = (
+            f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow the fbank)"
+        )
+    keep = np.flatnonzero(finite)
+    return {
+        "input_values": values[keep].astype(np.float32, copy=False) if len(keep) else empty,
+        "label": [labels[i] for i in keep],
+        "path": [paths[i] for i in keep],
+    }
 
 
 class BadAudioError(ValueError):
@@ -167,11 +185,13 @@ def build_feature_cache(
         if meta.get("skipped") and not skip_bad_files:
             raise BadAudioError(meta["skipped"])  # built by a lenient run; this run asked to stop
         skipped = {**scan_skipped, **meta.get("skipped", {})}
-        return ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped}), True
+        ref = ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped, "warnings": meta["warnings"]})
+        _log_warnings(ref)
+        return ref, True
     with staged_folder(root, key, _cache_is_complete, "feature cache") as staging:
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
-        arrow_bytes, num_clips, bad = {}, {}, {}
+        arrow_bytes, num_clips, bad, notes = {}, {}, {}, {}
         for split in SPLITS:
             clips = manifest.split(split)
             table = Dataset.from_dict(
@@ -181,7 +201,7 @@ def build_feature_cache(
             arrow_file = staging / f"{split}.arrow"
             table.map(
                 _featurize_batch,
-                fn_kwargs={"extractor": extractor, "params": params, "bad": bad},
+                fn_kwargs={"extractor": extractor, "params": params, "bad": bad, "notes": notes},
                 batched=True,
                 batch_size=batch_size,
                 features=features,
@@ -197,7 +217,11 @@ def build_feature_cache(
             logger.warning("skipping %s: %s", path, reason)
         if not all(num_clips.values()):
             raise BadAudioError(bad)
-        ref = ref.model_copy(update={"num_clips": num_clips, "skipped": {**scan_skipped, **dict(sorted(bad.items()))}})
+        ref = ref.model_copy(update={
+            "num_clips": num_clips,
+            "skipped": {**scan_skipped, **dict(sorted(bad.items()))},
+            "warnings": dict(sorted(notes.items())),
+        })
         meta = {
             "key": key,
             "version": FEATURES_VERSION,
@@ -205,12 +229,19 @@ def build_feature_cache(
             "label_names": manifest.label_names,
             "num_clips": ref.num_clips,
             "skipped": dict(sorted(bad.items())),
+            "warnings": ref.warnings,  # so a cache hit names them too
             "manifest_fingerprint": manifest.fingerprint,
             "arrow_bytes": arrow_bytes,
         }
         # meta.json is written last: its presence (with matching sizes) marks a complete cache.
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+    _log_warnings(ref)
     return ref, False
+
+
+def _log_warnings(ref: FeatureCacheRef) -> None:
+    for path, reason in ref.warnings.items():
+        logger.warning("clip used, but check it: %s: %s", path, reason)
 
 
 def load_split(ref: FeatureCacheRef, split: str) -> Dataset:

@@ -1,7 +1,8 @@
 """Folder layout -> Manifest: which clips exist, their labels, and a content fingerprint.
 
 Layout: ``<split_dir>/<class>/**/*.wav``; the label map is the sorted list of train subfolders.
-The fingerprint (relative path, size, mtime of every clip) keys every downstream cache.
+The fingerprint (relative path, size, mtime of every clip, and with ``fingerprint="content"`` a
+hash of its bytes) keys every downstream cache.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import soundfile as sf
 from pydantic import BaseModel, Field
@@ -19,6 +21,10 @@ logger = logging.getLogger(__name__)
 AUDIO_SUFFIXES = frozenset({".wav"})
 SPLITS = ("train", "validation")
 SUBSAMPLE_EVERY = 10  # the notebook's b_just_test kept every 10th clip
+# Below this a header is corrupt rather than low-fidelity (telephone audio is 8 kHz), and resampling
+# from it would blow a few KB up to gigabytes (a 1 Hz header makes 16000 output samples per input one).
+MIN_SAMPLE_RATE_HZ = 1000
+FingerprintMode = Literal["stat", "content"]
 
 
 class ScanError(ValueError):
@@ -62,15 +68,74 @@ class Manifest(BaseModel):
         return {"train": self.train, "validation": self.validation}[name]
 
     def length_mismatches(self, clip_seconds: float) -> tuple[int, int]:
-        """(clips shorter, clips longer) than clip_seconds, from their headers; truncated files count as short."""
+        """(clips shorter, clips longer) than clip_seconds, from their headers (truncated files are bad files)."""
         clips = self.train + self.validation
         short = sum(1 for c in clips if c.num_samples < clip_seconds * c.sample_rate_hz - 0.5)
         long = sum(1 for c in clips if c.num_samples > clip_seconds * c.sample_rate_hz + 0.5)
         return short, long
 
+    def length_report(self, clip_seconds: float, shortest: int = 3) -> str | None:
+        """One log line on padded and trimmed clips, naming the shortest few; None when every clip fits."""
+        short, long = self.length_mismatches(clip_seconds)
+        if not short:
+            return f"{long} clips longer than {clip_seconds:.2f} s were trimmed" if long else None
+        # The shortest clips are the ones most likely to be mistakes (a cut recording, an empty take).
+        by_length = sorted((c.num_samples / c.sample_rate_hz, c.path) for c in self.train + self.validation)
+        names = ", ".join(f"{path} {seconds:.3f} s" for seconds, path in by_length[:min(shortest, short)])
+        report = f"{short} clips shorter than {clip_seconds:.2f} s were zero-padded (shortest: {names})"
+        return f"{report}; {long} longer ones trimmed" if long else report
+
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _is_utf8(name: str) -> bool:
+    # Python keeps the bytes of a name that is not UTF-8 as lone surrogates, which then break every
+    # str.encode(): hashing, JSON, Arrow, logging. Such names are caught here, once.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """The path as printable text: bytes that are not UTF-8 shown as \\xNN escapes, so messages never crash."""
+    text = os.fspath(path)
+    return text if _is_utf8(text) else os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def _list_class(folder: str, ignored: dict[str, int]) -> list[Path]:
+    """Every clip under one class folder, nested ones included; symlinked subfolders followed, each real one once."""
+    clips: list[Path] = []
+    stat = os.stat(folder)
+    seen = {(stat.st_dev, stat.st_ino)}  # a symlink back up the tree must not loop forever
+    pending = [folder]
+    while pending:
+        try:
+            entries = sorted(os.scandir(pending.pop()), key=lambda e: e.name)
+        except OSError:  # e.g. no permission: counted, as os.walk used to skip it silently
+            ignored["unreadable_folder"] += 1
+            continue
+        for entry in entries:
+            if _is_hidden(entry.name):
+                ignored["hidden"] += 1
+            elif entry.is_dir():  # follows symlinks
+                stat = entry.stat()
+                if (stat.st_dev, stat.st_ino) in seen:  # a loop, or a second link to one folder
+                    ignored["folder_already_scanned"] += 1
+                else:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    pending.append(entry.path)
+            elif Path(entry.name).suffix.lower() not in AUDIO_SUFFIXES:
+                ignored["non_audio"] += 1
+            elif not entry.is_file() and os.path.exists(entry.path):
+                # A FIFO, socket or device named .wav: opening a FIFO blocks until someone writes to it.
+                ignored["not_a_regular_file"] += 1
+            else:  # a regular file, or a dangling symlink, which the probe reports as a bad file
+                clips.append(Path(entry.path))
+    return sorted(clips)
 
 
 def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict[str, int]]:
@@ -80,7 +145,10 @@ def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict
             f"{split} folder {split_dir} does not exist or is not a folder; "
             f"pass --{split.replace('_', '-')}-dir pointing at a folder of <class>/*.wav subfolders"
         )
-    ignored = {"hidden": 0, "non_audio": 0, "outside_class_folder": 0}
+    ignored = {
+        "hidden": 0, "non_audio": 0, "outside_class_folder": 0, "not_a_regular_file": 0,
+        "folder_already_scanned": 0, "unreadable_folder": 0,
+    }
     classes: dict[str, list[Path]] = {}
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if _is_hidden(entry.name):
@@ -89,56 +157,95 @@ def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict
         if not entry.is_dir():
             ignored["outside_class_folder"] += 1
             continue
-        clips: list[Path] = []
         # Nested subfolders belong to their top-level class folder.
-        for root, dirs, files in os.walk(entry.path, followlinks=False):
-            hidden_dirs = [d for d in dirs if _is_hidden(d)]
-            ignored["hidden"] += len(hidden_dirs)
-            dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-            for name in sorted(files):
-                if _is_hidden(name):
-                    ignored["hidden"] += 1
-                elif Path(name).suffix.lower() not in AUDIO_SUFFIXES:
-                    ignored["non_audio"] += 1
-                else:
-                    clips.append(Path(root) / name)
-        classes[entry.name] = sorted(clips)
+        classes[entry.name] = _list_class(entry.path, ignored)
     return classes, ignored
 
 
-def fingerprint_listing(listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path]) -> str:
-    """Hash of (split, relative path, size, mtime) for every clip: changes when any clip does."""
+def _content_digest(path: Path) -> str:
+    # Streamed in blocks by hashlib (never the whole file in memory); only regular files reach here.
+    # SHA-1 detects edits, not attacks, and with CPU SHA extensions runs about 2x blake2b (measured).
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.sha1(usedforsecurity=False)).hexdigest()
+
+
+def fingerprint_listing(
+    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], mode: FingerprintMode = "stat"
+) -> str:
+    """Hash of (split, relative path, size, mtime[, content hash]) for every clip: changes when any clip does.
+
+    "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it.
+    """
     digest = hashlib.sha256()
+
+    def update(text: str) -> None:
+        digest.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
+
     for split in SPLITS:
         for class_name, paths in sorted(listing[split].items()):
             for path in paths:
                 relative = path.relative_to(roots[split]).as_posix()
                 try:
                     stat = path.stat()
+                    content = f"\0{_content_digest(path)}" if mode == "content" else ""
                 except OSError:  # e.g. a dangling symlink: the scan reports it as a bad file
-                    digest.update(f"{split}\0{relative}\0unreadable\n".encode())
+                    update(f"{split}\0{relative}\0unreadable\n")
                     continue
-                digest.update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        digest.update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n".encode())
+                update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}{content}\n")
+        update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n")
     return digest.hexdigest()
 
 
-def fingerprint_folders(train_dir: Path, validation_dir: Path) -> str:
-    """Cheap content fingerprint (a listing and a stat per file; no audio is opened)."""
+def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat") -> str:
+    """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content")."""
     roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
     listing = {split: list_split(roots[split], split)[0] for split in SPLITS}
-    return fingerprint_listing(listing, roots)
+    return fingerprint_listing(listing, roots, mode)
+
+
+def _riff_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes of samples the RIFF header promises, bytes the file holds) when a wav is cut short, else None."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None  # RF64, W64 or another container: libsndfile's own checks apply
+        file_bytes = os.fstat(handle.fileno()).st_size
+        while len(chunk := handle.read(8)) == 8:
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                # 0 and 0xFFFFFFFF are what writers that cannot seek back (pipes, streams) leave behind.
+                present = file_bytes - handle.tell()
+                return (size, present) if size not in (0, 0xFFFFFFFF) and present < size else None
+            handle.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    return None
 
 
 def _probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
+    if not _is_utf8(str(path)):
+        return None, (
+            "the name is not valid UTF-8 (bytes shown as \\xNN); rename the file or its folder "
+            "(e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
+        )
     try:
         info = sf.info(str(path))
+        shortfall = _riff_shortfall(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         return None, f"not a readable audio file ({error})"
     if info.frames == 0:
         return None, "zero-length audio (no samples)"
     if info.samplerate <= 0 or info.channels <= 0:
         return None, f"invalid header (sample rate {info.samplerate}, channels {info.channels})"
+    if info.samplerate < MIN_SAMPLE_RATE_HZ:
+        return None, (
+            f"sample rate {info.samplerate} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most "
+            "likely corrupt; re-export the clip at its real sample rate"
+        )
+    if shortfall is not None:
+        # libsndfile reads what is there, which would then be zero-padded and trained on as a whole clip.
+        return None, (
+            f"truncated: the header promises {shortfall[0]} bytes of samples but the file holds {shortfall[1]} "
+            "(an interrupted copy or download?); copy it again"
+        )
     return info, None
 
 
@@ -147,16 +254,32 @@ def scan_dataset(
     validation_dir: Path,
     quick_subsample: bool = False,
     skip_bad_files: bool = False,
+    fingerprint: FingerprintMode = "stat",
 ) -> Manifest:
     """Scan both splits, check the layout, read each clip's header, and return a Manifest."""
     roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
+    # resolve() follows symlinks and "..", so an alias of the train folder is caught too.
+    if roots["train"].resolve() == roots["validation"].resolve():
+        raise ScanError(
+            f"--train-dir {roots['train']} and --validation-dir {roots['validation']} are the same folder "
+            f"({roots['train'].resolve()}); validation must be held-out clips, or its metrics only measure "
+            "memorisation: pass a separate validation folder"
+        )
     listing: dict[str, dict[str, list[Path]]] = {}
     ignored_total: dict[str, int] = {}
     for split in SPLITS:
         listing[split], ignored = list_split(roots[split], split)
         for key, count in ignored.items():
             ignored_total[key] = ignored_total.get(key, 0) + count
-    fingerprint = fingerprint_listing(listing, roots)
+        # Class names become labels in JSON, Arrow and the model config: a name that is not UTF-8 cannot
+        # be skipped like one bad file, since that would silently change the label set.
+        undecodable = [display_path(roots[split] / name) for name in listing[split] if not _is_utf8(name)]
+        if undecodable:
+            raise ScanError(
+                f"{split} class folder {', '.join(undecodable)} has a name that is not valid UTF-8 "
+                "(bytes shown as \\xNN); rename it (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
+            )
+    listing_fingerprint = fingerprint_listing(listing, roots, fingerprint)
 
     label_names = sorted(listing["train"])
     if not label_names:
@@ -176,6 +299,11 @@ def scan_dataset(
             )
         if not any(listing[split].values()):
             raise ScanError(f"{split} folder {roots[split]} holds no .wav clips")
+    if len(label_names) == 1:
+        raise ScanError(
+            f"train folder {roots['train']} has only one class ({label_names[0]!r}); a classifier needs at "
+            "least two class subfolders: add the other classes, or point --train-dir at the folder above"
+        )
     missing_in_validation = sorted(set(label_names) - set(listing["validation"]))
     if missing_in_validation:
         logger.warning(
@@ -194,7 +322,7 @@ def scan_dataset(
             for path in paths:
                 info, reason = _probe(path)
                 if info is None:
-                    bad.append(BadFile(path=str(path), reason=reason))
+                    bad.append(BadFile(path=display_path(path), reason=reason))
                     continue
                 clips[split].append(
                     Clip(
@@ -221,7 +349,7 @@ def scan_dataset(
         validation=clips["validation"],
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
         fingerprint=hashlib.sha256(
-            f"{fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}".encode()
+            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}".encode()
         ).hexdigest(),
         ignored={key: count for key, count in ignored_total.items() if count},
         skipped=bad,

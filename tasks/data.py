@@ -12,16 +12,19 @@ from lib.config import DataConfig
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
 from lib.scan import Manifest, fingerprint_folders, scan_dataset
 
-SCAN_CACHE_VERSION = "1"  # bump when Manifest or the scan rules change
+SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
 
 
 def scan_cache_key(context, parameters) -> str:
-    """Listing fingerprint (path, size, mtime per clip) + scan options; costs a stat per file, no decoding."""
+    """Listing fingerprint (path, size, mtime per clip; its bytes too with data.fingerprint='content') + scan options.
+
+    Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
+    """
     data: DataConfig = parameters["data"]
-    listing = fingerprint_folders(Path(data.train_dir), Path(data.validation_dir))
+    listing = fingerprint_folders(Path(data.train_dir), Path(data.validation_dir), data.fingerprint)
     # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
     roots = f"{Path(data.train_dir).resolve()}|{Path(data.validation_dir).resolve()}"
-    options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{SCAN_CACHE_VERSION}"
+    options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
     return "astft-scan-" + hashlib.sha256(f"{listing}|{options}".encode()).hexdigest()[:32]
 
 
@@ -29,7 +32,9 @@ def scan_cache_key(context, parameters) -> str:
 def scan_folders(data: DataConfig) -> Manifest:
     """Scan train/validation class folders into a manifest (cached while the folders are unchanged)."""
     logger = get_run_logger()
-    manifest = scan_dataset(data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files)
+    manifest = scan_dataset(
+        data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint
+    )
     logger.info(
         "scanned %d train / %d validation clips, %d classes %s; ignored %s; skipped %d bad files",
         len(manifest.train), len(manifest.validation), len(manifest.label_names),
@@ -50,11 +55,9 @@ def build_features(
         "%s feature cache %s (%s clips, %d frames x %d mel bins)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
     )
-    short, long = manifest.length_mismatches(params.clip_seconds)
-    if short or long:
-        get_run_logger().info(
-            "%d clips shorter than %.2f s were zero-padded, %d longer ones trimmed", short, params.clip_seconds, long
-        )
+    lengths = manifest.length_report(params.clip_seconds)
+    if lengths:
+        get_run_logger().info("%s", lengths)
     if ref.skipped:
         get_run_logger().warning("%d clips skipped as unreadable: %s", len(ref.skipped), ref.skipped)
     return ref

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import torchaudio.functional
 
+import lib.audio as audio_module
 from lib.audio import AudioError, load_clip
 
 
@@ -63,3 +65,45 @@ def test_non_finite_and_undecodable_files_name_the_file(tmp_path):
     junk.write_bytes(b"RIFF0000WAVEjunk")
     with pytest.raises(AudioError, match="junk.wav: cannot decode"):
         load_clip(junk, 16000, 1.0)
+
+
+def test_a_sample_rate_below_1_khz_is_refused(tmp_path):
+    path = tmp_path / "slow.wav"
+    sf.write(str(path), np.zeros(16000, np.float32), 1, subtype="PCM_16")  # 32 KB that claims 4.4 hours
+    with pytest.raises(AudioError, match="slow.wav: sample rate 1 Hz is below 1000 Hz"):
+        load_clip(path, 16000, 1.0)
+
+
+def test_only_the_clip_length_is_decoded_and_resampled(tmp_path, monkeypatch):
+    path = tmp_path / "long.wav"
+    source = tone(1000, 48000, 10.0) + tone(3000, 48000, 10.0) * 0.5
+    sf.write(str(path), source, 48000, subtype="FLOAT")
+    expected = audio_module.resample(source, 48000, 16000)[:16000]
+    lengths = []
+    real_resample = torchaudio.functional.resample
+
+    def recording_resample(waveform, *args, **kwargs):
+        lengths.append(waveform.shape[-1])
+        return real_resample(waveform, *args, **kwargs)
+
+    monkeypatch.setattr(torchaudio.functional, "resample", recording_resample)
+    waveform = load_clip(path, 16000, 1.0)
+    assert len(lengths) == 1 and 48000 <= lengths[0] < 48000 * 1.1
+    assert waveform.shape == (16000,)
+    np.testing.assert_allclose(waveform, expected, atol=1e-5)
+
+
+def test_loud_float_clips_and_cancelling_stereo_are_noted_by_name(tmp_path):
+    notes: dict[str, str] = {}
+    loud, cancelling, fine = tmp_path / "loud.wav", tmp_path / "cancelling.wav", tmp_path / "fine.wav"
+    sf.write(str(loud), tone(440, 16000, 1.0) * 10, 16000, subtype="FLOAT")  # peak 5.0
+    left = tone(440, 16000, 1.0)
+    sf.write(str(cancelling), np.stack([left, -left], axis=1), 16000, subtype="FLOAT")
+    sf.write(str(fine), np.stack([left, left * 0.5], axis=1), 16000, subtype="PCM_16")
+    for path in (loud, cancelling, fine):
+        load_clip(path, 16000, 1.0, notes=notes)
+    assert set(notes) == {str(loud), str(cancelling)}
+    assert notes[str(loud)] == "float samples reach 5.00, far outside [-1, 1]; the clip was probably written unscaled"
+    assert notes[str(cancelling)] == (
+        "the 2 channels cancel out when averaged to mono (one is polarity-inverted?); the clip trains as silence"
+    )

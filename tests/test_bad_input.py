@@ -207,3 +207,33 @@ def test_two_processes_building_the_same_cache_at_once(tmp_path):
     ref, hit = build_feature_cache(scan_dataset(train, validation), PARAMS, tmp_path / "cache")
     assert hit and len(load_split(ref, "train")) == 6
     assert [p.name for p in (tmp_path / "cache" / "features").iterdir()] == [ref.key]  # no staging left
+
+
+def test_finite_but_huge_samples_that_make_non_finite_features_are_bad_files(tmp_path):
+    train, validation = small_layout(tmp_path)
+    huge = wav(train / "a" / "huge.wav", np.full(16000, 1e30), subtype="FLOAT")  # finite, but its power overflows
+    manifest = scan_dataset(train, validation)
+    with pytest.raises(BadAudioError) as error:
+        build_feature_cache(manifest, PARAMS, tmp_path / "cache")
+    assert error.value.bad == {
+        str(huge): "its features are not finite (peak sample 1e+30; "
+                   "samples this far outside [-1, 1] overflow the fbank)"
+    }
+
+    ref, _ = build_feature_cache(manifest, PARAMS, tmp_path / "cache", skip_bad_files=True)
+    assert ref.num_clips == {"train": 6, "validation": 6} and list(ref.skipped) == [str(huge)]
+    assert torch.isfinite(load_split(ref, "train")[:]["input_values"]).all()
+
+
+def test_suspicious_clips_are_named_on_build_and_on_a_cache_hit(tmp_path):
+    train, validation = small_layout(tmp_path)
+    loud = wav(train / "a" / "loud.wav", np.sin(np.arange(16000) * 0.1) * 3, subtype="FLOAT")
+    tone = np.sin(np.arange(16000) * 0.2) * 0.5
+    cancelling = wav(validation / "b" / "cancelling.wav", np.stack([tone, -tone], axis=1), subtype="FLOAT")
+    manifest = scan_dataset(train, validation)
+
+    built, hit = build_feature_cache(manifest, PARAMS, tmp_path / "cache")
+    assert not hit and list(built.warnings) == [str(loud), str(cancelling)]
+    assert "far outside [-1, 1]" in built.warnings[str(loud)] and "cancel out" in built.warnings[str(cancelling)]
+    reused, hit = build_feature_cache(manifest, PARAMS, tmp_path / "cache")
+    assert hit and reused.warnings == built.warnings

@@ -1,4 +1,6 @@
 import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +72,7 @@ def test_train_class_missing_from_validation_only_warns(tmp_path, caplog):
 
 
 def test_bad_files_are_all_listed_or_skipped_and_counted(tmp_path):
-    train, validation = layout(tmp_path, {"train": {"a": 2}, "validation": {"a": 1}})
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 1}, "validation": {"a": 1}})
     (train / "a" / "fake.wav").write_text("not audio")
     write_wav(train / "a" / "empty.wav", seconds=0)
     with pytest.raises(ScanError) as error:
@@ -80,7 +82,7 @@ def test_bad_files_are_all_listed_or_skipped_and_counted(tmp_path):
     assert "--skip-bad-files" in message
 
     manifest = scan_dataset(train, validation, skip_bad_files=True)
-    assert len(manifest.train) == 2
+    assert len(manifest.train) == 3
     assert sorted(Path(item.path).name for item in manifest.skipped) == ["empty.wav", "fake.wav"]
 
 
@@ -110,7 +112,7 @@ def test_fingerprint_tracks_content_changes_only(tmp_path):
 
 
 def test_a_dangling_symlink_is_reported_as_a_bad_file(tmp_path):
-    train, validation = layout(tmp_path, {"train": {"a": 1}, "validation": {"a": 1}})
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
     (train / "a" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
     fingerprint_folders(train, validation)  # no crash while hashing the listing
     with pytest.raises(ScanError, match="gone.wav: not a readable audio file"):
@@ -118,7 +120,166 @@ def test_a_dangling_symlink_is_reported_as_a_bad_file(tmp_path):
 
 
 def test_length_mismatches_count_short_and_long_clips(tmp_path):
-    train, validation = layout(tmp_path, {"train": {"a": 1}, "validation": {"a": 1}})  # 0.1 s clips
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})  # 0.1 s clips
     write_wav(train / "a" / "long.wav", seconds=2.0)
     write_wav(validation / "a" / "exact.wav", seconds=1.0)
-    assert scan_dataset(train, validation).length_mismatches(1.0) == (2, 1)
+    assert scan_dataset(train, validation).length_mismatches(1.0) == (3, 1)
+
+
+def test_a_truncated_wav_is_a_bad_file_while_a_short_clip_is_kept(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})  # 0.1 s clips
+    cut = write_wav(train / "a" / "cut.wav", seconds=1.0)  # 44-byte header + 32000 bytes of samples
+    cut.write_bytes(cut.read_bytes()[:16022])  # a copy interrupted half-way
+    streamed = write_wav(train / "b" / "streamed.wav", seconds=0.5)
+    raw = bytearray(streamed.read_bytes())
+    raw[40:44] = b"\xff\xff\xff\xff"  # a writer that could not seek back marks the size unknown
+    streamed.write_bytes(bytes(raw))
+    tagged = write_wav(train / "b" / "tagged.wav", seconds=0.5)
+    with sf.SoundFile(str(tagged), "r+") as handle:
+        handle.title = "a LIST chunk after the samples"
+
+    with pytest.raises(ScanError) as error:
+        scan_dataset(train, validation)
+    message = str(error.value)
+    assert "1 bad audio file(s)" in message
+    assert "cut.wav: truncated: the header promises 32000 bytes of samples but the file holds 15978" in message
+
+    manifest = scan_dataset(train, validation, skip_bad_files=True)
+    assert [Path(item.path).name for item in manifest.skipped] == ["cut.wav"]
+    assert sorted(Path(clip.path).name for clip in manifest.train) == ["00.wav", "00.wav", "streamed.wav", "tagged.wav"]
+
+
+def test_length_report_names_the_shortest_padded_clips(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})  # 0.1 s clips
+    write_wav(train / "a" / "tiny.wav", seconds=0.05)
+    write_wav(train / "b" / "long.wav", seconds=2.0)
+    write_wav(validation / "a" / "exact.wav", seconds=1.0)
+    report = scan_dataset(train, validation).length_report(1.0, shortest=2)
+    assert report == (
+        f"4 clips shorter than 1.00 s were zero-padded (shortest: {train / 'a' / 'tiny.wav'} 0.050 s, "
+        f"{train / 'a' / '00.wav'} 0.100 s); 1 longer ones trimmed"
+    )
+    assert scan_dataset(train, validation).length_report(0.05) == "5 clips longer than 0.05 s were trimmed"
+
+
+def test_a_single_class_is_refused(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"only": 2}, "validation": {"only": 1}})
+    with pytest.raises(ScanError, match=r"train folder .* has only one class \('only'\).*at least two"):
+        scan_dataset(train, validation)
+
+
+def test_the_same_folder_for_train_and_validation_is_refused(tmp_path, monkeypatch):
+    train, _ = layout(tmp_path, {"train": {"a": 1, "b": 1}})
+    (tmp_path / "alias").symlink_to(train)
+    monkeypatch.chdir(tmp_path)
+    for validation in (train, tmp_path / "alias", Path("train"), Path("alias/../train/.")):
+        with pytest.raises(ScanError, match=r"--train-dir .* and --validation-dir .* are the same folder"):
+            scan_dataset(train, validation)
+
+
+def test_symlinked_folders_inside_a_class_are_followed_once(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
+    write_wav(tmp_path / "extra" / "x.wav")
+    write_wav(tmp_path / "extra" / "deeper" / "y.wav")
+    (tmp_path / "extra" / "again").symlink_to(tmp_path / "extra")  # a loop inside the linked folder
+    (train / "a" / "more").symlink_to(tmp_path / "extra")
+    (train / "a" / "loop").symlink_to(train / "a")  # a loop back to the class folder
+
+    manifest = scan_dataset(train, validation)
+    assert sorted(Path(clip.path).name for clip in manifest.train if clip.label == 0) == ["00.wav", "x.wav", "y.wav"]
+    assert manifest.ignored == {"folder_already_scanned": 2}
+    assert fingerprint_folders(train, validation) == fingerprint_folders(train, validation)
+
+
+def test_a_fifo_named_wav_is_ignored_and_never_opened(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
+    fifo = train / "a" / "x.wav"
+    os.mkfifo(fifo)
+    result = {}
+
+    def scan():
+        result["fingerprint"] = fingerprint_folders(train, validation, "content")
+        result["manifest"] = scan_dataset(train, validation, fingerprint="content")
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():  # unblock the reader so the test process can exit, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the scan opened the FIFO and blocked")
+    assert len(result["manifest"].train) == 2
+    assert result["manifest"].ignored == {"not_a_regular_file": 1}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="other systems refuse file names that are not valid UTF-8")
+def test_a_file_or_class_name_that_is_not_utf8_is_named_escaped(tmp_path):
+    from lib.features import FeatureParams, build_feature_cache
+
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
+    clip_bytes = (train / "a" / "00.wav").read_bytes()
+    with open(os.path.join(os.fsencode(train / "a"), b"\xff.wav"), "wb") as handle:
+        handle.write(clip_bytes)
+    fingerprint_folders(train, validation)  # hashing the listing must not crash either
+
+    with pytest.raises(ScanError) as error:
+        scan_dataset(train, validation)
+    message = str(error.value)
+    assert f"{train / 'a'}/\\xff.wav: the name is not valid UTF-8" in message and "rename" in message
+    manifest = scan_dataset(train, validation, skip_bad_files=True)
+    assert [item.path for item in manifest.skipped] == [f"{train / 'a'}/\\xff.wav"]
+    assert len(manifest.train) == 2
+    manifest.model_dump_json()  # the manifest is persisted by Prefect as JSON
+    ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path / "cache")
+    assert list(ref.skipped) == [f"{train / 'a'}/\\xff.wav"] and ref.num_clips == {"train": 2, "validation": 1}
+    ref.model_dump_json()  # member.json lists the skipped files
+
+    os.mkdir(os.path.join(os.fsencode(train), b"caf\xe9"))
+    with open(os.path.join(os.fsencode(train), b"caf\xe9", b"0.wav"), "wb") as handle:
+        handle.write(clip_bytes)
+    with pytest.raises(ScanError, match=r"class folder .*/caf\\xe9 .* not valid UTF-8.*rename"):
+        scan_dataset(train, validation, skip_bad_files=True)
+
+
+def test_a_sample_rate_below_1_khz_is_a_bad_file(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
+    write_wav(train / "a" / "slow.wav", seconds=16000, sample_rate=1)  # 32 KB that claims 4.4 hours
+    with pytest.raises(ScanError, match=r"slow.wav: sample rate 1 Hz is below 1000 Hz"):
+        scan_dataset(train, validation)
+
+
+def test_content_fingerprint_sees_a_same_size_same_mtime_edit(tmp_path):
+    from lib.config import DataConfig
+    from tasks.data import scan_cache_key
+
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
+    data = {mode: DataConfig(train_dir=train, validation_dir=validation, fingerprint=mode)
+            for mode in ("stat", "content")}
+    before = {mode: fingerprint_folders(train, validation, mode) for mode in data}
+    scanned = {mode: scan_dataset(train, validation, fingerprint=mode).fingerprint for mode in data}
+    keys = {mode: scan_cache_key(None, {"data": config}) for mode, config in data.items()}
+    assert before["stat"] != before["content"] and scanned["stat"] != scanned["content"]
+
+    clip = train / "a" / "00.wav"
+    stat = clip.stat()
+    edited = bytearray(clip.read_bytes())
+    edited[-1] ^= 0x55
+    clip.write_bytes(bytes(edited))
+    os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert clip.stat().st_size == stat.st_size and clip.stat().st_mtime_ns == stat.st_mtime_ns
+
+    assert fingerprint_folders(train, validation, "stat") == before["stat"]
+    assert scan_dataset(train, validation, fingerprint="stat").fingerprint == scanned["stat"]
+    assert scan_cache_key(None, {"data": data["stat"]}) == keys["stat"]
+    assert fingerprint_folders(train, validation, "content") != before["content"]
+    assert scan_dataset(train, validation, fingerprint="content").fingerprint != scanned["content"]
+    assert scan_cache_key(None, {"data": data["content"]}) != keys["content"]
+
+
+def test_fingerprint_flag_sets_the_data_section():
+    from flows.cli import ENSEMBLE_FLAG_FIELDS, build_parser, overrides_from_args
+
+    for argv, fields in ((["finetune"], {}), (["ensemble"], {"fields": ENSEMBLE_FLAG_FIELDS})):
+        args = build_parser().parse_args([*argv, "--fingerprint", "content"])
+        assert overrides_from_args(args, **fields) == {"data": {"fingerprint": "content"}}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--fingerprint", "mtime"])
