@@ -72,9 +72,12 @@ def owner_state(tag: str) -> str:
     return "self" if pid == os.getpid() else "running"
 
 
-def remove_abandoned(root: Path, pattern: str, also_own: bool = False) -> None:
+def remove_abandoned(
+    root: Path, pattern: str, also_own: bool = False, keep: Callable[[Path], bool] | None = None
+) -> None:
     """Remove root's entries whose whole name matches pattern (which has OWNER_PATTERN) and whose
-    owner process has ended (and, with also_own, this process's own); links are unlinked, not followed."""
+    owner process has ended (and, with also_own, this process's own), unless keep(entry) says no
+    (asked just before each removal); links are unlinked, not followed."""
     compiled = re.compile(pattern)
     try:
         entries = list(Path(root).iterdir())
@@ -83,7 +86,7 @@ def remove_abandoned(root: Path, pattern: str, also_own: bool = False) -> None:
     removable = {"gone", "self"} if also_own else {"gone"}
     for entry in entries:
         match = compiled.fullmatch(entry.name)
-        if match is None or owner_state(match["owner"]) not in removable:
+        if match is None or owner_state(match["owner"]) not in removable or (keep and keep(entry)):
             continue
         logger.info("removing %s, left behind by a run that has ended", entry)
         if entry.is_symlink() or not entry.is_dir():
