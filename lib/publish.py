@@ -74,10 +74,19 @@ def _fsync_folder(path: Path) -> None:
         os.close(handle)
 
 
+def _target(destination: Path) -> str | None:
+    """The version folder destination links to now (None: not a link); read afresh, another publish may switch it."""
+    try:
+        return Path(os.readlink(destination)).name
+    except OSError:
+        return None
+
+
 def _switch_link(destination: Path, version: Path) -> None:
-    """Point destination at version (a sibling folder) with one atomic rename."""
+    """Point destination at version (a sibling folder) with one atomic rename; remove what it pointed at."""
     link = destination.with_name(owned_name(f".{destination.name}.link-"))
     os.symlink(version.name, link)  # relative: valid wherever best/ is moved or copied
+    superseded = _target(destination)
     try:
         if destination.is_dir() and not destination.is_symlink():
             # Migration from the real-folder layout: no rename swaps a folder for a link.
@@ -89,14 +98,8 @@ def _switch_link(destination: Path, version: Path) -> None:
     _fsync_folder(destination.parent)
     if backup_path(destination).exists():
         shutil.rmtree(backup_path(destination))
-
-
-def _is_live(destination: Path, entry: Path) -> bool:
-    """Whether entry is what destination points at now (read at each call: another publish may switch it)."""
-    try:
-        return Path(os.readlink(destination)).name == entry.name
-    except OSError:  # not a link (any more): cannot tell which version is live, so keep them all
-        return True
+    if superseded and superseded != version.name:
+        shutil.rmtree(destination.parent / superseded, ignore_errors=True)
 
 
 def publish_member(
@@ -112,7 +115,6 @@ def publish_member(
     recover_member(destination)
 
     version = best_root / owned_name(f".{name}.v-")
-    switched = False
     try:
         version.mkdir()
         for target, source in sources.items():
@@ -127,17 +129,16 @@ def publish_member(
             (version / target).write_text(json.dumps(payload, indent=2, default=str))
         _finalise_tree(version)
         _switch_link(destination, version)
-        switched = True
     finally:
-        if not switched:
+        if _target(destination) != version.name:  # failed before the switch: nobody can see it
             shutil.rmtree(version, ignore_errors=True)
-    # Superseded versions (this process's, or any whose publishing process has ended), and what a
-    # killed publish of this name left; never the live one, nor one another running publish is
-    # building. Another host's leftovers wait for that host's next publish of the name.
+    # What earlier publishes of this name left (killed ones, or one that failed after its switch):
+    # versions and links of this process or of ended ones, never the live version, nor one that
+    # another running publish may still be building. Another host's wait for that host's next publish.
     remove_abandoned(
         best_root,
         rf"\.{re.escape(name)}\.(?:v|link)-{OWNER_PATTERN}",
         also_own=True,
-        keep=lambda entry: _is_live(destination, entry),
+        keep=lambda entry: entry.name == _target(destination) or _target(destination) is None,
     )
     return destination

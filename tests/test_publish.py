@@ -198,3 +198,38 @@ def test_an_interrupted_publish_of_an_older_astft_is_restored(tmp_path):
     publish_member(best, "m", *member_files(tmp_path, "v2"))
     assert read_version(best) == "v2" and visible(best) == ["m"]
     assert not backup_path(best / "m").exists()
+
+
+def test_a_failure_after_the_switch_keeps_the_new_member(tmp_path, monkeypatch):
+    best = tmp_path / "best"
+    publish_member(best, "m", *member_files(tmp_path, "v1"))
+
+    def failing_sync(path):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(publish_module, "_fsync_folder", failing_sync)
+    with pytest.raises(OSError, match="I/O error"):
+        publish_member(best, "m", *member_files(tmp_path, "v2"))
+    assert read_version(best) == "v2"
+
+
+def test_a_version_another_running_publish_is_building_is_kept_until_that_process_ends(tmp_path):
+    import sys
+
+    from lib.staging import owner_tag
+
+    best = tmp_path / "best"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        building = best / f".m.v-{owner_tag(child.pid)}-0123abcd"
+        building.mkdir(parents=True)
+        (building / "model.safetensors").write_text("half")
+        publish_member(best, "m", *member_files(tmp_path, "v1"))
+        assert building.is_dir()
+    finally:
+        child.kill()
+        child.wait()
+    publish_member(best, "m", *member_files(tmp_path, "v2"))
+    assert not building.exists()
+    assert read_version(best) == "v2"
+    assert sorted(p.name for p in best.iterdir()) == sorted(["m", os.readlink(best / "m")])
