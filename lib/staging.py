@@ -26,9 +26,14 @@ logger = logging.getLogger(__name__)
 META_FILE = "meta.json"
 
 # Owner of a staging folder: host, pid and the process's start time (seconds since the epoch).
-# The pid alone would do on one host if pids were never reused; the start time tells a reused pid
-# (a later, unrelated process) from the creator. The host is hashed so that the tag has a fixed
-# form (host names may hold dots and dashes) and callers can match it after any prefix.
+# A folder is abandoned once the process that made it has ended: nothing else will finish or
+# remove it. That, not its age, is the test, since a feature or trunk build can take hours and a
+# folder's mtime does not change while a file inside it grows. The pid alone would do if pids were
+# never reused; the start time tells a reused pid (a later, unrelated process) from the creator.
+# The host is part of the tag because pids mean nothing across the machines that share a cache or
+# output folder (it assumes, as Docker and Kubernetes do by default, that containers sharing one
+# have their own host names). It is hashed so that the tag has a fixed form (host names may hold
+# dots and dashes) and callers can match it after any prefix.
 OWNER_PATTERN = r"(?P<owner>[0-9a-f]{8}-\d+-\d+)-[0-9a-f]{8}"
 _OWNER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)")
 # psutil derives the start time from boot time + ticks; allow for rounding between two readings.
@@ -62,8 +67,11 @@ def owner_state(tag: str) -> str:
         return "unknown"
     pid = int(match["pid"])
     try:
-        started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:  # includes zombies: they run nothing any more
+        process = psutil.Process(pid)
+        started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:  # ended, only not yet reaped by its parent
+            return "gone"
+    except psutil.NoSuchProcess:
         return "gone"
     except psutil.Error:
         return "unknown"
@@ -86,9 +94,11 @@ def remove_abandoned(
     removable = {"gone", "self"} if also_own else {"gone"}
     for entry in entries:
         match = compiled.fullmatch(entry.name)
-        if match is None or owner_state(match["owner"]) not in removable or (keep and keep(entry)):
+        state = owner_state(match["owner"]) if match else None
+        if state not in removable or (keep and keep(entry)):
             continue
-        logger.info("removing %s, left behind by a run that has ended", entry)
+        why = "its process has ended" if state == "gone" else "made earlier by this process"
+        logger.info("removing %s (%s)", entry, why)
         if entry.is_symlink() or not entry.is_dir():
             entry.unlink(missing_ok=True)
         else:

@@ -76,3 +76,19 @@ def test_a_staging_folder_is_removed_when_its_build_fails(tmp_path):
 def test_owner_tag_names_this_host_process_and_its_start():
     host, pid, start = owner_tag().split("-")
     assert len(host) == 8 and int(pid) == os.getpid() and int(start) > 0
+
+
+def test_a_zombie_owner_counts_as_ended():
+    from lib.staging import owner_state
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    tag = owner_tag(child.pid)
+    assert owner_state(tag) == "running"
+    child.kill()
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, but not reaped yet: a zombie
+    try:
+        assert owner_state(tag) == "gone"
+    finally:
+        child.wait()
+    assert owner_state(tag) == "gone"
+    assert owner_state(owner_tag()) == "self"
