@@ -29,7 +29,7 @@ from transformers import ASTConfig, ASTModel
 
 from lib.guards import nonfinite_tensors
 from lib.model import SPECIAL_TOKENS
-from lib.staging import staged_folder
+from lib.staging import file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -363,10 +363,6 @@ class EncoderRef(BaseModel):
     report: EncoderLoadReport
 
 
-def _encoder_is_complete(folder: Path, key: str) -> bool:
-    return (folder / REPORT_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
-
-
 def export_encoder(
     checkpoint_dir: Path, base_config: Path | None, cache_dir: Path, max_frames: int | None = None
 ) -> tuple[EncoderRef, bool]:
@@ -374,17 +370,20 @@ def export_encoder(
 
     Every member of an ensemble starts from the same checkpoint, so the strip runs once per
     checkpoint and max_frames (the key covers both). Returns the reference and whether it was
-    already there.
+    already there. Like the feature and trunk caches, it is built in a staging folder and renamed
+    in, and a meta.json of file sizes, written last, proves it whole: a truncated or partial
+    encoder is rebuilt, never loaded.
     """
     source = checkpoint_fingerprint(checkpoint_dir, base_config)
     key = hashlib.sha256(f"{source}|max_frames={max_frames}".encode()).hexdigest()[:24]
     root = Path(cache_dir) / "encoders"
     final = root / key
     report_file = final / REPORT_FILE
-    if _encoder_is_complete(final, key):
+    if file_sizes_match(final, key):
         return EncoderRef(path=str(final), report=EncoderLoadReport.model_validate_json(report_file.read_text())), True
     encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
-    with staged_folder(root, key, _encoder_is_complete, "encoder cache") as staging:
+    with staged_folder(root, key, file_sizes_match, "encoder cache") as staging:
         encoder.save_pretrained(str(staging), save_original_format=False)
-        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))  # written last: marks completeness
+        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))
+        record_file_sizes(staging, key)  # last: marks the cache complete
     return EncoderRef(path=str(final), report=report), False

@@ -21,7 +21,7 @@ from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.plan import RunPlan
-from lib.training import TrainOutcome, prepare_work_dir, seed_everything, train_classifier
+from lib.training import TrainOutcome, claim_work_dir, prepare_work_dir, seed_everything, train_classifier
 from lib.trunk import training_inputs
 
 PARAMETER_COUNTS_FILE = "parameter_counts.json"
@@ -65,7 +65,7 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
     work_dir = plan.work_dir
-    work_dir.mkdir(parents=True, exist_ok=True)
+    claim_work_dir(work_dir)  # before writing into it: a work dir we did not make is refused, never written
     if int(os.environ.get("RANK", "0")) == 0:
         (work_dir / PARAMETER_COUNTS_FILE).write_text(json.dumps(counts))
     try:

@@ -16,7 +16,7 @@ from lib.checkpoint import (
 )
 from lib.config import ConfigError, FeatureConfig, FinetuneConfig
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
-from lib.training import Runtime, check_schedule_supported, resolve_runtime
+from lib.training import Runtime, check_schedule_supported, check_work_dir, resolve_runtime
 
 
 class RunPlan(BaseModel):
@@ -38,6 +38,35 @@ class RunPlan(BaseModel):
         return self.config.output_dir / "best"
 
 
+def check_work_dir_location(config: FinetuneConfig) -> None:
+    """The work dir must neither hold, nor be, nor lie inside the SSL checkpoint or the data, and be ours.
+
+    A run deletes checkpoint-* folders in its work dir (another config's, or ones interrupted while
+    saving), and the SSL checkpoint is typically such a folder of the SSL run.
+    """
+    work_dir = config.member_work_dir.resolve()
+    protected = {
+        "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
+        "data.train_dir (--train-dir)": config.data.train_dir,
+        "data.validation_dir (--validation-dir)": config.data.validation_dir,
+    }
+    for field, path in protected.items():
+        path = Path(path).resolve()
+        relation = (
+            "is" if work_dir == path
+            else "is inside" if work_dir.is_relative_to(path)
+            else "contains" if path.is_relative_to(work_dir)
+            else None
+        )
+        if relation:
+            raise ConfigError(
+                f"work_dir (--work-dir) {work_dir} {relation} {field} ({path}); a run removes checkpoint-* "
+                "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
+                "checkpoint and the data, or leave it unset for <output_dir>/runs/<name>"
+            )
+    check_work_dir(work_dir)
+
+
 def plan_run(config: FinetuneConfig) -> RunPlan:
     """Fail fast on anything checkable without touching audio or weights; errors name the parameter."""
     config = config.resolved()
@@ -52,6 +81,7 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         if not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
     _check_output_folders(config)
+    check_work_dir_location(config)
     _check_clip_fills_one_window(config.features)
     try:
         checkpoint_config, source = resolve_encoder_config(checkpoint, config.model.base_config)

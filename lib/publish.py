@@ -1,10 +1,20 @@
-"""Publish a member folder under <output>/best/<name>/, replacing an earlier one safely.
+"""Publish a member under <output>/best/<name>, replacing an earlier one atomically.
 
-The new member is assembled completely in a staging folder beside the destination, then moved in
-by rename. POSIX has no atomic swap of two non-empty folders, so the old member is first renamed
-to a backup name and deleted only after the new one is in place; if a crash happens between those
-two renames, the next publish (or recover_member) restores the backup. At no point is a
-half-written member visible under the final name.
+best/<name> is a symbolic link to a version folder beside it, .<name>.v-<owner>-<token>/. The
+new member is assembled completely in a new version folder, then the link is switched to it with
+one rename (os.replace of a new link over the old one), which POSIX makes atomic: whoever opens
+best/<name> (predict, the ensemble, from_pretrained) finds the old member or the new one, whole,
+at every moment, whenever the process is killed. The link's target is relative, so best/ keeps
+working when moved or copied (`cp -r` copies the link as a link, and the version folder with it).
+After the switch the superseded versions are removed; a version or link that a killed publish
+left behind is removed by the next publish of that name, once the process that made it has ended
+(lib.staging names each one after its owner). All of them are hidden (a leading dot), so listing
+best/ for members never sees them.
+
+Members published by an older astft are real folders. The first publish over one moves it to a
+backup name and links the new version in its place: that migration, once per member, is the only
+moment without a member under the name (between those two renames). If it is interrupted there,
+the next publish (or recover_member) puts the backup back first.
 """
 
 from __future__ import annotations
@@ -12,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
-import uuid
 from pathlib import Path
+
+from lib.staging import OWNER_PATTERN, owned_name, remove_abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +51,55 @@ def _finalise_tree(path: Path) -> None:
 
 
 def backup_path(destination: Path) -> Path:
+    """Where a real member folder (older layout) waits while a link takes its place."""
     return destination.with_name(f".{destination.name}.previous")
 
 
 def recover_member(destination: Path) -> None:
-    """Undo an interrupted publish: bring the backup back if the member itself is missing."""
+    """Undo a migration interrupted between its two renames: bring the backup back if the member is missing."""
     backup = backup_path(destination)
-    if backup.exists() and not destination.exists():
+    if backup.exists() and not os.path.lexists(destination):
         logger.warning("restoring %s from an interrupted publish", destination)
         os.rename(backup, destination)
     elif backup.exists():
         shutil.rmtree(backup)
+
+
+def _fsync_folder(path: Path) -> None:
+    """Make a rename in this folder durable (the files themselves were synced before)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _target(destination: Path) -> str | None:
+    """The version folder destination links to now (None: not a link); read afresh, another publish may switch it."""
+    try:
+        return Path(os.readlink(destination)).name
+    except OSError:
+        return None
+
+
+def _switch_link(destination: Path, version: Path) -> None:
+    """Point destination at version (a sibling folder) with one atomic rename; remove what it pointed at."""
+    link = destination.with_name(owned_name(f".{destination.name}.link-"))
+    os.symlink(version.name, link)  # relative: valid wherever best/ is moved or copied
+    superseded = _target(destination)
+    try:
+        if destination.is_dir() and not destination.is_symlink():
+            # Migration from the real-folder layout: no rename swaps a folder for a link.
+            os.rename(destination, backup_path(destination))
+        os.replace(link, destination)
+    finally:
+        if os.path.lexists(link):  # the rename failed: the link is still ours to remove
+            os.unlink(link)
+    _fsync_folder(destination.parent)
+    if backup_path(destination).exists():
+        shutil.rmtree(backup_path(destination))
+    if superseded and superseded != version.name:
+        shutil.rmtree(destination.parent / superseded, ignore_errors=True)
 
 
 def publish_member(
@@ -64,26 +114,31 @@ def publish_member(
     destination = best_root / name
     recover_member(destination)
 
-    staging = best_root / f".{name}.staging-{uuid.uuid4().hex[:8]}"
+    version = best_root / owned_name(f".{name}.v-")
     try:
-        staging.mkdir()
+        version.mkdir()
         for target, source in sources.items():
             source = Path(source)
             if source.is_dir():
                 shutil.copytree(
-                    source, staging / target if target else staging, dirs_exist_ok=True, ignore=_NOT_PUBLISHED
+                    source, version / target if target else version, dirs_exist_ok=True, ignore=_NOT_PUBLISHED
                 )
             else:
-                shutil.copy2(source, staging / target)
+                shutil.copy2(source, version / target)
         for target, payload in json_files.items():
-            (staging / target).write_text(json.dumps(payload, indent=2, default=str))
-        _finalise_tree(staging)
-
-        backup = backup_path(destination)
-        if destination.exists():
-            os.rename(destination, backup)
-        os.rename(staging, destination)
-        shutil.rmtree(backup, ignore_errors=True)
+            (version / target).write_text(json.dumps(payload, indent=2, default=str))
+        _finalise_tree(version)
+        _switch_link(destination, version)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if _target(destination) != version.name:  # failed before the switch: nobody can see it
+            shutil.rmtree(version, ignore_errors=True)
+    # What earlier publishes of this name left (killed ones, or one that failed after its switch):
+    # versions and links of this process or of ended ones, never the live version, nor one that
+    # another running publish may still be building. Another host's wait for that host's next publish.
+    remove_abandoned(
+        best_root,
+        rf"\.{re.escape(name)}\.(?:v|link)-{OWNER_PATTERN}",
+        also_own=True,
+        keep=lambda entry: entry.name == _target(destination) or _target(destination) is None,
+    )
     return destination

@@ -29,7 +29,8 @@ from lib.trunk import TrunkCacheInfo, TrunkTail
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best-model"
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
+_PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
 
 
 @dataclass(frozen=True)
@@ -310,12 +311,61 @@ def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(work_dir / "tensorboard")))
 
 
+def _marker(work_dir: Path) -> dict | None:
+    """run.json's content if it marks work_dir as an astft run's own: a JSON object with a fingerprint."""
+    try:
+        marker = json.loads((Path(work_dir) / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and "fingerprint" in marker else None
+
+
+def _write_marker(work_dir: Path, run_fingerprint: str | None) -> None:
+    # Written aside and renamed over, so a kill never leaves a half-written run.json, which would
+    # make the run's own work dir look foreign.
+    partial = Path(work_dir) / _PARTIAL_RUN_FILE
+    partial.write_text(json.dumps({"fingerprint": run_fingerprint}))
+    partial.replace(Path(work_dir) / RUN_FILE)
+
+
+def check_work_dir(work_dir: Path) -> None:
+    """Refuse a work dir that is not provably this project's: a run deletes checkpoints and logs in it.
+
+    Ours is a folder that does not exist yet, an empty one, or one marked by run.json (written by
+    claim_work_dir / prepare_work_dir). Reads only; plan_run calls it before any work.
+    """
+    work_dir = Path(work_dir)
+    if not work_dir.exists():
+        return
+    if not work_dir.is_dir():
+        raise ConfigError(f"work_dir (--work-dir) {work_dir} is a file; pass a folder (a new one is created)")
+    if _marker(work_dir) is None and any(entry.name != _PARTIAL_RUN_FILE for entry in work_dir.iterdir()):
+        raise ConfigError(
+            f"work_dir (--work-dir) {work_dir} is not empty and has no {RUN_FILE} marking it as an astft run's "
+            "work dir; a run removes the checkpoint-* folders, best-model/ and training logs of its work dir, so "
+            f"it only takes a folder it made. Pick a new or empty folder for --work-dir, or remove {work_dir} "
+            "yourself if nothing in it is needed"
+        )
+
+
+def claim_work_dir(work_dir: Path) -> None:
+    """Create work_dir (or take an empty one) and mark it as a run's own; a marked one is kept as it is."""
+    work_dir = Path(work_dir)
+    check_work_dir(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if _marker(work_dir) is None:
+        _write_marker(work_dir, None)  # no config's checkpoints yet: prepare_work_dir starts fresh
+
+
 def last_complete_checkpoint(work_dir: Path) -> str | None:
     """Newest checkpoint-N whose trainer_state.json (which Trainer writes last) is readable.
 
     A run killed while saving leaves a checkpoint without it; such leftovers are removed so that
-    neither the resume nor Trainer's save_total_limit rotation picks them up.
+    neither the resume nor Trainer's save_total_limit rotation picks them up. Only in a work dir
+    that is ours (check_work_dir): elsewhere a checkpoint-N without trainer_state.json may be
+    someone's only copy of a model.
     """
+    check_work_dir(work_dir)
     checkpoints = sorted(
         (p for p in Path(work_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -335,12 +385,13 @@ def last_complete_checkpoint(work_dir: Path) -> str | None:
 def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     """Return the checkpoint to resume from, if the work dir holds one from this same run config.
 
+    The work dir must be ours (claim_work_dir: new, empty or marked by run.json), else ConfigError.
     Checkpoints left by a run with a different config are removed, so they can neither be resumed
     by mistake nor compete with this run's checkpoints in save_total_limit rotation.
     """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    run_file = work_dir / RUN_FILE
-    previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
+    work_dir = Path(work_dir)
+    claim_work_dir(work_dir)
+    previous = _marker(work_dir)["fingerprint"]
     last = last_complete_checkpoint(work_dir)
     if last and previous == run_fingerprint:
         return last
@@ -352,7 +403,7 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     # ... and the old run's logs, which would otherwise be published with the new member
     for old_log in [*work_dir.glob("train_log*.txt"), work_dir / "log_history.json"]:
         old_log.unlink(missing_ok=True)
-    run_file.write_text(json.dumps({"fingerprint": run_fingerprint}))
+    _write_marker(work_dir, run_fingerprint)
     return None
 
 

@@ -202,3 +202,48 @@ def test_encoder_cache_is_keyed_by_max_frames(tmp_path):
     assert reloaded.config.max_length == 128
     assert position_embeddings(reloaded).shape == (1, 62, 32)
     assert longer.report.position_grid.adaptation == "bilinear"
+
+
+def test_a_truncated_cached_encoder_is_rebuilt_not_reused(tmp_path):
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=9)
+    first, _ = export_encoder(folder, None, tmp_path / "cache")
+    weights = tmp_path / "cache" / "encoders" / first.path.split("/")[-1] / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as handle:  # a copy or disk that lost the file's tail
+        handle.truncate(size // 2)
+    again, hit = export_encoder(folder, None, tmp_path / "cache")
+    assert not hit and again.path == first.path
+    assert weights.stat().st_size == size
+    assert_same_weights(ASTModel.from_pretrained(again.path), reference)
+    assert export_encoder(folder, None, tmp_path / "cache")[1]  # and the rebuilt one is a hit again
+
+
+def test_an_encoder_cache_without_its_size_manifest_is_rebuilt(tmp_path):
+    # e.g. written by an older astft, or by a run killed before it finished: nothing proves it whole
+    folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=9)
+    first, _ = export_encoder(folder, None, tmp_path / "cache")
+    (tmp_path / "cache" / "encoders" / first.path.split("/")[-1] / "meta.json").unlink()
+    again, hit = export_encoder(folder, None, tmp_path / "cache")
+    assert not hit
+    assert_same_weights(ASTModel.from_pretrained(again.path), reference)
+
+
+def test_export_encoder_removes_staging_left_by_a_killed_run(tmp_path):
+    import subprocess
+    import sys
+
+    from lib.staging import owner_tag
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = owner_tag(child.pid)
+    child.kill()
+    child.wait()
+    folder, _ = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=9)
+    root = tmp_path / "cache" / "encoders"
+    leftover, live = root / f".abc.tmp-{dead}-0123abcd", root / f".abc.tmp-{owner_tag()}-0123abcd"
+    for staging in (leftover, live):
+        staging.mkdir(parents=True)
+        (staging / "model.safetensors").write_bytes(b"half")
+    ref, _ = export_encoder(folder, None, tmp_path / "cache")
+    assert not leftover.exists() and live.is_dir()
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, ref.path.split("/")[-1]])

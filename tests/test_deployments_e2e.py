@@ -126,7 +126,11 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}\n{worker_logs}"
 
     best = tmp_path / "shared" / "ensemble" / "best"
-    assert sorted(p.name for p in best.iterdir()) == ["ensemble.json", "full", "head", "last1"]
+    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == ["ensemble.json", "full", "head", "last1"]
+    # the rest is each member's live version folder, which best/<name> links to: no staging or old version
+    assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
+        os.readlink(best / name) for name in ("full", "head", "last1")
+    )
     workers = {json.loads((best / name / "member.json").read_text())["trained_by"]["worker"]
                for name in ("head", "last1", "full")}
     assert workers <= {"worker-a", "worker-b"} and None not in workers

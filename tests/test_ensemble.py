@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -96,7 +97,11 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
         ensemble(config)
 
     best = tmp_path / "out" / "best"
-    assert sorted(p.name for p in best.iterdir()) == ["ensemble.json", "full", "head", "last1"]
+    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == ["ensemble.json", "full", "head", "last1"]
+    # the rest is each member's live version folder, which best/<name> links to: no staging or old version
+    assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
+        os.readlink(best / name) for name in ("full", "head", "last1")
+    )
     assert builds == [1]  # one feature cache, shared
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "encoders").iterdir())) == 1

@@ -268,3 +268,97 @@ def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch)
     monkeypatch.setattr(lib.training, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
     with pytest.raises(ConfigError, match=r"training.batch_sizes needs the private Trainer hooks of transformers 5.24.0 .*does not exist"):
         check_schedule_supported()
+
+
+# --- work dir: a run deletes only what it can prove is its own -----------------------------------
+
+
+def test_a_work_dir_astft_did_not_make_is_refused_and_left_alone(tmp_path):
+    from lib.training import prepare_work_dir
+
+    ssl_run = tmp_path / "ssl-run"  # e.g. the SSL run whose checkpoint-N is --ssl-checkpoint
+    (ssl_run / "checkpoint-33297").mkdir(parents=True)
+    (ssl_run / "checkpoint-33297" / "trainer_state.json").write_text("{}")
+    (ssl_run / "checkpoint-33297" / "model.safetensors").write_text("SSL weights")
+    (ssl_run / "train_logssl.txt").write_text("the SSL run's log\n")
+    with pytest.raises(ConfigError, match=rf"work_dir \(--work-dir\) {ssl_run} is not empty and has no run.json"
+                                          r".*Pick a new or empty folder for --work-dir, or remove .* yourself"):
+        prepare_work_dir(ssl_run, "fp")
+    assert (ssl_run / "checkpoint-33297" / "model.safetensors").read_text() == "SSL weights"
+    assert (ssl_run / "train_logssl.txt").is_file()
+    assert sorted(p.name for p in ssl_run.iterdir()) == ["checkpoint-33297", "train_logssl.txt"]  # nothing added
+
+    notes = tmp_path / "notes"  # no checkpoints, but not ours either
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x")
+    with pytest.raises(ConfigError, match="has no run.json"):
+        prepare_work_dir(notes, "fp")
+    (tmp_path / "foreign-mark").mkdir()
+    (tmp_path / "foreign-mark" / "run.json").write_text("[1, 2]")  # some other tool's run.json
+    with pytest.raises(ConfigError, match="has no run.json"):
+        prepare_work_dir(tmp_path / "foreign-mark", "fp")
+
+
+def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_path):
+    from lib.training import claim_work_dir, prepare_work_dir
+
+    work = tmp_path / "output" / "runs" / "m"  # the default <output_dir>/runs/<name>, made by the run
+    claim_work_dir(work)
+    (work / "parameter_counts.json").write_text("{}")  # lib.launch writes this before training starts
+    assert prepare_work_dir(work, "fp") is None
+    assert json.loads((work / "run.json").read_text()) == {"fingerprint": "fp"}
+    checkpoint = work / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    assert prepare_work_dir(work, "fp") == str(checkpoint)  # resume
+    claim_work_dir(work)  # a marked work dir is claimed again as it is
+    assert prepare_work_dir(work, "fp") == str(checkpoint)
+    assert prepare_work_dir(work, "other config") is None  # ours: cleared for the new config
+    assert not checkpoint.exists() and json.loads((work / "run.json").read_text()) == {"fingerprint": "other config"}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_work_dir(empty, "fp") is None and (empty / "run.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["ssl_run", "in_checkpoint", "checkpoint", "train", "in_validation", "data_root"])
+def test_plan_refuses_a_work_dir_that_holds_or_is_inside_the_checkpoint_or_the_data(
+    dataset_dirs, ssl_checkpoint, tmp_path, where
+):
+    from lib.config import DataConfig, FinetuneConfig, ModelConfig
+    from lib.plan import plan_run
+
+    train_dir, validation_dir = dataset_dirs
+    work_dir, inside, field = {
+        "ssl_run": (ssl_checkpoint.parent, ssl_checkpoint, "model.ssl_checkpoint"),
+        "in_checkpoint": (ssl_checkpoint / "finetune", ssl_checkpoint, "model.ssl_checkpoint"),
+        "checkpoint": (ssl_checkpoint, ssl_checkpoint, "model.ssl_checkpoint"),
+        "train": (train_dir, train_dir, "data.train_dir"),
+        "in_validation": (validation_dir / "runs", validation_dir, "data.validation_dir"),
+        "data_root": (train_dir.parent, train_dir, "data.train_dir"),
+    }[where]
+    config = FinetuneConfig(
+        name="m", output_dir=tmp_path, work_dir=work_dir,
+        data=DataConfig(train_dir=train_dir, validation_dir=validation_dir),
+        model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
+    )
+    with pytest.raises(ConfigError, match=rf"work_dir \(--work-dir\) {work_dir} .*{field} .*\({inside}\)"):
+        plan_run(config)
+    assert not (work_dir / "run.json").exists()
+
+
+def test_plan_refuses_a_non_empty_work_dir_it_did_not_make_before_any_work(dataset_dirs, ssl_checkpoint, tmp_path):
+    from lib.config import DataConfig, FinetuneConfig, ModelConfig
+    from lib.plan import plan_run
+
+    foreign = tmp_path / "somebody-elses"
+    foreign.mkdir()
+    (foreign / "checkpoint-1").mkdir()
+    config = FinetuneConfig(
+        name="m", output_dir=tmp_path, work_dir=foreign,
+        data=DataConfig(train_dir=dataset_dirs[0], validation_dir=dataset_dirs[1]),
+        model=ModelConfig(ssl_checkpoint=ssl_checkpoint),
+    )
+    with pytest.raises(ConfigError, match="has no run.json"):
+        plan_run(config)
+    assert plan_run(config.model_copy(update={"work_dir": None})).work_dir == tmp_path / "runs" / "m"  # default: fine
