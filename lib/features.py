@@ -102,11 +102,10 @@ def featurize(
     bad: dict[str, str],
     notes: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Features (float32, clips x max_frames x mel bins) of the clips that make usable ones, and their indices.
+    """Features (float32, clips x max_frames x mel bins) of the usable clips, and their indices in paths.
 
-    Clips that cannot be decoded, or whose features are not finite, are added to `bad` (path -> why)
-    and left out, so one pass reports every bad file instead of stopping at the first; `notes`
-    collects clips used although they look wrong (lib.audio.load_clip).
+    The others (undecodable, or with non-finite features) go to `bad` (path -> why), so one pass
+    reports every bad file; `notes` collects clips used although they look wrong (lib.audio.load_clip).
     """
     waveforms, kept = [], []
     for index, path in enumerate(paths):

@@ -1,10 +1,5 @@
-"""Predict labels for wav files with a published member or an ensemble of them, to a CSV.
-
-Every path is checked before any model is loaded. Clips are decoded and featurised as for
-training (lib.features.featurize: bad files are collected, non-finite features refused), each
-member runs under the runtime's autocast (lib.inference.batch_logits), and the members'
-probabilities are soft-voted (lib.ensemble.soft_vote).
-"""
+"""Predict wav files with a published member or an ensemble to a CSV: every path checked before a
+model is loaded, clips featurised as for training, logits under the runtime's autocast, soft vote."""
 
 from __future__ import annotations
 

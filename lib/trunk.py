@@ -293,10 +293,7 @@ class TrunkTail(nn.Module):
 
 @dataclass
 class TrainingInputs:
-    """What train_classifier trains: the classifier on features, or its tail on cached trunk outputs.
-
-    data_collator and save_best are train_classifier's arguments of the same names (None: its defaults).
-    """
+    """What train_classifier trains (the classifier on features, or its tail on cached trunk outputs), and how."""
 
     model: nn.Module
     train: torch.utils.data.Dataset
@@ -348,9 +345,7 @@ def training_inputs(
     info = TrunkCacheInfo(used=True, reason=reason, layers=layers, path=str(folder), dtype=dtype, hit=hit,
                           build_seconds=None if hit else seconds)
     tail = TrunkTail(classifier, layers)
-    return TrainingInputs(
-        tail, TrunkStates(folder, "train"), TrunkStates(folder, "validation"), info,
-        # the feature extractor's padding collator expects input_values; token states are stacked as they are
-        data_collator=default_data_collator,
-        save_best=tail.save_classifier,  # the shared weights, as the classifier evaluation and publish load
-    )
+    # the feature extractor's padding collator expects input_values: token states are stacked as they are;
+    # best-model/ gets the full classifier (the shared weights), which evaluation and publish load
+    return TrainingInputs(tail, TrunkStates(folder, "train"), TrunkStates(folder, "validation"), info,
+                          data_collator=default_data_collator, save_best=tail.save_classifier)
