@@ -55,7 +55,8 @@ from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, lo
 from lib.model import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.config import TrainingConfig  # noqa: E402
-from lib.training import resolve_runtime, seed_everything, train_classifier  # noqa: E402
+from lib.runtime import resolve_runtime, seed_everything  # noqa: E402
+from lib.training import train_classifier  # noqa: E402
 from lib.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to

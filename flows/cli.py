@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from lib.ensemble import EnsembleError
     from lib.features import BadAudioError
     from lib.guards import NonFiniteError
-    from lib.launch import TrainingOutOfMemory
+    from lib.member import TrainingOutOfMemory
     from lib.scan import ScanError
 
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
@@ -225,17 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.
-            from lib.ensemble import predict_files
-            from lib.training import resolve_runtime
+            from lib.predict import predict
 
             try:
                 config = PredictConfig(**{key: getattr(args, key) for key in PredictConfig.model_fields})
             except ValidationError as error:
                 raise ConfigError(format_validation_error(error, "arguments")) from error
-            summary = predict_files(
-                config.model_path, config.input_path, config.output_csv,
-                resolve_runtime(config.device, "fp32"), config.batch_size, config.skip_bad_files,
-            )
+            summary = predict(config)
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":

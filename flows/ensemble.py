@@ -10,7 +10,7 @@ from flows.finetune import run_member, shared_inputs
 from lib.config import EnsembleConfig
 from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef
-from lib.launch import release_memory
+from lib.member import release_memory
 from lib.plan import RunPlan, plan_run
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
 

@@ -1,29 +1,18 @@
-"""Ensembles of published members: compatibility checks, soft vote, leaderboard, prediction."""
+"""Ensembles of published members: reading them, compatibility checks, soft vote, leaderboard."""
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field, ValidationError
-from safetensors import SafetensorError, safe_open
 
-from lib.audio import AudioError, load_clip
-from lib.checkpoint import WEIGHTS_FILE
 from lib.evaluation import METRICS_FILE, PREDICTIONS_FILE
-from lib.features import FeatureParams, make_feature_extractor
+from lib.features import FeatureParams
 from lib.metrics import detailed_report, softmax, summary_metrics
-from lib.scan import AUDIO_SUFFIXES
-from lib.training import Runtime
-
-logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_FILE = "member.json"
@@ -125,9 +114,6 @@ def evaluate_ensemble(members: list[MemberInfo], output_file: Path, failed: dict
     return leaderboard
 
 
-# --- prediction ---------------------------------------------------------------------------------
-
-
 def resolve_members(model_path: Path) -> list[MemberInfo]:
     """A member folder, or an ensemble folder (<output>/best/) of members with an optional ensemble.json."""
     model_path = Path(model_path)
@@ -148,94 +134,6 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
             "<output_dir>/best/ for the ensemble or <output_dir>/best/<name>/ for one member"
         )
     return members
-
-
-def list_inputs(input_path: Path) -> list[Path]:
-    input_path = Path(input_path)
-    if input_path.is_file():
-        return [input_path]
-    if not input_path.is_dir():
-        raise EnsembleError(f"--input (input_path) {input_path}: no such file or folder")
-    files = sorted(
-        p for p in input_path.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
-    )
-    if not files:
-        raise EnsembleError(f"--input (input_path) {input_path}: no .wav files found")
-    return files
-
-
-def predict_files(
-    model_path: Path,
-    input_path: Path,
-    output_csv: Path,
-    runtime: Runtime,
-    batch_size: int = 32,
-    skip_bad_files: bool = False,
-) -> dict:
-    """Write file, predicted label and per-class probabilities for every clip; return a summary."""
-    # inputs and output first: a bad path must not cost a model load and a whole inference pass
-    _check_model_path(model_path)
-    members = resolve_members(model_path)
-    check_compatible(members)
-    _check_member_weights(members)
-    label_names = members[0].label_names
-    files = list_inputs(input_path)
-    _check_output_csv(Path(output_csv))
-    bad: dict[str, str] = {}
-    models = [_load_member_model(member).to(runtime.device).eval() for member in members]
-    extractors = [make_feature_extractor(member.feature_params) for member in members]
-    member_probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
-    for start in range(0, len(files), batch_size):
-        batch_files = files[start : start + batch_size]
-        # Decode each clip once per distinct (rate, length) and featurise once per distinct
-        # feature parameters, however many members share them.
-        waveforms: dict[tuple, tuple[list[np.ndarray], list[int]]] = {}
-        features: dict[str, torch.Tensor] = {}
-        for index, (member, model) in enumerate(zip(members, models)):
-            params = member.feature_params
-            audio_key = (params.sample_rate_hz, params.clip_seconds)
-            if audio_key not in waveforms:
-                decoded, rows = [], []
-                for offset, path in enumerate(batch_files):
-                    try:
-                        decoded.append(load_clip(path, *audio_key))
-                        rows.append(start + offset)
-                    except AudioError as error:
-                        bad[str(path)] = error.reason
-                waveforms[audio_key] = (decoded, rows)
-            decoded, rows = waveforms[audio_key]
-            if not decoded:
-                continue
-            feature_key = params.model_dump_json()
-            if feature_key not in features:
-                features[feature_key] = extractors[index](
-                    decoded, sampling_rate=params.sample_rate_hz, return_tensors="pt"
-                )["input_values"]
-            with torch.inference_mode():
-                logits = model(input_values=features[feature_key].to(runtime.device)).logits
-            member_probabilities[index][rows] = softmax(logits.float().cpu().numpy())
-    if bad and not skip_bad_files:
-        listing = "\n".join(f"  - {path}: {reason}" for path, reason in sorted(bad.items()))
-        raise EnsembleError(f"{len(bad)} input file(s) could not be read:\n{listing}\npass --skip-bad-files to skip them")
-    voted = soft_vote(member_probabilities, [member.weight for member in members])
-    output_csv = Path(output_csv)
-    output_csv.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with output_csv.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "predicted_label", *[f"prob_{name}" for name in label_names]])
-        for path, row in zip(files, voted):
-            if str(path) in bad:
-                continue
-            writer.writerow([str(path), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
-            written += 1
-    for path, reason in bad.items():
-        logger.warning("skipped %s: %s", path, reason)
-    return {"csv": str(output_csv), "predicted": written, "skipped": len(bad), "members": [m.name for m in members]}
-
-
-# --- prediction: checks run before any model is loaded ------------------------------------------
 
 
 def _read_json_object(path: Path, fix: str) -> dict[str, Any]:
@@ -286,60 +184,3 @@ def _read_ensemble_listing(ensemble_file: Path) -> list[dict[str, Any]]:
                 f"{ensemble_file}: members[{index}] has weight {weight!r}, not a positive number; {fix}"
             )
     return listed
-
-
-def _check_model_path(model_path: Path) -> None:
-    model_path = Path(model_path)
-    if not model_path.is_dir():
-        found = "a file, not a folder" if model_path.exists() else "no such folder"
-        raise EnsembleError(
-            f"--model (model_path) {model_path}: {found}; pass <output_dir>/best/ for the ensemble or "
-            "<output_dir>/best/<name>/ for one member"
-        )
-
-
-def _check_member_weights(members: list[MemberInfo]) -> None:
-    """Every member's weights exist and have a readable safetensors header (read without the tensors)."""
-    for member in members:
-        weights = Path(member.path) / WEIGHTS_FILE
-        if not weights.is_file():
-            raise EnsembleError(f"member {member.name} ({member.path}) has no {WEIGHTS_FILE}; {REPUBLISH}")
-        try:
-            with safe_open(str(weights), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise EnsembleError(f"{weights} is not a readable safetensors file ({error}); {REPUBLISH}") from error
-
-
-def _check_output_csv(output_csv: Path) -> None:
-    """The CSV can be written: not a folder, below folders (missing ones are created), writable."""
-    if output_csv.is_dir():
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv} is a folder; pass a file name such as {output_csv / 'predictions.csv'}"
-        )
-    if output_csv.exists():
-        if not os.access(output_csv, os.W_OK):
-            raise EnsembleError(
-                f"--output (output_csv) {output_csv}: cannot overwrite it: permission denied; pass another file"
-            )
-        return
-    existing = next(p for p in output_csv.parents if p.exists())
-    if not existing.is_dir():
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv}: {existing} is a file, not a folder; "
-            "pass a path whose parents are folders"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv}: cannot write in {existing}: permission denied; "
-            "choose a folder you can write to"
-        )
-
-
-def _load_member_model(member: MemberInfo):
-    from lib.model import ASTMeanPoolClassifier
-
-    try:
-        return ASTMeanPoolClassifier.from_pretrained(member.path)
-    except (OSError, ValueError) as error:
-        raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error

@@ -13,7 +13,7 @@ from lib.guards import check_finite_logits, check_finite_tensors
 from lib.inference import predict_logits
 from lib.metrics import detailed_report, summary_metrics
 from lib.model import ASTMeanPoolClassifier
-from lib.training import Runtime
+from lib.runtime import Runtime
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"

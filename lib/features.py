@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,38 +95,46 @@ def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
     )
 
 
-def _featurize_batch(
-    batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str], notes: dict[str, str]
-) -> dict:
-    # Clips whose samples turn out unusable (headers were checked by the scan) are left out of the
-    # batch and recorded, so one run reports every bad file instead of stopping at the first.
-    waveforms, labels, paths = [], [], []
-    for path, label in zip(batch["path"], batch["label"]):
+def featurize(
+    paths: Sequence[str | Path],
+    params: FeatureParams,
+    extractor: ASTFeatureExtractor,
+    bad: dict[str, str],
+    notes: dict[str, str] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Features (float32, clips x max_frames x mel bins) of the usable clips, and their indices in paths.
+
+    The others (undecodable, or with non-finite features) go to `bad` (path -> why), so one pass
+    reports every bad file; `notes` collects clips used although they look wrong (lib.audio.load_clip).
+    """
+    waveforms, kept = [], []
+    for index, path in enumerate(paths):
         try:
             waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds, notes=notes))
         except AudioError as error:
             bad[error.path] = error.reason
             continue
-        labels.append(label)
-        paths.append(path)
-    empty = np.zeros((0, params.max_frames, params.num_mel_bins), np.float32)
+        kept.append(index)
     if not waveforms:
-        return {"input_values": empty, "label": [], "path": []}
+        return np.zeros((0, params.max_frames, params.num_mel_bins), np.float32), []
     values = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
     # Finite samples can still overflow the fbank's power spectrum in float32 (a float clip holding
     # 1e30): such rows would train as NaN, so those clips are bad files too.
     finite = np.isfinite(values).all(axis=(1, 2))
     for index in np.flatnonzero(~finite):
         peak = float(np.abs(waveforms[index]).max())
-        bad[paths[index]] = (
+        bad[str(paths[kept[index]])] = (
             f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow the fbank)"
         )
-    keep = np.flatnonzero(finite)
-    return {
-        "input_values": values[keep].astype(np.float32, copy=False) if len(keep) else empty,
-        "label": [labels[i] for i in keep],
-        "path": [paths[i] for i in keep],
-    }
+    return values[finite].astype(np.float32, copy=False), [index for index, ok in zip(kept, finite) if ok]
+
+
+def _featurize_batch(
+    batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str], notes: dict[str, str]
+) -> dict:
+    # Headers were checked by the scan; clips whose samples turn out unusable are left out here.
+    values, kept = featurize(batch["path"], params, extractor, bad, notes)
+    return {"input_values": values, "label": [batch["label"][i] for i in kept], "path": [batch["path"][i] for i in kept]}
 
 
 class BadAudioError(ValueError):

@@ -16,7 +16,8 @@ from lib.checkpoint import (
 )
 from lib.config import ConfigError, FeatureConfig, FinetuneConfig
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
-from lib.training import Runtime, check_schedule_supported, check_work_dir, resolve_runtime
+from lib.runtime import Runtime, resolve_runtime
+from lib.training import check_schedule_supported, check_work_dir
 
 
 class RunPlan(BaseModel):

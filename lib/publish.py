@@ -1,5 +1,8 @@
 """Publish a member under <output>/best/<name>, replacing an earlier one atomically.
 
+publish_trained_member assembles what a trained and evaluated member publishes: the best model,
+its reports and train log, and the JSON files it describes itself with (member_manifest).
+
 best/<name> is a symbolic link to a version folder beside it, .<name>.v-<owner>-<token>/. The
 new member is assembled completely in a new version folder, then the link is switched to it with
 one rename (os.replace of a new link over the old one), which POSIX makes atomic: whoever opens
@@ -24,8 +27,16 @@ import logging
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
+from lib.checkpoint import EncoderRef
+from lib.ensemble import MEMBER_FILE
+from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult
+from lib.features import FeatureCacheRef
+from lib.guards import check_finite_folder
+from lib.member import TrainOutcome
+from lib.plan import RunPlan
 from lib.staging import OWNER_PATTERN, owned_name, remove_abandoned
 
 logger = logging.getLogger(__name__)
@@ -142,3 +153,55 @@ def publish_member(
         keep=lambda entry: entry.name == _target(destination) or _target(destination) is None,
     )
     return destination
+
+
+def publish_trained_member(
+    plan: RunPlan,
+    features: FeatureCacheRef,
+    encoder: EncoderRef,
+    outcome: TrainOutcome,
+    evaluation: EvalResult,
+    flow_run_id: str | None = None,
+) -> Path:
+    """Publish the best model, its evaluation reports, train log and manifest to plan.best_root/<name>."""
+    name, report_dir = plan.config.name, Path(evaluation.report_dir)
+    # Last line of defence: however it came about, a NaN member never replaces the published one.
+    for folder in (Path(outcome.best_model_dir), report_dir):
+        check_finite_folder(folder, f"member {name}", f"not published; {plan.best_root / name} is left as it was")
+    sources = {
+        "": Path(outcome.best_model_dir),
+        **{report: report_dir / report for report in (METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE)},
+        Path(outcome.train_log).name: Path(outcome.train_log),
+    }
+    return publish_member(plan.best_root, name, sources, member_manifest(plan, features, encoder, outcome, flow_run_id))
+
+
+def member_manifest(
+    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, flow_run_id: str | None
+) -> dict[str, dict]:
+    """The JSON files a member describes itself with: run config, label map, and member.json (how it was made)."""
+    config, labels = plan.config, features.label_names
+    return {
+        "run_config.json": config.model_dump(mode="json"),
+        "label_map.json": {
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+        },
+        MEMBER_FILE: {
+            "name": config.name,
+            "freezing": config.model.freezing,
+            "parameters": outcome.parameters,
+            "feature_params": features.params.model_dump(),
+            "feature_cache_key": features.key,
+            "skipped_files": features.skipped,
+            "encoder": encoder.report.model_dump(),
+            "training": outcome.model_dump(exclude={"parameters"}),
+            "run_fingerprint": plan.fingerprint,
+            "trained_by": {
+                "host": socket.gethostname(),
+                # set by Prefect workers for the flow runs they start; None for local runs
+                "worker": os.environ.get("PREFECT__WORKER_NAME"),
+                "flow_run_id": flow_run_id,
+            },
+        },
+    }

@@ -1,4 +1,4 @@
-"""Trainer assembly: device/precision choice, TrainingArguments, batch-size schedule, callbacks, resume."""
+"""Trainer assembly: TrainingArguments, batch-size schedule, callbacks, work-dir ownership, resume."""
 
 from __future__ import annotations
 
@@ -6,74 +6,28 @@ import inspect
 import json
 import logging
 import math
-import random
 import re
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 from datasets import Dataset
 from pydantic import BaseModel
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from lib.augment import augmenting_trainer
 from lib.config import ConfigError, TrainingConfig
 from lib.guards import NonFiniteLossCallback
 from lib.metrics import compute_metrics
-from lib.trunk import TrunkCacheInfo, TrunkTail
+from lib.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best-model"
 RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
 _PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: str  # "cpu" or "cuda"
-    fp16: bool
-    bf16: bool
-
-    @property
-    def precision(self) -> str:
-        return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return torch.float16 if self.fp16 else torch.bfloat16 if self.bf16 else None
-
-
-def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Pick the device and mixed precision; refuse combinations that would silently do nothing."""
-    has_cuda = torch.cuda.is_available()
-    if device == "cuda" and not has_cuda:
-        raise ConfigError("training.device=cuda but no CUDA device is visible; use --device auto or cpu")
-    resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-    if precision == "auto":
-        if resolved == "cpu":
-            return Runtime("cpu", fp16=False, bf16=False)
-        bf16 = torch.cuda.is_bf16_supported()
-        return Runtime("cuda", fp16=not bf16, bf16=bf16)
-    if precision == "fp16" and resolved == "cpu":
-        # transformers 5 silently trains in fp32 when fp16=True on CPU (the notebook's setting).
-        raise ConfigError("training.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32 (or auto)")
-    if precision == "bf16" and resolved == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("training.precision=bf16 is not supported by this GPU; use fp16 or auto")
-    return Runtime(resolved, fp16=precision == "fp16", bf16=precision == "bf16")
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
 
 
 def epoch_batch_sizes(config: TrainingConfig) -> list[int]:
@@ -252,7 +206,9 @@ class EpochLogCallback(TrainerCallback):
             log.write("  ".join(parts) + "\n")
 
 
-class TrainOutcome(BaseModel):
+class TrainResult(BaseModel):
+    """What a Trainer run left: where the best model is, how it was chosen, how the run went."""
+
     work_dir: str
     best_model_dir: str
     best_checkpoint: str | None
@@ -266,7 +222,6 @@ class TrainOutcome(BaseModel):
     device: str
     batch_sizes: list[int]  # train batch size of each epoch
     optimizer_steps: int
-    trunk_cache: TrunkCacheInfo | None = None  # set by lib.launch.train_member
 
 
 def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
@@ -418,11 +373,15 @@ def train_classifier(
     run_fingerprint: str,
     runtime: Runtime,
     extra_callbacks: Sequence[TrainerCallback] = (),
-) -> TrainOutcome:
+    data_collator: Callable | None = None,
+    save_best: Callable[[Path], None] | None = None,
+) -> TrainResult:
     """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
 
     The train batch size follows config.batch_sizes per epoch; extra_callbacks observe the run.
-    `model` may be a lib.trunk.TrunkTail on cached trunk outputs: its full classifier is what is saved.
+    data_collator replaces Trainer's (the feature extractor's padding collator, which expects
+    input_values); save_best(best_dir) runs after the best model is saved there, e.g. to save
+    another form of it (lib.trunk.TrunkTail saves its full classifier).
     """
     work_dir = Path(work_dir)
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
@@ -450,8 +409,7 @@ def train_classifier(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processing_class,
-        # the feature extractor's padding collator expects input_values; cached trunk outputs are stacked as they are
-        data_collator=default_data_collator if isinstance(model, TrunkTail) else None,
+        data_collator=data_collator,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
@@ -459,8 +417,8 @@ def train_classifier(
 
     best_dir = work_dir / BEST_MODEL_DIR
     trainer.save_model(str(best_dir))  # load_best_model_at_end put the best epoch's weights back
-    if isinstance(model, TrunkTail):
-        model.save_classifier(best_dir)  # the shared weights, as the classifier evaluation and publish load
+    if save_best is not None:
+        save_best(best_dir)
     state = trainer.state
     (work_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=2))
     best_epoch = None
@@ -470,7 +428,7 @@ def train_classifier(
             (entry["epoch"] for entry in state.log_history if entry.get("step") == best_step and "eval_loss" in entry),
             None,
         )
-    return TrainOutcome(
+    return TrainResult(
         work_dir=str(work_dir),
         best_model_dir=str(best_dir),
         best_checkpoint=state.best_model_checkpoint,

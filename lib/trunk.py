@@ -23,14 +23,15 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
+from transformers import default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lib.checkpoint import architecture_dict
@@ -38,10 +39,8 @@ from lib.config import FinetuneConfig
 from lib.features import FeatureCacheRef, load_split
 from lib.staging import staged_folder
 from lib.model import ASTMeanPoolClassifier
+from lib.runtime import Runtime
 from lib.scan import SPLITS
-
-if TYPE_CHECKING:
-    from lib.training import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -294,12 +293,14 @@ class TrunkTail(nn.Module):
 
 @dataclass
 class TrainingInputs:
-    """What train_classifier trains: the classifier on features, or its tail on cached trunk outputs."""
+    """What train_classifier trains (the classifier on features, or its tail on cached trunk outputs), and how."""
 
     model: nn.Module
     train: torch.utils.data.Dataset
     validation: torch.utils.data.Dataset
     trunk: TrunkCacheInfo
+    data_collator: Callable | None = None
+    save_best: Callable[[Path], None] | None = None
 
     @property
     def fingerprint_suffix(self) -> str:
@@ -343,4 +344,8 @@ def training_inputs(
                 f"K={layers}", seconds, reason)
     info = TrunkCacheInfo(used=True, reason=reason, layers=layers, path=str(folder), dtype=dtype, hit=hit,
                           build_seconds=None if hit else seconds)
-    return TrainingInputs(TrunkTail(classifier, layers), TrunkStates(folder, "train"), TrunkStates(folder, "validation"), info)
+    tail = TrunkTail(classifier, layers)
+    # the feature extractor's padding collator expects input_values: token states are stacked as they are;
+    # best-model/ gets the full classifier (the shared weights), which evaluation and publish load
+    return TrainingInputs(tail, TrunkStates(folder, "train"), TrunkStates(folder, "validation"), info,
+                          data_collator=default_data_collator, save_best=tail.save_classifier)

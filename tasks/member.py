@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -13,14 +10,12 @@ from prefect.cache_policies import NO_CACHE
 
 from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
-from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult, evaluate_model
+from lib.evaluation import EvalResult, evaluate_model
 from lib.features import FeatureCacheRef, load_split
-from lib.guards import check_finite_folder
-from lib.launch import PARAMETER_COUNTS_FILE, train_member_distributed
-from lib.launch import train_member as train_member_in_process
+from lib.member import TrainOutcome
+from lib.member import train_member as train_one_member
 from lib.plan import RunPlan
-from lib.publish import publish_member
-from lib.training import TrainOutcome
+from lib.publish import publish_trained_member
 
 
 @task(name="prepare-encoder", cache_policy=NO_CACHE)
@@ -39,24 +34,7 @@ def prepare_encoder(model: ModelConfig, cache_dir: Path, max_frames: int) -> Enc
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
-    logger = get_run_logger()
-    processes = plan.config.training.num_processes
-    if processes > 1:
-        logger.info("training member %s on %d processes with torchrun", plan.config.name, processes)
-        outcome = train_member_distributed(plan, features, encoder, processes)
-    else:
-        outcome = train_member_in_process(plan, features, encoder)
-    counts = json.loads((plan.work_dir / PARAMETER_COUNTS_FILE).read_text())
-    logger.info(
-        "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
-        plan.config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
-        outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
-    )
-    trunk = outcome.trunk_cache
-    if trunk is not None:
-        logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
-                    else "not used", trunk.reason)
-    return outcome
+    return train_one_member(plan, features, encoder)
 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
@@ -92,47 +70,8 @@ def _retry_on_io_error(task, task_run, state) -> bool:
 @task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_io_error)
 def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult) -> str:
     """Copy model, feature-extractor config, metrics and run config to <output>/best/<name>/ atomically."""
-    config = plan.config
-    work_dir = Path(outcome.work_dir)
-    report_dir = Path(evaluation.report_dir)
-    counts = json.loads((work_dir / PARAMETER_COUNTS_FILE).read_text())
-    # Last line of defence: however it came about, a NaN member never replaces the published one.
-    for folder in (Path(outcome.best_model_dir), report_dir):
-        check_finite_folder(folder, f"member {config.name}", f"not published; {plan.best_root / config.name} is left as it was")
-    destination = publish_member(
-        plan.best_root,
-        config.name,
-        sources={
-            "": Path(outcome.best_model_dir),
-            METRICS_FILE: report_dir / METRICS_FILE,
-            CONFUSION_FILE: report_dir / CONFUSION_FILE,
-            PREDICTIONS_FILE: report_dir / PREDICTIONS_FILE,
-            Path(outcome.train_log).name: Path(outcome.train_log),
-        },
-        json_files={
-            "run_config.json": config.model_dump(mode="json"),
-            "label_map.json": {
-                "label2id": {name: i for i, name in enumerate(features.label_names)},
-                "id2label": {str(i): name for i, name in enumerate(features.label_names)},
-            },
-            "member.json": {
-                "name": config.name,
-                "freezing": config.model.freezing,
-                "parameters": counts,
-                "feature_params": features.params.model_dump(),
-                "feature_cache_key": features.key,
-                "skipped_files": features.skipped,
-                "encoder": encoder.report.model_dump(),
-                "training": outcome.model_dump(),
-                "run_fingerprint": plan.fingerprint,
-                "trained_by": {
-                    "host": socket.gethostname(),
-                    # set by Prefect workers for the flow runs they start; None for local runs
-                    "worker": os.environ.get("PREFECT__WORKER_NAME"),
-                    "flow_run_id": str(flow_run.id) if flow_run.id else None,
-                },
-            },
-        },
+    destination = publish_trained_member(
+        plan, features, encoder, outcome, evaluation, str(flow_run.id) if flow_run.id else None
     )
     get_run_logger().info("published %s", destination)
     return str(destination)

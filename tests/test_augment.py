@@ -21,7 +21,8 @@ from lib.config import AugmentationConfig, TrainingConfig
 from lib.features import load_split, make_feature_extractor
 from lib.metrics import compute_metrics
 from lib.model import build_classifier
-from lib.training import EpochBatchSizeTrainer, build_training_arguments, seed_everything, train_classifier
+from lib.runtime import seed_everything
+from lib.training import EpochBatchSizeTrainer, build_training_arguments, train_classifier
 from tests.conftest import small_config
 from tests.test_training import CPU, features, random_features  # noqa: F401 - features is a fixture
 

@@ -93,7 +93,7 @@ def test_thousands_of_classes(tmp_path):
 
 
 def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch):
-    import lib.launch
+    import lib.member
     from lib.checkpoint import export_encoder
     from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.plan import plan_run
@@ -101,7 +101,7 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(lib.launch, "train_classifier", out_of_memory)
+    monkeypatch.setattr(lib.member, "train_classifier", out_of_memory)
     train_dir, validation_dir = dataset_dirs
     plan = plan_run(FinetuneConfig(
         name="oom", output_dir=tmp_path,
@@ -111,15 +111,15 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     ))
     features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), plan.feature_params, tmp_path / "c")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "c")
-    with pytest.raises(lib.launch.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
-        lib.launch.train_member(plan, features, encoder)
+    with pytest.raises(lib.member.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
+        lib.member.train_member(plan, features, encoder)
 
 
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dataset_dirs, ssl_checkpoint):
     from lib.checkpoint import export_encoder
     from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.launch import MemberSpec
+    from lib.member import MemberSpec
     from lib.plan import plan_run
 
     train_dir, validation_dir = dataset_dirs
@@ -145,7 +145,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dat
 
     def start(spec: Path) -> subprocess.Popen:
         log = (spec.parent / "log.txt").open("a")
-        return subprocess.Popen([sys.executable, "-m", "lib.launch", str(spec)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "lib.member", str(spec)], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     killed_spec = spec_file(tmp_path / "killed")

@@ -62,23 +62,23 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
 ):
     import lib.features
-    import lib.launch
+    import lib.member
     from flows.ensemble import EnsembleMembersFailed, ensemble
     from lib.config import EnsembleConfig
-    from lib.ensemble import predict_files
-    from lib.training import resolve_runtime
+    from lib.predict import predict_files
+    from lib.runtime import resolve_runtime
 
     builds = []
     real_build = lib.features.build_feature_cache
     monkeypatch.setattr("tasks.data.build_feature_cache", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    real_train = lib.launch.train_classifier
+    real_train = lib.member.train_classifier
 
     def train_unless_broken(model, *args, **kwargs):
         if args[4].name == "broken":  # work_dir
             raise RuntimeError("simulated CUDA error")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(lib.launch, "train_classifier", train_unless_broken)
+    monkeypatch.setattr(lib.member, "train_classifier", train_unless_broken)
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),
@@ -172,8 +172,8 @@ def published(root, name):
 
 
 def predict(model, tmp_path, output=None):
-    from lib.ensemble import predict_files
-    from lib.training import resolve_runtime
+    from lib.predict import predict_files
+    from lib.runtime import resolve_runtime
 
     return predict_files(model, one_wav(tmp_path), output or tmp_path / "out.csv", resolve_runtime("cpu"))
 
@@ -223,9 +223,9 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-file/p.csv: .*a-file is a file, not a folder"):
         predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
-    import lib.ensemble
+    import lib.predict
 
-    monkeypatch.setattr(lib.ensemble.os, "access", lambda path, mode: False)  # tests run as root: fake a read-only dir
+    monkeypatch.setattr(lib.predict.os, "access", lambda path, mode: False)  # tests run as root: fake a read-only dir
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .*: permission denied"):
         predict(member, tmp_path, tmp_path / "new" / "p.csv")
 

@@ -16,7 +16,8 @@ from lib.example import make_ssl_checkpoint
 from lib.features import FeatureParams, make_feature_extractor
 from lib.guards import NonFiniteError, NonFiniteLossCallback, check_finite_folder, nonfinite_in_folder
 from lib.model import build_classifier
-from lib.training import resolve_runtime, seed_everything, train_classifier
+from lib.runtime import resolve_runtime, seed_everything
+from lib.training import train_classifier
 from tests.conftest import small_config
 
 CPU = resolve_runtime("cpu", "auto")

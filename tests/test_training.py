@@ -12,14 +12,9 @@ from lib.config import ConfigError, TrainingConfig
 from lib.evaluation import evaluate_model
 from lib.features import FeatureParams, build_feature_cache, load_split, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
+from lib.runtime import resolve_runtime, seed_everything
 from lib.scan import scan_dataset
-from lib.training import (
-    epoch_batch_sizes,
-    optimizer_steps_per_epoch,
-    resolve_runtime,
-    seed_everything,
-    train_classifier,
-)
+from lib.training import epoch_batch_sizes, optimizer_steps_per_epoch, train_classifier
 from tests.conftest import small_config
 
 CPU = resolve_runtime("cpu", "auto")
@@ -231,7 +226,7 @@ def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
 def test_resume_key_changes_with_the_data_and_the_encoder():
     from types import SimpleNamespace
 
-    from lib.launch import resume_key
+    from lib.member import resume_key
 
     plan = SimpleNamespace(fingerprint="cfg")
     base = resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
@@ -304,7 +299,7 @@ def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_
 
     work = tmp_path / "output" / "runs" / "m"  # the default <output_dir>/runs/<name>, made by the run
     claim_work_dir(work)
-    (work / "parameter_counts.json").write_text("{}")  # lib.launch writes this before training starts
+    (work / "parameter_counts.json").write_text("{}")  # a file the run wrote after claiming its work dir
     assert prepare_work_dir(work, "fp") is None
     assert json.loads((work / "run.json").read_text()) == {"fingerprint": "fp"}
     checkpoint = work / "checkpoint-4"

@@ -14,11 +14,12 @@ from lib.config import AugmentationConfig, DataConfig, FeatureConfig, FinetuneCo
 from lib.evaluation import evaluate_model
 from lib.features import build_feature_cache, load_split
 from lib.inference import predict_logits
-from lib.launch import train_member
+from lib.member import train_member
 from lib.model import ASTMeanPoolClassifier, apply_freezing, build_classifier
 from lib.plan import plan_run
 from lib.scan import scan_dataset
-from lib.training import resolve_runtime, seed_everything, train_classifier
+from lib.runtime import resolve_runtime, seed_everything
+from lib.training import train_classifier
 from lib.trunk import (
     TrunkStates,
     TrunkTail,
@@ -263,6 +264,7 @@ def test_training_on_the_trunk_cache_resumes_and_ends_with_the_uninterrupted_mem
         return train_classifier(
             inputs.model, inputs.train, inputs.validation, None, config.training, tmp_path / work,
             tmp_path / f"{work}.log", "fp" + inputs.fingerprint_suffix, CPU, extra_callbacks=callbacks,
+            data_collator=inputs.data_collator, save_best=inputs.save_best,
         )
 
     interrupted = run("resumed", StopAfterEpoch(2))
@@ -285,7 +287,7 @@ def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatc
     from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.features import FeatureCacheRef, FeatureParams
     from lib.model import apply_freezing, build_classifier
-    from lib.training import resolve_runtime
+    from lib.runtime import resolve_runtime
     from transformers import ASTModel
 
     from tests.conftest import small_config

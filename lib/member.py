@@ -1,6 +1,6 @@
 """Train one member: in this process, or on several processes (GPUs) under torchrun.
 
-`python -m lib.launch SPEC.json` is what torchrun starts on every rank; HF Trainer picks up the
+`python -m lib.member SPEC.json` is what torchrun starts on every rank; HF Trainer picks up the
 distributed environment torchrun sets (one process per GPU, DistributedSampler, gradients
 all-reduced) and only rank 0 writes checkpoints, logs and the outcome file.
 """
@@ -8,7 +8,7 @@ all-reduced) and only rank 0 writes checkpoints, logs and the outcome file.
 from __future__ import annotations
 
 import gc
-import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,15 +16,24 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel
+from transformers import ASTModel
 
 from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.plan import RunPlan
-from lib.training import TrainOutcome, claim_work_dir, prepare_work_dir, seed_everything, train_classifier
-from lib.trunk import training_inputs
+from lib.runtime import seed_everything
+from lib.training import TrainResult, claim_work_dir, prepare_work_dir, train_classifier
+from lib.trunk import TrunkCacheInfo, training_inputs
 
-PARAMETER_COUNTS_FILE = "parameter_counts.json"
+logger = logging.getLogger(__name__)
+
+
+class TrainOutcome(TrainResult):
+    """A member's training: the Trainer run, its trainable/total/frozen parameter counts, and the trunk cache."""
+
+    parameters: dict[str, int]
+    trunk_cache: TrunkCacheInfo
 
 
 class TrainingOutOfMemory(RuntimeError):
@@ -52,9 +61,27 @@ def resume_key(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) ->
 
 
 def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
-    """Build the classifier from the stripped encoder, freeze per variant, and fine-tune it."""
-    from transformers import ASTModel
+    """Train one member on training.num_processes processes (torchrun), or in this one; log how it went."""
+    config = plan.config
+    processes = config.training.num_processes
+    if processes > 1:
+        logger.info("training member %s on %d processes with torchrun", config.name, processes)
+        outcome = train_member_distributed(plan, features, encoder, processes)
+    else:
+        outcome = train_member_in_process(plan, features, encoder)
+    counts, trunk = outcome.parameters, outcome.trunk_cache
+    logger.info(
+        "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
+        config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
+        outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
+    )
+    logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
+                else "not used", trunk.reason)
+    return outcome
 
+
+def train_member_in_process(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
+    """Build the classifier from the stripped encoder, freeze per variant, and fine-tune it."""
     config = plan.config
     seed_everything(config.training.seed, config.training.deterministic)
     model = build_classifier(
@@ -65,9 +92,7 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
     work_dir = plan.work_dir
-    claim_work_dir(work_dir)  # before writing into it: a work dir we did not make is refused, never written
-    if int(os.environ.get("RANK", "0")) == 0:
-        (work_dir / PARAMETER_COUNTS_FILE).write_text(json.dumps(counts))
+    claim_work_dir(work_dir)  # before the trunk cache is built: a work dir we did not make is refused first
     try:
         # frozen, deterministic leading layers: computed once and cached, only the tail trains (logged either way)
         inputs = training_inputs(model, config, features, plan.runtime)
@@ -81,8 +106,10 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
             work_dir / f"train_log{config.name}.txt",
             resume_key(plan, features, encoder) + inputs.fingerprint_suffix,
             plan.runtime,
+            data_collator=inputs.data_collator,
+            save_best=inputs.save_best,
         )
-        return outcome.model_copy(update={"trunk_cache": inputs.trunk})
+        return TrainOutcome(**dict(outcome), parameters=counts, trunk_cache=inputs.trunk)
     except torch.cuda.OutOfMemoryError as error:
         raise TrainingOutOfMemory(
             f"GPU out of memory training member {config.name} (per-device batch size "
@@ -98,7 +125,7 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
 def train_member_distributed(
     plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, num_processes: int
 ) -> TrainOutcome:
-    """Run train_member on num_processes ranks with torchrun and return rank 0's outcome."""
+    """Run train_member_in_process on num_processes ranks with torchrun and return rank 0's outcome."""
     work_dir = plan.work_dir
     # Decide resume-or-fresh once, before the ranks start, so they never race on the work dir.
     prepare_work_dir(work_dir, resume_key(plan, features, encoder))
@@ -110,7 +137,7 @@ def train_member_distributed(
     )
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-        "-m", "lib.launch", str(spec_file),
+        "-m", "lib.member", str(spec_file),
     ]
     result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
     if result.returncode != 0 or not outcome_file.is_file():
@@ -124,7 +151,7 @@ def train_member_distributed(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = MemberSpec.model_validate_json(Path(argv[0]).read_text())
-    outcome = train_member(spec.plan, spec.features, spec.encoder)
+    outcome = train_member_in_process(spec.plan, spec.features, spec.encoder)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(spec.outcome_file).write_text(outcome.model_dump_json())
     return 0

@@ -5,7 +5,7 @@ import pytest
 from lib.checkpoint import export_encoder
 from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
 from lib.features import build_feature_cache
-from lib.launch import train_member, train_member_distributed
+from lib.member import train_member, train_member_distributed
 from lib.plan import plan_run
 from lib.scan import scan_dataset
 
