@@ -7,13 +7,13 @@ Every knob of the original notebook's first cell has a field here (see README, "
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lib.hashing import digest
 
 # AudioSet statistics used by the AST authors (and transformers' ASTFeatureExtractor defaults).
 AUDIOSET_MEAN = -4.2677393
@@ -252,7 +252,7 @@ class FinetuneConfig(_Section):
         payload = self.model_dump(mode="json", exclude={"output_dir", "work_dir"})
         payload["training"].pop("dataloader_num_workers")
         payload["training"].pop("tensorboard")
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(payload, 16)
 
 
 class MemberVariant(_Section):

@@ -8,7 +8,6 @@ into place, so a crash or a concurrent writer never leaves a half-written cache 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,15 +18,15 @@ from pydantic import BaseModel
 from transformers import ASTFeatureExtractor
 
 from lib.audio import AudioError, load_clip
+from lib.hashing import digest
 from lib.scan import SPLITS, Manifest
-from lib.staging import staged_folder
+from lib.staging import META_FILE, file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
 
 # Bump when the feature computation changes, to invalidate old caches. 2: clips whose features are not
 # finite are bad files (version 1 stored their NaN rows), and meta.json records suspicious clips.
 FEATURES_VERSION = "2"
-META_FILE = "meta.json"
 # torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
@@ -77,11 +76,7 @@ def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
 
 
 def cache_key(manifest_fingerprint: str, params: FeatureParams) -> str:
-    payload = json.dumps(
-        {"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return digest({"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION})
 
 
 def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
@@ -139,24 +134,6 @@ class BadAudioError(ValueError):
         super().__init__("\n".join(lines))
 
 
-def _read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _cache_is_complete(path: Path, key: str) -> bool:
-    meta = _read_meta(path)
-    if meta is None or meta.get("key") != key:
-        return False
-    for split in SPLITS:
-        arrow = path / f"{split}.arrow"
-        if not arrow.is_file() or arrow.stat().st_size != meta["arrow_bytes"][split]:
-            return False
-    return True
-
-
 def build_feature_cache(
     manifest: Manifest,
     params: FeatureParams,
@@ -180,18 +157,18 @@ def build_feature_cache(
         num_clips={split: len(manifest.split(split)) for split in SPLITS},
     )
     scan_skipped = {item.path: item.reason for item in manifest.skipped}
-    if _cache_is_complete(final, key):
-        meta = _read_meta(final)
+    if file_sizes_match(final, key):
+        meta = json.loads((final / META_FILE).read_text())
         if meta.get("skipped") and not skip_bad_files:
             raise BadAudioError(meta["skipped"])  # built by a lenient run; this run asked to stop
         skipped = {**scan_skipped, **meta.get("skipped", {})}
         ref = ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped, "warnings": meta["warnings"]})
         _log_warnings(ref)
         return ref, True
-    with staged_folder(root, key, _cache_is_complete, "feature cache") as staging:
+    with staged_folder(root, key, file_sizes_match, "feature cache") as staging:
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
-        arrow_bytes, num_clips, bad, notes = {}, {}, {}, {}
+        num_clips, bad, notes = {}, {}, {}
         for split in SPLITS:
             clips = manifest.split(split)
             table = Dataset.from_dict(
@@ -209,7 +186,6 @@ def build_feature_cache(
                 new_fingerprint=f"{key}-{split}",
                 desc=f"Computing {split} features",
             )
-            arrow_bytes[split] = arrow_file.stat().st_size
             num_clips[split] = Dataset.from_file(str(arrow_file)).num_rows
         if bad and not skip_bad_files:
             raise BadAudioError(bad)
@@ -223,7 +199,6 @@ def build_feature_cache(
             "warnings": dict(sorted(notes.items())),
         })
         meta = {
-            "key": key,
             "version": FEATURES_VERSION,
             "params": params.model_dump(),
             "label_names": manifest.label_names,
@@ -231,10 +206,8 @@ def build_feature_cache(
             "skipped": dict(sorted(bad.items())),
             "warnings": ref.warnings,  # so a cache hit names them too
             "manifest_fingerprint": manifest.fingerprint,
-            "arrow_bytes": arrow_bytes,
         }
-        # meta.json is written last: its presence (with matching sizes) marks a complete cache.
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        record_file_sizes(staging, key, meta)  # last: its presence (with matching sizes) marks a complete cache
     _log_warnings(ref)
     return ref, False
 

@@ -16,6 +16,8 @@ from typing import Literal
 import soundfile as sf
 from pydantic import BaseModel, Field
 
+from lib.hashing import digest
+
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav"})
@@ -176,10 +178,10 @@ def fingerprint_listing(
 
     "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it.
     """
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()  # streamed: one line per clip
 
     def update(text: str) -> None:
-        digest.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
+        hasher.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
 
     for split in SPLITS:
         for class_name, paths in sorted(listing[split].items()):
@@ -193,7 +195,7 @@ def fingerprint_listing(
                     continue
                 update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}{content}\n")
         update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n")
-    return digest.hexdigest()
+    return hasher.hexdigest()
 
 
 def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat") -> str:
@@ -348,9 +350,7 @@ def scan_dataset(
         train=clips["train"],
         validation=clips["validation"],
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
-        fingerprint=hashlib.sha256(
-            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}".encode()
-        ).hexdigest(),
+        fingerprint=digest(f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64),
         ignored={key: count for key, count in ignored_total.items() if count},
         skipped=bad,
     )
