@@ -79,7 +79,7 @@ class EncoderLoadReport(BaseModel):
     encoder_keys: int
     dropped: dict[str, int]
     unexpected: list[str]
-    position_grid: PositionGrid | None = None  # None in reports cached before max_frames existed
+    position_grid: PositionGrid
 
 
 def architecture_dict(config: ASTConfig | dict) -> dict:

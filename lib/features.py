@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Array2D, ClassLabel, Dataset, Features, Value
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from transformers import ASTFeatureExtractor
 
 from lib.audio import AudioError, load_clip
+from lib.config import FeatureConfig
 from lib.hashing import digest
-from lib.scan import SPLITS, Manifest
+from lib.scan import SPLITS, Manifest, format_bad_files
 from lib.staging import META_FILE, file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,12 @@ FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 
 
-class FeatureParams(BaseModel):
-    """Everything that changes the feature values; part of the cache key."""
+class FeatureParams(FeatureConfig):
+    """FeatureConfig fitted to the encoder (its mel bins, max_frames known): everything that changes the
+    feature values, and part of the cache key."""
 
-    sample_rate_hz: int = 16000
-    clip_seconds: float = 1.0
-    num_mel_bins: int = 128
-    max_frames: int = 1024
-    normalize: bool = True
-    mean: float = -4.2677393
-    std: float = 4.5689974
+    num_mel_bins: int = Field(128, ge=1, le=1024, description="Mel bins of the fbank (the encoder config's).")
+    max_frames: int = Field(128, ge=1, le=100_000, description="Frames per clip (the fitted encoder's max_length).")
 
 
 def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
@@ -128,10 +125,7 @@ class BadAudioError(ValueError):
 
     def __init__(self, bad: dict[str, str]):
         self.bad = dict(sorted(bad.items()))
-        lines = [f"{len(bad)} bad audio file(s) found while computing features:"]
-        lines += [f"  - {path}: {reason}" for path, reason in self.bad.items()]
-        lines.append("Fix or remove them, or pass --skip-bad-files (data.skip_bad_files=true) to skip them.")
-        super().__init__("\n".join(lines))
+        super().__init__(format_bad_files(self.bad, during="computing features"))
 
 
 def build_feature_cache(

@@ -62,10 +62,6 @@ class Manifest(BaseModel):
     def label2id(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.label_names)}
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
     def split(self, name: str) -> list[Clip]:
         return {"train": self.train, "validation": self.validation}[name]
 
@@ -205,6 +201,16 @@ def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: Fingerprint
     return fingerprint_listing(listing, roots, mode)
 
 
+def sample_rate_problem(rate_hz: int) -> str | None:
+    """Why a header's (positive) sample rate cannot be the clip's real one, or None."""
+    if rate_hz >= MIN_SAMPLE_RATE_HZ:
+        return None
+    return (
+        f"sample rate {rate_hz} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most likely corrupt; "
+        "re-export the clip at its real sample rate"
+    )
+
+
 def _riff_shortfall(path: Path) -> tuple[int, int] | None:
     """(bytes of samples the RIFF header promises, bytes the file holds) when a wav is cut short, else None."""
     with open(path, "rb") as handle:
@@ -237,11 +243,8 @@ def _probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
         return None, "zero-length audio (no samples)"
     if info.samplerate <= 0 or info.channels <= 0:
         return None, f"invalid header (sample rate {info.samplerate}, channels {info.channels})"
-    if info.samplerate < MIN_SAMPLE_RATE_HZ:
-        return None, (
-            f"sample rate {info.samplerate} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most "
-            "likely corrupt; re-export the clip at its real sample rate"
-        )
+    if problem := sample_rate_problem(info.samplerate):
+        return None, problem
     if shortfall is not None:
         # libsndfile reads what is there, which would then be zero-padded and trained on as a whole clip.
         return None, (
@@ -336,7 +339,7 @@ def scan_dataset(
                     )
                 )
     if bad and not skip_bad_files:
-        raise ScanError(format_bad_files(bad))
+        raise ScanError(format_bad_files({item.path: item.reason for item in bad}))
     for item in bad:
         logger.warning("skipping %s: %s", item.path, item.reason)
     for split in SPLITS:
@@ -356,8 +359,9 @@ def scan_dataset(
     )
 
 
-def format_bad_files(bad: list[BadFile]) -> str:
-    lines = [f"{len(bad)} bad audio file(s) found:"]
-    lines += [f"  - {item.path}: {item.reason}" for item in bad]
-    lines.append("Fix or remove them, or pass --skip-bad-files (data.skip_bad_files=true) to skip them.")
+def format_bad_files(bad: dict[str, str], during: str | None = None, setting: str = "data.skip_bad_files") -> str:
+    """The one message for clips that cannot be used (scan, features, prediction): each with its reason, and the fix."""
+    lines = [f"{len(bad)} bad audio file(s) found" + (f" while {during}:" if during else ":")]
+    lines += [f"  - {path}: {reason}" for path, reason in bad.items()]
+    lines.append(f"Fix or remove them, or pass --skip-bad-files ({setting}=true) to skip them.")
     return "\n".join(lines)
