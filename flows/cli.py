@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
+from lib.config import MetricName
 
 # flag dest -> (section, field) in FinetuneConfig; None section = top level, "a.b" = nested section,
 # a tuple of fields takes a flag's list of values in order
@@ -100,9 +101,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--warmup-steps", type=float, help="steps, or a fraction of all steps if < 1")
     parser.add_argument("--gradient-accumulation-steps", type=int)
-    parser.add_argument(
-        "--metric-for-best-model", choices=["accuracy", "balanced_accuracy", "f1", "precision", "recall", "loss"]
-    )
+    parser.add_argument("--metric-for-best-model", choices=get_args(MetricName))
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int)

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from lib.scan import MIN_SAMPLE_RATE_HZ, display_path
+from lib.scan import display_path, sample_rate_problem
 
 # torchaudio.functional.resample's defaults: its sinc kernel reaches this many zero crossings of
 # ROLLOFF x the lower rate's Nyquist frequency on each side of an output sample.
@@ -50,11 +50,8 @@ def read_wav(
     try:
         with sf.SoundFile(str(path)) as handle:
             source_hz = handle.samplerate
-            if source_hz < MIN_SAMPLE_RATE_HZ:
-                raise AudioError(
-                    path, f"sample rate {source_hz} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most "
-                    "likely corrupt; re-export the clip at its real sample rate",
-                )
+            if problem := sample_rate_problem(source_hz):
+                raise AudioError(path, problem)
             frames = -1 if clip_seconds is None else source_frames(source_hz, target_hz or source_hz, clip_seconds)
             data = handle.read(frames, dtype="float32", always_2d=True)
     except UnicodeEncodeError as error:  # soundfile encodes the name strictly as UTF-8

@@ -14,7 +14,6 @@ SSAST reference code does when fine-tuning on clips of another length.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
 
 from lib.guards import nonfinite_tensors
+from lib.hashing import digest
 from lib.model import SPECIAL_TOKENS
 from lib.staging import file_sizes_match, record_file_sizes, staged_folder
 
@@ -79,7 +79,7 @@ class EncoderLoadReport(BaseModel):
     encoder_keys: int
     dropped: dict[str, int]
     unexpected: list[str]
-    position_grid: PositionGrid | None = None  # None in reports cached before max_frames existed
+    position_grid: PositionGrid
 
 
 def architecture_dict(config: ASTConfig | dict) -> dict:
@@ -170,7 +170,7 @@ def checkpoint_fingerprint(checkpoint_dir: Path, base_config: Path | None) -> st
     # Before --base-config took precedence, a key over the same files could stand for an encoder built
     # from the folder's config.json; the tag keeps such caches from being reused.
     parts.append(f"config={'bundled' if config_file is None else 'file'};config-precedence=base-first")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+    return digest("|".join(parts))
 
 
 def find_encoder_prefix(state_dict: dict[str, torch.Tensor]) -> str:
@@ -375,7 +375,7 @@ def export_encoder(
     encoder is rebuilt, never loaded.
     """
     source = checkpoint_fingerprint(checkpoint_dir, base_config)
-    key = hashlib.sha256(f"{source}|max_frames={max_frames}".encode()).hexdigest()[:24]
+    key = digest(f"{source}|max_frames={max_frames}")
     root = Path(cache_dir) / "encoders"
     final = root / key
     report_file = final / REPORT_FILE

@@ -7,19 +7,23 @@ Every knob of the original notebook's first cell has a field here (see README, "
 
 from __future__ import annotations
 
-import hashlib
-import json
+from functools import reduce
+from operator import getitem
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lib.hashing import digest
 
 # AudioSet statistics used by the AST authors (and transformers' ASTFeatureExtractor defaults).
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
-MetricName = Literal["accuracy", "balanced_accuracy", "f1", "precision", "recall", "loss"]
+# What lib.metrics.summary_metrics reports for every validation pass; any of them, or the loss, picks the best epoch.
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")
+MetricName = Literal[(*SUMMARY_METRICS, "loss")]
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 # Files the project itself writes under <output_dir>/best/ beside the member folders (lib.ensemble's
 # ENSEMBLE_FILE); a member of that name would overwrite it, or be overwritten. Compared without case,
@@ -40,15 +44,46 @@ def _not_reserved(name: str) -> str:
 MemberName = Annotated[str, Field(pattern=MEMBER_NAME_PATTERN, max_length=128), AfterValidator(_not_reserved)]
 
 
+# Field tags (Annotated metadata), so that resolved() and fingerprint() never list fields by name.
+# Where something is, not what it is: resolved() makes it absolute, and fingerprint() leaves it out,
+# since what lies there is identified by content (the feature cache and encoder keys that resume_key
+# adds to the fingerprint), so a moved cache, dataset or checkpoint is still the same run.
+LOCATION = "location"
+# Changes how a run goes (its speed, its logs, which scan cache it uses), never the trained weights.
+NO_EFFECT_ON_WEIGHTS = "no effect on weights"
+Location = Annotated[Path, LOCATION]
+OptionalLocation = Annotated[Path | None, LOCATION]
+
+
+def _tagged(model: type[BaseModel], *tags: str) -> list[tuple[str, ...]]:
+    """Key paths, through nested sections, of the fields that carry any of tags."""
+    paths: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        if any(tag in field.metadata for tag in tags):
+            paths.append((name,))
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths += [(name, *inner) for inner in _tagged(field.annotation, *tags)]
+    return paths
+
+
 class _Section(BaseModel):
     # A typo in a preset must fail loudly instead of silently keeping a default; a NaN or infinite
     # float (YAML's .nan / .inf) would pass most bounds and e.g. turn every normalised feature into NaN.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    def resolved(self) -> Self:
+        """Same config with every LOCATION field made absolute, so tasks and caches agree on them."""
+        data = self.model_dump()
+        for *sections, name in _tagged(type(self), LOCATION):
+            parent = reduce(getitem, sections, data)
+            if parent[name] is not None:
+                parent[name] = Path(parent[name]).expanduser().resolve()
+        return self.model_validate(data)
+
 
 class DataConfig(_Section):
-    train_dir: Path = Field(description="Folder with one subfolder of .wav clips per class.")
-    validation_dir: Path = Field(description="Folder with the same class subfolders as train_dir.")
+    train_dir: Location = Field(description="Folder with one subfolder of .wav clips per class.")
+    validation_dir: Location = Field(description="Folder with the same class subfolders as train_dir.")
     quick_subsample: bool = Field(
         False,
         description="Keep every 10th clip of each class (the notebook's b_just_test) for a dry run.",
@@ -57,14 +92,14 @@ class DataConfig(_Section):
         False,
         description="Skip unreadable or invalid clips (logged and counted) instead of stopping.",
     )
-    fingerprint: Literal["stat", "content"] = Field(
+    fingerprint: Annotated[Literal["stat", "content"], NO_EFFECT_ON_WEIGHTS] = Field(
         "stat",
         description=(
             "How the folder scan notices changed clips: 'stat' compares each clip's size and mtime (cheap), "
             "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset)."
         ),
     )
-    cache_dir: Path = Field(
+    cache_dir: Location = Field(
         Path(".astft-cache"),
         description="Where folder scans, Arrow feature caches and stripped encoders are kept.",
     )
@@ -89,10 +124,10 @@ class FeatureConfig(_Section):
 
 
 class EncoderConfig(_Section):
-    ssl_checkpoint: Path = Field(
+    ssl_checkpoint: Location = Field(
         description="Folder holding the SSL model.safetensors (e.g. an HF Trainer checkpoint-N/ folder)."
     )
-    base_config: Path | None = Field(
+    base_config: OptionalLocation = Field(
         None,
         description=(
             "AST config.json describing the encoder; when set it takes precedence over the checkpoint folder's "
@@ -107,7 +142,9 @@ class EncoderConfig(_Section):
     classifier_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
 
 
-class ModelConfig(EncoderConfig):
+class Freezing(_Section):
+    """Which part of the network trains: the head, the last N encoder layers and the head, or all of it."""
+
     head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
     train_last_n_layers: int = Field(
         0,
@@ -117,11 +154,11 @@ class ModelConfig(EncoderConfig):
     )
 
     @model_validator(mode="after")
-    def _one_freezing_mode(self) -> ModelConfig:
+    def _one_freezing_mode(self) -> Self:
         if self.head_only and self.train_last_n_layers > 0:
             raise ValueError(
-                "model.head_only and model.train_last_n_layers are exclusive: set head_only=false to "
-                f"train the last {self.train_last_n_layers} layers, or train_last_n_layers=0 for head only"
+                "head_only and train_last_n_layers are exclusive: set head_only=false to train the last "
+                f"{self.train_last_n_layers} layers, or train_last_n_layers=0 for head only"
             )
         return self
 
@@ -130,6 +167,10 @@ class ModelConfig(EncoderConfig):
         if self.head_only:
             return "head_only"
         return f"last_{self.train_last_n_layers}_layers" if self.train_last_n_layers else "full"
+
+
+class ModelConfig(Freezing, EncoderConfig):
+    """The encoder and its freezing variant (bases in this order list EncoderConfig's fields first)."""
 
 
 class AugmentationConfig(_Section):
@@ -199,12 +240,14 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for head init, shuffling and dropout.")
     deterministic: bool = Field(True, description="Deterministic cuDNN kernels (slower, reproducible).")
-    dataloader_num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    dataloader_num_workers: Annotated[int, NO_EFFECT_ON_WEIGHTS] = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     num_processes: int = Field(
         1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
     )
     save_total_limit: int = Field(2, ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")
-    tensorboard: bool = Field(False, description="Write TensorBoard logs (needs the 'tensorboard' extra).")
+    tensorboard: Annotated[bool, NO_EFFECT_ON_WEIGHTS] = Field(
+        False, description="Write TensorBoard logs (needs the 'tensorboard' extra)."
+    )
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     trunk_cache: bool = Field(
         True,
@@ -219,8 +262,8 @@ class FinetuneConfig(_Section):
     name: MemberName = Field(
         description="Member name (the notebook's postfix): published to <output_dir>/best/<name>/.",
     )
-    output_dir: Path = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
-    work_dir: Path | None = Field(
+    output_dir: Location = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
+    work_dir: OptionalLocation = Field(
         None, description="Trainer checkpoints and logs; default <output_dir>/runs/<name>/."
     )
     data: DataConfig
@@ -232,35 +275,18 @@ class FinetuneConfig(_Section):
     def member_work_dir(self) -> Path:
         return self.work_dir if self.work_dir is not None else self.output_dir / "runs" / self.name
 
-    def resolved(self) -> FinetuneConfig:
-        """Same config with every path made absolute, so tasks and caches agree on them."""
-        data = self.model_dump()
-
-        def absolute(value: Any) -> Any:
-            return str(Path(value).expanduser().resolve()) if value is not None else None
-
-        data["output_dir"] = absolute(data["output_dir"])
-        data["work_dir"] = absolute(data["work_dir"])
-        for key in ("train_dir", "validation_dir", "cache_dir"):
-            data["data"][key] = absolute(data["data"][key])
-        for key in ("ssl_checkpoint", "base_config"):
-            data["model"][key] = absolute(data["model"][key])
-        return FinetuneConfig.model_validate(data)
-
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (not where they are published)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "work_dir"})
-        payload["training"].pop("dataloader_num_workers")
-        payload["training"].pop("tensorboard")
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings that can change the trained weights (every field but LOCATION and NO_EFFECT_ON_WEIGHTS)."""
+        payload = self.model_dump(mode="json")
+        for *sections, name in _tagged(type(self), LOCATION, NO_EFFECT_ON_WEIGHTS):
+            del reduce(getitem, sections, payload)[name]
+        return digest(payload, 16)
 
 
-class MemberVariant(_Section):
+class MemberVariant(Freezing):
     """One ensemble member: a freezing variant plus optional training overrides."""
 
     name: MemberName = Field(description="Member name (folder under best/).")
-    head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
-    train_last_n_layers: int = Field(0, ge=0, le=512, description="Train the last N layers; 0 = full network.")
     learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")
     epochs: int | None = Field(None, ge=1, le=100_000, description="Override training.epochs.")
     batch_size: int | None = Field(
@@ -269,15 +295,9 @@ class MemberVariant(_Section):
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
     weight: float = Field(1.0, gt=0, le=1000, description="Weight of this member in the soft vote.")
 
-    @model_validator(mode="after")
-    def _one_freezing_mode(self) -> MemberVariant:
-        if self.head_only and self.train_last_n_layers > 0:
-            raise ValueError(f"member {self.name}: head_only and train_last_n_layers are exclusive")
-        return self
-
 
 class EnsembleConfig(_Section):
-    output_dir: Path = Field(Path("ensemble"), description="Members go to <output_dir>/best/<member>/.")
+    output_dir: Location = Field(Path("ensemble"), description="Members go to <output_dir>/best/<member>/.")
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
@@ -315,19 +335,15 @@ class EnsembleConfig(_Section):
             output_dir=self.output_dir,
             data=self.data,
             features=self.features,
-            model=ModelConfig(
-                **self.model.model_dump(),
-                head_only=variant.head_only,
-                train_last_n_layers=variant.train_last_n_layers,
-            ),
+            model=ModelConfig(**self.model.model_dump(), **variant.model_dump(include=set(Freezing.model_fields))),
             training=self.training.model_copy(update=overrides),
         )
 
 
 class PredictConfig(_Section):
-    model_path: Path = Field(description="A published member folder, or an ensemble folder (<output_dir>/best/).")
-    input_path: Path = Field(description="A .wav file, or a folder searched recursively for .wav files.")
-    output_csv: Path = Field(Path("predictions.csv"), description="Where to write the predictions.")
+    model_path: Location = Field(description="A published member folder, or an ensemble folder (<output_dir>/best/).")
+    input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
+    output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
     skip_bad_files: bool = Field(False, description="Skip unreadable clips (logged) instead of stopping.")

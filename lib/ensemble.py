@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from lib.config import SUMMARY_METRICS
 from lib.evaluation import METRICS_FILE, PREDICTIONS_FILE
 from lib.features import FeatureParams
 from lib.metrics import detailed_report, softmax, summary_metrics
@@ -97,7 +98,7 @@ def evaluate_ensemble(members: list[MemberInfo], output_file: Path, failed: dict
         probabilities.append(softmax(stored["logits"]))
         metrics = json.loads((Path(member.path) / METRICS_FILE).read_text())
         rows.append({"name": member.name, "freezing": member.freezing, "weight": member.weight,
-                     **{key: metrics[key] for key in ("accuracy", "precision", "recall", "f1", "balanced_accuracy")}})
+                     **{key: metrics[key] for key in SUMMARY_METRICS}})
     voted = soft_vote(probabilities, [member.weight for member in members])
     predictions = voted.argmax(axis=-1)
     ensemble_metrics = summary_metrics(labels, predictions)

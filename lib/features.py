@@ -8,7 +8,6 @@ into place, so a crash or a concurrent writer never leaves a half-written cache 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -16,34 +15,31 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Array2D, ClassLabel, Dataset, Features, Value
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from transformers import ASTFeatureExtractor
 
 from lib.audio import AudioError, load_clip
-from lib.scan import SPLITS, Manifest
-from lib.staging import staged_folder
+from lib.config import FeatureConfig
+from lib.hashing import digest
+from lib.scan import SPLITS, Manifest, format_bad_files
+from lib.staging import META_FILE, file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
 
 # Bump when the feature computation changes, to invalidate old caches. 2: clips whose features are not
 # finite are bad files (version 1 stored their NaN rows), and meta.json records suspicious clips.
 FEATURES_VERSION = "2"
-META_FILE = "meta.json"
 # torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 
 
-class FeatureParams(BaseModel):
-    """Everything that changes the feature values; part of the cache key."""
+class FeatureParams(FeatureConfig):
+    """FeatureConfig fitted to the encoder (its mel bins, max_frames known): everything that changes the
+    feature values, and part of the cache key."""
 
-    sample_rate_hz: int = 16000
-    clip_seconds: float = 1.0
-    num_mel_bins: int = 128
-    max_frames: int = 1024
-    normalize: bool = True
-    mean: float = -4.2677393
-    std: float = 4.5689974
+    num_mel_bins: int = Field(128, ge=1, le=1024, description="Mel bins of the fbank (the encoder config's).")
+    max_frames: int = Field(128, ge=1, le=100_000, description="Frames per clip (the fitted encoder's max_length).")
 
 
 def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
@@ -78,11 +74,7 @@ def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
 
 
 def cache_key(manifest_fingerprint: str, params: FeatureParams) -> str:
-    payload = json.dumps(
-        {"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+    return digest({"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION})
 
 
 def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
@@ -142,28 +134,7 @@ class BadAudioError(ValueError):
 
     def __init__(self, bad: dict[str, str]):
         self.bad = dict(sorted(bad.items()))
-        lines = [f"{len(bad)} bad audio file(s) found while computing features:"]
-        lines += [f"  - {path}: {reason}" for path, reason in self.bad.items()]
-        lines.append("Fix or remove them, or pass --skip-bad-files (data.skip_bad_files=true) to skip them.")
-        super().__init__("\n".join(lines))
-
-
-def _read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _cache_is_complete(path: Path, key: str) -> bool:
-    meta = _read_meta(path)
-    if meta is None or meta.get("key") != key:
-        return False
-    for split in SPLITS:
-        arrow = path / f"{split}.arrow"
-        if not arrow.is_file() or arrow.stat().st_size != meta["arrow_bytes"][split]:
-            return False
-    return True
+        super().__init__(format_bad_files(self.bad, during="computing features"))
 
 
 def build_feature_cache(
@@ -189,18 +160,18 @@ def build_feature_cache(
         num_clips={split: len(manifest.split(split)) for split in SPLITS},
     )
     scan_skipped = {item.path: item.reason for item in manifest.skipped}
-    if _cache_is_complete(final, key):
-        meta = _read_meta(final)
+    if file_sizes_match(final, key):
+        meta = json.loads((final / META_FILE).read_text())
         if meta.get("skipped") and not skip_bad_files:
             raise BadAudioError(meta["skipped"])  # built by a lenient run; this run asked to stop
         skipped = {**scan_skipped, **meta.get("skipped", {})}
         ref = ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped, "warnings": meta["warnings"]})
         _log_warnings(ref)
         return ref, True
-    with staged_folder(root, key, _cache_is_complete, "feature cache") as staging:
+    with staged_folder(root, key, file_sizes_match, "feature cache") as staging:
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
-        arrow_bytes, num_clips, bad, notes = {}, {}, {}, {}
+        num_clips, bad, notes = {}, {}, {}
         for split in SPLITS:
             clips = manifest.split(split)
             table = Dataset.from_dict(
@@ -218,7 +189,6 @@ def build_feature_cache(
                 new_fingerprint=f"{key}-{split}",
                 desc=f"Computing {split} features",
             )
-            arrow_bytes[split] = arrow_file.stat().st_size
             num_clips[split] = Dataset.from_file(str(arrow_file)).num_rows
         if bad and not skip_bad_files:
             raise BadAudioError(bad)
@@ -232,7 +202,6 @@ def build_feature_cache(
             "warnings": dict(sorted(notes.items())),
         })
         meta = {
-            "key": key,
             "version": FEATURES_VERSION,
             "params": params.model_dump(),
             "label_names": manifest.label_names,
@@ -240,10 +209,8 @@ def build_feature_cache(
             "skipped": dict(sorted(bad.items())),
             "warnings": ref.warnings,  # so a cache hit names them too
             "manifest_fingerprint": manifest.fingerprint,
-            "arrow_bytes": arrow_bytes,
         }
-        # meta.json is written last: its presence (with matching sizes) marks a complete cache.
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        record_file_sizes(staging, key, meta)  # last: its presence (with matching sizes) marks a complete cache
     _log_warnings(ref)
     return ref, False
 

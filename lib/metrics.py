@@ -10,11 +10,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-SUMMARY_METRICS = ("accuracy", "precision", "recall", "f1", "balanced_accuracy")
-
-
 def summary_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """Accuracy, weighted precision/recall/F1 and balanced accuracy."""
+    """Accuracy, weighted precision/recall/F1 and balanced accuracy: lib.config.SUMMARY_METRICS."""
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predictions, average="weighted", zero_division=0
     )

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict
 from lib.checkpoint import (
     CheckpointError,
     WEIGHTS_FILE,
-    architecture_dict,
     config_for_frames,
     resolve_encoder_config,
 )
@@ -24,8 +23,6 @@ class RunPlan(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     config: FinetuneConfig
-    encoder_architecture: dict
-    encoder_config_source: str
     feature_params: FeatureParams
     runtime: Runtime
     fingerprint: str
@@ -125,21 +122,11 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "
             "visible; lower it (one process per GPU) or check CUDA_VISIBLE_DEVICES"
         )
-    feature_params = FeatureParams(
-        sample_rate_hz=config.features.sample_rate_hz,
-        clip_seconds=config.features.clip_seconds,
-        num_mel_bins=encoder_config.num_mel_bins,
-        # Features are exactly as long as the (fitted) positional embeddings expect.
-        max_frames=encoder_config.max_length,
-        normalize=config.features.normalize,
-        mean=config.features.mean,
-        std=config.features.std,
-    )
+    # Features are exactly as long as the (fitted) positional embeddings expect.
+    fitted = {"max_frames": encoder_config.max_length, "num_mel_bins": encoder_config.num_mel_bins}
     return RunPlan(
         config=config,
-        encoder_architecture=architecture_dict(encoder_config),
-        encoder_config_source=source,
-        feature_params=feature_params,
+        feature_params=FeatureParams(**config.features.model_dump() | fitted),
         runtime=runtime,
         fingerprint=config.fingerprint(),
     )

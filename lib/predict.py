@@ -20,7 +20,7 @@ from lib.inference import batch_logits
 from lib.metrics import softmax
 from lib.model import ASTMeanPoolClassifier
 from lib.runtime import Runtime, resolve_runtime
-from lib.scan import AUDIO_SUFFIXES
+from lib.scan import AUDIO_SUFFIXES, format_bad_files
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def predict_files(
             if len(rows):
                 member_probabilities[rows] = softmax(batch_logits(model, values, runtime))
     if bad and not skip_bad_files:
-        listing = "\n".join(f"  - {path}: {reason}" for path, reason in sorted(bad.items()))
-        raise EnsembleError(f"{len(bad)} input file(s) could not be read:\n{listing}\npass --skip-bad-files to skip them")
+        raise EnsembleError(format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files"))
     voted = soft_vote(probabilities, [member.weight for member in members])
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as handle:

@@ -16,6 +16,8 @@ from typing import Literal
 import soundfile as sf
 from pydantic import BaseModel, Field
 
+from lib.hashing import digest
+
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav"})
@@ -59,10 +61,6 @@ class Manifest(BaseModel):
     @property
     def label2id(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.label_names)}
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
 
     def split(self, name: str) -> list[Clip]:
         return {"train": self.train, "validation": self.validation}[name]
@@ -176,10 +174,10 @@ def fingerprint_listing(
 
     "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it.
     """
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()  # streamed: one line per clip
 
     def update(text: str) -> None:
-        digest.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
+        hasher.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
 
     for split in SPLITS:
         for class_name, paths in sorted(listing[split].items()):
@@ -193,7 +191,7 @@ def fingerprint_listing(
                     continue
                 update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}{content}\n")
         update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n")
-    return digest.hexdigest()
+    return hasher.hexdigest()
 
 
 def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat") -> str:
@@ -201,6 +199,16 @@ def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: Fingerprint
     roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
     listing = {split: list_split(roots[split], split)[0] for split in SPLITS}
     return fingerprint_listing(listing, roots, mode)
+
+
+def sample_rate_problem(rate_hz: int) -> str | None:
+    """Why a header's (positive) sample rate cannot be the clip's real one, or None."""
+    if rate_hz >= MIN_SAMPLE_RATE_HZ:
+        return None
+    return (
+        f"sample rate {rate_hz} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most likely corrupt; "
+        "re-export the clip at its real sample rate"
+    )
 
 
 def _riff_shortfall(path: Path) -> tuple[int, int] | None:
@@ -235,11 +243,8 @@ def _probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
         return None, "zero-length audio (no samples)"
     if info.samplerate <= 0 or info.channels <= 0:
         return None, f"invalid header (sample rate {info.samplerate}, channels {info.channels})"
-    if info.samplerate < MIN_SAMPLE_RATE_HZ:
-        return None, (
-            f"sample rate {info.samplerate} Hz is below {MIN_SAMPLE_RATE_HZ} Hz, so the header is most "
-            "likely corrupt; re-export the clip at its real sample rate"
-        )
+    if problem := sample_rate_problem(info.samplerate):
+        return None, problem
     if shortfall is not None:
         # libsndfile reads what is there, which would then be zero-padded and trained on as a whole clip.
         return None, (
@@ -334,7 +339,7 @@ def scan_dataset(
                     )
                 )
     if bad and not skip_bad_files:
-        raise ScanError(format_bad_files(bad))
+        raise ScanError(format_bad_files({item.path: item.reason for item in bad}))
     for item in bad:
         logger.warning("skipping %s: %s", item.path, item.reason)
     for split in SPLITS:
@@ -348,16 +353,15 @@ def scan_dataset(
         train=clips["train"],
         validation=clips["validation"],
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
-        fingerprint=hashlib.sha256(
-            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}".encode()
-        ).hexdigest(),
+        fingerprint=digest(f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64),
         ignored={key: count for key, count in ignored_total.items() if count},
         skipped=bad,
     )
 
 
-def format_bad_files(bad: list[BadFile]) -> str:
-    lines = [f"{len(bad)} bad audio file(s) found:"]
-    lines += [f"  - {item.path}: {item.reason}" for item in bad]
-    lines.append("Fix or remove them, or pass --skip-bad-files (data.skip_bad_files=true) to skip them.")
+def format_bad_files(bad: dict[str, str], during: str | None = None, setting: str = "data.skip_bad_files") -> str:
+    """The one message for clips that cannot be used (scan, features, prediction): each with its reason, and the fix."""
+    lines = [f"{len(bad)} bad audio file(s) found" + (f" while {during}:" if during else ":")]
+    lines += [f"  - {path}: {reason}" for path, reason in bad.items()]
+    lines.append(f"Fix or remove them, or pass --skip-bad-files ({setting}=true) to skip them.")
     return "\n".join(lines)

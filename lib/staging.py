@@ -7,7 +7,6 @@ apart from what a running one is still writing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+
+from lib.hashing import digest
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _START_TOLERANCE_S = 2
 
 
 def _host() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return digest(socket.gethostname(), 8)
 
 
 def owner_tag(pid: int | None = None) -> str:

@@ -37,16 +37,16 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from lib.checkpoint import architecture_dict
 from lib.config import FinetuneConfig
 from lib.features import FeatureCacheRef, load_split
-from lib.staging import staged_folder
+from lib.hashing import digest
 from lib.model import ASTMeanPoolClassifier
 from lib.runtime import Runtime
 from lib.scan import SPLITS
+from lib.staging import file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
 
 TRUNK_VERSION = "1"  # bump when what is cached changes, to invalidate old trunk caches
 TRUNK_DIR = "trunk"
-META_FILE = "meta.json"
 # fp16 halves the cache; float32 is the fallback when the trunk's outputs overflow fp16's range.
 STORAGE_DTYPES = ("float16", "float32")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -103,23 +103,23 @@ def compute_trunk(encoder, input_values: torch.Tensor, layers: int) -> torch.Ten
 
 def trunk_digest(encoder, layers: int) -> str:
     """Identity of the trunk: its architecture and the bytes of every embedding and trunk-layer tensor."""
-    digest = hashlib.sha256(json.dumps(architecture_dict(encoder.config), sort_keys=True).encode())
+    # Streamed tensor by tensor (lib.hashing.digest would need all the bytes at once).
+    hasher = hashlib.sha256(json.dumps(architecture_dict(encoder.config), sort_keys=True).encode())
     trunk_prefixes = ("embeddings.", *(f"layers.{index}." for index in range(layers)))
     for name, tensor in sorted(encoder.state_dict().items()):
         if name.startswith(trunk_prefixes):
             flat = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:24]
+            hasher.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            hasher.update(flat.view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()[:24]
 
 
-def trunk_cache_key(feature_key: str, digest: str, layers: int, dtype: str, precision: str) -> str:
-    payload = {
-        "features": feature_key, "trunk": digest, "layers": layers, "dtype": dtype,
+def trunk_cache_key(feature_key: str, trunk: str, layers: int, dtype: str, precision: str) -> str:
+    return digest({
+        "features": feature_key, "trunk": trunk, "layers": layers, "dtype": dtype,
         "precision": precision,  # the trunk runs under the training's autocast, as it would in training
         "version": TRUNK_VERSION,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    })
 
 
 class TrunkOverflow(ValueError):
@@ -128,15 +128,6 @@ class TrunkOverflow(ValueError):
 
 def _files(split: str) -> tuple[str, str]:
     return f"{split}.states.npy", f"{split}.labels.npy"
-
-
-def _is_complete(path: Path, key: str) -> bool:
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    sizes = meta.get("file_bytes", {}) if meta.get("key") == key else {}
-    return bool(sizes) and all((path / name).is_file() and (path / name).stat().st_size == size for name, size in sizes.items())
 
 
 @torch.no_grad()
@@ -163,13 +154,11 @@ def _write_split(encoder, features: FeatureCacheRef, split: str, layers: int, dt
 
 def _build(encoder, features: FeatureCacheRef, layers: int, dtype: str, root: Path, key: str, meta: dict,
            runtime: Runtime, batch_size: int) -> Path:
-    with staged_folder(root, key, _is_complete, "trunk cache") as staging:
+    with staged_folder(root, key, file_sizes_match, "trunk cache") as staging:
         shapes = {
             split: _write_split(encoder, features, split, layers, dtype, staging, runtime, batch_size) for split in SPLITS
         }
-        file_bytes = {name: (staging / name).stat().st_size for split in SPLITS for name in _files(split)}
-        meta = {**meta, "key": key, "dtype": dtype, "shapes": shapes, "file_bytes": file_bytes}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks the cache complete
+        record_file_sizes(staging, key, {**meta, "dtype": dtype, "shapes": shapes})  # last: marks the cache complete
     return root / key
 
 
@@ -192,15 +181,15 @@ def build_trunk_cache(
     if not dtypes or set(dtypes) - set(STORAGE_DTYPES):
         raise ValueError(f"dtypes must be taken from {STORAGE_DTYPES}, got {dtypes!r}")
     encoder = classifier.encoder
-    digest = trunk_digest(encoder, layers)
+    trunk = trunk_digest(encoder, layers)
     root = Path(cache_dir) / TRUNK_DIR
-    keys = {dtype: trunk_cache_key(features.key, digest, layers, dtype, runtime.precision) for dtype in dtypes}
+    keys = {dtype: trunk_cache_key(features.key, trunk, layers, dtype, runtime.precision) for dtype in dtypes}
     for dtype, key in keys.items():
-        if _is_complete(root / key, key):
+        if file_sizes_match(root / key, key):
             return root / key, dtype, True
 
     meta = {"version": TRUNK_VERSION, "layers": layers, "precision": runtime.precision,
-            "feature_cache_key": features.key, "trunk_digest": digest}
+            "feature_cache_key": features.key, "trunk_digest": trunk}
     was_training, device = classifier.training, next(classifier.parameters()).device
     encoder.to(runtime.device).eval()  # eval: no dropout, whatever the config says
     try:

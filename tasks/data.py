@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lib.config import DataConfig
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
+from lib.hashing import digest
 from lib.scan import Manifest, fingerprint_folders, scan_dataset
 
 SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
@@ -25,7 +25,7 @@ def scan_cache_key(context, parameters) -> str:
     # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
     roots = f"{Path(data.train_dir).resolve()}|{Path(data.validation_dir).resolve()}"
     options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
-    return "astft-scan-" + hashlib.sha256(f"{listing}|{options}".encode()).hexdigest()[:32]
+    return "astft-scan-" + digest(f"{listing}|{options}", 32)
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)

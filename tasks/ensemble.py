@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from lib.config import FinetuneConfig
+from lib.config import SUMMARY_METRICS, FinetuneConfig
 from lib.ensemble import ENSEMBLE_FILE, evaluate_ensemble, read_member
 
 
@@ -48,7 +48,7 @@ def evaluate_ensemble_members(member_dirs: dict[str, str], weights: dict[str, fl
     """Soft-vote the members on validation; write best/ensemble.json and a leaderboard artifact."""
     members = [read_member(Path(path), weights[name]) for name, path in member_dirs.items()]
     leaderboard = evaluate_ensemble(members, Path(best_root) / ENSEMBLE_FILE, failed)
-    columns = ("name", "freezing", "weight", "accuracy", "balanced_accuracy", "f1", "precision", "recall")
+    columns = ("name", "freezing", "weight", *SUMMARY_METRICS)
     create_table_artifact(
         key="ensemble-leaderboard",
         table=[{key: (round(row[key], 4) if isinstance(row[key], float) else row[key]) for key in columns}

@@ -62,11 +62,82 @@ def test_fingerprint_ignores_where_outputs_go():
     assert one.fingerprint() != other_lr.fingerprint()
 
 
+def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_watched():
+    # what lies at those places is identified by the feature cache and encoder keys (lib.launch.resume_key)
+    moved = FinetuneConfig.model_validate({
+        **BASE,
+        "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache", "fingerprint": "content"},
+        "model": {"ssl_checkpoint": "/new/ckpt", "base_config": "/new/config.json"},
+        "training": {"dataloader_num_workers": 4, "tensorboard": True},
+    })
+    assert moved.fingerprint() == FinetuneConfig.model_validate(BASE).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"training": {"seed": 1}},
+        {"training": {"augmentation": {"noise_std": 0.1}}},
+        {"features": {"max_frames": 256}},
+        {"model": {"ssl_checkpoint": "ckpt", "head_only": True}},
+        {"data": {"train_dir": "t", "validation_dir": "v", "quick_subsample": True}},
+    ],
+)
+def test_fingerprint_changes_with_what_changes_the_weights(override):
+    from lib.config import deep_merge
+
+    changed = FinetuneConfig.model_validate(deep_merge(BASE, override))
+    assert changed.fingerprint() != FinetuneConfig.model_validate(BASE).fingerprint()
+
+
+def config_models() -> list[type]:
+    from pydantic import BaseModel
+
+    import lib.config
+
+    return [value for value in vars(lib.config).values()
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == "lib.config"]
+
+
+def test_every_path_field_is_tagged_as_a_location():
+    from typing import get_args
+
+    from lib.config import LOCATION
+
+    for model in config_models():
+        for name, field in model.model_fields.items():
+            if Path in (field.annotation, *get_args(field.annotation)):
+                assert LOCATION in field.metadata, f"{model.__name__}.{name}"
+
+
 def test_resolved_paths_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = FinetuneConfig.model_validate(BASE).resolved()
     assert config.data.train_dir == tmp_path / "t"
     assert config.member_work_dir == tmp_path / "ensemble" / "runs" / "m1"
+
+
+def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkeypatch):
+    from functools import reduce
+
+    from lib.config import LOCATION, EnsembleConfig, PredictConfig, _tagged
+
+    monkeypatch.chdir(tmp_path)
+    model = {"ssl_checkpoint": "ckpt", "base_config": "base.json"}
+    raw = {
+        FinetuneConfig: {**BASE, "work_dir": "w", "model": model},
+        EnsembleConfig: {"data": BASE["data"], "model": model, "members": [{"name": "a"}]},
+        PredictConfig: {"model_path": "best", "input_path": "in", "output_csv": "out/p.csv"},
+    }
+    for config_class, values in raw.items():
+        config = config_class.model_validate(values)
+        resolved = config.resolved()
+        locations = _tagged(config_class, LOCATION)
+        assert len(locations) == {FinetuneConfig: 7, EnsembleConfig: 6, PredictConfig: 3}[config_class]
+        for path in locations:
+            assert reduce(getattr, path, resolved) == tmp_path.resolve() / reduce(getattr, path, config), path
+    home = FinetuneConfig.model_validate({**BASE, "model": {"ssl_checkpoint": "~/ckpt"}}).resolved()
+    assert home.model.ssl_checkpoint == Path.home().resolve() / "ckpt"
 
 
 def test_notebook_preset_is_valid_and_mirrors_the_notebook():
@@ -127,12 +198,7 @@ def test_non_finite_floats_in_a_preset_are_refused(tmp_path, yaml_line, named):
 
 
 def test_every_config_model_refuses_inf_and_nan():
-    from pydantic import BaseModel
-
-    import lib.config
-
-    models = [value for value in vars(lib.config).values()
-              if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == "lib.config"]
+    models = config_models()
     assert {model.__name__ for model in models} >= {"FeatureConfig", "TrainingConfig", "EnsembleConfig", "PredictConfig"}
     for model in models:
         assert model.model_config.get("allow_inf_nan") is False, model.__name__

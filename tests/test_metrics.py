@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from lib.config import SUMMARY_METRICS
 from lib.metrics import detailed_report, summary_metrics
 
 
@@ -16,6 +17,8 @@ def test_summary_metrics_on_a_hand_checked_case():
     assert metrics["recall"] == pytest.approx(4 / 6)
     f1 = [2 / 3, 0.8, 0.0]
     assert metrics["f1"] == pytest.approx((3 * f1[0] + 2 * f1[1]) / 6)
+    # the names the config, the CLI and the leaderboard use for them
+    assert set(metrics) == set(SUMMARY_METRICS)
 
 
 def test_detailed_report_has_every_class_and_the_confusion_matrix():

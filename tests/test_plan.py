@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -22,9 +24,13 @@ def make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features) -> FinetuneC
 )
 def test_features_and_encoder_use_max_frames(dataset_dirs, ssl_checkpoint, tmp_path, features, expected):
     # the test checkpoint was built for 64 frames; the default is 128, null keeps the encoder's
+    from lib.checkpoint import export_encoder
+
     plan = plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features))
     assert plan.feature_params.max_frames == expected
-    assert plan.encoder_architecture["max_length"] == expected
+    # the encoder the run prepares (prepare-encoder) fits its positional embeddings to the same frames
+    encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "cache", plan.config.features.max_frames)
+    assert encoder.report.position_grid.max_frames == expected
 
 
 def test_max_frames_that_would_cut_the_clip_or_the_patch_is_rejected(dataset_dirs, ssl_checkpoint, tmp_path):
@@ -126,9 +132,11 @@ def test_an_explicit_base_config_wins_over_the_checkpoint_folders_config(tmp_pat
         load_encoder(folder)
     config = make_config(dataset_dirs, folder, tmp_path)
     config.model.base_config = base
-    plan = plan_run(config)
-    assert plan.encoder_config_source == str(base)
-    assert plan.encoder_architecture["num_hidden_layers"] == 2
+    plan_run(config)
+    # the plan checks against the base config's 2 layers, not the folder's 4
+    config.model.train_last_n_layers = 3
+    with pytest.raises(ConfigError, match=rf"encoder \({re.escape(str(base))}\) has 2 layers"):
+        plan_run(config)
     ref, hit = export_encoder(folder, base, tmp_path / "cache", 64)
     assert not hit and ref.report.config_source == str(base)  # recorded in member.json ("encoder")
     state = reference.state_dict()
