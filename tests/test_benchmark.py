@@ -69,3 +69,16 @@ def test_cuda_table_has_an_mfu_row():
     head_only = next(line for line in table.splitlines() if line.startswith("head-only (K=12/12)"))
     assert head_only.split()[2:] == ["2.0000", "0.0500", "40.0x", "1.50s"]
     assert any(line.startswith("last-3 (K=9/12)") and "3.0x" in line for line in table.splitlines())
+
+
+@pytest.mark.slow  # five fresh processes
+def test_scale_benchmark_runs_every_stage_and_counts_every_clip(tmp_path, capsys):
+    from benchmarks.bench_scale import STAGES, main
+
+    rows = main(["--clips", "40", "--workdir", str(tmp_path)])
+    assert [row["stage"] for row in rows] == list(STAGES)
+    # 4 classes of 10 clips, one of each for validation: one epoch sees the 36 train clips
+    assert [row["clips"] for row in rows] == [40, 40, 40, 36]
+    assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 100 for row in rows)
+    assert rows[1]["disk_mb"] == rows[2]["disk_mb"] > 0  # the hit reads the cache the build wrote
+    assert "time x" in capsys.readouterr().out
