@@ -199,7 +199,7 @@ def test_training_on_the_trunk_cache_matches_training_without_it(prepared, datas
         config = finetune_config(
             tmp_path, *dataset_dirs, ssl_checkpoint, name=f"cache-{cached}", model=freezing, trunk_cache=cached,
             epochs=6, batch_size=8, batch_sizes=[4, 8], gradient_accumulation_steps=2, learning_rate=3e-3,
-            warmup_steps=0.1, seed=0, device="cpu",
+            warmup_steps=0.1, seed=0, device="cpu", save_total_limit=6,
         )
         outcomes[cached] = train_member(plan_run(config), features, encoder)
     with_cache, without = outcomes[True], outcomes[False]
@@ -228,14 +228,18 @@ def test_training_on_the_trunk_cache_matches_training_without_it(prepared, datas
     published = ASTMeanPoolClassifier.from_pretrained(with_cache.best_model_dir).state_dict()
     assert set(best) == {f"full_model.{name}" for name in published}
     assert all(torch.equal(best[f"full_model.{name}"], tensor) for name, tensor in published.items())
-    last = max(Path(with_cache.work_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    if last != Path(with_cache.best_checkpoint):  # then the last epoch's head differs: the reload mattered
-        last_head = load_file(str(last / "model.safetensors"))["full_model.classifier.weight"]
-        assert not torch.equal(last_head, published["classifier.weight"])
-    if with_cache.best_epoch == without.best_epoch:
-        logits = [predict_logits(ASTMeanPoolClassifier.from_pretrained(outcome.best_model_dir), validation, 8, CPU)
-                  for outcome in (with_cache, without)]
-        np.testing.assert_allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)  # seen: 2e-5
+    # ... and not another epoch's: every other checkpoint (all six are kept) has another head
+    best_step = Path(with_cache.best_checkpoint).name
+    others = [path for path in Path(with_cache.work_dir).glob("checkpoint-*") if path.name != best_step]
+    assert len(others) == 5
+    for other in others:
+        head = load_file(str(other / "model.safetensors"))["full_model.classifier.weight"]
+        assert not torch.equal(head, published["classifier.weight"])
+    # the cached run's best model gives the logits of the uncached run's classifier after the same step
+    same_step = ASTMeanPoolClassifier.from_pretrained(str(Path(without.work_dir) / best_step))
+    logits = [predict_logits(model, validation, 8, CPU)
+              for model in (ASTMeanPoolClassifier.from_pretrained(with_cache.best_model_dir), same_step)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)  # seen: 2e-5
 
 
 @pytest.mark.slow
