@@ -18,16 +18,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from lib.example import make_example_dataset, make_ssl_checkpoint, tiny_ast_config  # noqa: E402
+from lib.example import make_example_dataset, make_ssl_checkpoint  # noqa: E402
+from lib.features import FeatureParams, build_feature_cache  # noqa: E402
+from lib.scan import scan_dataset  # noqa: E402
+from tests.helpers import small_config  # noqa: E402
 
 TEST_CLASSES = ("noise_burst", "tone_high", "tone_low")
-
-
-def small_config(**overrides):
-    """2 layers, 32 hidden, 64 mel bins x 64 frames: 27 tokens, trains in a second or two."""
-    values = dict(hidden_size=32, intermediate_size=64, num_mel_bins=64, max_length=64)
-    values.update(overrides)
-    return tiny_ast_config(**values)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +36,14 @@ def dataset_dirs(tmp_path_factory) -> tuple[Path, Path]:
 def ssl_checkpoint(tmp_path_factory) -> Path:
     folder, _ = make_ssl_checkpoint(tmp_path_factory.mktemp("ssl") / "checkpoint-7", small_config(), seed=3)
     return folder
+
+
+@pytest.fixture(scope="session")
+def features(dataset_dirs, tmp_path_factory):
+    """The session dataset's feature cache at 64 mel bins x 64 frames (the tiny checkpoint's input)."""
+    manifest = scan_dataset(*dataset_dirs)
+    ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path_factory.mktemp("c"))
+    return ref
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,7 @@ from lib.metrics import compute_metrics
 from lib.model import build_classifier
 from lib.runtime import seed_everything
 from lib.training import EpochBatchSizeTrainer, build_training_arguments, train_classifier
-from tests.conftest import small_config
-from tests.test_training import CPU, features, random_features  # noqa: F401 - features is a fixture
+from tests.helpers import CPU, StopAfterEpoch, random_features, small_config
 
 
 def bands(mask: torch.Tensor) -> list[tuple[int, int]]:
@@ -177,6 +176,7 @@ class InputRecorder:
         (self.train if module.training else self.eval).append(kwargs["input_values"].detach().clone())
 
 
+@pytest.mark.train
 def test_training_batches_are_augmented_and_evaluation_batches_are_not(tmp_path):
     trainer = tiny_trainer(tmp_path, AugmentationConfig(time_mask_frames=20, noise_std=0.1))
     recorder = InputRecorder(trainer.model)
@@ -212,16 +212,6 @@ class TrainBatches(TrainerCallback):
             self.masked_frames.append(int((values == MASK_VALUE).all(dim=2).sum()))
 
 
-class StopAfterEpoch(TrainerCallback):
-    """Ends training after an epoch, once its checkpoint is saved: a run killed there."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        control.should_training_stop = round(state.epoch) >= self.epoch
-
-
 def run_classifier(tmp_path, name: str, augmentation: AugmentationConfig, batch_sizes=None, work=None, stop=None):
     seed_everything(0, True)
     model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
@@ -238,6 +228,7 @@ def run_classifier(tmp_path, name: str, augmentation: AugmentationConfig, batch_
     return outcome, losses(tmp_path / (work or name)), recorder
 
 
+@pytest.mark.train
 def test_default_augmentation_leaves_training_unchanged(tmp_path, monkeypatch):
     _, default, plain = run_classifier(tmp_path, "default", AugmentationConfig())
     assert [entry["epoch"] for entry in default if "loss" in entry] == [1, 2, 3]
@@ -252,6 +243,7 @@ def test_default_augmentation_leaves_training_unchanged(tmp_path, monkeypatch):
     assert noisy != default
 
 
+@pytest.mark.train
 def test_an_augmented_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
     augmentation = AugmentationConfig(freq_mask_bins=10, time_mask_frames=10, mixup_probability=0.5, time_roll=True)
     _, straight, _ = run_classifier(tmp_path, "straight", augmentation)
@@ -264,6 +256,7 @@ def test_an_augmented_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one
     assert by_epoch[3.0] == expected[3.0]
 
 
+@pytest.mark.train
 def test_augmentation_composes_with_the_batch_size_schedule(tmp_path):
     assert issubclass(augmenting_trainer(EpochBatchSizeTrainer), (AugmentingTrainerMixin, EpochBatchSizeTrainer))
     outcome, _, recorder = run_classifier(
@@ -277,7 +270,7 @@ def test_augmentation_composes_with_the_batch_size_schedule(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_ast_still_learns_with_every_augmentation_on(features, ssl_checkpoint, tmp_path):  # noqa: F811
+def test_tiny_ast_still_learns_with_every_augmentation_on(features, ssl_checkpoint, tmp_path):
     from lib.checkpoint import load_encoder
 
     seed_everything(0, True)

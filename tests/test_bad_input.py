@@ -80,6 +80,7 @@ def test_silence_non_ascii_names_and_symlinks(tmp_path):
     assert torch.isfinite(values).all()
 
 
+@pytest.mark.train
 def test_thousands_of_classes(tmp_path):
     silence = np.zeros(160, np.float32)
     names = [f"class_{i:04d}" for i in range(1500)]
@@ -191,6 +192,7 @@ def test_a_changed_clip_never_gets_stale_features(tmp_path):
     assert not hit and third.num_clips["train"] == 5
 
 
+@pytest.mark.train
 def test_two_processes_building_the_same_cache_at_once(tmp_path):
     train, validation = small_layout(tmp_path)
     script = (

@@ -19,7 +19,7 @@ from lib.checkpoint import (
     BUNDLED_CONFIG,
 )
 from lib.example import make_ssl_checkpoint
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def assert_same_weights(loaded, reference):

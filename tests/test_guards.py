@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from transformers import ASTModel
 
@@ -16,11 +15,9 @@ from lib.example import make_ssl_checkpoint
 from lib.features import FeatureParams, make_feature_extractor
 from lib.guards import NonFiniteError, NonFiniteLossCallback, check_finite_folder, nonfinite_in_folder
 from lib.model import build_classifier
-from lib.runtime import resolve_runtime, seed_everything
+from lib.runtime import seed_everything
 from lib.training import train_classifier
-from tests.conftest import small_config
-
-CPU = resolve_runtime("cpu", "auto")
+from tests.helpers import CPU, random_features, small_config
 
 
 def test_a_checkpoint_with_one_nan_weight_is_a_checkpoint_error_naming_the_tensor(tmp_path):
@@ -34,15 +31,7 @@ def test_a_checkpoint_with_one_nan_weight_is_a_checkpoint_error_naming_the_tenso
         load_encoder(folder)
 
 
-def features(count: int, seed: int, poison_rows: tuple[int, ...] = ()) -> Dataset:
-    rng = np.random.default_rng(seed)
-    values = rng.standard_normal((count, 64, 64)).astype(np.float32)
-    labels = [index % 3 for index in range(count)]
-    for row in poison_rows:
-        values[row] = 1e30  # finite input that overflows to inf inside the encoder
-    return Dataset.from_dict({"input_values": values, "label": labels}).with_format("torch")
-
-
+@pytest.mark.train
 def test_a_nan_loss_stops_training_naming_the_epoch_and_keeps_only_finite_checkpoints(tmp_path):
     seed_everything(0, True)
     model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
@@ -50,7 +39,7 @@ def test_a_nan_loss_stops_training_naming_the_epoch_and_keeps_only_finite_checkp
     extractor = make_feature_extractor(FeatureParams(num_mel_bins=64, max_frames=64))
     with pytest.raises(NonFiniteError, match=r"training loss became nan in epoch 1 \(optimizer steps 1-3\)"):
         train_classifier(
-            model, features(12, 0, poison_rows=(5,)), features(6, 1), extractor, config,
+            model, random_features(12, 0, poison_rows=(5,)), random_features(6, 1), extractor, config,
             tmp_path / "work", tmp_path / "log.txt", "fp", CPU,
         )
     assert not list((tmp_path / "work").glob("checkpoint-*"))  # the NaN epoch was never saved
@@ -80,11 +69,11 @@ def save_member(folder, poison: bool):
 def test_evaluation_refuses_a_model_with_nan_weights_and_nan_logits_are_named(tmp_path):
     bad = save_member(tmp_path / "bad", poison=True)
     with pytest.raises(NonFiniteError, match=r"model .*bad: 1 tensors hold NaN or inf \(classifier\.weight\)"):
-        evaluate_model(bad, features(6, 1), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
+        evaluate_model(bad, random_features(6, 1), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
     good = save_member(tmp_path / "good", poison=False)
     with pytest.raises(NonFiniteError, match=r"NaN or inf logits for 1 of 6 validation clips \(rows \[2\]\)"):
-        evaluate_model(good, features(6, 1, poison_rows=(2,)), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
-    result = evaluate_model(good, features(6, 1), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
+        evaluate_model(good, random_features(6, 1, poison_rows=(2,)), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
+    result = evaluate_model(good, random_features(6, 1), ["a", "b", "c"], 4, CPU, tmp_path / "eval")
     assert result.num_samples == 6
 
 

@@ -3,7 +3,7 @@ import torch
 from transformers import ASTModel, AutoModelForAudioClassification
 
 from lib.model import ASTMeanPoolClassifier, apply_freezing, build_classifier
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 LABELS = ["cat", "dog", "eel"]
 HEAD = {"classifier.weight", "classifier.bias",

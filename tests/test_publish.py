@@ -169,7 +169,7 @@ def test_versions_links_and_backups_are_never_listed_as_members(tmp_path, monkey
 def test_a_copied_best_folder_still_works(tmp_path):
     from transformers import ASTModel
 
-    from tests.conftest import small_config
+    from tests.helpers import small_config
 
     best = tmp_path / "best"
     sources, files = member_files(tmp_path, "v1")

@@ -4,20 +4,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from transformers import ASTModel, TrainerCallback
 
 from lib.checkpoint import load_encoder
 from lib.config import ConfigError, TrainingConfig
 from lib.evaluation import evaluate_model
-from lib.features import FeatureParams, build_feature_cache, load_split, make_feature_extractor
+from lib.features import load_split, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.runtime import resolve_runtime, seed_everything
-from lib.scan import scan_dataset
 from lib.training import epoch_batch_sizes, optimizer_steps_per_epoch, train_classifier
-from tests.conftest import small_config
-
-CPU = resolve_runtime("cpu", "auto")
+from tests.helpers import CPU, random_features, small_config
 
 
 def test_runtime_never_silently_ignores_mixed_precision():
@@ -25,16 +21,13 @@ def test_runtime_never_silently_ignores_mixed_precision():
     assert resolve_runtime("cpu", "bf16").precision == "bf16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_runtime("cpu", "fp16")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device"):
-            resolve_runtime("cuda", "auto")
 
 
-@pytest.fixture(scope="module")
-def features(dataset_dirs, tmp_path_factory):
-    manifest = scan_dataset(*dataset_dirs)
-    ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path_factory.mktemp("c"))
-    return ref
+
+def test_device_cuda_without_a_visible_gpu_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_runtime("cuda", "auto")
 
 
 @pytest.mark.slow
@@ -140,14 +133,6 @@ class ScheduleRecorder(TrainerCallback):
         self.max_steps = state.max_steps
 
 
-def random_features(count: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset.from_dict({
-        "input_values": rng.standard_normal((count, 64, 64)).astype(np.float32),
-        "label": [index % 3 for index in range(count)],
-    }).with_format("torch")
-
-
 def train_with_schedule(tmp_path, epochs: int, fingerprint: str = "schedule"):
     seed_everything(0, True)
     model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
@@ -162,6 +147,7 @@ def train_with_schedule(tmp_path, epochs: int, fingerprint: str = "schedule"):
     return outcome, recorder
 
 
+@pytest.mark.train
 def test_batch_size_schedule_reaches_the_dataloader_and_the_lr_schedule_ends_at_the_last_step(tmp_path):
     outcome, recorder = train_with_schedule(tmp_path, epochs=4)
 
@@ -180,6 +166,7 @@ def test_batch_size_schedule_reaches_the_dataloader_and_the_lr_schedule_ends_at_
     assert [line.split("  ")[1] for line in lines] == ["batch_size 2", "batch_size 4", "batch_size 8", "batch_size 8"]
 
 
+@pytest.mark.train
 def test_resume_finds_its_epoch_in_a_batch_size_schedule(tmp_path):
     first, _ = train_with_schedule(tmp_path, epochs=2)
     assert first.optimizer_steps == 5 + 3
@@ -191,6 +178,7 @@ def test_resume_finds_its_epoch_in_a_batch_size_schedule(tmp_path):
     assert resumed.optimizer_steps == 12 and resumed.epochs_run == 4
 
 
+@pytest.mark.train
 def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
     """8 clips as one batch of 8, or as 2 accumulated batches of 4: the same step and logged loss."""
 

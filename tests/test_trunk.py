@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import ASTModel, TrainerCallback
+from transformers import ASTModel
 
 from lib import trunk
 from lib.checkpoint import export_encoder
@@ -28,9 +28,7 @@ from lib.trunk import (
     frozen_trunk_layers,
     training_inputs,
 )
-from tests.conftest import small_config
-
-CPU = resolve_runtime("cpu", "auto")
+from tests.helpers import CPU, StopAfterEpoch, small_config
 
 
 def finetune_config(tmp_path: Path, train_dir=Path("train"), validation_dir=Path("validation"), ssl=Path("ssl"),
@@ -45,27 +43,25 @@ def finetune_config(tmp_path: Path, train_dir=Path("train"), validation_dir=Path
 
 
 @pytest.mark.parametrize(
-    "model, training, encoder, expected",
+    "model, training, encoder, expected, because",
     [
-        ({"head_only": True}, {}, {}, 2),
-        ({"train_last_n_layers": 1}, {}, {}, 1),
-        ({"train_last_n_layers": 2}, {}, {}, None),  # every layer trains: nothing but the patch embedding frozen
-        ({}, {}, {}, None),  # full fine-tuning
-        ({"head_only": True}, {}, {"hidden_dropout_prob": 0.1}, None),
-        ({"train_last_n_layers": 1}, {}, {"attention_probs_dropout_prob": 0.1}, None),
-        ({"head_only": True}, {"augmentation": AugmentationConfig(noise_std=0.1)}, {}, None),
-        ({"head_only": True}, {"augmentation": AugmentationConfig(time_roll=True)}, {}, None),
-        ({"head_only": True}, {"trunk_cache": False}, {}, None),
-        ({"head_only": True}, {"num_processes": 2}, {}, None),
+        ({"head_only": True}, {}, {}, 2, "head only: embeddings and layers[:2] are frozen"),
+        ({"train_last_n_layers": 1}, {}, {}, 1, "last 1 of 2 layers trained: embeddings and layers[:1]"),
+        ({"train_last_n_layers": 2}, {}, {}, None, "trains every layer: only the patch embedding is frozen"),
+        ({}, {}, {}, None, "full fine-tuning"),
+        ({"head_only": True}, {}, {"hidden_dropout_prob": 0.1}, None, "dropout (hidden_dropout_prob=0.1"),
+        ({"train_last_n_layers": 1}, {}, {"attention_probs_dropout_prob": 0.1}, None, "attention_probs_dropout_prob=0.1)"),
+        ({"head_only": True}, {"augmentation": AugmentationConfig(noise_std=0.1)}, {}, None, "augmentation is on"),
+        ({"head_only": True}, {"augmentation": AugmentationConfig(time_roll=True)}, {}, None, "augmentation is on"),
+        ({"head_only": True}, {"trunk_cache": False}, {}, None, "training.trunk_cache is false"),
+        ({"head_only": True}, {"num_processes": 2}, {}, None, "num_processes=2"),
     ],
 )
-def test_the_trunk_is_cached_only_when_frozen_and_deterministic(tmp_path, model, training, encoder, expected):
+def test_the_trunk_is_cached_only_when_frozen_and_deterministic(tmp_path, model, training, encoder, expected, because):
     encoder_config = small_config(**{"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **encoder})
     layers, reason = frozen_trunk_layers(finetune_config(tmp_path, model=model, **training), encoder_config)
     assert layers == expected
-    assert reason  # logged and recorded either way
-    if expected is None and encoder:
-        assert "dropout" in reason and "0.1" in reason
+    assert because in reason  # logged and recorded either way
 
 
 def test_reasons_name_what_stops_the_cache(tmp_path):
@@ -203,7 +199,7 @@ def test_training_on_the_trunk_cache_matches_training_without_it(prepared, datas
         config = finetune_config(
             tmp_path, *dataset_dirs, ssl_checkpoint, name=f"cache-{cached}", model=freezing, trunk_cache=cached,
             epochs=6, batch_size=8, batch_sizes=[4, 8], gradient_accumulation_steps=2, learning_rate=3e-3,
-            warmup_steps=0.1, seed=0, device="cpu",
+            warmup_steps=0.1, seed=0, device="cpu", save_total_limit=6,
         )
         outcomes[cached] = train_member(plan_run(config), features, encoder)
     with_cache, without = outcomes[True], outcomes[False]
@@ -232,25 +228,18 @@ def test_training_on_the_trunk_cache_matches_training_without_it(prepared, datas
     published = ASTMeanPoolClassifier.from_pretrained(with_cache.best_model_dir).state_dict()
     assert set(best) == {f"full_model.{name}" for name in published}
     assert all(torch.equal(best[f"full_model.{name}"], tensor) for name, tensor in published.items())
-    last = max(Path(with_cache.work_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    if last != Path(with_cache.best_checkpoint):  # then the last epoch's head differs: the reload mattered
-        last_head = load_file(str(last / "model.safetensors"))["full_model.classifier.weight"]
-        assert not torch.equal(last_head, published["classifier.weight"])
-    if with_cache.best_epoch == without.best_epoch:
-        logits = [predict_logits(ASTMeanPoolClassifier.from_pretrained(outcome.best_model_dir), validation, 8, CPU)
-                  for outcome in (with_cache, without)]
-        np.testing.assert_allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)  # seen: 2e-5
-
-
-class StopAfterEpoch(TrainerCallback):
-    """Ends training after `epoch` epochs, as a crash after that epoch's checkpoint would."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if round(state.epoch) >= self.epoch:
-            control.should_training_stop = True
+    # ... and not another epoch's: every other checkpoint (all six are kept) has another head
+    best_step = Path(with_cache.best_checkpoint).name
+    others = [path for path in Path(with_cache.work_dir).glob("checkpoint-*") if path.name != best_step]
+    assert len(others) == 5
+    for other in others:
+        head = load_file(str(other / "model.safetensors"))["full_model.classifier.weight"]
+        assert not torch.equal(head, published["classifier.weight"])
+    # the cached run's best model gives the logits of the uncached run's classifier after the same step
+    same_step = ASTMeanPoolClassifier.from_pretrained(str(Path(without.work_dir) / best_step))
+    logits = [predict_logits(model, validation, 8, CPU)
+              for model in (ASTMeanPoolClassifier.from_pretrained(with_cache.best_model_dir), same_step)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)  # seen: 2e-5
 
 
 @pytest.mark.slow
@@ -287,10 +276,9 @@ def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatc
     from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.features import FeatureCacheRef, FeatureParams
     from lib.model import apply_freezing, build_classifier
-    from lib.runtime import resolve_runtime
     from transformers import ASTModel
 
-    from tests.conftest import small_config
+    from tests.helpers import small_config
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(trunk_module.shutil, "disk_usage", lambda path: usage(10**6, 0, 10**4))
