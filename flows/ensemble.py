@@ -38,7 +38,9 @@ def ensemble(config: EnsembleConfig) -> dict:
     """Fine-tune every member variant on shared features, publish each, and soft-vote them."""
     logger = get_run_logger()
     # validate: every member's config, before any work
-    plans = {variant.name: plan_run(config.member_config(variant)) for variant in config.members}
+    # (dispatched members train on workers: their device and precision are resolved there, not here)
+    trains_here = config.dispatch == "in_process"
+    plans = {variant.name: plan_run(config.member_config(variant), trains_here) for variant in config.members}
     first = next(iter(plans.values()))
     # data and encoder: computed once, shared by every member (their data/features/model sections are equal)
     features, encoder = shared_inputs(first)

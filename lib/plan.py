@@ -15,7 +15,7 @@ from lib.checkpoint import (
 )
 from lib.config import ConfigError, FeatureConfig, FinetuneConfig
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
-from lib.runtime import Runtime, resolve_runtime
+from lib.runtime import Runtime, check_portable, resolve_runtime
 from lib.training import check_schedule_supported, check_work_dir
 
 
@@ -24,7 +24,8 @@ class RunPlan(BaseModel):
 
     config: FinetuneConfig
     feature_params: FeatureParams
-    runtime: Runtime
+    # None when planned for another machine (the parent of a scale-out): the member's own run resolves it
+    runtime: Runtime | None
     fingerprint: str
 
     @property
@@ -65,8 +66,12 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
     check_work_dir(work_dir)
 
 
-def plan_run(config: FinetuneConfig) -> RunPlan:
-    """Fail fast on anything checkable without touching audio or weights; errors name the parameter."""
+def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
+    """Fail fast on anything checkable without touching audio or weights; errors name the parameter.
+
+    trains_here=False plans a run that another machine trains (a scale-out member): only what holds
+    everywhere is checked, and the plan has no Runtime.
+    """
     config = config.resolved()
     checkpoint = config.model.ssl_checkpoint
     if not (checkpoint / WEIGHTS_FILE).is_file():
@@ -108,7 +113,12 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
             f"{masks.time_mask_frames} must not exceed the features' {mel_bins} mel bins and {frames} frames "
             "(features.max_frames); narrow the masks"
         )
-    runtime = resolve_runtime(config.training.device, config.training.precision)
+    # Device and precision are facts of the machine that trains: resolved here only if that is this one.
+    if trains_here:
+        runtime = resolve_runtime(config.training.device, config.training.precision)
+    else:
+        check_portable(config.training.device, config.training.precision)
+        runtime = None
     processes = config.training.num_processes
     if processes > 1 and config.training.batch_sizes:
         raise ConfigError(
@@ -117,7 +127,7 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         )
     if config.training.batch_sizes:
         check_schedule_supported()
-    if runtime.device == "cuda" and processes > torch.cuda.device_count():
+    if runtime is not None and runtime.device == "cuda" and processes > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "
             "visible; lower it (one process per GPU) or check CUDA_VISIBLE_DEVICES"

@@ -26,6 +26,17 @@ class Runtime:
         return torch.float16 if self.fp16 else torch.bfloat16 if self.bf16 else None
 
 
+def check_portable(device: str = "auto", precision: str = "auto") -> None:
+    """Refuse device/precision pairs that are wrong on every machine, without looking at this one's GPUs.
+
+    The parent of a scale-out ensemble runs where no GPU may be: it validates with this, and each
+    member resolves its Runtime (resolve_runtime) on the worker that trains it.
+    """
+    if precision == "fp16" and device == "cpu":
+        # transformers 5 silently trains in fp32 when fp16=True on CPU (the notebook's setting).
+        raise ConfigError("training.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32 (or auto)")
+
+
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """Pick the device and mixed precision; refuse combinations that would silently do nothing."""
     has_cuda = torch.cuda.is_available()

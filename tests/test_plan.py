@@ -160,3 +160,18 @@ def test_the_encoder_cache_key_follows_the_config_actually_used(tmp_path):
     base.write_text(json.dumps({**json.loads(base.read_text()), "hidden_dropout_prob": 0.0}) + "\n")
     changed, hit = export_encoder(folder, base, tmp_path / "cache", 64)
     assert not hit and changed.path != first.path
+
+
+def test_a_scale_out_parent_without_a_gpu_plans_cuda_members_and_leaves_the_runtime_to_the_worker(
+    dataset_dirs, ssl_checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the orchestration worker has no GPU
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.training.device, config.training.precision = "cuda", "bf16"
+    plan = plan_run(config, trains_here=False)
+    assert plan.runtime is None and plan.config.training.device == "cuda"  # shipped as settings, not as a Runtime
+    with pytest.raises(ConfigError, match="training.device=cuda but no CUDA device is visible"):
+        plan_run(config)  # where it trains, the same settings are resolved against the machine
+    config.training.device, config.training.precision = "cpu", "fp16"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        plan_run(config, trains_here=False)  # wrong everywhere: refused in the parent too
