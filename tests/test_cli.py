@@ -261,3 +261,21 @@ def test_help_is_grouped_by_section_and_imports_no_torch():
         assert f"\n{section}\n" in help_text
     assert "--training.precision, --precision {auto,fp32,fp16,bf16}" in help_text
     assert "--[no-]data.skip-bad-files, --[no-]skip-bad-files" in help_text
+
+
+def test_demo_takes_set_overrides(tmp_path, capsys, monkeypatch):
+    import flows.finetune
+
+    seen = {}
+
+    def stop_before_training(config):
+        seen["config"] = config
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(flows.finetune, "finetune", stop_before_training)
+    code = main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=2"])
+    assert code == 2 and "training.augmentation.mixup_probability" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=0.5"])
+    assert seen["config"].training.epochs == 2 and seen["config"].training.augmentation.mixup_probability == 0.5
+    assert seen["config"].training.learning_rate == 1e-3  # the demo's own settings stay
