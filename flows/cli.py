@@ -11,9 +11,10 @@ notebook-shaped short flags of SHORT_FLAGS. Precedence: defaults < `--config` pr
 # preset is read rather than by the parser; it marks every field without a default "(required)" although
 # a preset may fill it; it shows Python types as metavars ({Path,None}, list[int]); its short aliases
 # (cli_shortcuts) cannot take their own syntax (--spec-augment FREQ,TIME, --member NAME=last_N) nor be
-# checked against each other (--head-only with --train-last-n-layers). A generator of ~100 lines over
-# the same pydantic metadata gives parse-time errors, readable metavars and one help group per section,
-# and adds no dependency (pydantic-settings only comes with Prefect, whose CLI options change often).
+# checked against each other (--head-only with --train-last-n-layers). About 150 lines over the same
+# pydantic metadata give parse-time errors, readable metavars and one help group per section, and add no
+# dependency (pydantic-settings comes only through Prefect, and its CLI options still change between
+# minor versions).
 
 from __future__ import annotations
 
@@ -223,7 +224,7 @@ def _shown(action: argparse.Action) -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """'--training.epochs, --epochs N' rather than argparse 3.11's '--training.epochs N, --epochs N', and
+    """'--training.epochs, --epochs N' rather than Python 3.11's '--training.epochs N, --epochs N', and
     '--[no-]tensorboard' for a switch's pair of flags."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
