@@ -1,139 +1,282 @@
 """`astft` command line: finetune, ensemble, predict, demo.
 
-Flags override a YAML preset (`--config`), which overrides the defaults in lib/config.py.
+Every flag of finetune, ensemble and predict is generated from the pydantic config in lib/config.py:
+`--section.field VALUE` for each field (help from its description, choices from its type), plus the
+notebook-shaped short flags of SHORT_FLAGS. Precedence: defaults < `--config` preset < flags < `--set`.
 """
+
+# Why argparse over `model_fields` and not pydantic-settings' CliSettingsSource (evaluated at 2.16.3):
+# it builds the same grouped, dotted flags from the same models, but hands back every value as a string
+# that only the final validation types, so `--batch-sizes 8,x` or `--epochs x` is caught after the
+# preset is read rather than by the parser; it marks every field without a default "(required)" although
+# a preset may fill it; it shows Python types as metavars ({Path,None}, list[int]); its short aliases
+# (cli_shortcuts) cannot take their own syntax (--spec-augment FREQ,TIME, --member NAME=last_N) nor be
+# checked against each other (--head-only with --train-last-n-layers). About 150 lines over the same
+# pydantic metadata give parse-time errors, readable metavars and one help group per section, and add no
+# dependency (pydantic-settings comes only through Prefect, and its CLI options still change between
+# minor versions).
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
-from lib.config import MetricName
+from lib.config import EnsembleConfig, FinetuneConfig, Freezing, PredictConfig, TrainingConfig
 
-# flag dest -> (section, field) in FinetuneConfig; None section = top level, "a.b" = nested section,
-# a tuple of fields takes a flag's list of values in order
-FLAG_FIELDS: dict[str, tuple[str | None, str | tuple[str, ...]]] = {
-    "name": (None, "name"),
-    "output_dir": (None, "output_dir"),
-    "work_dir": (None, "work_dir"),
-    "train_dir": ("data", "train_dir"),
-    "validation_dir": ("data", "validation_dir"),
-    "cache_dir": ("data", "cache_dir"),
-    "quick_subsample": ("data", "quick_subsample"),
-    "skip_bad_files": ("data", "skip_bad_files"),
-    "fingerprint": ("data", "fingerprint"),
-    "ssl_checkpoint": ("model", "ssl_checkpoint"),
-    "base_config": ("model", "base_config"),
-    "head_only": ("model", "head_only"),
-    "train_last_n_layers": ("model", "train_last_n_layers"),
-    "pooling": ("model", "pooling"),
-    "max_frames": ("features", "max_frames"),
-    "epochs": ("training", "epochs"),
-    "batch_size": ("training", "batch_size"),
-    "batch_sizes": ("training", "batch_sizes"),
-    "learning_rate": ("training", "learning_rate"),
-    "warmup_steps": ("training", "warmup_steps"),
-    "gradient_accumulation_steps": ("training", "gradient_accumulation_steps"),
-    "metric_for_best_model": ("training", "metric_for_best_model"),
-    "precision": ("training", "precision"),
-    "device": ("training", "device"),
-    "seed": ("training", "seed"),
-    "dataloader_num_workers": ("training", "dataloader_num_workers"),
-    "tensorboard": ("training", "tensorboard"),
-    "num_processes": ("training", "num_processes"),
-    "spec_augment": ("training.augmentation", ("freq_mask_bins", "time_mask_frames")),
-    "mixup": ("training.augmentation", "mixup_probability"),
-    "noise_std": ("training.augmentation", "noise_std"),
-    "time_roll": ("training.augmentation", "time_roll"),
+# The notebook-shaped short flags (README, "Command line"): field path -> extra spelling of its flag.
+# Only the spelling lives here; type, choices and help come from the field. A command gets the short
+# flags of the fields its config has. Top-level fields need none: their generated flag is already short.
+SHORT_FLAGS: dict[str, str] = {
+    "data.train_dir": "--train-dir",
+    "data.validation_dir": "--validation-dir",
+    "data.cache_dir": "--cache-dir",
+    "data.quick_subsample": "--quick-subsample",
+    "data.skip_bad_files": "--skip-bad-files",
+    "data.fingerprint": "--fingerprint",
+    "model.ssl_checkpoint": "--ssl-checkpoint",
+    "model.base_config": "--base-config",
+    "model.head_only": "--head-only",
+    "model.train_last_n_layers": "--train-last-n-layers",
+    "model.pooling": "--pooling",
+    "features.max_frames": "--max-frames",
+    "training.epochs": "--epochs",
+    "training.batch_size": "--batch-size",
+    "training.batch_sizes": "--batch-sizes",
+    "training.learning_rate": "--learning-rate",
+    "training.warmup_steps": "--warmup-steps",
+    "training.gradient_accumulation_steps": "--gradient-accumulation-steps",
+    "training.metric_for_best_model": "--metric-for-best-model",
+    "training.precision": "--precision",
+    "training.device": "--device",
+    "training.seed": "--seed",
+    "training.dataloader_num_workers": "--dataloader-num-workers",
+    "training.tensorboard": "--tensorboard",
+    "training.num_processes": "--num-processes",
+    "training.augmentation.mixup_probability": "--mixup",
+    "training.augmentation.noise_std": "--noise-std",
+    "training.augmentation.time_roll": "--time-roll",
+    "model_path": "--model",
+    "input_path": "--input",
+    "output_csv": "--output",
+}
+
+# Namespace attributes that set a config field are named FIELD + its dotted path; overrides_from_args
+# collects exactly those, so a flag the user did not pass (default SUPPRESS: no attribute) never
+# overrides the preset.
+FIELD = "field:"
+NULL = "null"
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """How the flag of one field reads its text, and how --help shows it."""
+
+    parse: Callable[[str], Any]
+    metavar: str
+    switch: bool = False  # a plain bool: --flag / --no-flag, without a value
+    plural: str | None = None  # set for scalars, which may also come as a comma-separated list
+    example: str = ""
+
+
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _choice(choices: tuple[Any, ...]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        for choice in choices:
+            if str(choice) == text:
+                return choice
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(map(str, choices))})")
+
+    return parse
+
+
+def _comma_list(item: ValueType) -> Callable[[str], list[Any]]:
+    """'8,16,32' -> [8, 16, 32]; range checks are the config's, so errors name the config field."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [item.parse(part.strip()) for part in text.split(",")]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.plural} such as {item.example}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"expected a YAML or JSON value, got {text!r}") from None
+
+
+def _or_null(inner: ValueType) -> ValueType:
+    parse = boolean if inner.switch else inner.parse
+    return ValueType(lambda text: None if text == NULL else parse(text), f"{inner.metavar}|{NULL}")
+
+
+SCALARS = {
+    int: ValueType(int, "N", plural="integers", example="8,16,32"),
+    float: ValueType(float, "X", plural="numbers", example="0.5,0.25"),
+    str: ValueType(str, "TEXT", plural="names", example="a,b"),
+    Path: ValueType(str, "PATH", plural="paths", example="a,b"),
 }
 
 
-def int_list(text: str) -> list[int]:
-    """'8,16,32' -> [8, 16, 32]; range checks are the config's, so errors name the config field."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 8,16,32, got {text!r}") from None
+def value_type(annotation: Any) -> ValueType:
+    """The flag for a field type: bool a switch, Literal its choices, X | None also 'null', list[scalar]
+    comma-separated, and anything else (lists of sections, mappings) a YAML or JSON value."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
+        rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(rest) == 1:
+            return _or_null(value_type(rest[0]))
+    if annotation is bool:
+        return ValueType(boolean, "true|false", switch=True)
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        names = [str(choice) for choice in choices]
+        return ValueType(_choice(choices), "{" + ",".join(names) + "}", plural=f"values of {{{','.join(names)}}}",
+                         example=",".join(names[:2]))
+    if annotation in SCALARS:
+        return SCALARS[annotation]
+    if get_origin(annotation) is list and len(get_args(annotation)) == 1:
+        item = value_type(get_args(annotation)[0])
+        if item.plural:
+            return ValueType(_comma_list(item), f"{item.metavar},...")
+    return ValueType(_yaml, "YAML")
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def config_sections(
+    model: type[BaseModel], prefix: str = ""
+) -> Iterator[tuple[str, type[BaseModel], list[tuple[str, FieldInfo]]]]:
+    """(section path, section model, its fields as (dotted path, field)): the top level ('') first, then
+    every nested section, depth first, in declaration order."""
+    fields = model.model_fields.items()
+    yield prefix.rstrip("."), model, [(prefix + name, field) for name, field in fields if not _is_section(field.annotation)]
+    for name, field in fields:
+        if _is_section(field.annotation):
+            yield from config_sections(field.annotation, f"{prefix}{name}.")
+
+
+def field_types(model: type[BaseModel]) -> dict[str, ValueType]:
+    return {path: value_type(field.annotation) for _, _, fields in config_sections(model) for path, field in fields}
+
+
+def flag_name(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def field_help(field: FieldInfo, preset: bool) -> str:
+    text = (field.description or "").replace("%", "%%")
+    if field.is_required():
+        return f"{text} (required{', here or in the --config preset' if preset else ''})"
+    default = field.default
+    if field.default_factory is not None or default is None:
+        return text
+    shown = str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{text} (default: {','.join(map(str, default)) if isinstance(default, list) else shown})"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, plus a check across two flags: the freezing modes are exclusive (Freezing's validator).
+    Unlike a mutually exclusive group, `--no-head-only --train-last-n-layers 2` (over a preset) passes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exclusive: list[tuple[argparse.Action, argparse.Action]] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for first, second in self.exclusive:
+            if getattr(namespace, first.dest, None) and getattr(namespace, second.dest, None):
+                self.error(f"argument {_shown(second)}: not allowed with argument {_shown(first)}")
+        return namespace, extras
+
+
+def _shown(action: argparse.Action) -> str:
+    return "/".join(option for option in action.option_strings if not option.startswith("--no-"))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """'--training.epochs, --epochs N' rather than Python 3.11's '--training.epochs N, --epochs N', and
+    '--[no-]tensorboard' for a switch's pair of flags."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return ", ".join(f"--[no-]{option[2:]}" for option in action.option_strings if not option.startswith("--no-"))
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
+class SetFields(argparse.Action):
+    """Stores the values of one flag in several fields (--spec-augment FREQ,TIME)."""
+
+    def __init__(self, *args: Any, paths: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.paths = paths
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        for path, value in zip(self.paths, values, strict=True):
+            setattr(namespace, FIELD + path, value)
+
+
+def add_config_flags(parser: Parser, model: type[BaseModel], preset: bool) -> dict[str, argparse._ArgumentGroup]:
+    """A flag for every field of `model`, one help group per section; returns the groups by section path."""
+    groups = {}
+    for section, section_model, fields in config_sections(model):
+        group = groups[section] = parser.add_argument_group(section or "top-level fields")
+        actions = {}
+        for path, field in fields:
+            kind = value_type(field.annotation)
+            names = [flag_name(path), *([SHORT_FLAGS[path]] if path in SHORT_FLAGS else [])]
+            common = {"dest": FIELD + path, "default": argparse.SUPPRESS, "help": field_help(field, preset)}
+            if kind.switch:
+                actions[path] = group.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+            else:
+                required = field.is_required() and not preset
+                actions[path] = group.add_argument(
+                    *names, type=kind.parse, metavar=kind.metavar, required=required, **common
+                )
+        if issubclass(section_model, Freezing):
+            prefix = f"{section}." if section else ""
+            parser.exclusive.append((actions[prefix + "head_only"], actions[prefix + "train_last_n_layers"]))
+    return groups
 
 
 def mask_widths(text: str) -> list[int]:
     """'48,192' -> [48, 192]: the frequency and time mask widths of --spec-augment."""
-    widths = int_list(text)
+    widths = _comma_list(SCALARS[int])(text)
     if len(widths) != 2:
         raise argparse.ArgumentTypeError(f"expected FREQ,TIME mask widths such as 48,192, got {text!r}")
     return widths
-
-
-def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML preset (sections: data, features, model, training)")
-    parser.add_argument("--name", help="member name; published to <output-dir>/best/<name>/")
-    parser.add_argument("--output-dir", help="root of published members (default: ensemble)")
-    parser.add_argument("--work-dir", help="Trainer checkpoints and logs (default: <output-dir>/runs/<name>)")
-    parser.add_argument("--train-dir", help="train/<class>/*.wav folder")
-    parser.add_argument("--validation-dir", help="validation/<class>/*.wav folder")
-    parser.add_argument("--cache-dir", help="feature/scan/encoder cache folder (default: .astft-cache)")
-    parser.add_argument("--quick-subsample", action="store_true", default=None, help="keep every 10th clip")
-    parser.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable clips")
-    parser.add_argument(
-        "--fingerprint", choices=["stat", "content"],
-        help="how the scan notices changed clips: size+mtime (default) or a hash of every clip's bytes",
-    )
-    parser.add_argument("--ssl-checkpoint", help="folder with the SSL model.safetensors")
-    parser.add_argument(
-        "--base-config", help="AST config.json of the encoder; overrides the checkpoint folder's config.json"
-    )
-    freezing = parser.add_mutually_exclusive_group()
-    freezing.add_argument("--head-only", action="store_true", default=None, help="train only the head")
-    freezing.add_argument("--train-last-n-layers", type=int, help="train the last N layers (0 = full)")
-    parser.add_argument("--pooling", choices=["mean", "mean_patches"])
-    parser.add_argument(
-        "--max-frames", type=int, help="feature frames per clip (default 128; 1024 = the notebook's AST length)"
-    )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="eval batch size, and train batch size without --batch-sizes")
-    parser.add_argument(
-        "--batch-sizes", type=int_list, help="per-epoch train batch sizes, e.g. 8,16,32 (the last one repeats)"
-    )
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--warmup-steps", type=float, help="steps, or a fraction of all steps if < 1")
-    parser.add_argument("--gradient-accumulation-steps", type=int)
-    parser.add_argument("--metric-for-best-model", choices=get_args(MetricName))
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--dataloader-num-workers", type=int)
-    parser.add_argument("--tensorboard", action="store_true", default=None)
-    parser.add_argument("--num-processes", type=int, help="train this member on N GPUs with torchrun")
-    augmentation = parser.add_argument_group("augmentation of training batches (AST recipe; all off by default)")
-    augmentation.add_argument(
-        "--spec-augment", type=mask_widths, metavar="FREQ,TIME",
-        help="SpecAugment: one frequency and one time mask per clip, narrower than FREQ mel bins and TIME frames",
-    )
-    augmentation.add_argument("--mixup", type=float, metavar="P", help="mix each clip with another with probability P")
-    augmentation.add_argument("--noise-std", type=float, help="add Gaussian noise of this std to the features")
-    augmentation.add_argument("--time-roll", action="store_true", default=None, help="roll clips by -10..9 frames")
-
-
-def overrides_from_args(
-    args: argparse.Namespace, fields: dict[str, tuple[str | None, str | tuple[str, ...]]] = FLAG_FIELDS
-) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for dest, (section, field) in fields.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        target = overrides
-        for part in section.split(".") if section else ():
-            target = target.setdefault(part, {})
-        if isinstance(field, tuple):
-            target.update(zip(field, value, strict=True))
-        else:
-            target[field] = value
-    return overrides
 
 
 def parse_member(text: str) -> dict[str, Any]:
@@ -148,53 +291,117 @@ def parse_member(text: str) -> dict[str, Any]:
     raise argparse.ArgumentTypeError(f"--member {text!r}: expected NAME=head_only, NAME=last_N or NAME=full")
 
 
-ENSEMBLE_FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
-    key: FLAG_FIELDS[key]
-    for key in ("output_dir", "train_dir", "validation_dir", "cache_dir", "quick_subsample", "skip_bad_files",
-                "fingerprint", "ssl_checkpoint", "base_config", "epochs", "batch_size", "learning_rate", "precision",
-                "device", "seed")
-} | {"dispatch": (None, "dispatch"), "member_deployment": (None, "member_deployment"), "members": (None, "members")}
+def add_shorthands(model: type[BaseModel], groups: dict[str, argparse._ArgumentGroup]) -> None:
+    """Flags with a syntax of their own, shown beside the fields they set."""
+    if "training.augmentation" in groups:
+        paths = ("training.augmentation.freq_mask_bins", "training.augmentation.time_mask_frames")
+        groups["training.augmentation"].add_argument(
+            "--spec-augment", action=SetFields, paths=paths, type=mask_widths, metavar="FREQ,TIME",
+            default=argparse.SUPPRESS, help=f"SpecAugment in one flag: sets {paths[0]} and {paths[1]}",
+        )
+    if "members" in model.model_fields:
+        groups[""].add_argument(
+            "--member", dest=FIELD + "members", action="append", type=parse_member, metavar="NAME=VARIANT",
+            default=argparse.SUPPRESS,
+            help="a member variant, repeatable: NAME=head_only | NAME=last_N | NAME=full (adds to --members)",
+        )
 
 
-def _add_ensemble_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML preset (data, features, model, training, members)")
-    parser.add_argument("--member", dest="members", action="append", type=parse_member,
-                        help="a member variant, repeatable: NAME=head_only | NAME=last_N | NAME=full")
-    parser.add_argument("--dispatch", choices=["in_process", "deployments"])
-    parser.add_argument("--member-deployment", help="flow-name/deployment-name used with --dispatch deployments")
-    for flag in ("--output-dir", "--train-dir", "--validation-dir", "--cache-dir", "--ssl-checkpoint", "--base-config"):
-        parser.add_argument(flag)
-    parser.add_argument("--quick-subsample", action="store_true", default=None)
-    parser.add_argument("--skip-bad-files", action="store_true", default=None)
-    parser.add_argument("--fingerprint", choices=["stat", "content"])
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--seed", type=int)
+def assignment_parser(fields: dict[str, ValueType]) -> Callable[[str], tuple[str, Any]]:
+    """--set FIELD=VALUE: FIELD is a dotted path of the config, VALUE reads as that field's flag reads it."""
+
+    def parse(text: str) -> tuple[str, Any]:
+        name, sep, value = text.partition("=")
+        path = name.strip().replace("-", "_")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected FIELD=VALUE such as training.epochs=3, got {text!r}")
+        if path not in fields:
+            leaf = path.rsplit(".", 1)[-1]
+            close = [field for field in fields if field.rsplit(".", 1)[-1] == leaf]
+            close += difflib.get_close_matches(path, [field for field in fields if field not in close], 2, 0.85)
+            hint = f"did you mean {' or '.join(close)}?" if close else "--help lists them (a flag's name without --)"
+            raise argparse.ArgumentTypeError(f"{name!r} is not a field of the config; {hint}")
+        kind = fields[path]
+        try:
+            return path, (boolean if kind.switch else kind.parse)(value)
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            detail = f" ({error})" if isinstance(error, argparse.ArgumentTypeError) else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: {path} takes {kind.metavar}{detail}") from None
+
+    return parse
 
 
-def _add_predict_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", dest="model_path", required=True, help="member folder or ensemble folder (best/)")
-    parser.add_argument("--input", dest="input_path", required=True, help="a .wav file or a folder of them")
-    parser.add_argument("--output", dest="output_csv", default="predictions.csv", help="CSV to write")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--skip-bad-files", action="store_true")
+VALUES_HELP = """\
+values: a list is comma-separated (--batch-sizes 8,16,32), null clears an optional field, a switch has
+a --no- form (--no-skip-bad-files). Precedence: defaults < --config preset < flags < --set.
+"""
+
+
+def add_preset_command(commands: argparse._SubParsersAction, name: str, model: type[BaseModel], **kwargs: Any) -> None:
+    """A command that runs `model`: --config, --set, and a flag for every field."""
+    parser = commands.add_parser(
+        name, usage="%(prog)s [--config FILE] [--set FIELD=VALUE]... [--FIELD VALUE]...",
+        formatter_class=HelpFormatter, **kwargs,
+    )
+    sections = ", ".join(field for field in model.model_fields)
+    parser.add_argument("--config", type=Path, metavar="FILE", help=f"YAML preset with any of: {sections}")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", type=assignment_parser(field_types(model)),
+        metavar="FIELD=VALUE", default=argparse.SUPPRESS,
+        help="set any field by its dotted name, e.g. training.epochs=3 or training.augmentation.noise_std=0.02 "
+        "(repeatable; the value reads as the field's flag reads it)",
+    )
+    add_shorthands(model, add_config_flags(parser, model, preset=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="astft", description=__doc__.splitlines()[0])
+    parser = Parser(prog="astft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_finetune_flags(commands.add_parser("finetune", help="fine-tune and publish one member"))
-    _add_ensemble_flags(commands.add_parser("ensemble", help="fine-tune several variants and soft-vote them"))
-    _add_predict_flags(commands.add_parser("predict", help="predict wav files with a member or an ensemble"))
+    add_preset_command(
+        commands, "finetune", FinetuneConfig, help="fine-tune and publish one member",
+        description="Fine-tune one member from an SSL checkpoint and publish it to OUTPUT_DIR/best/NAME/.",
+        epilog=VALUES_HELP + """
+examples:
+  astft finetune --train-dir data/train --validation-dir data/validation \\
+      --ssl-checkpoint ssl/checkpoint-1000 --name last2 --train-last-n-layers 2
+  astft finetune --config deployments/presets/notebook.yaml --set training.epochs=3""",
+    )
+    add_preset_command(
+        commands, "ensemble", EnsembleConfig, help="fine-tune several variants and soft-vote them",
+        description="Fine-tune several freezing variants of one encoder and evaluate their soft vote.",
+        epilog=VALUES_HELP + """
+example:
+  astft ensemble --config ensemble.yaml --member head=head_only --member last2=last_2 --member full=full""",
+    )
+    predict = commands.add_parser(
+        "predict", help="predict wav files with a member or an ensemble",
+        usage="%(prog)s --model DIR --input PATH [--FIELD VALUE]...", formatter_class=HelpFormatter,
+        description="Write a CSV of file, predicted label and per-class probabilities (runs without Prefect).",
+    )
+    add_config_flags(predict, PredictConfig, preset=False)
     demo = commands.add_parser("demo", help="run the flow on a small built-in synthetic example")
     demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
-    demo.add_argument("--epochs", type=int, default=20)
-    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--epochs", type=int, default=20, help="training.epochs of the demo run")
+    demo.add_argument("--device", choices=get_args(TrainingConfig.model_fields["device"].annotation), default="auto")
+    demo.add_argument(
+        "--set", dest="assignments", action="append", type=assignment_parser(field_types(FinetuneConfig)),
+        metavar="FIELD=VALUE", default=argparse.SUPPRESS, help="change any field of the demo run, e.g. "
+        "training.augmentation.mixup_probability=0.5 (repeatable)",
+    )
     return parser
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set on the command line, nested as in the config: the flags, then --set."""
+    flags = [(dest.removeprefix(FIELD), value) for dest, value in vars(args).items() if dest.startswith(FIELD)]
+    overrides: dict[str, Any] = {}
+    for path, value in [*flags, *getattr(args, "assignments", [])]:
+        *sections, name = path.split(".")
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    return overrides
 
 
 def print_summary(summary: dict) -> None:
@@ -206,10 +413,9 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
 
     from lib.checkpoint import CheckpointError
-    from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, format_validation_error, load_config
+    from lib.config import ConfigError, deep_merge, load_config
     from lib.ensemble import EnsembleError
     from lib.features import BadAudioError
     from lib.guards import NonFiniteError
@@ -226,10 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             # Prediction runs without Prefect: no server, no flow run, just the library.
             from lib.predict import predict
 
-            try:
-                config = PredictConfig(**{key: getattr(args, key) for key in PredictConfig.model_fields})
-            except ValidationError as error:
-                raise ConfigError(format_validation_error(error, "arguments")) from error
+            config = load_config(PredictConfig, None, overrides_from_args(args))
             summary = predict(config)
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
@@ -237,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
             from flows.demo import demo_config
 
             config = demo_config(args.dir, epochs=args.epochs, device=args.device)
+            if overrides := overrides_from_args(args):
+                config = load_config(FinetuneConfig, None, deep_merge(config.model_dump(), overrides))
         elif args.command == "ensemble":
-            config = load_config(EnsembleConfig, args.config, overrides_from_args(args, ENSEMBLE_FLAG_FIELDS))
+            config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
     except expected as error:

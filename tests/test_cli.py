@@ -84,3 +84,198 @@ def test_predict_with_bad_inputs_or_output_exits_2_before_inference(capsys, tmp_
     (member / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     assert main(["predict", "--model", str(member), "--input", str(wav), "--output", str(tmp_path)]) == 2
     assert f"--output (output_csv) {tmp_path} is a folder" in capsys.readouterr().err
+
+
+# The generated CLI: every config field has a flag, found by walking the models here, independently of flows/cli.py,
+# so a field added to lib/config.py later is covered without touching this file.
+def leaf_fields(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, field
+
+
+def option_actions(command):
+    parser = build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    return subparser._option_string_actions
+
+
+def sample_argv(flag, action):
+    """Command-line words that set the field behind `action`, and the value they should give it."""
+    from flows.cli import SCALARS
+
+    if action.nargs == 0:  # a switch
+        return [flag], True
+    if action.metavar.startswith("{"):  # {a,b} or {a,b}|null
+        choice = action.metavar.split("|")[0].strip("{}").split(",")[-1]
+        return [flag, choice], choice
+    samples = {"N": ("3", 3), "X": ("0.5", 0.5), "TEXT": ("abc", "abc"), "PATH": ("some/dir", "some/dir"),
+               "N,...": ("8,16", [8, 16]), "YAML": ("[{name: a}]", [{"name": "a"}])}
+    assert set(samples) >= {value.metavar for value in SCALARS.values()}
+    text, value = samples[action.metavar.removesuffix("|null")]
+    return [flag, text], value
+
+
+CONFIGS = {"finetune": "FinetuneConfig", "ensemble": "EnsembleConfig", "predict": "PredictConfig"}
+
+
+@pytest.mark.parametrize("command", CONFIGS)
+def test_every_config_field_has_a_flag_with_its_description_and_choices(command):
+    import typing
+
+    import lib.config
+
+    model = getattr(lib.config, CONFIGS[command])
+    actions = option_actions(command)
+    required = {"predict": ["--model", "m", "--input", "i"]}.get(command, [])
+    for path, field in leaf_fields(model):
+        flag = "--" + path.replace("_", "-")
+        assert flag in actions, f"no flag for {path}"
+        action = actions[flag]
+        assert action.dest == f"field:{path}"
+        assert " ".join(field.description.split()[:4]) in " ".join(action.help.split())
+        literal = field.annotation
+        if typing.get_origin(literal) is typing.Literal:
+            assert action.metavar == "{" + ",".join(typing.get_args(literal)) + "}"
+        argv, value = sample_argv(flag, action)
+        args = build_parser().parse_args([command, *required, *argv])
+        overrides = overrides_from_args(args)
+        *sections, name = path.split(".")
+        for section in sections:
+            overrides = overrides[section]
+        assert overrides[name] == value, path
+        # and --set reaches it by the same dotted name, reading the value as the flag does
+        if command != "predict":
+            text = "true" if value is True else argv[-1]
+            assert overrides_from_args(build_parser().parse_args([command, "--set", f"{path}={text}"])) == (
+                overrides_from_args(args)
+            )
+
+
+def test_the_notebook_short_flags_still_work():
+    from flows.cli import SHORT_FLAGS
+
+    argv = [
+        "finetune", "--name", "n", "--output-dir", "o", "--work-dir", "w", "--train-dir", "t", "--validation-dir", "v",
+        "--cache-dir", "c", "--quick-subsample", "--skip-bad-files", "--fingerprint", "content",
+        "--ssl-checkpoint", "s", "--base-config", "b.json", "--pooling", "mean_patches", "--max-frames", "1024",
+        "--epochs", "4", "--batch-size", "2", "--batch-sizes", "8,16,32", "--learning-rate", "0.01",
+        "--warmup-steps", "0.1", "--gradient-accumulation-steps", "2", "--metric-for-best-model", "f1",
+        "--precision", "bf16", "--device", "cpu", "--seed", "7", "--dataloader-num-workers", "2", "--tensorboard",
+        "--num-processes", "2", "--spec-augment", "48,192", "--mixup", "0.5", "--noise-std", "0.02", "--time-roll",
+        "--head-only",
+    ]
+    assert overrides_from_args(build_parser().parse_args(argv)) == {
+        "name": "n", "output_dir": "o", "work_dir": "w",
+        "data": {"train_dir": "t", "validation_dir": "v", "cache_dir": "c", "quick_subsample": True,
+                 "skip_bad_files": True, "fingerprint": "content"},
+        "model": {"ssl_checkpoint": "s", "base_config": "b.json", "pooling": "mean_patches", "head_only": True},
+        "features": {"max_frames": 1024},
+        "training": {
+            "epochs": 4, "batch_size": 2, "batch_sizes": [8, 16, 32], "learning_rate": 0.01, "warmup_steps": 0.1,
+            "gradient_accumulation_steps": 2, "metric_for_best_model": "f1", "precision": "bf16", "device": "cpu",
+            "seed": 7, "dataloader_num_workers": 2, "tensorboard": True, "num_processes": 2,
+            "augmentation": {"freq_mask_bins": 48, "time_mask_frames": 192, "mixup_probability": 0.5,
+                             "noise_std": 0.02, "time_roll": True},
+        },
+    }
+    # every short flag is an alias of its field's dotted flag, in each command whose config has the field
+    for command in CONFIGS:
+        actions = option_actions(command)
+        for path, short in SHORT_FLAGS.items():
+            if "--" + path.replace("_", "-") in actions:
+                assert actions[short] is actions["--" + path.replace("_", "-")]
+    ensemble = build_parser().parse_args(["ensemble", "--member", "a=head_only", "--member", "b=last_2", "--seed", "3"])
+    assert overrides_from_args(ensemble) == {
+        "members": [{"name": "a", "head_only": True}, {"name": "b", "train_last_n_layers": 2}], "training": {"seed": 3}
+    }
+    predict = build_parser().parse_args(["predict", "--model", "m", "--input", "i", "--output", "p.csv"])
+    assert overrides_from_args(predict) == {"model_path": "m", "input_path": "i", "output_csv": "p.csv"}
+
+
+def test_flags_left_out_keep_the_preset_and_set_overrides_flags(tmp_path):
+    from lib.config import FinetuneConfig, load_config
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        "name: p\ndata: {train_dir: t, validation_dir: v, skip_bad_files: true}\n"
+        "model: {ssl_checkpoint: c, head_only: true}\nfeatures: {max_frames: 1024}\n"
+        "training: {epochs: 7, batch_sizes: [8, 16], augmentation: {noise_std: 0.1}}\n"
+    )
+
+    def config(*argv):
+        args = build_parser().parse_args(["finetune", "--config", str(preset), *argv])
+        return load_config(FinetuneConfig, args.config, overrides_from_args(args))
+
+    kept = config("--seed", "1")
+    assert (kept.training.epochs, kept.training.seed, kept.training.batch_sizes) == (7, 1, [8, 16])
+    assert kept.data.skip_bad_files and kept.model.head_only and kept.training.augmentation.noise_std == 0.1
+    changed = config(
+        "--no-skip-bad-files", "--no-head-only", "--train-last-n-layers", "2", "--features.max-frames", "null",
+        "--epochs", "3", "--set", "training.epochs=4", "--set", "training.batch-sizes=null",
+        "--set", "training.augmentation.mixup_probability=0.5",
+    )
+    assert not changed.data.skip_bad_files and changed.model.freezing == "last_2_layers"
+    assert changed.features.max_frames is None and changed.training.batch_sizes is None
+    assert changed.training.epochs == 4  # --set comes after the flags
+    assert changed.training.augmentation.noise_std == 0.1 and changed.training.augmentation.mixup_probability == 0.5
+
+
+def test_set_names_the_field_it_cannot_find_or_read(capsys):
+    for argv, message in (
+        (["--set", "training.epoch=3"], "'training.epoch' is not a field of the config; did you mean training.epochs?"),
+        (["--set", "seed=3"], "did you mean training.seed?"),
+        (["--set", "training.epochs"], "expected FIELD=VALUE such as training.epochs=3, got 'training.epochs'"),
+        (["--set", "training.batch_sizes=8,x"], "expected comma-separated integers such as 8,16,32, got '8,x'"),
+        (["--set", "data.fingerprint=mtime"], "invalid choice 'mtime' (choose from stat, content)"),
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["finetune", *argv])
+        assert message in capsys.readouterr().err
+    # bounds are the config's: the message names the field
+    code = main(["finetune", "--name", "x", "--train-dir", "t", "--validation-dir", "v", "--ssl-checkpoint", "c",
+                 "--set", "training.augmentation.noise_std=2"])
+    assert code == 2 and "training.augmentation.noise_std" in capsys.readouterr().err
+
+
+def test_help_is_grouped_by_section_and_imports_no_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import sys\nfrom flows.cli import main\n"
+        "try:\n    main(['finetune', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root), "COLUMNS": "200"})
+    help_text = result.stdout
+    assert help_text.rstrip().endswith("no torch")
+    for section in ("data:", "features:", "model:", "training:", "training.augmentation:"):
+        assert f"\n{section}\n" in help_text
+    assert "--training.precision, --precision {auto,fp32,fp16,bf16}" in help_text
+    assert "--[no-]data.skip-bad-files, --[no-]skip-bad-files" in help_text
+
+
+def test_demo_takes_set_overrides(tmp_path, capsys, monkeypatch):
+    import flows.finetune
+
+    seen = {}
+
+    def stop_before_training(config):
+        seen["config"] = config
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(flows.finetune, "finetune", stop_before_training)
+    code = main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=2"])
+    assert code == 2 and "training.augmentation.mixup_probability" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=0.5"])
+    assert seen["config"].training.epochs == 2 and seen["config"].training.augmentation.mixup_probability == 0.5
+    assert seen["config"].training.learning_rate == 1e-3  # the demo's own settings stay
