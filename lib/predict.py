@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from lib.checkpoint import WEIGHTS_FILE
 from lib.config import PredictConfig
 from lib.ensemble import REPUBLISH, EnsembleError, MemberInfo, check_compatible, resolve_members, soft_vote
 from lib.features import featurize, make_feature_extractor
+from lib.guards import NonFiniteError, check_finite_tensors
 from lib.inference import batch_logits
 from lib.metrics import softmax
 from lib.model import ASTMeanPoolClassifier
@@ -23,6 +25,8 @@ from lib.runtime import Runtime, resolve_runtime
 from lib.scan import AUDIO_SUFFIXES, format_bad_files
 
 logger = logging.getLogger(__name__)
+# An existing --output is overwritten only if it looks like an earlier CSV, never e.g. a .wav or weights.
+OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 
 
 def predict(config: PredictConfig) -> dict:
@@ -51,6 +55,7 @@ def predict_files(
     files = list_inputs(input_path)
     output_csv = Path(output_csv)
     _check_output_csv(output_csv)
+    _check_output_is_not_read(output_csv, model_path, input_path, files)
     models = [_load_member_model(member).to(runtime.device).eval() for member in members]
     extractors = {member.feature_params.model_dump_json(): make_feature_extractor(member.feature_params)
                   for member in members}
@@ -147,15 +152,40 @@ def _check_output_csv(output_csv: Path) -> None:
             f"--output (output_csv) {output_csv}: {existing} is a file, not a folder; "
             "pass a path whose parents are folders"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a real probe: permissions, read-only mounts, /proc and the like all answer here
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
         raise EnsembleError(
-            f"--output (output_csv) {output_csv}: cannot write in {existing}: permission denied; "
+            f"--output (output_csv) {output_csv}: cannot write in {existing} ({error.strerror or error}); "
             "choose a folder you can write to"
+        ) from error
+
+
+def _check_output_is_not_read(output_csv: Path, model_path: Path, input_path: Path, files: list[Path]) -> None:
+    """The CSV must not overwrite what predict reads (a member's files, an input clip) or any non-CSV file."""
+    target = output_csv.resolve()
+    if Path(model_path).is_dir() and target.is_relative_to(Path(model_path).resolve()):
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} is inside --model (model_path) {model_path}: writing there could "
+            "overwrite a member's files; write the CSV outside the model folder"
+        )
+    if any(target == Path(path).resolve() for path in files):
+        raise EnsembleError(f"--output (output_csv) {output_csv} is an input clip; pass another file name")
+    if output_csv.exists() and output_csv.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} exists and is not a CSV ({output_csv.suffix or 'no suffix'}); "
+            "predict would overwrite it: pass a new file name ending in .csv"
         )
 
 
 def _load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
     try:
-        return ASTMeanPoolClassifier.from_pretrained(member.path)
+        model = ASTMeanPoolClassifier.from_pretrained(member.path)
     except (OSError, ValueError) as error:
         raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error
+    # A NaN weight makes every probability NaN and every label the first class: refuse, as publishing does.
+    try:
+        check_finite_tensors(model.named_parameters(), f"member {member.name} ({member.path})", REPUBLISH)
+    except NonFiniteError as error:
+        raise EnsembleError(str(error)) from error
+    return model

@@ -104,11 +104,17 @@ def display_path(path: str | os.PathLike) -> str:
     return text if _is_utf8(text) else os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def _list_class(folder: str, ignored: dict[str, int]) -> list[Path]:
-    """Every clip under one class folder, nested ones included; symlinked subfolders followed, each real one once."""
+def _list_class(folder: str, ignored: dict[str, int], dataset_roots: tuple[Path, ...] = ()) -> list[Path]:
+    """Every clip under one class folder, nested ones included; symlinked subfolders followed, each real one once.
+
+    A symlinked folder that leads elsewhere inside the dataset (up to the split, into another class
+    or split) is not followed: its clips would be trained under this class's label, or validated on.
+    """
     clips: list[Path] = []
     stat = os.stat(folder)
     seen = {(stat.st_dev, stat.st_ino)}  # a symlink back up the tree must not loop forever
+    own = Path(os.path.realpath(folder))
+    roots = [Path(os.path.realpath(root)) for root in dataset_roots]
     pending = [folder]
     while pending:
         try:
@@ -121,7 +127,16 @@ def _list_class(folder: str, ignored: dict[str, int]) -> list[Path]:
                 ignored["hidden"] += 1
             elif entry.is_dir():  # follows symlinks
                 stat = entry.stat()
-                if (stat.st_dev, stat.st_ino) in seen:  # a loop, or a second link to one folder
+                real = Path(os.path.realpath(entry.path))
+                if entry.is_symlink() and not real.is_relative_to(own) and any(
+                    real.is_relative_to(root) or root.is_relative_to(real) for root in roots
+                ):
+                    ignored["folder_link_into_the_dataset"] += 1
+                    logger.warning(
+                        "not following %s: it links to %s, elsewhere in the dataset (another class or split), whose "
+                        "clips would get this class's label; remove the link", display_path(entry.path), display_path(real),
+                    )
+                elif (stat.st_dev, stat.st_ino) in seen:  # a loop, or a second link to one folder
                     ignored["folder_already_scanned"] += 1
                 else:
                     seen.add((stat.st_dev, stat.st_ino))
@@ -136,7 +151,9 @@ def _list_class(folder: str, ignored: dict[str, int]) -> list[Path]:
     return sorted(clips)
 
 
-def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict[str, int]]:
+def list_split(
+    split_dir: Path, split: str, dataset_roots: tuple[Path, ...] = ()
+) -> tuple[dict[str, list[Path]], dict[str, int]]:
     """Map class name -> sorted clip paths under one split folder, plus counts of ignored entries."""
     if not split_dir.is_dir():
         raise ScanError(
@@ -145,7 +162,7 @@ def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict
         )
     ignored = {
         "hidden": 0, "non_audio": 0, "outside_class_folder": 0, "not_a_regular_file": 0,
-        "folder_already_scanned": 0, "unreadable_folder": 0,
+        "folder_already_scanned": 0, "unreadable_folder": 0, "folder_link_into_the_dataset": 0,
     }
     classes: dict[str, list[Path]] = {}
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
@@ -156,7 +173,7 @@ def list_split(split_dir: Path, split: str) -> tuple[dict[str, list[Path]], dict
             ignored["outside_class_folder"] += 1
             continue
         # Nested subfolders belong to their top-level class folder.
-        classes[entry.name] = _list_class(entry.path, ignored)
+        classes[entry.name] = _list_class(entry.path, ignored, dataset_roots or (split_dir,))
     return classes, ignored
 
 
@@ -197,7 +214,7 @@ def fingerprint_listing(
 def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat") -> str:
     """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content")."""
     roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
-    listing = {split: list_split(roots[split], split)[0] for split in SPLITS}
+    listing = {split: list_split(roots[split], split, tuple(roots.values()))[0] for split in SPLITS}
     return fingerprint_listing(listing, roots, mode)
 
 
@@ -273,7 +290,7 @@ def scan_dataset(
     listing: dict[str, dict[str, list[Path]]] = {}
     ignored_total: dict[str, int] = {}
     for split in SPLITS:
-        listing[split], ignored = list_split(roots[split], split)
+        listing[split], ignored = list_split(roots[split], split, tuple(roots.values()))
         for key, count in ignored.items():
             ignored_total[key] = ignored_total.get(key, 0) + count
         # Class names become labels in JSON, Arrow and the model config: a name that is not UTF-8 cannot

@@ -223,11 +223,45 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-file/p.csv: .*a-file is a file, not a folder"):
         predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
+    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) /proc/p.csv: cannot write in /proc"):
+        predict(member, tmp_path, "/proc/p.csv")  # a real probe: os.access says root may write there
     import lib.predict
 
-    monkeypatch.setattr(lib.predict.os, "access", lambda path, mode: False)  # tests run as root: fake a read-only dir
-    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .*: permission denied"):
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(lib.predict.tempfile, "TemporaryFile", read_only)  # tests run as root: fake a read-only dir
+    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .* \(Permission denied\)"):
         predict(member, tmp_path, tmp_path / "new" / "p.csv")
+
+
+def test_predict_never_overwrites_what_it_reads_or_a_file_that_is_not_a_csv(tmp_path, no_inference):
+    best = tmp_path / "best"
+    member = published(best, "m")
+    weights = (member / "model.safetensors").read_bytes()
+    for inside in (member / "model.safetensors", best / "predictions.csv"):
+        with pytest.raises(EnsembleError, match=r"is inside --model \(model_path\) .*: writing there could overwrite"):
+            predict(best, tmp_path, inside)
+    with pytest.raises(EnsembleError, match=r"a.wav is an input clip; pass another file name"):
+        predict(member, tmp_path, tmp_path / "clips" / "a.wav")
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(EnsembleError, match=r"notes.json exists and is not a CSV \(.json\); .*ending in .csv"):
+        predict(member, tmp_path, tmp_path / "notes.json")
+    assert (member / "model.safetensors").read_bytes() == weights and (tmp_path / "notes.json").read_text() == "{}"
+
+
+def test_predict_refuses_a_member_with_a_nan_weight(tmp_path):
+    from transformers import ASTModel
+
+    from lib.model import build_classifier
+    from tests.helpers import small_config
+
+    model = build_classifier(ASTModel(small_config()), LABELS)
+    model.classifier.bias.data[0] = float("nan")
+    folder = fake_member(tmp_path / "best", "m", [[0.0, 1.0]], [1])
+    model.save_pretrained(str(folder))
+    with pytest.raises(EnsembleError, match=r"member m \(.*\): 1 tensors hold NaN or inf \(classifier.bias\); re-publish"):
+        predict(folder, tmp_path)
 
 
 @pytest.mark.slow

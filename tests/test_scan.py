@@ -191,6 +191,18 @@ def test_symlinked_folders_inside_a_class_are_followed_once(tmp_path):
     assert fingerprint_folders(train, validation) == fingerprint_folders(train, validation)
 
 
+def test_a_folder_link_into_another_class_or_split_is_not_followed(tmp_path, caplog):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 3}, "validation": {"a": 1, "b": 1}})
+    (train / "a" / "up").symlink_to(train)  # would pull every class in under label a
+    (train / "a" / "other").symlink_to(train / "b")
+    (train / "a" / "held_out").symlink_to(validation / "b")  # would train on validation clips
+
+    manifest = scan_dataset(train, validation)
+    assert [Path(clip.path).parent.name for clip in manifest.train] == ["a", "a", "b", "b", "b"]
+    assert manifest.ignored == {"folder_link_into_the_dataset": 3}
+    assert "not following" in caplog.text and "held_out" in caplog.text and "remove the link" in caplog.text
+
+
 def test_a_fifo_named_wav_is_ignored_and_never_opened(tmp_path):
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
     fifo = train / "a" / "x.wav"
