@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from lib.checkpoint import (
     resolve_encoder_config,
 )
 from lib.config import ConfigError, FeatureConfig, FinetuneConfig
+from lib.ensemble import MEMBER_FILE
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.runtime import Runtime, check_portable, resolve_runtime
 from lib.training import check_schedule_supported, check_work_dir
@@ -48,6 +50,8 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
         "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
         "data.train_dir (--train-dir)": config.data.train_dir,
         "data.validation_dir (--validation-dir)": config.data.validation_dir,
+        # published members: a link there could pass for an incomplete checkpoint-N and be removed
+        "the published members, output_dir/best": config.output_dir / "best",
     }
     for field, path in protected.items():
         path = Path(path).resolve()
@@ -58,10 +62,14 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
             else None
         )
         if relation:
+            fix = (
+                "leave it unset for <output_dir>/runs/<name>" if config.work_dir is not None
+                else "the default, <output_dir>/runs/<name>, lies there: pass --output-dir or --work-dir elsewhere"
+            )
             raise ConfigError(
                 f"work_dir (--work-dir) {work_dir} {relation} {field} ({path}); a run removes checkpoint-* "
                 "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
-                "checkpoint and the data, or leave it unset for <output_dir>/runs/<name>"
+                f"checkpoint, the data and the published members, or {fix}"
             )
     check_work_dir(work_dir)
 
@@ -84,6 +92,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
         if not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
     _check_output_folders(config)
+    check_member_destination(config.output_dir / "best" / config.name)
     check_work_dir_location(config)
     _check_clip_fills_one_window(config.features)
     try:
@@ -140,6 +149,19 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
         runtime=runtime,
         fingerprint=config.fingerprint(),
     )
+
+
+def check_member_destination(destination: Path) -> None:
+    """best/<name> may be replaced only if it is ours: a link to a version folder, or a member folder of an older publish."""
+    destination = Path(destination)
+    if destination.is_symlink() or not os.path.lexists(destination):
+        return
+    if not destination.is_dir() or not (destination / MEMBER_FILE).is_file():
+        what = "a folder without member.json" if destination.is_dir() else "a file"
+        raise ConfigError(
+            f"{destination} is {what}, not a member astft published: publishing member {destination.name} would "
+            "replace it. Move it away, or choose another name (--name) or --output-dir"
+        )
 
 
 def _check_output_folders(config: FinetuneConfig) -> None:

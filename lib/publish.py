@@ -36,7 +36,7 @@ from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalR
 from lib.features import FeatureCacheRef
 from lib.guards import check_finite_folder
 from lib.member import TrainOutcome
-from lib.plan import RunPlan
+from lib.plan import RunPlan, check_member_destination
 from lib.staging import OWNER_PATTERN, owned_name, remove_abandoned
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def publish_member(
     best_root.mkdir(parents=True, exist_ok=True)
     destination = best_root / name
     recover_member(destination)
+    check_member_destination(destination)  # also in plan_run; re-checked: the folder may have appeared since
 
     version = best_root / owned_name(f".{name}.v-")
     try:

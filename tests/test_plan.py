@@ -175,3 +175,21 @@ def test_a_scale_out_parent_without_a_gpu_plans_cuda_members_and_leaves_the_runt
     config.training.device, config.training.precision = "cpu", "fp16"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         plan_run(config, trains_here=False)  # wrong everywhere: refused in the parent too
+
+
+def test_a_work_dir_among_the_published_members_or_a_foreign_folder_at_the_members_name_is_refused(
+    dataset_dirs, ssl_checkpoint, tmp_path
+):
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.work_dir = tmp_path / "best"
+    with pytest.raises(ConfigError, match=r"work_dir \(--work-dir\) .*best is the published members"):
+        plan_run(config)
+    config.work_dir = None
+    mine = tmp_path / "best" / "plan"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("not a member")
+    with pytest.raises(ConfigError, match=r"best/plan is a folder without member.json, not a member astft published"):
+        plan_run(config)
+    assert (mine / "notes.txt").read_text() == "not a member"
+    (mine / "member.json").write_text("{}")  # a member folder of an older publish: ours to replace
+    assert plan_run(config).config.name == "plan"

@@ -233,3 +233,15 @@ def test_a_version_another_running_publish_is_building_is_kept_until_that_proces
     assert not building.exists()
     assert read_version(best) == "v2"
     assert sorted(p.name for p in best.iterdir()) == sorted(["m", os.readlink(best / "m")])
+
+
+def test_publish_never_replaces_a_folder_it_did_not_publish(tmp_path):
+    from lib.config import ConfigError
+
+    best = tmp_path / "best"
+    (best / "m").mkdir(parents=True)
+    (best / "m" / "mydata.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=r"best/m is a folder without member.json, not a member astft published"):
+        publish_member(best, "m", *member_files(tmp_path, "v1"))
+    assert (best / "m" / "mydata.txt").read_text() == "keep me"
+    assert sorted(p.name for p in best.iterdir()) == ["m"]
