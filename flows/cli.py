@@ -417,14 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     from lib.checkpoint import CheckpointError
     from lib.config import ConfigError, deep_merge, load_config
     from lib.ensemble import EnsembleError
-    from lib.features import BadAudioError
+    from lib.features import BadAudioError, FeatureCacheCorrupt
     from lib.guards import NonFiniteError
     from lib.member import TrainingOutOfMemory
     from lib.scan import ScanError
 
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
     expected = (
-        ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, NonFiniteError, TrainingOutOfMemory
+        ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, FeatureCacheCorrupt, NonFiniteError,
+        TrainingOutOfMemory,
     )
 
     try:

@@ -109,8 +109,14 @@ class FeatureConfig(_Section):
     sample_rate_hz: int = Field(16000, ge=8000, le=192000, description="Clips are resampled to this rate.")
     clip_seconds: float = Field(1.0, gt=0, le=60, description="Clips are trimmed or zero-padded to this length.")
     normalize: bool = Field(True, description="Normalise log-mel features with mean/std (as AST does).")
-    mean: float = Field(AUDIOSET_MEAN, description="Feature mean for normalisation (AudioSet default).")
-    std: float = Field(AUDIOSET_STD, gt=0, description="Feature std for normalisation (AudioSet default).")
+    # Log-mel values lie within about -20..20: statistics far outside that are a typo, and would
+    # overflow the normalised features (then blamed on the clips).
+    mean: float = Field(
+        AUDIOSET_MEAN, ge=-1000, le=1000, description="Feature mean for normalisation (AudioSet default; -1000..1000)."
+    )
+    std: float = Field(
+        AUDIOSET_STD, ge=0.001, le=1000, description="Feature std for normalisation (AudioSet default; 0.001..1000)."
+    )
     max_frames: int | None = Field(
         128,
         ge=1,

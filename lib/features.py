@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Array2D, ClassLabel, Dataset, Features, Value
 from pydantic import BaseModel, Field
@@ -241,5 +242,16 @@ def _log_warnings(ref: FeatureCacheRef) -> None:
 
 def load_split(ref: FeatureCacheRef, split: str) -> Dataset:
     """Memory-map one split of a finished cache, formatted as torch tensors for the Trainer."""
-    dataset = Dataset.from_file(str(Path(ref.path) / f"{split}.arrow"))
+    try:
+        dataset = Dataset.from_file(str(Path(ref.path) / f"{split}.arrow"))
+    except (pa.ArrowInvalid, OSError) as error:
+        # Its size matched meta.json, so the bytes were overwritten in place (disk fault, a copy gone wrong).
+        raise FeatureCacheCorrupt(
+            f"feature cache {ref.path}/{split}.arrow cannot be read ({error}); delete the folder {ref.path} "
+            "and run again: it is rebuilt from the audio"
+        ) from error
     return dataset.with_format("torch", columns=["input_values", "label"])
+
+
+class FeatureCacheCorrupt(ValueError):
+    """A feature cache file of the right size that cannot be read; the message says which folder to delete."""

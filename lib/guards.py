@@ -96,7 +96,9 @@ class NonFiniteLossCallback(TrainerCallback):
         raise NonFiniteError(
             f"the {which} became {value} in epoch {epoch} (optimizer steps {self.last_step + 1}-{state.global_step}); "
             "the model diverged. Lower --learning-rate, raise --warmup-steps, or use --precision fp32 "
-            "(fp16 overflows more easily than bf16); check the input clips for extreme values. The checkpoints "
+            "(fp16 overflows more easily than bf16). If it diverges from the first epoch whatever you change, the inputs "
+            "are bad: a clip with extreme values, or a corrupt cache (delete <cache_dir>/features and "
+            "<cache_dir>/encoders to rebuild them). The checkpoints "
             "of earlier epochs are kept in the work dir; nothing was published"
         )
 

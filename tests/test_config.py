@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lib.config import ConfigError, FinetuneConfig, load_finetune_config
 
@@ -220,3 +221,11 @@ def test_reserved_member_names_cover_what_the_project_writes_under_best():
     from lib.ensemble import ENSEMBLE_FILE
 
     assert ENSEMBLE_FILE in RESERVED_MEMBER_NAMES
+
+
+@pytest.mark.parametrize("field, value", [("std", 1e-300), ("std", 0.0), ("mean", 1e300), ("mean", -5000.0)])
+def test_feature_statistics_far_outside_log_mel_values_are_refused(field, value):
+    from lib.config import FeatureConfig
+
+    with pytest.raises(ValidationError, match=field):
+        FeatureConfig(**{field: value})

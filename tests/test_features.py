@@ -65,6 +65,17 @@ def test_truncated_cache_is_rebuilt_not_read(manifest, tmp_path):
     assert not [p for p in (tmp_path / "features").iterdir() if p.name.startswith(".")]  # no staging left
 
 
+def test_a_same_size_corrupt_cache_file_is_a_clear_error_naming_the_folder_to_delete(manifest, tmp_path):
+    from lib.features import FeatureCacheCorrupt, load_split
+
+    ref, _ = build_feature_cache(manifest, PARAMS, tmp_path)
+    arrow = tmp_path / "features" / ref.key / "train.arrow"
+    good = arrow.read_bytes()
+    arrow.write_bytes(bytes(160) + good[160:])  # same size: meta.json cannot tell
+    with pytest.raises(FeatureCacheCorrupt, match=rf"feature cache .*{ref.key}/train.arrow cannot be read .*delete the folder"):
+        load_split(ref, "train")
+
+
 @pytest.mark.parametrize(
     ("sample_rate_hz", "clip_seconds", "frames"), [(16000, 1.0, 98), (16000, 10.24, 1022), (22050, 1.3, 128)]
 )
