@@ -16,7 +16,7 @@ from lib.checkpoint import (
 from lib.config import ConfigError, FeatureConfig, FinetuneConfig
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.runtime import Runtime, resolve_runtime
-from lib.training import check_schedule_supported, check_work_dir
+from lib.training import check_schedule_supported, check_tensorboard_installed, check_work_dir
 
 
 class RunPlan(BaseModel):
@@ -117,6 +117,8 @@ def plan_run(config: FinetuneConfig) -> RunPlan:
         )
     if config.training.batch_sizes:
         check_schedule_supported()
+    if config.training.tensorboard:
+        check_tensorboard_installed()
     if runtime.device == "cuda" and processes > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "

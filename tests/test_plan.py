@@ -1,4 +1,5 @@
 import re
+import sys
 
 import pytest
 import torch
@@ -160,3 +161,11 @@ def test_the_encoder_cache_key_follows_the_config_actually_used(tmp_path):
     base.write_text(json.dumps({**json.loads(base.read_text()), "hidden_dropout_prob": 0.0}) + "\n")
     changed, hit = export_encoder(folder, base, tmp_path / "cache", 64)
     assert not hit and changed.path != first.path
+
+
+def test_tensorboard_without_the_package_is_refused_by_plan_run(dataset_dirs, ssl_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.training.tensorboard = True
+    with pytest.raises(ConfigError, match=r"training.tensorboard=true \(--tensorboard\) needs the tensorboard package"):
+        plan_run(config)
