@@ -260,11 +260,11 @@ class TrainingConfig(_Section):
 
 class FinetuneConfig(_Section):
     name: MemberName = Field(
-        description="Member name (the notebook's postfix): published to <output_dir>/best/<name>/.",
+        description="Member name (the notebook's postfix): published to OUTPUT_DIR/best/NAME/.",
     )
-    output_dir: Location = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
+    output_dir: Location = Field(Path("ensemble"), description="Root of published members (OUTPUT_DIR/best/).")
     work_dir: OptionalLocation = Field(
-        None, description="Trainer checkpoints and logs; default <output_dir>/runs/<name>/."
+        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/runs/NAME/."
     )
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -297,7 +297,7 @@ class MemberVariant(Freezing):
 
 
 class EnsembleConfig(_Section):
-    output_dir: Location = Field(Path("ensemble"), description="Members go to <output_dir>/best/<member>/.")
+    output_dir: Location = Field(Path("ensemble"), description="Members go to OUTPUT_DIR/best/MEMBER/.")
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
@@ -341,7 +341,7 @@ class EnsembleConfig(_Section):
 
 
 class PredictConfig(_Section):
-    model_path: Location = Field(description="A published member folder, or an ensemble folder (<output_dir>/best/).")
+    model_path: Location = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
     input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
     output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import ConfigError, FinetuneConfig, load_finetune_config
+from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, load_finetune_config
 
 BASE = {
     "name": "m1",
@@ -220,3 +220,22 @@ def test_reserved_member_names_cover_what_the_project_writes_under_best():
     from lib.ensemble import ENSEMBLE_FILE
 
     assert ENSEMBLE_FILE in RESERVED_MEMBER_NAMES
+
+
+def _descriptions(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("description"), str):
+            yield node["description"]
+        for value in node.values():
+            yield from _descriptions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _descriptions(value)
+
+
+@pytest.mark.parametrize("model", [FinetuneConfig, EnsembleConfig, PredictConfig])
+def test_no_form_description_holds_an_angle_bracket(model):
+    # The Prefect UI renders descriptions as HTML: "<name>" was dropped as an unknown tag.
+    descriptions = list(_descriptions(model.model_json_schema()))
+    assert len(descriptions) > 5
+    assert [text for text in descriptions if "<" in text] == []
