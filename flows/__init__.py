@@ -1,6 +1,8 @@
 """Prefect flows. Importing this package sets Prefect defaults this project relies on."""
 
+import logging
 import os
+from contextlib import contextmanager
 
 # Offline machines: never try to send usage analytics. Users can still override these.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -9,8 +11,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lib")
 # ... and keep lib/ quiet about the API when it is used outside a flow run (tests, notebooks).
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-
-from contextlib import contextmanager  # noqa: E402
+# Prefect gives extra loggers its handlers but not a level: lib's INFO lines (which variant trains
+# how many parameters, trunk cache used or why not, resuming from) fell below the root's WARNING.
+if logging.getLogger("lib").level == logging.NOTSET:
+    logging.getLogger("lib").setLevel(logging.INFO)
 
 # Prefect waits 20 s for the temporary (ephemeral) API server a run without PREFECT_API_URL starts;
 # a first run on a busy 2-core machine took longer. The user's own setting (environment, profile,

@@ -69,7 +69,9 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
         figure.colorbar(image, ax=axis, fraction=0.046)
         if named:
             ticks = range(len(labels))
-            axis.set_xticks(ticks, labels, rotation=90 if len(labels) > 6 else 0)
+            slanted = len(labels) > 6 or max(map(len, labels)) > 6  # long names overlap when level
+            axis.set_xticks(ticks, labels, rotation=90 if len(labels) > 6 else 30 if slanted else 0,
+                            ha="center" if len(labels) > 6 or not slanted else "right")
             axis.set_yticks(ticks, labels)
         axis.set(xlabel="predicted", ylabel="true", title=title)
         if annotate:
