@@ -66,10 +66,25 @@ def _tagged(model: type[BaseModel], *tags: str) -> list[tuple[str, ...]]:
     return paths
 
 
+def _bounds_in_descriptions(schema: dict) -> None:
+    """Name each field's bounds in its JSON-schema description: the Prefect UI's run form shows the
+    description but not minimum/maximum (it only enforces them when the form is submitted)."""
+    words = {"exclusiveMinimum": "above", "minimum": "at least", "exclusiveMaximum": "below", "maximum": "at most"}
+    for field in schema.get("properties", {}).values():
+        number = next((option for option in [field, *field.get("anyOf", [])] if words.keys() & option.keys()), None)
+        if number is None or "description" not in field:
+            continue
+        bounds = [f"{word} {number[key]:{'d' if isinstance(number[key], int) else 'g'}}"
+                  for key, word in words.items() if key in number]
+        field["description"] += f" Allowed: {', '.join(bounds)}."
+
+
 class _Section(BaseModel):
     # A typo in a preset must fail loudly instead of silently keeping a default; a NaN or infinite
     # float (YAML's .nan / .inf) would pass most bounds and e.g. turn every normalised feature into NaN.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, json_schema_extra=_bounds_in_descriptions
+    )
 
     def resolved(self) -> Self:
         """Same config with every LOCATION field made absolute, so tasks and caches agree on them."""

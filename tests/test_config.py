@@ -239,3 +239,15 @@ def test_no_form_description_holds_an_angle_bracket(model):
     descriptions = list(_descriptions(model.model_json_schema()))
     assert len(descriptions) > 5
     assert [text for text in descriptions if "<" in text] == []
+
+
+def test_form_descriptions_name_the_bounds():
+    # The run form shows descriptions, not minimum/maximum: the bounds are written into them.
+    schema = FinetuneConfig.model_json_schema()["$defs"]
+    assert schema["FeatureConfig"]["properties"]["sample_rate_hz"]["description"] == (
+        "Clips are resampled to this rate. Allowed: at least 8000, at most 192000."
+    )
+    assert schema["FeatureConfig"]["properties"]["max_frames"]["description"].endswith("Allowed: at least 1, at most 100000.")
+    assert schema["TrainingConfig"]["properties"]["learning_rate"]["description"].endswith("Allowed: above 0, at most 1.")
+    assert PredictConfig.model_json_schema()["properties"]["batch_size"]["description"].endswith("at most 65536.")
+    assert "Allowed" not in FinetuneConfig.model_fields["name"].description  # the fields themselves are unchanged
