@@ -451,19 +451,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"astft: {error}", file=sys.stderr)
         return 2
 
+    from flows import ServerStartTimeout, prefect_server_defaults
     from flows.ensemble import EnsembleMembersFailed
 
     try:
-        if args.command == "ensemble":
-            from flows.ensemble import ensemble
+        with prefect_server_defaults():
+            if args.command == "ensemble":
+                from flows.ensemble import ensemble
 
-            leaderboard = ensemble(config)
-            print_leaderboard(leaderboard)
-            return 0
-        from flows.finetune import finetune
+                leaderboard = ensemble(config)
+                print_leaderboard(leaderboard)
+                return 0
+            from flows.finetune import finetune
 
-        summary = finetune(config)
-    except (*expected, EnsembleMembersFailed) as error:
+            summary = finetune(config)
+    except (*expected, EnsembleMembersFailed, ServerStartTimeout) as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
     print_summary(summary)

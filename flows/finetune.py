@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from lib.checkpoint import EncoderRef
 from lib.config import FinetuneConfig
@@ -40,20 +38,6 @@ def run_member(plan: RunPlan, features, encoder) -> dict:
     }
 
 
-def artifact_key(kind: str, name: str) -> str:
-    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
-    return f"{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
-
-
-def metrics_markdown(summary: dict) -> str:
-    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in summary["metrics"].items())
-    return (
-        f"## Member `{summary['name']}` ({summary['freezing']})\n\n"
-        f"Published to `{summary['published']}` (best epoch {summary['best_epoch']}).\n\n"
-        f"| validation metric | value |\n|---|---|\n{rows}\n"
-    )
-
-
 @flow(name="astft-finetune", log_prints=True)
 def finetune(config: FinetuneConfig) -> dict:
     """Fine-tune one AST member from an SSL checkpoint and publish it to <output_dir>/best/<name>/."""
@@ -61,14 +45,8 @@ def finetune(config: FinetuneConfig) -> dict:
     plan = plan_run(config)
     # data and model inputs: scan -> features, checkpoint -> encoder
     features, encoder = shared_inputs(plan)
-    # train -> evaluate -> publish
-    summary = run_member(plan, features, encoder)
-    create_markdown_artifact(
-        markdown=metrics_markdown(summary),
-        key=artifact_key("member", plan.config.name),
-        description="Validation metrics of the published member",
-    )
-    return summary
+    # train -> evaluate -> publish (the publish task shows the member's metrics and plots as an artifact)
+    return run_member(plan, features, encoder)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from lib.config import PredictConfig
@@ -14,7 +14,13 @@ from lib.predict import predict as predict_clips
 @flow(name="astft-predict", log_prints=True)
 def predict(config: PredictConfig) -> dict:
     """Write a CSV of file, predicted label and per-class probabilities."""
+    logger = get_run_logger()
+    logger.info("predicting %s with the model(s) in %s on %s", config.input_path, config.model_path, config.device)
     summary = predict_clips(config)
+    logger.info(
+        "wrote %d predictions to %s with members %s; %d clips skipped",
+        summary["predicted"], summary["csv"], ", ".join(summary["members"]), summary["skipped"],
+    )
     create_markdown_artifact(
         key="predictions",
         markdown=f"Predicted {summary['predicted']} clips with {summary['members']}; CSV at `{summary['csv']}`"

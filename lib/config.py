@@ -66,10 +66,25 @@ def _tagged(model: type[BaseModel], *tags: str) -> list[tuple[str, ...]]:
     return paths
 
 
+def _bounds_in_descriptions(schema: dict) -> None:
+    """Name each field's bounds in its JSON-schema description: the Prefect UI's run form shows the
+    description but not minimum/maximum (it only enforces them when the form is submitted)."""
+    words = {"exclusiveMinimum": "above", "minimum": "at least", "exclusiveMaximum": "below", "maximum": "at most"}
+    for field in schema.get("properties", {}).values():
+        number = next((option for option in [field, *field.get("anyOf", [])] if words.keys() & option.keys()), None)
+        if number is None or "description" not in field:
+            continue
+        bounds = [f"{word} {number[key]:{'d' if isinstance(number[key], int) else 'g'}}"
+                  for key, word in words.items() if key in number]
+        field["description"] += f" Allowed: {', '.join(bounds)}."
+
+
 class _Section(BaseModel):
     # A typo in a preset must fail loudly instead of silently keeping a default; a NaN or infinite
     # float (YAML's .nan / .inf) would pass most bounds and e.g. turn every normalised feature into NaN.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, json_schema_extra=_bounds_in_descriptions
+    )
 
     def resolved(self) -> Self:
         """Same config with every LOCATION field made absolute, so tasks and caches agree on them."""
@@ -266,11 +281,11 @@ class TrainingConfig(_Section):
 
 class FinetuneConfig(_Section):
     name: MemberName = Field(
-        description="Member name (the notebook's postfix): published to <output_dir>/best/<name>/.",
+        description="Member name (the notebook's postfix): published to OUTPUT_DIR/best/NAME/.",
     )
-    output_dir: Location = Field(Path("ensemble"), description="Root of published members (<output_dir>/best/).")
+    output_dir: Location = Field(Path("ensemble"), description="Root of published members (OUTPUT_DIR/best/).")
     work_dir: OptionalLocation = Field(
-        None, description="Trainer checkpoints and logs; default <output_dir>/runs/<name>/."
+        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/runs/NAME/."
     )
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -303,7 +318,7 @@ class MemberVariant(Freezing):
 
 
 class EnsembleConfig(_Section):
-    output_dir: Location = Field(Path("ensemble"), description="Members go to <output_dir>/best/<member>/.")
+    output_dir: Location = Field(Path("ensemble"), description="Members go to OUTPUT_DIR/best/MEMBER/.")
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
@@ -347,7 +362,7 @@ class EnsembleConfig(_Section):
 
 
 class PredictConfig(_Section):
-    model_path: Location = Field(description="A published member folder, or an ensemble folder (<output_dir>/best/).")
+    model_path: Location = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
     input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
     output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +24,20 @@ from lib.features import FeatureCacheRef, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.plan import RunPlan
 from lib.runtime import seed_everything
-from lib.training import TrainResult, claim_work_dir, prepare_work_dir, train_classifier
+from lib.training import (
+    EpochRecord,
+    TrainResult,
+    claim_work_dir,
+    prepare_work_dir,
+    read_epoch_records,
+    train_classifier,
+)
 from lib.trunk import TrunkCacheInfo, training_inputs
 
 logger = logging.getLogger(__name__)
+
+EpochHook = Callable[[EpochRecord], None]
+EPOCH_POLL_SECONDS = 2.0  # how often a torchrun launch looks for new epoch records
 
 
 class TrainOutcome(TrainResult):
@@ -60,15 +71,20 @@ def resume_key(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) ->
     return f"{plan.fingerprint}-{features.key}-{Path(encoder.path).name}"
 
 
-def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
-    """Train one member on training.num_processes processes (torchrun), or in this one; log how it went."""
+def train_member(
+    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, on_epoch: EpochHook | None = None
+) -> TrainOutcome:
+    """Train one member on training.num_processes processes (torchrun), or in this one; log how it went.
+
+    on_epoch(record) is called in this process after each epoch's validation, either way.
+    """
     config = plan.config
     processes = config.training.num_processes
     if processes > 1:
         logger.info("training member %s on %d processes with torchrun", config.name, processes)
-        outcome = train_member_distributed(plan, features, encoder, processes)
+        outcome = train_member_distributed(plan, features, encoder, processes, on_epoch)
     else:
-        outcome = train_member_in_process(plan, features, encoder)
+        outcome = train_member_in_process(plan, features, encoder, on_epoch)
     counts, trunk = outcome.parameters, outcome.trunk_cache
     logger.info(
         "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
@@ -80,7 +96,9 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
     return outcome
 
 
-def train_member_in_process(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
+def train_member_in_process(
+    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, on_epoch: EpochHook | None = None
+) -> TrainOutcome:
     """Build the classifier from the stripped encoder, freeze per variant, and fine-tune it."""
     config = plan.config
     seed_everything(config.training.seed, config.training.deterministic)
@@ -108,6 +126,7 @@ def train_member_in_process(plan: RunPlan, features: FeatureCacheRef, encoder: E
             plan.runtime,
             data_collator=inputs.data_collator,
             save_best=inputs.save_best,
+            on_epoch=on_epoch,
         )
         return TrainOutcome(**dict(outcome), parameters=counts, trunk_cache=inputs.trunk)
     except torch.cuda.OutOfMemoryError as error:
@@ -123,9 +142,13 @@ def train_member_in_process(plan: RunPlan, features: FeatureCacheRef, encoder: E
 
 
 def train_member_distributed(
-    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, num_processes: int
+    plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, num_processes: int,
+    on_epoch: EpochHook | None = None,
 ) -> TrainOutcome:
-    """Run train_member_in_process on num_processes ranks with torchrun and return rank 0's outcome."""
+    """Run train_member_in_process on num_processes ranks with torchrun and return rank 0's outcome.
+
+    While the ranks train, rank 0's epoch records (lib.training.EPOCHS_FILE) are passed to on_epoch.
+    """
     work_dir = plan.work_dir
     # Decide resume-or-fresh once, before the ranks start, so they never race on the work dir.
     prepare_work_dir(work_dir, resume_key(plan, features, encoder))
@@ -139,10 +162,25 @@ def train_member_distributed(
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
         "-m", "lib.member", str(spec_file),
     ]
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
-    if result.returncode != 0 or not outcome_file.is_file():
+    seen = len(read_epoch_records(work_dir))  # a resumed run's earlier epochs were reported by their own run
+    with subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1]) as ranks:
+        try:
+            returncode = None
+            while returncode is None:
+                try:
+                    returncode = ranks.wait(timeout=EPOCH_POLL_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+                for record in read_epoch_records(work_dir, seen):
+                    seen += 1
+                    if on_epoch is not None:
+                        on_epoch(record)
+        except BaseException:  # cancelled or interrupted: do not leave the ranks training (as subprocess.run)
+            ranks.kill()
+            raise
+    if returncode != 0 or not outcome_file.is_file():
         raise RuntimeError(
-            f"torchrun training of member {plan.config.name} failed (exit code {result.returncode}); "
+            f"torchrun training of member {plan.config.name} failed (exit code {returncode}); "
             f"its ranks' output is above. Command: {' '.join(command)}"
         )
     return TrainOutcome.model_validate_json(outcome_file.read_text())

@@ -18,7 +18,7 @@ from lib.config import ConfigError, FeatureConfig, FinetuneConfig
 from lib.ensemble import MEMBER_FILE
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.runtime import Runtime, check_portable, resolve_runtime
-from lib.training import check_schedule_supported, check_work_dir
+from lib.training import check_schedule_supported, check_tensorboard_installed, check_work_dir
 
 
 class RunPlan(BaseModel):
@@ -136,6 +136,8 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
         )
     if config.training.batch_sizes:
         check_schedule_supported()
+    if config.training.tensorboard:
+        check_tensorboard_installed()
     if runtime is not None and runtime.device == "cuda" and processes > torch.cuda.device_count():
         raise ConfigError(
             f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "

@@ -20,6 +20,7 @@ CONFUSION_PLOT_FILE = "confusion_matrix.png"
 LEADERBOARD_PLOT_FILE = "leaderboard.png"
 RELIABILITY_PLOT_FILE = "reliability.png"
 DPI = 100
+MAX_CONFUSION_INCHES = 16.0
 
 
 def _save(figure, path: Path) -> Path:
@@ -59,15 +60,19 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     counts = np.asarray(matrix, dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    size = max(4.0, 0.5 * len(labels) + 2)
+    size = min(max(4.0, 0.5 * len(labels) + 2), MAX_CONFUSION_INCHES)  # 1,500 classes must not make a 75,000 px PNG
     figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     annotate = len(labels) <= 30  # beyond that the numbers are unreadable; the colours still tell
+    named = len(labels) <= 60  # likewise the class names on the axes
     for axis, values, title, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}")):
         image = axis.imshow(values, cmap="Blues", vmin=0)
         figure.colorbar(image, ax=axis, fraction=0.046)
-        ticks = range(len(labels))
-        axis.set_xticks(ticks, labels, rotation=90 if len(labels) > 6 else 0)
-        axis.set_yticks(ticks, labels)
+        if named:
+            ticks = range(len(labels))
+            slanted = len(labels) > 6 or max(map(len, labels)) > 6  # long names overlap when level
+            axis.set_xticks(ticks, labels, rotation=90 if len(labels) > 6 else 30 if slanted else 0,
+                            ha="center" if len(labels) > 6 or not slanted else "right")
+            axis.set_yticks(ticks, labels)
         axis.set(xlabel="predicted", ylabel="true", title=title)
         if annotate:
             high = values.max() / 2 if values.size else 0

@@ -37,7 +37,9 @@ from lib.features import FeatureCacheRef
 from lib.guards import check_finite_folder
 from lib.member import TrainOutcome
 from lib.plan import RunPlan, check_member_destination
+from lib.plots import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE, confusion_matrix_plot, training_curves
 from lib.staging import OWNER_PATTERN, owned_name, remove_abandoned
+from lib.training import LOG_HISTORY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +175,23 @@ def publish_trained_member(
         "": Path(outcome.best_model_dir),
         **{report: report_dir / report for report in (METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE)},
         Path(outcome.train_log).name: Path(outcome.train_log),
+        **member_plots(outcome, report_dir),
     }
     return publish_member(plan.best_root, name, sources, member_manifest(plan, features, encoder, outcome, flow_run_id))
+
+
+def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
+    """training_curves.png (from the work dir's log_history.json) and confusion_matrix.png, written into report_dir."""
+    history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
+    confusion = json.loads((Path(report_dir) / CONFUSION_FILE).read_text())
+    return {
+        TRAINING_CURVES_FILE: training_curves(
+            history, outcome.metric, outcome.best_epoch, Path(report_dir) / TRAINING_CURVES_FILE
+        ),
+        CONFUSION_PLOT_FILE: confusion_matrix_plot(
+            confusion["matrix"], confusion["labels"], Path(report_dir) / CONFUSION_PLOT_FILE
+        ),
+    }
 
 
 def member_manifest(

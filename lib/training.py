@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lib.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best-model"
+LOG_HISTORY_FILE = "log_history.json"  # Trainer's state.log_history of the run, written when it ends
 RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
 _PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
 
@@ -175,12 +177,41 @@ class EpochBatchSizeTrainer(Trainer):
         return super()._run_epoch(**kwargs)
 
 
-class EpochLogCallback(TrainerCallback):
-    """One line per epoch in train_log<name>.txt: epoch, batch size used, train loss, validation metrics."""
+EPOCHS_FILE = "epochs.jsonl"  # one EpochRecord per line, beside the train log: what a watcher of a torchrun run reads
 
-    def __init__(self, path: Path, total_epochs: int):
+
+class EpochRecord(BaseModel):
+    """One finished epoch: what the train log, the epochs file and an on_epoch hook receive."""
+
+    epoch: int
+    epochs: int
+    batch_size: int
+    step: int
+    train_loss: float | None
+    metrics: dict[str, float]  # validation metrics, without the eval_ prefix
+    seconds: float  # wall time of the epoch, its validation included
+
+    def line(self) -> str:
+        parts = [f"epoch {self.epoch}/{self.epochs}", f"batch_size {self.batch_size}", f"step {self.step}"]
+        if self.train_loss is not None:
+            parts.append(f"train_loss {self.train_loss:.4f}")
+        parts += [f"{key} {value:.4f}" for key, value in self.metrics.items()]
+        parts.append(f"seconds {self.seconds:.1f}")
+        return "  ".join(parts)
+
+
+class EpochLogCallback(TrainerCallback):
+    """Per epoch, on rank 0: a line in train_log<name>.txt, an EpochRecord in epochs.jsonl, and on_epoch(record)."""
+
+    def __init__(
+        self, path: Path, total_epochs: int, records: Path | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+    ):
         self.path = Path(path)
+        self.records = Path(records) if records else self.path.parent / EPOCHS_FILE
         self.total_epochs = total_epochs
+        self.on_epoch = on_epoch
+        self.started = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -188,22 +219,41 @@ class EpochLogCallback(TrainerCallback):
         with self.path.open("a") as log:
             log.write(f"# run started: {self.total_epochs} epochs, output {args.output_dir}\n")
 
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero:
             return
         train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-        parts = [
-            f"epoch {round(state.epoch or 0)}/{self.total_epochs}",
-            f"batch_size {state.train_batch_size or args.per_device_train_batch_size}",
-            f"step {state.global_step}",
-        ]
-        if train_losses:
-            parts.append(f"train_loss {train_losses[-1]:.4f}")
-        for key, value in sorted((metrics or {}).items()):
-            if key.startswith("eval_") and isinstance(value, (int, float)) and "runtime" not in key and "per_second" not in key:
-                parts.append(f"{key[5:]} {value:.4f}")
+        record = EpochRecord(
+            epoch=round(state.epoch or 0),
+            epochs=self.total_epochs,
+            batch_size=state.train_batch_size or args.per_device_train_batch_size,
+            step=state.global_step,
+            train_loss=train_losses[-1] if train_losses else None,
+            metrics={
+                key[5:]: value for key, value in sorted((metrics or {}).items())
+                if key.startswith("eval_") and isinstance(value, (int, float))
+                and "runtime" not in key and "per_second" not in key
+            },
+            seconds=time.monotonic() - self.started,
+        )
         with self.path.open("a") as log:
-            log.write("  ".join(parts) + "\n")
+            log.write(record.line() + "\n")
+        with self.records.open("a") as records:
+            records.write(record.model_dump_json() + "\n")
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+
+
+def read_epoch_records(work_dir: Path, skip: int = 0) -> list[EpochRecord]:
+    """The complete records in work_dir's epochs file after the first `skip` (a line being written is left for later)."""
+    try:
+        lines = (Path(work_dir) / EPOCHS_FILE).read_text().split("\n")[:-1]
+    except FileNotFoundError:
+        return []
+    return [EpochRecord.model_validate_json(line) for line in lines[skip:]]
 
 
 class TrainResult(BaseModel):
@@ -254,13 +304,24 @@ def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Ru
     )
 
 
-def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
+def _summary_writer_class() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         raise ConfigError(
-            "training.tensorboard=true needs the tensorboard package: pip install -e '.[tensorboard]'"
+            "training.tensorboard=true (--tensorboard) needs the tensorboard package: pip install -e '.[tensorboard]', "
+            "or turn it off"
         ) from error
+    return SummaryWriter
+
+
+def check_tensorboard_installed() -> None:
+    """Refuse training.tensorboard early (plan_run) when the extra is missing, not after the scan and features."""
+    _summary_writer_class()
+
+
+def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
+    SummaryWriter = _summary_writer_class()  # noqa: N806 - a class
     from transformers.integrations import TensorBoardCallback
 
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(work_dir / "tensorboard")))
@@ -356,7 +417,7 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
         shutil.rmtree(stale)
     shutil.rmtree(work_dir / BEST_MODEL_DIR, ignore_errors=True)
     # ... and the old run's logs, which would otherwise be published with the new member
-    for old_log in [*work_dir.glob("train_log*.txt"), work_dir / "log_history.json"]:
+    for old_log in [*work_dir.glob("train_log*.txt"), work_dir / LOG_HISTORY_FILE, work_dir / EPOCHS_FILE]:
         old_log.unlink(missing_ok=True)
     _write_marker(work_dir, run_fingerprint)
     return None
@@ -375,13 +436,15 @@ def train_classifier(
     extra_callbacks: Sequence[TrainerCallback] = (),
     data_collator: Callable | None = None,
     save_best: Callable[[Path], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
     """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
 
     The train batch size follows config.batch_sizes per epoch; extra_callbacks observe the run.
     data_collator replaces Trainer's (the feature extractor's padding collator, which expects
     input_values); save_best(best_dir) runs after the best model is saved there, e.g. to save
-    another form of it (lib.trunk.TrunkTail saves its full classifier).
+    another form of it (lib.trunk.TrunkTail saves its full classifier); on_epoch(record) runs after
+    each epoch's validation (e.g. to report progress).
     """
     work_dir = Path(work_dir)
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
@@ -389,7 +452,7 @@ def train_classifier(
         logger.info("resuming from %s", resume_from)
     callbacks: list[TrainerCallback] = [
         NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
-        EpochLogCallback(train_log, config.epochs),
+        EpochLogCallback(train_log, config.epochs, work_dir / EPOCHS_FILE, on_epoch),
         *extra_callbacks,
     ]
     if config.tensorboard:
@@ -420,7 +483,7 @@ def train_classifier(
     if save_best is not None:
         save_best(best_dir)
     state = trainer.state
-    (work_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=2))
+    (work_dir / LOG_HISTORY_FILE).write_text(json.dumps(state.log_history, indent=2))
     best_epoch = None
     if state.best_model_checkpoint:
         best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from uuid import UUID
 
-from prefect import get_run_logger, task
-from prefect.runtime import flow_run
+from httpx import HTTPError
+from prefect import get_client, get_run_logger, task
+from prefect.artifacts import (
+    TableArtifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.runtime import flow_run
 
 from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
@@ -15,7 +26,62 @@ from lib.features import FeatureCacheRef, load_split
 from lib.member import TrainOutcome
 from lib.member import train_member as train_one_member
 from lib.plan import RunPlan
+from lib.plots import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE, png_data_uri
 from lib.publish import publish_trained_member
+from lib.training import EpochRecord
+
+
+def artifact_key(kind: str, name: str) -> str:
+    """Prefect artifact keys allow only lowercase letters, digits and dashes."""
+    return f"{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
+
+
+class EpochReporter:
+    """Shows a training member in the Prefect UI: a log line per epoch, its percent done (progress
+    artifact) and a table artifact of its epochs so far, updated in place."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.logger = get_run_logger()
+        self.rows: list[dict] = []
+        self.table: UUID | None = None
+        self.progress = create_progress_artifact(
+            0.0, key=artifact_key("progress", name), description=f"Epochs of member {name} done"
+        )
+
+    def __call__(self, record: EpochRecord) -> None:
+        self.logger.info("member %s: %s", self.name, record.line())
+        self.rows.append({
+            "epoch": record.epoch, "batch_size": record.batch_size, "step": record.step,
+            "train_loss": None if record.train_loss is None else round(record.train_loss, 4),
+            **{f"validation_{key}": round(value, 4) for key, value in record.metrics.items()},
+            "seconds": round(record.seconds, 1),
+        })
+        try:  # the UI is a view: an API hiccup must not end hours of training
+            update_progress_artifact(self.progress, 100.0 * record.epoch / record.epochs)
+            if self.table is None:
+                self.table = create_table_artifact(
+                    self.rows, key=artifact_key("epochs", self.name),
+                    description=f"Epochs of member {self.name} so far (validation metrics after each)",
+                )
+            else:
+                get_client(sync_client=True).update_artifact(
+                    self.table, ArtifactUpdate(data=TableArtifact(table=self.rows).format(_sync=True))
+                )
+        except HTTPError as error:
+            self.logger.warning("could not update the progress artifacts of member %s: %s", self.name, error)
+
+
+def member_markdown(plan: RunPlan, published: Path, outcome: TrainOutcome, evaluation: EvalResult) -> str:
+    """The member-<name> artifact: where it went, its validation metrics and its two plots (data URIs)."""
+    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.metrics.items())
+    return (
+        f"## Member `{plan.config.name}` ({plan.config.model.freezing})\n\n"
+        f"Published to `{published}` (best epoch {outcome.best_epoch}).\n\n"
+        f"| validation metric | value |\n|---|---|\n{rows}\n\n"
+        f"### Training curves\n\n![training curves]({png_data_uri(published / TRAINING_CURVES_FILE)})\n\n"
+        f"### Confusion matrix (validation)\n\n![confusion matrix]({png_data_uri(published / CONFUSION_PLOT_FILE)})\n"
+    )
 
 
 @task(name="prepare-encoder", cache_policy=NO_CACHE)
@@ -34,7 +100,7 @@ def prepare_encoder(model: ModelConfig, cache_dir: Path, max_frames: int) -> Enc
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
-    return train_one_member(plan, features, encoder)
+    return train_one_member(plan, features, encoder, on_epoch=EpochReporter(plan.config.name))
 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
@@ -69,9 +135,18 @@ def _retry_on_io_error(task, task_run, state) -> bool:
 
 @task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_io_error)
 def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult) -> str:
-    """Copy model, feature-extractor config, metrics and run config to <output>/best/<name>/ atomically."""
+    """Copy model, reports, plots and run config to <output>/best/<name>/ atomically; show them in the UI."""
     destination = publish_trained_member(
         plan, features, encoder, outcome, evaluation, str(flow_run.id) if flow_run.id else None
     )
-    get_run_logger().info("published %s", destination)
+    logger = get_run_logger()
+    logger.info("published %s", destination)
+    try:  # the member is published: a failing view of it must not fail it
+        create_markdown_artifact(
+            markdown=member_markdown(plan, destination, outcome, evaluation),
+            key=artifact_key("member", plan.config.name),
+            description="Validation metrics and plots of the published member",
+        )
+    except HTTPError as error:
+        logger.warning("could not create the artifact of member %s: %s", plan.config.name, error)
     return str(destination)

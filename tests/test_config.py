@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lib.config import ConfigError, FinetuneConfig, load_finetune_config
+from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, load_finetune_config
 
 BASE = {
     "name": "m1",
@@ -229,3 +229,34 @@ def test_feature_statistics_far_outside_log_mel_values_are_refused(field, value)
 
     with pytest.raises(ValidationError, match=field):
         FeatureConfig(**{field: value})
+
+
+def _descriptions(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("description"), str):
+            yield node["description"]
+        for value in node.values():
+            yield from _descriptions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _descriptions(value)
+
+
+@pytest.mark.parametrize("model", [FinetuneConfig, EnsembleConfig, PredictConfig])
+def test_no_form_description_holds_an_angle_bracket(model):
+    # The Prefect UI renders descriptions as HTML: "<name>" was dropped as an unknown tag.
+    descriptions = list(_descriptions(model.model_json_schema()))
+    assert len(descriptions) > 5
+    assert [text for text in descriptions if "<" in text] == []
+
+
+def test_form_descriptions_name_the_bounds():
+    # The run form shows descriptions, not minimum/maximum: the bounds are written into them.
+    schema = FinetuneConfig.model_json_schema()["$defs"]
+    assert schema["FeatureConfig"]["properties"]["sample_rate_hz"]["description"] == (
+        "Clips are resampled to this rate. Allowed: at least 8000, at most 192000."
+    )
+    assert schema["FeatureConfig"]["properties"]["max_frames"]["description"].endswith("Allowed: at least 1, at most 100000.")
+    assert schema["TrainingConfig"]["properties"]["learning_rate"]["description"].endswith("Allowed: above 0, at most 1.")
+    assert PredictConfig.model_json_schema()["properties"]["batch_size"]["description"].endswith("at most 65536.")
+    assert "Allowed" not in FinetuneConfig.model_fields["name"].description  # the fields themselves are unchanged

@@ -1,8 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import lib.features
 import tasks.data
@@ -11,6 +13,36 @@ from lib.features import FeatureCacheRef, load_split
 from lib.model import ASTMeanPoolClassifier
 
 pytestmark = pytest.mark.slow
+
+BYTECODE = re.compile(r"\b(RESUME|LOAD_GLOBAL|LOAD_FAST|RETURN_VALUE)\b")
+
+
+def run_logs(flow_run_id) -> list[str]:
+    """Every log line of a flow run and its task runs, as the UI shows them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    lines = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(lines),
+            sort=LogSort.TIMESTAMP_ASC,
+        ):
+            lines += [log.message for log in page]
+    return lines
+
+
+def run_artifacts(flow_run_id) -> dict:
+    """The flow run's artifacts by key: (type, data)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: (artifact.type, artifact.data) for artifact in artifacts}
 
 
 def make_config(tmp_path, dataset_dirs, ssl_checkpoint, **model) -> FinetuneConfig:
@@ -32,7 +64,8 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     from flows.finetune import finetune
 
     config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=1)
-    summary = finetune(config)
+    state = finetune(config, return_state=True)
+    summary = state.result()
 
     member = tmp_path / "ensemble" / "best" / "tiny_last1"
     assert summary["published"] == str(member)
@@ -61,6 +94,25 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert json.loads((member / "config.json").read_text())["max_length"] == 128
     assert json.loads((member / "preprocessor_config.json").read_text())["max_length"] == 128
 
+    # What the UI shows: a log line per epoch while it trains, no bytecode from the feature build
+    # (built in this run), the member's progress, its epochs so far, and its metrics with both plots.
+    logs = run_logs(state.state_details.flow_run_id)
+    epochs = [line for line in logs if line.startswith("member tiny_last1: epoch ")]
+    assert [int(re.match(r"member tiny_last1: epoch (\d+)/10  batch_size 8  ", line)[1]) for line in epochs] == list(range(1, 11))
+    assert all(re.search(r"train_loss [\d.]+  accuracy [\d.]+  .*loss [\d.]+  .*seconds [\d.]+$", line) for line in epochs)
+    assert any(line.startswith("built feature cache") for line in logs)
+    assert [line for line in logs if BYTECODE.search(line)] == []
+    artifacts = run_artifacts(state.state_details.flow_run_id)
+    assert artifacts["progress-tiny-last1"] == ("progress", 100.0)
+    kind, table = artifacts["epochs-tiny-last1"]
+    assert kind == "table" and [row["epoch"] for row in json.loads(table)] == list(range(1, 11))
+    assert {"batch_size", "train_loss", "validation_accuracy", "validation_loss", "seconds"} <= json.loads(table)[0].keys()
+    kind, markdown = artifacts["member-tiny-last1"]
+    assert kind == "markdown" and markdown.count("](data:image/png;base64,iVBORw0KGgo") == 2
+    for plot in ("training_curves.png", "confusion_matrix.png"):
+        with Image.open(member / plot) as image:
+            image.verify()
+
     # The published folder alone reproduces the validation logits it was scored with.
     model = ASTMeanPoolClassifier.from_pretrained(member).eval()
     cache = FeatureCacheRef.model_validate({
@@ -86,6 +138,18 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert again["freezing"] == "head_only"
     assert (tmp_path / "ensemble" / "best" / "tiny_head" / "metrics.json").is_file()
     assert (member / "model.safetensors").is_file()  # the other member is untouched
+
+    # The predict flow says what it read and what it wrote.
+    monkeypatch.undo()  # it decodes its clips
+    from flows.predict import predict
+    from lib.config import PredictConfig
+
+    validation_dir = dataset_dirs[1]
+    state = predict(PredictConfig(model_path=member, input_path=validation_dir, output_csv=tmp_path / "p.csv",
+                                  device="cpu"), return_state=True)
+    logs = run_logs(state.state_details.flow_run_id)
+    assert f"predicting {validation_dir} with the model(s) in {member} on cpu" in logs
+    assert f"wrote 18 predictions to {tmp_path / 'p.csv'} with members tiny_last1; 0 clips skipped" in logs
 
 
 def test_flow_rejects_bad_config_before_any_work(prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint):

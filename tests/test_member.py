@@ -27,7 +27,8 @@ def test_one_member_trains_on_two_processes_under_torchrun(tmp_path, dataset_dir
     features, _ = build_feature_cache(manifest, plan.feature_params, tmp_path / "cache")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "cache")
 
-    outcome = train_member_distributed(plan, features, encoder, num_processes=2)
+    records = []
+    outcome = train_member_distributed(plan, features, encoder, num_processes=2, on_epoch=records.append)
 
     # 48 clips / (8 per process x 2 processes) = 3 optimizer steps per epoch: the data was split.
     history = json.loads((plan.work_dir / "log_history.json").read_text())
@@ -36,7 +37,13 @@ def test_one_member_trains_on_two_processes_under_torchrun(tmp_path, dataset_dir
     assert (plan.work_dir / "best-model" / "model.safetensors").is_file()
     log_lines = [l for l in (plan.work_dir / "train_logddp.txt").read_text().splitlines() if l.startswith("epoch")]
     assert len(log_lines) == 2  # written by rank 0 only
+    # ... and passed on to this process's on_epoch while the ranks trained (rank 0's records)
+    assert [(r.epoch, r.epochs, r.step, r.batch_size) for r in records] == [(1, 2, 3, 8), (2, 2, 6, 8)]
+    assert [record.line() for record in records] == log_lines
 
+    in_process = []
     single = train_member(plan_run(config.model_copy(update={
-        "name": "single", "training": config.training.model_copy(update={"num_processes": 1})})), features, encoder)
+        "name": "single", "training": config.training.model_copy(update={"num_processes": 1})})), features, encoder,
+        on_epoch=in_process.append)
     assert single.epochs_run == 2
+    assert [record.epoch for record in in_process] == [1, 2] and "accuracy" in in_process[0].metrics

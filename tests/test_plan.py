@@ -1,4 +1,5 @@
 import re
+import sys
 
 import pytest
 import torch
@@ -193,3 +194,11 @@ def test_a_work_dir_among_the_published_members_or_a_foreign_folder_at_the_membe
     assert (mine / "notes.txt").read_text() == "not a member"
     (mine / "member.json").write_text("{}")  # a member folder of an older publish: ours to replace
     assert plan_run(config).config.name == "plan"
+
+
+def test_tensorboard_without_the_package_is_refused_by_plan_run(dataset_dirs, ssl_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.training.tensorboard = True
+    with pytest.raises(ConfigError, match=r"training.tensorboard=true \(--tensorboard\) needs the tensorboard package"):
+        plan_run(config)

@@ -50,3 +50,9 @@ def test_reliability_bins_count_confidence_and_accuracy_per_bin():
     assert top["confidence"] == pytest.approx(0.935) and top["accuracy"] == 0.5  # one of the two is wrong
     assert (bins[5]["accuracy"], bins[6]["accuracy"]) == (1.0, 1.0)
     assert bins[0]["confidence"] is None
+
+
+def test_a_confusion_matrix_of_many_classes_stays_a_bounded_image(tmp_path):
+    labels = [f"class_{i}" for i in range(1500)]
+    matrix = np.eye(1500, dtype=int).tolist()
+    assert_png(confusion_matrix_plot(matrix, labels, tmp_path / "confusion.png"), 3300, 1600)
