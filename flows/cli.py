@@ -194,14 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
     demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument(
+        "--ensemble", action="store_true",
+        help="run the ensemble flow instead: 4 variants (last 1 and 2 layers, seeds 1 and 2), greedy selection",
+    )
     return parser
 
 
 def print_summary(summary: dict) -> None:
     print(f"\npublished member: {summary['published']}")
-    print("validation metrics (best epoch {}):".format(summary["best_epoch"]))
+    test = summary.get("test_metrics")
+    print("metrics (best epoch {}; temperature {:.3f} fitted on validation):".format(
+        summary["best_epoch"], summary["temperature"]))
+    print(f"  {'':>18}  {'validation':>10}" + (f"  {'test':>10}" if test else ""))
     for key, value in summary["metrics"].items():
-        print(f"  {key:>18}: {value:.4f}")
+        print(f"  {key:>18}: {value:>10.4f}" + (f"  {test[key]:>10.4f}" if test else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":
-            from flows.demo import demo_config
+            from flows.demo import demo_config, demo_ensemble_config
 
-            config = demo_config(args.dir, epochs=args.epochs, device=args.device)
+            config = (demo_ensemble_config if args.ensemble else demo_config)(args.dir, args.epochs, args.device)
         elif args.command == "ensemble":
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args, ENSEMBLE_FLAG_FIELDS))
         else:
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.ensemble import EnsembleMembersFailed
 
     try:
-        if args.command == "ensemble":
+        if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
             from flows.ensemble import ensemble
 
             leaderboard = ensemble(config)
@@ -267,9 +274,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_leaderboard(leaderboard: dict) -> None:
-    print(f"\n{'member':<28} {'accuracy':>9} {'bal.acc':>9} {'f1':>9}")
+    splits = [split for split in ("validation", "test") if split in leaderboard["ensemble"]]
+    print(f"\n{'':<32} {'weight':>6}" + "".join(f" {split[:3] + ' acc':>9} {split[:3] + ' NLL':>9}" for split in splits))
     for row in leaderboard["leaderboard"]:
-        print(f"{row['name']:<28} {row['accuracy']:>9.4f} {row['balanced_accuracy']:>9.4f} {row['f1']:>9.4f}")
+        weight = "" if row["weight"] is None else f"{row['weight']:g}"
+        scores = "".join(
+            f" {row[split]['accuracy']:>9.4f} {row[split]['calibration']['after']['nll']:>9.4f}" for split in splits
+        )
+        print(f"{row['name']:<32} {weight:>6}{scores}")
+    print(leaderboard["ensemble"]["verdict"])
 
 
 if __name__ == "__main__":

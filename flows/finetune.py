@@ -37,6 +37,8 @@ def run_member(plan: RunPlan, features, encoder) -> dict:
         "freezing": plan.config.model.freezing,
         "best_epoch": outcome.best_epoch,
         "metrics": evaluation.metrics,
+        "test_metrics": evaluation.test_metrics,
+        "temperature": evaluation.temperature,
     }
 
 
@@ -46,11 +48,16 @@ def artifact_key(kind: str, name: str) -> str:
 
 
 def metrics_markdown(summary: dict) -> str:
-    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in summary["metrics"].items())
+    test = summary.get("test_metrics")
+    rows = "\n".join(
+        f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "") for key, value in summary["metrics"].items()
+    )
     return (
         f"## Member `{summary['name']}` ({summary['freezing']})\n\n"
-        f"Published to `{summary['published']}` (best epoch {summary['best_epoch']}).\n\n"
-        f"| validation metric | value |\n|---|---|\n{rows}\n"
+        f"Published to `{summary['published']}` (best epoch {summary['best_epoch']}, temperature "
+        f"{summary['temperature']:.3f} fitted on validation).\n\n"
+        f"| metric | validation |" + (" test |" if test else "") + "\n|---|---|" + ("---|" if test else "")
+        + f"\n{rows}\n"
     )
 
 
@@ -66,7 +73,7 @@ def finetune(config: FinetuneConfig) -> dict:
     create_markdown_artifact(
         markdown=metrics_markdown(summary),
         key=artifact_key("member", plan.config.name),
-        description="Validation metrics of the published member",
+        description="Validation (and test) metrics of the published member",
     )
     return summary
 

@@ -11,10 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
 from lib.evaluation import EvalResult, evaluate_model
-from lib.features import FeatureCacheRef, load_split
+from lib.features import FeatureCacheRef, has_test_split, load_split
 from lib.member import TrainOutcome
 from lib.member import train_member as train_one_member
 from lib.plan import RunPlan
+from lib.scan import TEST_SPLIT
 from lib.publish import publish_trained_member
 
 
@@ -39,7 +40,7 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
 def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
-    """Reload the best model and score it on validation: summary, per-class metrics, confusion matrix."""
+    """Reload the best model, score it on validation (and test) and fit its temperature on validation."""
     result = evaluate_model(
         Path(outcome.best_model_dir),
         load_split(features, "validation"),
@@ -52,8 +53,12 @@ def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutc
             "metric_for_best_model": outcome.metric,
             "skipped_files": len(features.skipped),
         },
+        test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
     )
-    get_run_logger().info("validation metrics: %s", result.metrics)
+    logger = get_run_logger()
+    logger.info("validation metrics: %s; temperature %.3f (fitted on validation)", result.metrics, result.temperature)
+    if result.test_metrics is not None:
+        logger.info("test metrics (reported only): %s", result.test_metrics)
     return result
 
 

@@ -125,15 +125,15 @@ def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     model = {"ssl_checkpoint": "ckpt", "base_config": "base.json"}
     raw = {
-        FinetuneConfig: {**BASE, "work_dir": "w", "model": model},
-        EnsembleConfig: {"data": BASE["data"], "model": model, "members": [{"name": "a"}]},
+        FinetuneConfig: {**BASE, "work_dir": "w", "model": model, "data": {**BASE["data"], "test_dir": "x"}},
+        EnsembleConfig: {"data": {**BASE["data"], "test_dir": "x"}, "model": model, "members": [{"name": "a"}]},
         PredictConfig: {"model_path": "best", "input_path": "in", "output_csv": "out/p.csv"},
     }
     for config_class, values in raw.items():
         config = config_class.model_validate(values)
         resolved = config.resolved()
         locations = _tagged(config_class, LOCATION)
-        assert len(locations) == {FinetuneConfig: 7, EnsembleConfig: 6, PredictConfig: 3}[config_class]
+        assert len(locations) == {FinetuneConfig: 8, EnsembleConfig: 7, PredictConfig: 3}[config_class]
         for path in locations:
             assert reduce(getattr, path, resolved) == tmp_path.resolve() / reduce(getattr, path, config), path
     home = FinetuneConfig.model_validate({**BASE, "model": {"ssl_checkpoint": "~/ckpt"}}).resolved()
