@@ -18,7 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from lib.example import make_example_dataset, make_ssl_checkpoint, tiny_ast_config  # noqa: E402
+from lib.example import make_example_dataset, make_example_test_split, make_ssl_checkpoint, tiny_ast_config  # noqa: E402
 
 TEST_CLASSES = ("noise_burst", "tone_high", "tone_low")
 
@@ -32,8 +32,16 @@ def small_config(**overrides):
 
 @pytest.fixture(scope="session")
 def dataset_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(train, validation); a test split beside them is the test_split fixture, used only where asked for."""
     root = tmp_path_factory.mktemp("data")
-    return make_example_dataset(root, train_per_class=16, validation_per_class=6, classes=TEST_CLASSES, seed=1)
+    dirs = make_example_dataset(root, train_per_class=16, validation_per_class=6, classes=TEST_CLASSES, seed=1)
+    make_example_test_split(root, per_class=6, classes=TEST_CLASSES, seed=1)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def test_split(dataset_dirs) -> Path:
+    return dataset_dirs[0].parent / "test"
 
 
 @pytest.fixture(scope="session")
