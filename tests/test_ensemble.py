@@ -1,11 +1,12 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lib.calibration import fit_temperature
+from lib.calibration import fit_temperature, softmax
 from lib.ensemble import EnsembleError, evaluate_ensemble, read_member, soft_vote
 from lib.features import FeatureParams
 
@@ -134,8 +135,8 @@ def test_members_with_other_labels_or_validation_sets_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
-    prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
+def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduces_its_accuracy(
+    prefect_harness, tmp_path, dataset_dirs, test_split, ssl_checkpoint, monkeypatch
 ):
     import lib.features
     import lib.member
@@ -158,53 +159,70 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),
-        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir), "cache_dir": str(tmp_path / "cache")},
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir), "test_dir": str(test_split),
+                 "cache_dir": str(tmp_path / "cache")},
         "model": {"ssl_checkpoint": str(ssl_checkpoint)},
         "training": {"epochs": 6, "batch_size": 8, "gradient_accumulation_steps": 1, "learning_rate": 2e-3,
                      "warmup_steps": 0.1, "device": "cpu"},
-        "members": [
-            {"name": "head", "head_only": True, "learning_rate": 0.05},
-            {"name": "last1", "train_last_n_layers": 1},
-            {"name": "broken"},
-            {"name": "full", "weight": 2.0},
-        ],
+        "members": [{"name": "head", "head_only": True, "learning_rate": 0.05}, {"name": "broken"}],
+        "sweep_last_n": [1, 2],  # last-1, and last-2 = full (the test encoder has 2 layers)
     })
     with pytest.raises(EnsembleMembersFailed, match="1 of 4 members failed \\(broken\\)"):
         ensemble(config)
 
     best = tmp_path / "out" / "best"
-    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == ["ensemble.json", "full", "head", "last1"]
+    names = ("head", "last-1", "last-2")
+    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == sorted(
+        ["ensemble.json", "leaderboard.png", "reliability.png", *names]
+    )
     # the rest is each member's live version folder, which best/<name> links to: no staging or old version
     assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
-        os.readlink(best / name) for name in ("full", "head", "last1")
+        os.readlink(best / name) for name in names
     )
     assert builds == [1]  # one feature cache, shared
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "encoders").iterdir())) == 1
     board = json.loads((best / "ensemble.json").read_text())
     assert "simulated CUDA error" in board["failed"]["broken"]
-    assert {row["name"] for row in board["leaderboard"]} == {"head", "last1", "full", "ensemble (soft vote)"}
-    # the ensemble row is recomputed from the members' stored probabilities
-    members = {m["name"]: m for m in board["members"]}
-    probs = [np.exp(l) / np.exp(l).sum(1, keepdims=True)
-             for l in (np.load(best / n / "validation_logits.npz")["logits"] for n in ("head", "last1", "full"))]
-    labels = np.load(best / "full" / "validation_logits.npz")["labels"]
-    voted = (probs[0] + probs[1] + 2 * probs[2]) / 4
-    assert members["full"]["weight"] == 2.0
-    assert board["ensemble"]["accuracy"] == pytest.approx(float((voted.argmax(1) == labels).mean()))
-    assert board["ensemble"]["accuracy"] > 0.6
+    assert [row["name"] for row in board["leaderboard"]][-2:] == ["mean of all members", "ensemble (greedy)"]
+    assert {row["name"] for row in board["leaderboard"][:-2]} == set(names)
+    assert json.loads((best / "last-2" / "member.json").read_text())["freezing"] == "full"
+    # temperatures are the members' own (fitted on their validation logits); weights are greedy counts
+    for member in board["members"]:
+        assert member["temperature"] == json.loads((best / member["name"] / "calibration.json").read_text())["temperature"]
+    weights = board["ensemble"]["weights"]
+    assert weights and all(float(w).is_integer() for w in weights.values())
+    assert [m["name"] for m in board["members"]] == [n for n in names if n in weights]
+    # the ensemble row is recomputed from the members' stored, calibrated probabilities
+    vote = {}
+    for split, file in (("validation", "validation_logits.npz"), ("test", "test_logits.npz")):
+        stored = {m["name"]: np.load(best / m["name"] / file) for m in board["members"]}
+        labels = next(iter(stored.values()))["labels"]
+        vote[split] = sum(m["weight"] * softmax(stored[m["name"]]["logits"], m["temperature"]) for m in board["members"])
+        assert board["ensemble"][split]["accuracy"] == pytest.approx(float((vote[split].argmax(1) == labels).mean()))
+        assert board["ensemble"][split]["num_samples"] == 18
+    assert board["ensemble"]["validation"]["accuracy"] > 0.6
+    verdict = board["ensemble"]["verdict"]
+    assert ("does NOT beat" in verdict) == (not board["ensemble"]["beats_best_member"]) and "test accuracy" in verdict
 
-    # predict with the ensemble folder: one CSV row per clip, probabilities summing to one
-    out = tmp_path / "pred.csv"
-    summary = predict_files(best, validation_dir, out, resolve_runtime("cpu"), batch_size=7)
-    rows = list(csv.DictReader(out.open()))
-    assert summary["members"] == ["head", "last1", "full"] and len(rows) == len(labels)
-    assert set(rows[0]) == {"file", "predicted_label", "prob_noise_burst", "prob_tone_high", "prob_tone_low"}
-    for row in rows:
-        assert sum(float(row[k]) for k in row if k.startswith("prob_")) == pytest.approx(1, abs=1e-5)
-    # the CSV's predictions match the vote on the cached features (files are listed in the same order)
-    predicted = [board["label_names"].index(row["predicted_label"]) for row in rows]
-    assert np.mean(np.asarray(predicted) == voted.argmax(1)) >= 0.95
+    # predict with the ensemble folder: its CSV reproduces the reported accuracy exactly, on validation and test
+    for split, folder in (("validation", validation_dir), ("test", test_split)):
+        out = tmp_path / f"{split}.csv"
+        summary = predict_files(best, folder, out, resolve_runtime("cpu"), batch_size=7)
+        assert summary["members"] == [m["name"] for m in board["members"]]
+        assert summary["weights"] == {m["name"]: m["weight"] for m in board["members"]}
+        assert summary["temperatures"] == {m["name"]: m["temperature"] for m in board["members"]}
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == 18
+        assert set(rows[0]) == {"file", "predicted_label", "prob_noise_burst", "prob_tone_high", "prob_tone_low"}
+        for row in rows:
+            assert sum(float(row[k]) for k in row if k.startswith("prob_")) == pytest.approx(1, abs=1e-5)
+        truth = [Path(row["file"]).parent.name for row in rows]
+        accuracy = np.mean([row["predicted_label"] == label for row, label in zip(rows, truth)])
+        assert accuracy == board["ensemble"][split]["accuracy"]
+        # and its probabilities are the calibrated vote (files are listed in the cache's order)
+        probabilities = np.array([[float(row[f"prob_{name}"]) for name in board["label_names"]] for row in rows])
+        np.testing.assert_allclose(probabilities, vote[split] / sum(weights.values()), atol=1e-4)
 
 
 def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
