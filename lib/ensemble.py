@@ -145,15 +145,7 @@ def evaluate_ensemble(
     raw = {split: {name: softmax(logits[split][name]) for name in names} for split in splits}
     calibrated = {split: {name: softmax(logits[split][name], temperatures[name]) for name in names} for split in splits}
 
-    # selection: validation only
-    if weights is not None:
-        method, chosen = "config weights", {name: float(weights[name]) for name in names}
-    elif selection == "all":
-        method, chosen = "all", dict.fromkeys(names, 1.0)
-    else:
-        method = "greedy"
-        chosen = {name: float(count) for name, count in greedy_selection(
-            calibrated["validation"], labels["validation"]).items()}
+    method, chosen = _select(selection, weights, calibrated["validation"], labels["validation"])
     equal = dict.fromkeys(names, 1.0)
 
     freezing = {member.name: member.freezing for member in members}
@@ -188,9 +180,9 @@ def evaluate_ensemble(
         "selection": method,
         # what predict votes with: the selected members, their weights and temperatures
         "members": [
-            {"name": name, "path": member.path, "freezing": member.freezing, "weight": chosen[name],
-             "temperature": temperatures[name]}
-            for member in members if chosen.get(name := member.name, 0) > 0
+            {"name": member.name, "path": member.path, "freezing": member.freezing, "weight": chosen[member.name],
+             "temperature": temperatures[member.name]}
+            for member in members if chosen.get(member.name, 0) > 0
         ],
         "leaderboard": member_rows + ensemble_rows,
         "ensemble": {
@@ -210,6 +202,17 @@ def evaluate_ensemble(
     _write_plots(result, calibrated, raw, labels, verdict_split, output_file.parent)
     output_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _select(
+    selection: str, weights: dict[str, float] | None, validation: dict[str, np.ndarray], labels: np.ndarray
+) -> tuple[str, dict[str, float]]:
+    """(method, member -> weight) from the config's weights, or all members equally, or greedy on validation."""
+    if weights is not None:
+        return "config weights", {name: float(weights[name]) for name in validation}
+    if selection == "all":
+        return "all", dict.fromkeys(validation, 1.0)
+    return "greedy", {name: float(count) for name, count in greedy_selection(validation, labels).items()}
 
 
 def _verdict(method: str, best: dict, ensemble: dict, split: str) -> str:
