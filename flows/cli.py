@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_leaderboard(leaderboard: dict) -> None:
     splits = [split for split in ("validation", "test") if split in leaderboard["ensemble"]]
-    print(f"\n{'':<32} {'weight':>6}" + "".join(f" {split[:3] + ' acc':>9} {split[:3] + ' NLL':>9}" for split in splits))
+    short = {"validation": "val", "test": "test"}
+    print(f"\n{'':<32} {'weight':>6}" + "".join(f" {short[split] + ' acc':>9} {short[split] + ' NLL':>9}" for split in splits))
     for row in leaderboard["leaderboard"]:
         weight = "" if row["weight"] is None else f"{row['weight']:g}"
         scores = "".join(

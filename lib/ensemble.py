@@ -238,15 +238,18 @@ def _write_plots(result: dict, calibrated: dict, raw: dict, labels: dict, split:
             for row in result["leaderboard"]]
     leaderboard_plot(rows, f"{split} accuracy", folder / LEADERBOARD_PLOT_FILE)
     best, weights = result["ensemble"]["best_member"], result["ensemble"]["weights"]
-    reliability_plot(
-        {
-            f"{best}, uncalibrated ({split})": (raw[split][best], labels[split]),
-            f"{best}, calibrated ({split})": (calibrated[split][best], labels[split]),
+    # an ensemble of the best member alone would draw the same curves again, over the member's
+    best_label = best if set(weights) != {best} else f"{best} (the ensemble)"
+    curves = {
+        f"{best_label}, uncalibrated ({split})": (raw[split][best], labels[split]),
+        f"{best_label}, calibrated ({split})": (calibrated[split][best], labels[split]),
+    }
+    if set(weights) != {best}:
+        curves |= {
             f"ensemble, uncalibrated ({split})": (weighted_mean(raw[split], weights), labels[split]),
             f"ensemble ({result['selection']}, {split})": (weighted_mean(calibrated[split], weights), labels[split]),
-        },
-        folder / RELIABILITY_PLOT_FILE,
-    )
+        }
+    reliability_plot(curves, folder / RELIABILITY_PLOT_FILE)
 
 
 def resolve_members(model_path: Path) -> list[MemberInfo]:
