@@ -204,6 +204,20 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     assert board["ensemble"]["validation"]["accuracy"] > 0.6
     verdict = board["ensemble"]["verdict"]
     assert ("does NOT beat" in verdict) == (not board["ensemble"]["beats_best_member"]) and "test accuracy" in verdict
+    # the UI shows the verdict, the leaderboard table and both figures (PNG embedded as a data URI)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["ensemble-leaderboard", "ensemble-confusion-matrix", "ensemble-leaderboard-plot", "ensemble-reliability-plot"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert set(artifacts) == set(keys)
+    assert verdict in artifacts["ensemble-confusion-matrix"].data
+    for key in ("ensemble-leaderboard-plot", "ensemble-reliability-plot"):
+        assert "](data:image/png;base64," in artifacts[key].data
+    table = json.loads(artifacts["ensemble-leaderboard"].data)
+    assert [row["name"] for row in table] == [row["name"] for row in board["leaderboard"]]
+    assert {"validation accuracy", "test accuracy", "test nll (before -> after)"} <= set(table[0])
 
     # predict with the ensemble folder: its CSV reproduces the reported accuracy exactly, on validation and test
     for split, folder in (("validation", validation_dir), ("test", test_split)):
