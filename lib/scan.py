@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from itertools import combinations
 from pathlib import Path
 from typing import Literal
 
@@ -286,7 +287,7 @@ def scan_dataset(
     """Scan the splits (train, validation, and test if given), check the layout, read each clip's header."""
     roots = split_roots(train_dir, validation_dir, test_dir)
     # resolve() follows symlinks and "..", so an alias of the train folder is caught too.
-    for first, second in ((a, b) for i, a in enumerate(roots) for b in list(roots)[i + 1 :]):
+    for first, second in combinations(roots, 2):
         if roots[first].resolve() == roots[second].resolve():
             raise ScanError(
                 f"--{first}-dir {roots[first]} and --{second}-dir {roots[second]} are the same folder "
