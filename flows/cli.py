@@ -388,6 +388,10 @@ example:
         metavar="FIELD=VALUE", default=argparse.SUPPRESS, help="change any field of the demo run, e.g. "
         "training.augmentation.mixup_probability=0.5 (repeatable)",
     )
+    demo.add_argument(
+        "--ensemble", action="store_true",
+        help="run the ensemble flow instead: 4 variants (last 1 and 2 layers, seeds 1 and 2), greedy selection",
+    )
     return parser
 
 
@@ -406,9 +410,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_summary(summary: dict) -> None:
     print(f"\npublished member: {summary['published']}")
-    print("validation metrics (best epoch {}):".format(summary["best_epoch"]))
+    test = summary.get("test_metrics")
+    print("metrics (best epoch {}; temperature {:.3f} fitted on validation):".format(
+        summary["best_epoch"], summary["temperature"]))
+    print(f"  {'':>18}  {'validation':>10}" + (f"  {'test':>10}" if test else ""))
     for key, value in summary["metrics"].items():
-        print(f"  {key:>18}: {value:.4f}")
+        print(f"  {key:>18}: {value:>10.4f}" + (f"  {test[key]:>10.4f}" if test else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,11 +445,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":
-            from flows.demo import demo_config
+            from flows.demo import demo_config, demo_ensemble_config
 
-            config = demo_config(args.dir, epochs=args.epochs, device=args.device)
+            config = (demo_ensemble_config if args.ensemble else demo_config)(args.dir, args.epochs, args.device)
             if overrides := overrides_from_args(args):
-                config = load_config(FinetuneConfig, None, deep_merge(config.model_dump(), overrides))
+                config = load_config(type(config), None, deep_merge(config.model_dump(), overrides))
         elif args.command == "ensemble":
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
         else:
@@ -456,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with prefect_server_defaults():
-            if args.command == "ensemble":
+            if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
                 from flows.ensemble import ensemble
 
                 leaderboard = ensemble(config)
@@ -475,9 +482,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_leaderboard(leaderboard: dict) -> None:
-    print(f"\n{'member':<28} {'accuracy':>9} {'bal.acc':>9} {'f1':>9}")
+    splits = [split for split in ("validation", "test") if split in leaderboard["ensemble"]]
+    short = {"validation": "val", "test": "test"}
+    print(f"\n{'':<32} {'weight':>6}" + "".join(f" {short[split] + ' acc':>9} {short[split] + ' NLL':>9}" for split in splits))
     for row in leaderboard["leaderboard"]:
-        print(f"{row['name']:<28} {row['accuracy']:>9.4f} {row['balanced_accuracy']:>9.4f} {row['f1']:>9.4f}")
+        weight = "" if row["weight"] is None else f"{row['weight']:g}"
+        scores = "".join(
+            f" {row[split]['accuracy']:>9.4f} {row[split]['calibration']['after']['nll']:>9.4f}" for split in splits
+        )
+        print(f"{row['name']:<32} {weight:>6}{scores}")
+    print(leaderboard["ensemble"]["verdict"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from lib.config import EnsembleConfig
 from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef
 from lib.member import release_memory
-from lib.plan import RunPlan, plan_run
+from lib.plan import RunPlan, plan_ensemble
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
 
 
@@ -35,12 +35,11 @@ def _failure_reason(state) -> str:
 
 @flow(name="astft-ensemble", log_prints=True)
 def ensemble(config: EnsembleConfig) -> dict:
-    """Fine-tune every member variant on shared features, publish each, and soft-vote them."""
+    """Fine-tune every member variant on shared features, publish each, and soft-vote the selected ones."""
     logger = get_run_logger()
-    # validate: every member's config, before any work
+    # validate: every member's config (sweeps and seeds expanded), before any work
     # (dispatched members train on workers: their device and precision are resolved there, not here)
-    trains_here = config.dispatch == "in_process"
-    plans = {variant.name: plan_run(config.member_config(variant), trains_here) for variant in config.members}
+    plans = plan_ensemble(config, trains_here=config.dispatch == "in_process")
     first = next(iter(plans.values()))
     # data and encoder: computed once, shared by every member (their data/features/model sections are equal)
     features, encoder = shared_inputs(first)
@@ -67,11 +66,10 @@ def ensemble(config: EnsembleConfig) -> dict:
     for name, reason in failed.items():
         logger.error("member %s failed: %s", name, reason)
 
-    # ensemble: soft vote over the members that were published
+    # ensemble: calibrated soft vote over the members that were published, selected on validation
     if not published:
         raise EnsembleMembersFailed(f"every member failed: {failed}")
-    weights = {variant.name: variant.weight for variant in config.members}
-    leaderboard = evaluate_ensemble_members(published, weights, first.best_root, failed)
+    leaderboard = evaluate_ensemble_members(published, first.best_root, failed, config.selection, config.weights)
     if failed:
         raise EnsembleMembersFailed(
             f"{len(failed)} of {len(plans)} members failed ({', '.join(failed)}); the other members were published "

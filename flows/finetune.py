@@ -35,6 +35,8 @@ def run_member(plan: RunPlan, features, encoder) -> dict:
         "freezing": plan.config.model.freezing,
         "best_epoch": outcome.best_epoch,
         "metrics": evaluation.metrics,
+        "test_metrics": evaluation.test_metrics,
+        "temperature": evaluation.temperature,
     }
 
 

@@ -112,3 +112,20 @@ def greedy_selection(
 def weighted_mean(probabilities: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
     total = sum(weights.values())
     return sum(probabilities[name] * (weight / total) for name, weight in weights.items())
+
+
+def calibrate_member(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """One member's temperature, fitted on splits['validation'] (logits, labels) alone, and NLL, Brier
+    and ECE before and after it on every split given (test figures are only reported)."""
+    temperature = fit_temperature(*splits["validation"])
+    return {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        **{
+            split: {
+                "before": calibration_report(softmax(logits), labels),
+                "after": calibration_report(softmax(logits, temperature), labels),
+            }
+            for split, (logits, labels) in splits.items()
+        },
+    }

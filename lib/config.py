@@ -26,9 +26,10 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")
 MetricName = Literal[(*SUMMARY_METRICS, "loss")]
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 # Files the project itself writes under <output_dir>/best/ beside the member folders (lib.ensemble's
-# ENSEMBLE_FILE); a member of that name would overwrite it, or be overwritten. Compared without case,
+# ENSEMBLE_FILE, lib.plots' leaderboard and reliability figures); a member of that name would overwrite
+# it, or be overwritten. Compared without case,
 # since macOS and Windows folders are case-insensitive.
-RESERVED_MEMBER_NAMES = frozenset({"ensemble.json"})
+RESERVED_MEMBER_NAMES = frozenset({"ensemble.json", "leaderboard.png", "reliability.png"})
 
 
 def _not_reserved(name: str) -> str:
@@ -99,6 +100,13 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     train_dir: Location = Field(description="Folder with one subfolder of .wav clips per class.")
     validation_dir: Location = Field(description="Folder with the same class subfolders as train_dir.")
+    test_dir: OptionalLocation = Field(
+        None,
+        description=(
+            "Optional held-out folder with the same layout: every member and the ensemble are also scored on it. "
+            "Only reported: validation alone chooses epochs, temperatures, members and weights."
+        ),
+    )
     quick_subsample: bool = Field(
         False,
         description="Keep every 10th clip of each class (the notebook's b_just_test) for a dry run.",
@@ -127,10 +135,10 @@ class FeatureConfig(_Section):
     # Log-mel values lie within about -20..20: statistics far outside that are a typo, and would
     # overflow the normalised features (then blamed on the clips).
     mean: float = Field(
-        AUDIOSET_MEAN, ge=-1000, le=1000, description="Feature mean for normalisation (AudioSet default; -1000..1000)."
+        AUDIOSET_MEAN, ge=-1000, le=1000, description="Feature mean for normalisation (AudioSet default)."
     )
     std: float = Field(
-        AUDIOSET_STD, ge=0.001, le=1000, description="Feature std for normalisation (AudioSet default; 0.001..1000)."
+        AUDIOSET_STD, ge=0.001, le=1000, description="Feature std for normalisation (AudioSet default)."
     )
     max_frames: int | None = Field(
         128,
@@ -314,7 +322,15 @@ class MemberVariant(Freezing):
         None, ge=1, le=65_536, description="Override training.batch_size (a constant size: replaces batch_sizes)."
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
-    weight: float = Field(1.0, gt=0, le=1000, description="Weight of this member in the soft vote.")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description=(
+            "Fixed weight of this member in the soft vote. When any member sets one, these weights replace "
+            "the selection (members without one weigh 1); unset everywhere: ensemble.selection decides."
+        ),
+    )
 
 
 class EnsembleConfig(_Section):
@@ -323,7 +339,34 @@ class EnsembleConfig(_Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    members: list[MemberVariant] = Field(min_length=1, max_length=256, description="The variants to train.")
+    members: list[MemberVariant] = Field(
+        default_factory=list, max_length=256, description="The variants to train (sweep_last_n and seeds add more)."
+    )
+    sweep_last_n: list[Annotated[int, Field(ge=0, le=512)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "One member per value N, named last-N: 0 trains the head only, N the last N encoder layers and the "
+            "head, and the encoder's layer count L the full network (e.g. 0,2,4,6,12 for AST-base, L = 12). "
+            "Checked against the encoder's layer count before any work."
+        ),
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Train every member that sets no seed of its own once per seed, named NAME-sSEED (e.g. last-4-s2). "
+            "Empty: each member trains once, with training.seed."
+        ),
+    )
+    selection: Literal["all", "greedy"] = Field(
+        "greedy",
+        description=(
+            "How members are weighted in the soft vote of temperature-calibrated probabilities: 'all' equally; "
+            "'greedy' by forward selection with replacement on validation NLL (Caruana et al., 2004), the "
+            "counts becoming the weights. Member weights given in the config replace either."
+        ),
+    )
     dispatch: Literal["in_process", "deployments"] = Field(
         "in_process",
         description=(
@@ -337,11 +380,42 @@ class EnsembleConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_member_names(self) -> EnsembleConfig:
-        names = [member.name for member in self.members]
+        names = [variant.name for variant in self.variants()]
+        if not names:
+            raise ValueError("members: no member to train; list members, or give sweep_last_n (--sweep-last-n)")
+        if len(names) > 256:
+            raise ValueError(
+                f"members: {len(names)} members after expanding sweep_last_n and seeds, more than 256; "
+                "sweep fewer values or seeds"
+            )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"members: names must be unique (they are folder names), repeated: {duplicates}")
+            raise ValueError(
+                f"members: names must be unique (they are folder names), repeated: {duplicates} "
+                "(after expanding sweep_last_n into last-N and seeds into NAME-sSEED)"
+            )
         return self
+
+    def variants(self, num_layers: int | None = None) -> list[MemberVariant]:
+        """Every member to train: the listed ones, then last-N per sweep value, each once per seed.
+
+        Sweep value 0 is head only and num_layers (the encoder's layer count) full fine-tuning; without
+        num_layers a sweep value is taken as last-N (lib.plan.plan_ensemble passes it, after checking the bound).
+        """
+        swept = [
+            MemberVariant(name=f"last-{n}", head_only=n == 0, train_last_n_layers=0 if n in (0, num_layers) else n)
+            for n in self.sweep_last_n
+        ]
+        expanded = []
+        for variant in [*self.members, *swept]:
+            if not self.seeds or variant.seed is not None:
+                expanded.append(variant)
+                continue
+            expanded += [  # validated: the derived name must be a valid member name too
+                MemberVariant.model_validate({**variant.model_dump(), "name": f"{variant.name}-s{seed}", "seed": seed})
+                for seed in self.seeds
+            ]
+        return expanded
 
     def member_config(self, variant: MemberVariant) -> FinetuneConfig:
         overrides = {
@@ -359,6 +433,14 @@ class EnsembleConfig(_Section):
             model=ModelConfig(**self.model.model_dump(), **variant.model_dump(include=set(Freezing.model_fields))),
             training=self.training.model_copy(update=overrides),
         )
+
+    @property
+    def weights(self) -> dict[str, float] | None:
+        """Soft-vote weights given in the config (members without one weigh 1), or None: none given."""
+        variants = self.variants()
+        if all(variant.weight is None for variant in variants):
+            return None
+        return {variant.name: 1.0 if variant.weight is None else variant.weight for variant in variants}
 
 
 class PredictConfig(_Section):

@@ -69,13 +69,32 @@ def make_example_dataset(
     rng = np.random.default_rng(seed)
     root = Path(root)
     for split, count in (("train", train_per_class), ("validation", validation_per_class)):
-        for class_name in classes:
-            folder = root / split / class_name
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                clip = synth_clip(class_name, rng, sample_rate_hz)
-                sf.write(str(folder / f"{class_name}_{index:03d}.wav"), clip, sample_rate_hz, subtype="PCM_16")
+        _write_clips(root / split, classes, count, rng, sample_rate_hz)
     return root / "train", root / "validation"
+
+
+def make_example_test_split(
+    root: Path,
+    per_class: int = 8,
+    classes: tuple[str, ...] = EXAMPLE_CLASSES,
+    seed: int = 0,
+    sample_rate_hz: int = 16000,
+) -> Path:
+    """Write root/test/<class>/*.wav from a random stream that train and validation never draw from
+    (pitches, levels, timings and noise unseen in train); return the folder."""
+    test_dir = Path(root) / "test"
+    _write_clips(test_dir, classes, per_class, np.random.default_rng([seed, 1]), sample_rate_hz)
+    return test_dir
+
+
+def _write_clips(split_dir: Path, classes: tuple[str, ...], count: int, rng: np.random.Generator,
+                 sample_rate_hz: int) -> None:
+    for class_name in classes:
+        folder = split_dir / class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            clip = synth_clip(class_name, rng, sample_rate_hz)
+            sf.write(str(folder / f"{class_name}_{index:03d}.wav"), clip, sample_rate_hz, subtype="PCM_16")
 
 
 # transformers 5 name -> transformers 4.x name, for writing checkpoints the way real SSL runs saved them.

@@ -25,7 +25,7 @@ from transformers import ASTFeatureExtractor
 from lib.audio import AudioError, load_clip
 from lib.config import FeatureConfig
 from lib.hashing import digest
-from lib.scan import SPLITS, Manifest, format_bad_files
+from lib.scan import TEST_SPLIT, Manifest, format_bad_files
 from lib.staging import META_FILE, file_sizes_match, record_file_sizes, staged_folder
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def build_feature_cache(
         key=key,
         params=params,
         label_names=manifest.label_names,
-        num_clips={split: len(manifest.split(split)) for split in SPLITS},
+        num_clips={split: len(manifest.split(split)) for split in manifest.splits},
     )
     scan_skipped = {item.path: item.reason for item in manifest.skipped}
     if file_sizes_match(final, key):
@@ -209,7 +209,7 @@ def build_feature_cache(
         extractor = make_feature_extractor(params)
         features = arrow_features(params, manifest.label_names)
         num_clips, bad, notes = {}, {}, {}
-        for split in SPLITS:
+        for split in manifest.splits:
             clips = manifest.split(split)
             table = _clip_table(clips, manifest.label_names, f"{key}-{split}-clips")
             arrow_file = staging / f"{split}.arrow"
@@ -252,6 +252,11 @@ def build_feature_cache(
 def _log_warnings(ref: FeatureCacheRef) -> None:
     for path, reason in ref.warnings.items():
         logger.warning("clip used, but check it: %s: %s", path, reason)
+
+
+def has_test_split(ref: FeatureCacheRef) -> bool:
+    """Whether the cache holds a test split (the run had data.test_dir)."""
+    return TEST_SPLIT in ref.num_clips
 
 
 def load_split(ref: FeatureCacheRef, split: str) -> Dataset:

@@ -49,9 +49,3 @@ def detailed_report(labels: np.ndarray, predictions: np.ndarray, label_names: li
     }
     matrix = confusion_matrix(labels, predictions, labels=indices)
     return {"per_class": per_class, "confusion_matrix": {"labels": list(label_names), "matrix": matrix.tolist()}}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from transformers import ASTConfig
 
 from lib.checkpoint import (
     CheckpointError,
@@ -14,11 +15,13 @@ from lib.checkpoint import (
     config_for_frames,
     resolve_encoder_config,
 )
-from lib.config import ConfigError, FeatureConfig, FinetuneConfig
+from lib.config import ConfigError, EncoderConfig, EnsembleConfig, FeatureConfig, FinetuneConfig
 from lib.ensemble import MEMBER_FILE
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.runtime import Runtime, check_portable, resolve_runtime
 from lib.training import check_schedule_supported, check_tensorboard_installed, check_work_dir
+
+DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # test_dir is optional (None)
 
 
 class RunPlan(BaseModel):
@@ -50,10 +53,13 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
         "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
         "data.train_dir (--train-dir)": config.data.train_dir,
         "data.validation_dir (--validation-dir)": config.data.validation_dir,
+        "data.test_dir (--test-dir)": config.data.test_dir,
         # published members: a link there could pass for an incomplete checkpoint-N and be removed
         "the published members, output_dir/best": config.output_dir / "best",
     }
     for field, path in protected.items():
+        if path is None:
+            continue
         path = Path(path).resolve()
         relation = (
             "is" if work_dir == path
@@ -81,26 +87,16 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
     everywhere is checked, and the plan has no Runtime.
     """
     config = config.resolved()
-    checkpoint = config.model.ssl_checkpoint
-    if not (checkpoint / WEIGHTS_FILE).is_file():
-        raise ConfigError(
-            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
-            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
-        )
-    for field in ("train_dir", "validation_dir"):
+    _check_checkpoint(config.model.ssl_checkpoint)
+    for field in DATA_FOLDERS:
         folder = getattr(config.data, field)
-        if not folder.is_dir():
+        if folder is not None and not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
     _check_output_folders(config)
     check_member_destination(config.output_dir / "best" / config.name)
     check_work_dir_location(config)
     _check_clip_fills_one_window(config.features)
-    try:
-        checkpoint_config, source = resolve_encoder_config(checkpoint, config.model.base_config)
-        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
-        encoder_config = config_for_frames(checkpoint_config, config.features.max_frames)
-    except CheckpointError as error:
-        raise ConfigError(str(error)) from error
+    encoder_config, source = _encoder_config(config.model, config.features.max_frames)
     clip_frames = fbank_frames(config.features.sample_rate_hz, config.features.clip_seconds)
     if clip_frames > encoder_config.max_length:
         raise ConfigError(
@@ -166,18 +162,56 @@ def check_member_destination(destination: Path) -> None:
         )
 
 
+def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str, RunPlan]:
+    """Every member's plan, the sweep expanded against the encoder's layer count; before any work.
+
+    trains_here=False: the members train elsewhere (scale-out), see plan_run."""
+    num_layers = None
+    if config.sweep_last_n:
+        encoder_config, source = _encoder_config(config.model.resolved(), config.features.max_frames)
+        num_layers = encoder_config.num_hidden_layers
+        too_deep = sorted({n for n in config.sweep_last_n if n > num_layers})
+        if too_deep:
+            raise ConfigError(
+                f"sweep_last_n (--sweep-last-n) has {too_deep} but the encoder ({source}) has {num_layers} layers; "
+                f"use 0 (head only) to {num_layers} (full fine-tuning)"
+            )
+    return {
+        variant.name: plan_run(config.member_config(variant), trains_here) for variant in config.variants(num_layers)
+    }
+
+
+def _encoder_config(model: EncoderConfig, max_frames: int | None) -> tuple[ASTConfig, str]:
+    """The encoder's config fitted to max_frames, and where it came from (a missing checkpoint is named first)."""
+    _check_checkpoint(model.ssl_checkpoint)
+    try:
+        checkpoint_config, source = resolve_encoder_config(model.ssl_checkpoint, model.base_config)
+        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
+        return config_for_frames(checkpoint_config, max_frames), source
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise ConfigError(
+            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
+            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
+        )
+
+
 def _check_output_folders(config: FinetuneConfig) -> None:
     """output_dir and cache_dir must be (or become) folders, outside what the folder scan reads."""
     outputs = {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir}
     for label, path in outputs.items():
         _check_can_be_folder(label, path)
-        for split in ("train_dir", "validation_dir"):
+        for split in DATA_FOLDERS:
             data_dir = getattr(config.data, split)
-            if _seen_by_scan(path, data_dir):
+            if data_dir is not None and _seen_by_scan(path, data_dir):
                 raise ConfigError(
                     f"{label} {path} is inside data.{split} (--{split.replace('_', '-')}) {data_dir}: the next scan "
                     "would take the folders written there (best/, runs/, features/) for class folders; "
-                    "choose a folder outside the train and validation folders"
+                    "choose a folder outside the train, validation and test folders"
                 )
 
 

@@ -1,5 +1,6 @@
 """Predict wav files with a published member or an ensemble to a CSV: every path checked before a
-model is loaded, clips featurised as for training, logits under the runtime's autocast, soft vote."""
+model is loaded, clips featurised as for training, logits under the runtime's autocast, calibrated by
+each member's temperature, soft vote with the ensemble's weights."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from lib.calibration import softmax
 from lib.checkpoint import WEIGHTS_FILE
 from lib.config import PredictConfig
 from lib.ensemble import REPUBLISH, EnsembleError, MemberInfo, check_compatible, resolve_members, soft_vote
 from lib.features import featurize, make_feature_extractor
 from lib.guards import NonFiniteError, check_finite_tensors
 from lib.inference import batch_logits
-from lib.metrics import softmax
 from lib.model import ASTMeanPoolClassifier
 from lib.runtime import Runtime, resolve_runtime
 from lib.scan import AUDIO_SUFFIXES, format_bad_files
@@ -74,7 +75,8 @@ def predict_files(
                 features[key] = (torch.from_numpy(values), start + np.asarray(kept, dtype=int))
             values, rows = features[key]
             if len(rows):
-                member_probabilities[rows] = softmax(batch_logits(model, values, runtime))
+                # calibrated: the member's temperature (1 for members published before calibration)
+                member_probabilities[rows] = softmax(batch_logits(model, values, runtime), member.temperature or 1.0)
     if bad and not skip_bad_files:
         raise EnsembleError(format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files"))
     voted = soft_vote(probabilities, [member.weight for member in members])
@@ -89,6 +91,8 @@ def predict_files(
     return {
         "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
         "members": [member.name for member in members],
+        "weights": {member.name: member.weight for member in members},
+        "temperatures": {member.name: member.temperature or 1.0 for member in members},
     }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lib.checkpoint import EncoderRef
 from lib.ensemble import MEMBER_FILE
-from lib.evaluation import CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, EvalResult
+from lib.evaluation import CONFUSION_FILE, REPORT_FILES, EvalResult
 from lib.features import FeatureCacheRef
 from lib.guards import check_finite_folder
 from lib.member import TrainOutcome
@@ -173,7 +173,7 @@ def publish_trained_member(
         check_finite_folder(folder, f"member {name}", f"not published; {plan.best_root / name} is left as it was")
     sources = {
         "": Path(outcome.best_model_dir),
-        **{report: report_dir / report for report in (METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE)},
+        **{report: report_dir / report for report in REPORT_FILES if (report_dir / report).is_file()},
         Path(outcome.train_log).name: Path(outcome.train_log),
         **member_plots(outcome, report_dir),
     }

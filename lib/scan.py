@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from itertools import combinations
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +22,8 @@ from lib.hashing import digest
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav"})
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation")  # what training reads (features, trunk cache)
+TEST_SPLIT = "test"  # optional (data.test_dir): featurised and scored, never trained or tuned on
 SUBSAMPLE_EVERY = 10  # the notebook's b_just_test kept every 10th clip
 # Below this a header is corrupt rather than low-fidelity (telephone audio is 8 kHz), and resampling
 # from it would blow a few KB up to gigabytes (a 1 Hz header makes 16000 output samples per input one).
@@ -55,6 +57,8 @@ class Manifest(BaseModel):
     train: list[Clip]
     validation: list[Clip]
     fingerprint: str
+    test_dir: str | None = None
+    test: list[Clip] = Field(default_factory=list)
     ignored: dict[str, int] = Field(default_factory=dict)
     skipped: list[BadFile] = Field(default_factory=list)
 
@@ -62,12 +66,21 @@ class Manifest(BaseModel):
     def label2id(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.label_names)}
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits scanned: train, validation and, with a test folder, test."""
+        return (*SPLITS, TEST_SPLIT) if self.test_dir is not None else SPLITS
+
     def split(self, name: str) -> list[Clip]:
-        return {"train": self.train, "validation": self.validation}[name]
+        return {"train": self.train, "validation": self.validation, TEST_SPLIT: self.test}[name]
+
+    @property
+    def clips(self) -> list[Clip]:
+        return [clip for split in self.splits for clip in self.split(split)]
 
     def length_mismatches(self, clip_seconds: float) -> tuple[int, int]:
         """(clips shorter, clips longer) than clip_seconds, from their headers (truncated files are bad files)."""
-        clips = self.train + self.validation
+        clips = self.clips
         short = sum(1 for c in clips if c.num_samples < clip_seconds * c.sample_rate_hz - 0.5)
         long = sum(1 for c in clips if c.num_samples > clip_seconds * c.sample_rate_hz + 0.5)
         return short, long
@@ -78,7 +91,7 @@ class Manifest(BaseModel):
         if not short:
             return f"{long} clips longer than {clip_seconds:.2f} s were trimmed" if long else None
         # The shortest clips are the ones most likely to be mistakes (a cut recording, an empty take).
-        by_length = sorted((c.num_samples / c.sample_rate_hz, c.path) for c in self.train + self.validation)
+        by_length = sorted((c.num_samples / c.sample_rate_hz, c.path) for c in self.clips)
         names = ", ".join(f"{path} {seconds:.3f} s" for seconds, path in by_length[:min(shortest, short)])
         report = f"{short} clips shorter than {clip_seconds:.2f} s were zero-padded (shortest: {names})"
         return f"{report}; {long} longer ones trimmed" if long else report
@@ -196,7 +209,8 @@ def fingerprint_listing(
     def update(text: str) -> None:
         hasher.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see _is_utf8)
 
-    for split in SPLITS:
+    # A split absent from the listing adds nothing: a run without a test folder keeps its fingerprint.
+    for split in (split for split in (*SPLITS, TEST_SPLIT) if split in listing):
         for class_name, paths in sorted(listing[split].items()):
             for path in paths:
                 relative = path.relative_to(roots[split]).as_posix()
@@ -211,10 +225,18 @@ def fingerprint_listing(
     return hasher.hexdigest()
 
 
-def fingerprint_folders(train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat") -> str:
-    """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content")."""
+def split_roots(train_dir: Path, validation_dir: Path, test_dir: Path | None = None) -> dict[str, Path]:
+    """Split name -> folder, test only when given."""
     roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
-    listing = {split: list_split(roots[split], split, tuple(roots.values()))[0] for split in SPLITS}
+    return roots | ({TEST_SPLIT: Path(test_dir)} if test_dir is not None else {})
+
+
+def fingerprint_folders(
+    train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat", test_dir: Path | None = None
+) -> str:
+    """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content")."""
+    roots = split_roots(train_dir, validation_dir, test_dir)
+    listing = {split: list_split(root, split, tuple(roots.values()))[0] for split, root in roots.items()}
     return fingerprint_listing(listing, roots, mode)
 
 
@@ -277,19 +299,21 @@ def scan_dataset(
     quick_subsample: bool = False,
     skip_bad_files: bool = False,
     fingerprint: FingerprintMode = "stat",
+    test_dir: Path | None = None,
 ) -> Manifest:
-    """Scan both splits, check the layout, read each clip's header, and return a Manifest."""
-    roots = {"train": Path(train_dir), "validation": Path(validation_dir)}
+    """Scan the splits (train, validation, and test if given), check the layout, read each clip's header."""
+    roots = split_roots(train_dir, validation_dir, test_dir)
     # resolve() follows symlinks and "..", so an alias of the train folder is caught too.
-    if roots["train"].resolve() == roots["validation"].resolve():
-        raise ScanError(
-            f"--train-dir {roots['train']} and --validation-dir {roots['validation']} are the same folder "
-            f"({roots['train'].resolve()}); validation must be held-out clips, or its metrics only measure "
-            "memorisation: pass a separate validation folder"
-        )
+    for first, second in combinations(roots, 2):
+        if roots[first].resolve() == roots[second].resolve():
+            raise ScanError(
+                f"--{first}-dir {roots[first]} and --{second}-dir {roots[second]} are the same folder "
+                f"({roots[first].resolve()}); {second} must be held-out clips, or its metrics only measure "
+                f"memorisation: pass a separate {second} folder"
+            )
     listing: dict[str, dict[str, list[Path]]] = {}
     ignored_total: dict[str, int] = {}
-    for split in SPLITS:
+    for split in roots:
         listing[split], ignored = list_split(roots[split], split, tuple(roots.values()))
         for key, count in ignored.items():
             ignored_total[key] = ignored_total.get(key, 0) + count
@@ -306,13 +330,14 @@ def scan_dataset(
     label_names = sorted(listing["train"])
     if not label_names:
         raise ScanError(f"train folder {roots['train']} has no class subfolders; expected train/<class>/*.wav")
-    unknown = sorted(set(listing["validation"]) - set(label_names))
-    if unknown:
-        raise ScanError(
-            f"validation folder {roots['validation']} has classes absent from train: {unknown}; "
-            f"train classes are {label_names}. Rename or remove them, or add them to train"
-        )
-    for split in SPLITS:
+    for split in list(roots)[1:]:
+        unknown = sorted(set(listing[split]) - set(label_names))
+        if unknown:
+            raise ScanError(
+                f"{split} folder {roots[split]} has classes absent from train: {unknown}; "
+                f"train classes are {label_names}. Rename or remove them, or add them to train"
+            )
+    for split in roots:
         empty = [name for name, paths in listing[split].items() if not paths]
         if empty:
             raise ScanError(
@@ -326,17 +351,15 @@ def scan_dataset(
             f"train folder {roots['train']} has only one class ({label_names[0]!r}); a classifier needs at "
             "least two class subfolders: add the other classes, or point --train-dir at the folder above"
         )
-    missing_in_validation = sorted(set(label_names) - set(listing["validation"]))
-    if missing_in_validation:
-        logger.warning(
-            "train classes with no validation clips: %s; their validation metrics will be empty",
-            missing_in_validation,
-        )
+    for split in list(roots)[1:]:
+        missing = sorted(set(label_names) - set(listing[split]))
+        if missing:
+            logger.warning("train classes with no %s clips: %s; their %s metrics will be empty", split, missing, split)
 
     label2id = {name: index for index, name in enumerate(label_names)}
     clips: dict[str, list[Clip]] = {}
     bad: list[BadFile] = []
-    for split in SPLITS:
+    for split in roots:
         clips[split] = []
         for class_name, paths in listing[split].items():
             if quick_subsample:
@@ -359,7 +382,7 @@ def scan_dataset(
         raise ScanError(format_bad_files({item.path: item.reason for item in bad}))
     for item in bad:
         logger.warning("skipping %s: %s", item.path, item.reason)
-    for split in SPLITS:
+    for split in roots:
         if not clips[split]:
             raise ScanError(f"{split} split has no usable clips after skipping {len(bad)} bad files")
 
@@ -369,6 +392,8 @@ def scan_dataset(
         label_names=label_names,
         train=clips["train"],
         validation=clips["validation"],
+        test_dir=str(roots[TEST_SPLIT]) if TEST_SPLIT in roots else None,
+        test=clips.get(TEST_SPLIT, []),
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
         fingerprint=digest(f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64),
         ignored={key: count for key, count in ignored_total.items() if count},

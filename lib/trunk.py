@@ -310,7 +310,7 @@ def training_inputs(
         )
     # Token states are large (AST-base at 1024 frames: ~1.9 MB per clip in fp16): never fill the disk.
     embeddings = classifier.audio_spectrogram_transformer.embeddings.position_embeddings
-    estimate = sum(features.num_clips.values()) * embeddings.shape[1] * embeddings.shape[2] * 2
+    estimate = sum(features.num_clips[split] for split in SPLITS) * embeddings.shape[1] * embeddings.shape[2] * 2
     cache_root = Path(config.data.cache_dir)
     cache_root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache_root).free

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from lib.config import DataConfig
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
 from lib.hashing import digest
-from lib.scan import Manifest, fingerprint_folders, scan_dataset
+from lib.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
 
 SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
 
@@ -21,23 +21,25 @@ def scan_cache_key(context, parameters) -> str:
     Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
     """
     data: DataConfig = parameters["data"]
-    listing = fingerprint_folders(Path(data.train_dir), Path(data.validation_dir), data.fingerprint)
+    listing = fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir)
     # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
-    roots = f"{Path(data.train_dir).resolve()}|{Path(data.validation_dir).resolve()}"
+    # (Without a test folder the key is what it was before test folders existed.)
+    folders = split_roots(data.train_dir, data.validation_dir, data.test_dir).values()
+    roots = "|".join(str(Path(folder).resolve()) for folder in folders)
     options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
     return "astft-scan-" + digest(f"{listing}|{options}", 32)
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
 def scan_folders(data: DataConfig) -> Manifest:
-    """Scan train/validation class folders into a manifest (cached while the folders are unchanged)."""
+    """Scan train/validation (and test) class folders into a manifest (cached while the folders are unchanged)."""
     logger = get_run_logger()
     manifest = scan_dataset(
-        data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint
+        data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint, data.test_dir
     )
     logger.info(
-        "scanned %d train / %d validation clips, %d classes %s; ignored %s; skipped %d bad files",
-        len(manifest.train), len(manifest.validation), len(manifest.label_names),
+        "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
+        " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
         manifest.label_names, manifest.ignored or "nothing", len(manifest.skipped),
     )
     return manifest

@@ -1,4 +1,4 @@
-"""Ensemble tasks: dispatch a member to a work pool, and soft-vote evaluation with artifacts."""
+"""Ensemble tasks: dispatch a member to a work pool; calibrated, selected soft vote with artifacts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from lib.config import SUMMARY_METRICS, FinetuneConfig
+from lib.config import FinetuneConfig
 from lib.ensemble import ENSEMBLE_FILE, evaluate_ensemble, read_member
+from lib.plots import png_data_uri
 
 
 class MemberRunFailed(RuntimeError):
@@ -43,28 +44,67 @@ def _confusion_markdown(report: dict) -> str:
     return header + rows
 
 
+def _table_row(row: dict, splits: list[str]) -> dict:
+    """One leaderboard row for the table artifact: who, weight, temperature, then per split accuracy and calibration."""
+    cells = {"name": row["name"], "kind": row["kind"], "freezing": row["freezing"], "weight": row["weight"],
+             "temperature": None if row["temperature"] is None else round(row["temperature"], 3)}
+    for split in splits:
+        scores, calibration = row[split], row[split]["calibration"]
+        cells |= {f"{split} {key}": round(scores[key], 4) for key in ("accuracy", "balanced_accuracy", "f1")}
+        gain = row.get("gain_over_best_member", {}).get(split)
+        cells[f"{split} accuracy gain over best member"] = None if gain is None else round(gain["accuracy"], 4)
+        cells |= {f"{split} {key} (before -> after)": f"{calibration['before'][key]:.4f} -> {calibration['after'][key]:.4f}"
+                  for key in ("nll", "brier", "ece")}
+    return cells
+
+
 @task(name="evaluate-ensemble", cache_policy=NO_CACHE)
-def evaluate_ensemble_members(member_dirs: dict[str, str], weights: dict[str, float], best_root: Path, failed: dict[str, str]) -> dict:
-    """Soft-vote the members on validation; write best/ensemble.json and a leaderboard artifact."""
-    members = [read_member(Path(path), weights[name]) for name, path in member_dirs.items()]
-    leaderboard = evaluate_ensemble(members, Path(best_root) / ENSEMBLE_FILE, failed)
-    columns = ("name", "freezing", "weight", *SUMMARY_METRICS)
+def evaluate_ensemble_members(
+    member_dirs: dict[str, str],
+    best_root: Path,
+    failed: dict[str, str],
+    selection: str = "greedy",
+    weights: dict[str, float] | None = None,
+) -> dict:
+    """Calibrate, select and soft-vote the members; write best/ensemble.json, its figures and the artifacts."""
+    members = [read_member(Path(path)) for path in member_dirs.values()]
+    weights = None if weights is None else {name: weights[name] for name in member_dirs}
+    result = evaluate_ensemble(members, Path(best_root) / ENSEMBLE_FILE, failed, selection, weights)
+    ensemble, splits = result["ensemble"], [split for split in ("validation", "test") if split in result["ensemble"]]
     create_table_artifact(
         key="ensemble-leaderboard",
-        table=[{key: (round(row[key], 4) if isinstance(row[key], float) else row[key]) for key in columns}
-               for row in leaderboard["leaderboard"]],
-        description="Validation metrics of every member and of the soft-vote ensemble",
+        table=[_table_row(row, splits) for row in result["leaderboard"]],
+        description=(
+            "Every member, the plain mean and the selected ensemble: validation chose temperatures and weights"
+            + ("; test is only reported" if "test" in splits else "")
+        ),
     )
-    ensemble = leaderboard["ensemble"]
+    weights_text = ", ".join(f"`{name}` x {weight:g}" for name, weight in ensemble["weights"].items())
+    gains = "; ".join(
+        f"{split}: accuracy {gain['accuracy']:+.4f}, NLL {-gain['nll']:+.4f}"
+        for split, gain in ensemble["gain_over_best_member"].items()
+    )
     failed_lines = "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
     create_markdown_artifact(
         key="ensemble-confusion-matrix",
         markdown=(
-            f"## Ensemble of {len(members)} members: accuracy {ensemble['accuracy']:.4f}, "
-            f"balanced accuracy {ensemble['balanced_accuracy']:.4f}\n\n{_confusion_markdown(ensemble)}\n"
+            f"## Ensemble ({ensemble['selection']}) of {len(ensemble['weights'])} of {len(members)} members\n\n"
+            f"**{ensemble['verdict']}**\n\nWeights: {weights_text}. Change against the best member "
+            f"`{ensemble['best_member']}`: {gains}.\n\n"
+            + "".join(
+                f"### {split}: accuracy {ensemble[split]['accuracy']:.4f}, balanced accuracy "
+                f"{ensemble[split]['balanced_accuracy']:.4f}\n\n{_confusion_markdown(ensemble[split])}\n"
+                for split in splits
+            )
             + (f"\n### Failed members\n{failed_lines}" if failed else "")
         ),
-        description="Confusion matrix of the soft-vote ensemble on validation",
+        description="The ensemble's verdict against its best member, weights and confusion matrices",
     )
-    get_run_logger().info("ensemble accuracy %.4f over %d members", ensemble["accuracy"], len(members))
-    return leaderboard
+    for key, title in (("leaderboard", "Leaderboard"), ("reliability", "Reliability (calibration)")):
+        create_markdown_artifact(
+            key=f"ensemble-{key}-plot",
+            markdown=f"## {title}\n\n![{key}]({png_data_uri(Path(best_root) / result['plots'][key])})\n",
+            description=f"{title} of the ensemble ({result['plots'][key]} beside {ENSEMBLE_FILE})",
+        )
+    get_run_logger().info("ensemble of %s: %s", weights_text, ensemble["verdict"])
+    return result

@@ -22,12 +22,13 @@ from prefect.runtime import flow_run
 from lib.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
 from lib.evaluation import EvalResult, evaluate_model
-from lib.features import FeatureCacheRef, load_split
+from lib.features import FeatureCacheRef, has_test_split, load_split
 from lib.member import TrainOutcome
 from lib.member import train_member as train_one_member
 from lib.plan import RunPlan
 from lib.plots import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE, png_data_uri
 from lib.publish import publish_trained_member
+from lib.scan import TEST_SPLIT
 from lib.training import EpochRecord
 
 
@@ -73,12 +74,17 @@ class EpochReporter:
 
 
 def member_markdown(plan: RunPlan, published: Path, outcome: TrainOutcome, evaluation: EvalResult) -> str:
-    """The member-<name> artifact: where it went, its validation metrics and its two plots (data URIs)."""
-    rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.metrics.items())
+    """The member-<name> artifact: where it went, its validation (and test) metrics and its two plots (data URIs)."""
+    test = evaluation.test_metrics
+    rows = "\n".join(
+        f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "") for key, value in evaluation.metrics.items()
+    )
     return (
         f"## Member `{plan.config.name}` ({plan.config.model.freezing})\n\n"
-        f"Published to `{published}` (best epoch {outcome.best_epoch}).\n\n"
-        f"| validation metric | value |\n|---|---|\n{rows}\n\n"
+        f"Published to `{published}` (best epoch {outcome.best_epoch}, temperature {evaluation.temperature:.3f} "
+        "fitted on validation).\n\n"
+        "| metric | validation |" + (" test |" if test else "") + "\n|---|---|" + ("---|" if test else "")
+        + f"\n{rows}\n\n"
         f"### Training curves\n\n![training curves]({png_data_uri(published / TRAINING_CURVES_FILE)})\n\n"
         f"### Confusion matrix (validation)\n\n![confusion matrix]({png_data_uri(published / CONFUSION_PLOT_FILE)})\n"
     )
@@ -105,7 +111,7 @@ def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
 def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
-    """Reload the best model and score it on validation: summary, per-class metrics, confusion matrix."""
+    """Reload the best model, score it on validation (and test) and fit its temperature on validation."""
     result = evaluate_model(
         Path(outcome.best_model_dir),
         load_split(features, "validation"),
@@ -118,8 +124,12 @@ def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutc
             "metric_for_best_model": outcome.metric,
             "skipped_files": len(features.skipped),
         },
+        test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
     )
-    get_run_logger().info("validation metrics: %s", result.metrics)
+    logger = get_run_logger()
+    logger.info("validation metrics: %s; temperature %.3f (fitted on validation)", result.metrics, result.temperature)
+    if result.test_metrics is not None:
+        logger.info("test metrics (reported only): %s", result.test_metrics)
     return result
 
 

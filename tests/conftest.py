@@ -18,7 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from lib.example import make_example_dataset, make_ssl_checkpoint  # noqa: E402
+from lib.example import make_example_dataset, make_example_test_split, make_ssl_checkpoint  # noqa: E402
 from lib.features import FeatureParams, build_feature_cache  # noqa: E402
 from lib.scan import scan_dataset  # noqa: E402
 from tests.helpers import small_config  # noqa: E402
@@ -28,8 +28,16 @@ TEST_CLASSES = ("noise_burst", "tone_high", "tone_low")
 
 @pytest.fixture(scope="session")
 def dataset_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(train, validation); a test split beside them is the test_split fixture, used only where asked for."""
     root = tmp_path_factory.mktemp("data")
-    return make_example_dataset(root, train_per_class=16, validation_per_class=6, classes=TEST_CLASSES, seed=1)
+    dirs = make_example_dataset(root, train_per_class=16, validation_per_class=6, classes=TEST_CLASSES, seed=1)
+    make_example_test_split(root, per_class=6, classes=TEST_CLASSES, seed=1)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def test_split(dataset_dirs) -> Path:
+    return dataset_dirs[0].parent / "test"
 
 
 @pytest.fixture(scope="session")

@@ -62,3 +62,19 @@ def test_temperature_never_makes_a_member_worse_and_sharpens_an_underconfident_o
     temperature = fit_temperature(separable, np.array([0, 1]))
     assert 0 < temperature <= 1.0
     assert nll(softmax(separable, temperature), np.array([0, 1])) <= nll(softmax(separable), np.array([0, 1]))
+
+
+def test_a_members_temperature_comes_from_validation_and_test_is_only_reported():
+    from lib.calibration import calibrate_member
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3000, 4)) * 1.5
+    labels = np.array([rng.choice(4, p=p) for p in softmax(logits)])
+    validation = (3.0 * logits[:1500], labels[:1500])  # over-confident by 3
+    test = (3.0 * logits[1500:], labels[1500:])
+    report = calibrate_member({"validation": validation, "test": test})
+    assert report["fitted_on"] == "validation" and report["temperature"] == pytest.approx(3.0, rel=0.15)
+    assert report["test"]["after"]["nll"] < report["test"]["before"]["nll"]  # it carries over to unseen clips
+    corrupted = calibrate_member({"validation": validation, "test": (test[0], (test[1] + 1) % 4)})
+    assert corrupted["temperature"] == report["temperature"] and corrupted["validation"] == report["validation"]
+    assert corrupted["test"] != report["test"]

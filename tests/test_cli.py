@@ -279,3 +279,18 @@ def test_demo_takes_set_overrides(tmp_path, capsys, monkeypatch):
         main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=0.5"])
     assert seen["config"].training.epochs == 2 and seen["config"].training.augmentation.mixup_probability == 0.5
     assert seen["config"].training.learning_rate == 1e-3  # the demo's own settings stay
+
+
+def test_demo_ensemble_trains_four_variants_with_a_test_folder(tmp_path):
+    from flows.demo import demo_config, demo_ensemble_config
+
+    args = build_parser().parse_args(["demo", "--ensemble", "--dir", str(tmp_path), "--epochs", "2"])
+    assert args.ensemble
+    config = demo_ensemble_config(args.dir, args.epochs, "cpu")
+    assert [v.name for v in config.variants()] == ["last-1-s1", "last-1-s2", "last-2-s1", "last-2-s2"]
+    assert config.selection == "greedy" and config.data.test_dir == tmp_path / "data" / "test"
+    # the test clips come from their own random stream: none repeats a train clip
+    train = {p.read_bytes() for p in (tmp_path / "data" / "train").rglob("*.wav")}
+    test = list((tmp_path / "data" / "test").rglob("*.wav"))
+    assert len(test) == 32 and not any(p.read_bytes() in train for p in test)
+    assert demo_config(tmp_path).data.test_dir == config.data.test_dir

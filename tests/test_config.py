@@ -126,15 +126,15 @@ def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     model = {"ssl_checkpoint": "ckpt", "base_config": "base.json"}
     raw = {
-        FinetuneConfig: {**BASE, "work_dir": "w", "model": model},
-        EnsembleConfig: {"data": BASE["data"], "model": model, "members": [{"name": "a"}]},
+        FinetuneConfig: {**BASE, "work_dir": "w", "model": model, "data": {**BASE["data"], "test_dir": "x"}},
+        EnsembleConfig: {"data": {**BASE["data"], "test_dir": "x"}, "model": model, "members": [{"name": "a"}]},
         PredictConfig: {"model_path": "best", "input_path": "in", "output_csv": "out/p.csv"},
     }
     for config_class, values in raw.items():
         config = config_class.model_validate(values)
         resolved = config.resolved()
         locations = _tagged(config_class, LOCATION)
-        assert len(locations) == {FinetuneConfig: 7, EnsembleConfig: 6, PredictConfig: 3}[config_class]
+        assert len(locations) == {FinetuneConfig: 8, EnsembleConfig: 7, PredictConfig: 3}[config_class]
         for path in locations:
             assert reduce(getattr, path, resolved) == tmp_path.resolve() / reduce(getattr, path, config), path
     home = FinetuneConfig.model_validate({**BASE, "model": {"ssl_checkpoint": "~/ckpt"}}).resolved()
@@ -219,8 +219,9 @@ def test_member_names_that_are_not_plain_folder_names_under_best_are_refused(nam
 def test_reserved_member_names_cover_what_the_project_writes_under_best():
     from lib.config import RESERVED_MEMBER_NAMES
     from lib.ensemble import ENSEMBLE_FILE
+    from lib.plots import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE
 
-    assert ENSEMBLE_FILE in RESERVED_MEMBER_NAMES
+    assert {ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE} <= RESERVED_MEMBER_NAMES
 
 
 @pytest.mark.parametrize("field, value", [("std", 1e-300), ("std", 0.0), ("mean", 1e300), ("mean", -5000.0)])
@@ -260,3 +261,32 @@ def test_form_descriptions_name_the_bounds():
     assert schema["TrainingConfig"]["properties"]["learning_rate"]["description"].endswith("Allowed: above 0, at most 1.")
     assert PredictConfig.model_json_schema()["properties"]["batch_size"]["description"].endswith("at most 65536.")
     assert "Allowed" not in FinetuneConfig.model_fields["name"].description  # the fields themselves are unchanged
+
+
+def test_sweeps_and_seeds_expand_into_named_members():
+    from lib.config import EnsembleConfig, load_config
+
+    base = {"data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"}}
+    config = load_config(EnsembleConfig, None, {
+        **base, "members": [{"name": "full", "weight": 2.0}, {"name": "fixed", "seed": 9}],
+        "sweep_last_n": [0, 4, 12], "seeds": [1, 2],
+    })
+    variants = config.variants(num_layers=12)
+    assert [(v.name, v.freezing, v.seed) for v in variants] == [
+        ("full-s1", "full", 1), ("full-s2", "full", 2), ("fixed", "full", 9),  # its own seed: not repeated
+        ("last-0-s1", "head_only", 1), ("last-0-s2", "head_only", 2),
+        ("last-4-s1", "last_4_layers", 1), ("last-4-s2", "last_4_layers", 2),
+        ("last-12-s1", "full", 1), ("last-12-s2", "full", 2),
+    ]
+    assert config.selection == "greedy"
+    # a weight given in the config wins over the selection; members without one weigh 1
+    assert config.weights == {v.name: 2.0 if v.name.startswith("full") else 1.0 for v in variants}
+    assert load_config(EnsembleConfig, None, {**base, "sweep_last_n": [2]}).weights is None
+    with pytest.raises(ConfigError, match=r"repeated: \['last-4'\]"):
+        load_config(EnsembleConfig, None, {**base, "members": [{"name": "last-4"}], "sweep_last_n": [4]})
+    with pytest.raises(ConfigError, match=r"repeated: \['a-s1'\]"):
+        load_config(EnsembleConfig, None, {**base, "members": [{"name": "a"}, {"name": "a-s1", "seed": 5}], "seeds": [1]})
+    with pytest.raises(ConfigError, match=r"no member to train; list members, or give sweep_last_n"):
+        load_config(EnsembleConfig, None, base)
+    with pytest.raises(ConfigError, match=r"selection"):
+        load_config(EnsembleConfig, None, {**base, "sweep_last_n": [2], "selection": "best"})

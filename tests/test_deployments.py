@@ -52,3 +52,10 @@ def test_flow_parameter_schema_renders_a_typed_form():
     assert ensemble_schema["definitions"]["EnsembleConfig"]["properties"]["dispatch"]["enum"] == [
         "in_process", "deployments"
     ]
+    # sweeps, seeds and the selection are form fields too, and a member's weight is optional
+    properties = ensemble_schema["definitions"]["EnsembleConfig"]["properties"]
+    assert properties["selection"]["enum"] == ["all", "greedy"] and properties["selection"]["default"] == "greedy"
+    assert properties["sweep_last_n"]["items"]["minimum"] == 0 and "head only" in properties["sweep_last_n"]["description"]
+    assert properties["seeds"]["type"] == "array"
+    assert ensemble_schema["definitions"]["MemberVariant"]["properties"]["weight"].get("default") is None
+    assert "test_dir" in ensemble_schema["definitions"]["DataConfig"]["properties"]

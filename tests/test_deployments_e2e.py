@@ -117,6 +117,7 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
         "members": [{"name": "head", "head_only": True}, {"name": "last1", "train_last_n_layers": 1},
                     {"name": "full"}],
         "dispatch": "deployments",
+        "selection": "all",  # every member votes, so each worker's member is in the listing below
     }))
     result = subprocess.run(
         [sys.executable, "-m", "flows", "ensemble", "--config", str(preset)],
@@ -126,7 +127,9 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}\n{worker_logs}"
 
     best = tmp_path / "shared" / "ensemble" / "best"
-    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == ["ensemble.json", "full", "head", "last1"]
+    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == [
+        "ensemble.json", "full", "head", "last1", "leaderboard.png", "reliability.png"
+    ]
     # the rest is each member's live version folder, which best/<name> links to: no staging or old version
     assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
         os.readlink(best / name) for name in ("full", "head", "last1")
@@ -137,4 +140,4 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
     assert len(workers) == 2, f"all members ran on {workers}"
     board = json.loads((best / "ensemble.json").read_text())
     assert [m["name"] for m in board["members"]] == ["head", "last1", "full"]
-    assert "ensemble (soft vote)" in result.stdout
+    assert "ensemble (all)" in result.stdout and "its best member" in result.stdout

@@ -1,17 +1,20 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lib.calibration import fit_temperature, softmax
 from lib.ensemble import EnsembleError, evaluate_ensemble, read_member, soft_vote
 from lib.features import FeatureParams
 
 LABELS = ["a", "b"]
 
 
-def fake_member(root, name, logits, labels, label_names=LABELS, cache_key="k1"):
+def fake_member(root, name, logits, labels, label_names=LABELS, cache_key="k1", temperature=1.0, test=None):
+    """A published member's files; temperature None: no calibration.json; test: (logits, labels) of a test split."""
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"id2label": {str(i): n for i, n in enumerate(label_names)}}))
@@ -19,7 +22,10 @@ def fake_member(root, name, logits, labels, label_names=LABELS, cache_key="k1"):
         "name": name, "freezing": "full", "feature_params": FeatureParams().model_dump(), "feature_cache_key": cache_key,
     }))
     np.savez(folder / "validation_logits.npz", logits=np.asarray(logits, np.float32), labels=np.asarray(labels))
-    (folder / "metrics.json").write_text(json.dumps(dict.fromkeys(["accuracy", "precision", "recall", "f1", "balanced_accuracy"], 0.5)))
+    if test is not None:
+        np.savez(folder / "test_logits.npz", logits=np.asarray(test[0], np.float32), labels=np.asarray(test[1]))
+    if temperature is not None:
+        (folder / "calibration.json").write_text(json.dumps({"temperature": temperature}))
     return folder
 
 
@@ -30,21 +36,92 @@ def test_soft_vote_is_the_weighted_mean_of_probabilities():
     np.testing.assert_allclose(soft_vote([p1, p2], [3, 1]), [[0.45, 0.55], [0.25, 0.75]])
 
 
-def test_ensemble_metrics_come_from_the_members_probabilities(tmp_path):
+def test_ensemble_metrics_come_from_the_members_calibrated_probabilities(tmp_path):
     labels = [0, 0, 1]
     # member x: right on clip 0 (barely), wrong on clip 1 (confidently), right on clip 2
     x = fake_member(tmp_path, "x", [[0.5, 0.0], [-3.0, 3.0], [0.0, 2.0]], labels)
     # member y: wrong on clip 0 (confidently), right on clip 1 (barely), right on clip 2
     y = fake_member(tmp_path, "y", [[-2.0, 2.0], [0.2, 0.0], [0.0, 1.0]], labels)
-    equal = evaluate_ensemble([read_member(x), read_member(y)], tmp_path / "ensemble.json")
+    equal = evaluate_ensemble([read_member(x), read_member(y)], tmp_path / "ensemble.json", selection="all")
     # soft vote: clip 0 -> b (y's confidence wins), clip 1 -> b, clip 2 -> b  => 1/3 correct
-    assert equal["ensemble"]["accuracy"] == pytest.approx(1 / 3)
-    assert equal["ensemble"]["confusion_matrix"]["matrix"] == [[0, 2], [0, 1]]
-    weighted = evaluate_ensemble([read_member(x, 10.0), read_member(y, 1.0)], tmp_path / "ensemble.json")
-    assert weighted["ensemble"]["accuracy"] == pytest.approx(2 / 3)  # x dominates: clips 0 and 2 right
+    assert equal["ensemble"]["validation"]["accuracy"] == pytest.approx(1 / 3)
+    assert equal["ensemble"]["validation"]["confusion_matrix"]["matrix"] == [[0, 2], [0, 1]]
+    weighted = evaluate_ensemble(
+        [read_member(x), read_member(y)], tmp_path / "ensemble.json", weights={"x": 10.0, "y": 1.0}
+    )
+    assert weighted["ensemble"]["validation"]["accuracy"] == pytest.approx(2 / 3)  # x dominates: clips 0, 2 right
+    assert weighted["selection"] == "config weights"
     saved = json.loads((tmp_path / "ensemble.json").read_text())
-    assert saved["leaderboard"][-1]["name"] == "ensemble (soft vote)"
-    assert [m["name"] for m in saved["members"]] == ["x", "y"]
+    assert [(row["name"], row["kind"]) for row in saved["leaderboard"][-2:]] == [
+        ("mean of all members", "mean"), ("ensemble (config weights)", "ensemble")
+    ]
+    assert [(m["name"], m["weight"], m["temperature"]) for m in saved["members"]] == [("x", 10.0, 1.0), ("y", 1.0, 1.0)]
+    # a temperature sharpens or softens a member's vote: y at T = 20 no longer outvotes x on clip 0
+    soft_y = fake_member(tmp_path / "t", "y", [[-2.0, 2.0], [0.2, 0.0], [0.0, 1.0]], labels, temperature=20.0)
+    tempered = evaluate_ensemble([read_member(x), read_member(soft_y)], tmp_path / "ensemble.json", selection="all")
+    assert tempered["ensemble"]["validation"]["accuracy"] == pytest.approx(2 / 3)
+    assert tempered["members"][1]["temperature"] == 20.0
+
+
+# a is right on clips 0-2, b on clips 2-3, c always uniform (test_calibration's greedy case, as logits)
+GREEDY_LABELS = [0, 1, 2, 0]
+GREEDY_LOGITS = {
+    "a": np.log(0.8 * np.eye(3)[[0, 1, 2, 1]] + 0.2 / 3),
+    "b": np.log(0.8 * np.eye(3)[[2, 0, 2, 0]] + 0.2 / 3),
+    "c": np.zeros((4, 3)),
+}
+
+
+def test_greedy_selection_weights_the_vote_and_says_when_it_does_not_beat_the_best_member(tmp_path):
+    members = [read_member(fake_member(tmp_path, name, logits, GREEDY_LABELS, label_names=["p", "q", "r"]))
+               for name, logits in GREEDY_LOGITS.items()]
+    result = evaluate_ensemble(members, tmp_path / "ensemble.json")
+    assert result["selection"] == "greedy" and result["ensemble"]["weights"] == {"a": 2.0, "b": 1.0}
+    # predict votes with the selected members only, at their counts
+    assert [(m["name"], m["weight"]) for m in result["members"]] == [("a", 2.0), ("b", 1.0)]
+    rows = {row["name"]: row for row in result["leaderboard"]}
+    # members by validation accuracy, ties by NLL (c, uniform, scores 2/4 by argmax luck as b does, at a lower NLL)
+    assert list(rows) == ["a", "c", "b", "mean of all members", "ensemble (greedy)"]
+    assert rows["c"]["weight"] == 0.0
+    # (2a + b) / 3 is right on clips 0-2, as a alone: no accuracy gained, but a lower NLL
+    assert result["ensemble"]["best_member"] == "a"
+    gain = result["ensemble"]["gain_over_best_member"]["validation"]
+    assert gain["accuracy"] == 0 and gain["nll"] > 0
+    assert not result["ensemble"]["beats_best_member"]
+    assert result["ensemble"]["verdict"].startswith("the ensemble (greedy) does NOT beat its best member a")
+    calibration = rows["ensemble (greedy)"]["validation"]["calibration"]
+    assert set(calibration) == {"before", "after"} and set(calibration["after"]) == {"nll", "brier", "ece"}
+    assert (tmp_path / "leaderboard.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0
+
+
+def test_validation_alone_chooses_temperatures_and_weights(tmp_path):
+    """The test split is scored, never used: corrupt its labels and nothing chosen changes."""
+    test_labels = np.array([1, 2, 0, 1, 2, 0])
+    # on test, b is right everywhere and a nowhere: a selection that peeked at test would start from b
+    test = {"a": np.eye(3)[(test_labels + 1) % 3] * 3, "b": np.eye(3)[test_labels] * 3, "c": np.zeros((6, 3))}
+
+    def run(folder, labels):
+        members = [
+            read_member(fake_member(folder, name, 2 * logits, GREEDY_LABELS, label_names=["p", "q", "r"],
+                                    temperature=None, test=(test[name], labels)))
+            for name, logits in GREEDY_LOGITS.items()
+        ]
+        return evaluate_ensemble(members, folder / "ensemble.json")
+
+    honest = run(tmp_path / "honest", test_labels)
+    corrupted = run(tmp_path / "corrupted", (test_labels + 1) % 3)
+    assert honest["members"] == [
+        {**member, "path": member["path"].replace("corrupted", "honest")} for member in corrupted["members"]
+    ]
+    assert honest["ensemble"]["weights"] == corrupted["ensemble"]["weights"]
+    assert {m["name"] for m in honest["members"]} <= {"a", "b"} and "a" in honest["ensemble"]["weights"]
+    for member in honest["members"]:  # fitted here (no calibration.json), on the validation logits
+        expected = fit_temperature(2 * GREEDY_LOGITS[member["name"]], np.asarray(GREEDY_LABELS))
+        assert member["temperature"] == pytest.approx(expected) and expected > 1
+    # test is reported, apart from validation, and the corruption shows there only
+    assert honest["ensemble"]["test"]["accuracy"] != corrupted["ensemble"]["test"]["accuracy"]
+    assert honest["ensemble"]["validation"] == corrupted["ensemble"]["validation"]
+    assert honest["ensemble"]["verdict"].startswith("the ensemble (greedy)") and "test accuracy" in honest["ensemble"]["verdict"]
 
 
 def test_members_with_other_labels_or_validation_sets_are_refused(tmp_path):
@@ -58,8 +135,8 @@ def test_members_with_other_labels_or_validation_sets_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
-    prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
+def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduces_its_accuracy(
+    prefect_harness, tmp_path, dataset_dirs, test_split, ssl_checkpoint, monkeypatch
 ):
     import lib.features
     import lib.member
@@ -82,53 +159,84 @@ def test_ensemble_flow_trains_three_members_on_one_feature_cache_and_predicts(
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),
-        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir), "cache_dir": str(tmp_path / "cache")},
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir), "test_dir": str(test_split),
+                 "cache_dir": str(tmp_path / "cache")},
         "model": {"ssl_checkpoint": str(ssl_checkpoint)},
         "training": {"epochs": 6, "batch_size": 8, "gradient_accumulation_steps": 1, "learning_rate": 2e-3,
                      "warmup_steps": 0.1, "device": "cpu"},
-        "members": [
-            {"name": "head", "head_only": True, "learning_rate": 0.05},
-            {"name": "last1", "train_last_n_layers": 1},
-            {"name": "broken"},
-            {"name": "full", "weight": 2.0},
-        ],
+        "members": [{"name": "head", "head_only": True, "learning_rate": 0.05}, {"name": "broken"}],
+        "sweep_last_n": [1, 2],  # last-1, and last-2 = full (the test encoder has 2 layers)
     })
     with pytest.raises(EnsembleMembersFailed, match="1 of 4 members failed \\(broken\\)"):
         ensemble(config)
 
     best = tmp_path / "out" / "best"
-    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == ["ensemble.json", "full", "head", "last1"]
+    names = ("head", "last-1", "last-2")
+    assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == sorted(
+        ["ensemble.json", "leaderboard.png", "reliability.png", *names]
+    )
     # the rest is each member's live version folder, which best/<name> links to: no staging or old version
     assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
-        os.readlink(best / name) for name in ("full", "head", "last1")
+        os.readlink(best / name) for name in names
     )
     assert builds == [1]  # one feature cache, shared
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "encoders").iterdir())) == 1
     board = json.loads((best / "ensemble.json").read_text())
     assert "simulated CUDA error" in board["failed"]["broken"]
-    assert {row["name"] for row in board["leaderboard"]} == {"head", "last1", "full", "ensemble (soft vote)"}
-    # the ensemble row is recomputed from the members' stored probabilities
-    members = {m["name"]: m for m in board["members"]}
-    probs = [np.exp(l) / np.exp(l).sum(1, keepdims=True)
-             for l in (np.load(best / n / "validation_logits.npz")["logits"] for n in ("head", "last1", "full"))]
-    labels = np.load(best / "full" / "validation_logits.npz")["labels"]
-    voted = (probs[0] + probs[1] + 2 * probs[2]) / 4
-    assert members["full"]["weight"] == 2.0
-    assert board["ensemble"]["accuracy"] == pytest.approx(float((voted.argmax(1) == labels).mean()))
-    assert board["ensemble"]["accuracy"] > 0.6
+    assert [row["name"] for row in board["leaderboard"]][-2:] == ["mean of all members", "ensemble (greedy)"]
+    assert {row["name"] for row in board["leaderboard"][:-2]} == set(names)
+    assert json.loads((best / "last-2" / "member.json").read_text())["freezing"] == "full"
+    # temperatures are the members' own (fitted on their validation logits); weights are greedy counts
+    for member in board["members"]:
+        assert member["temperature"] == json.loads((best / member["name"] / "calibration.json").read_text())["temperature"]
+    weights = board["ensemble"]["weights"]
+    assert weights and all(float(w).is_integer() for w in weights.values())
+    assert [m["name"] for m in board["members"]] == [n for n in names if n in weights]
+    # the ensemble row is recomputed from the members' stored, calibrated probabilities
+    vote = {}
+    for split, file in (("validation", "validation_logits.npz"), ("test", "test_logits.npz")):
+        stored = {m["name"]: np.load(best / m["name"] / file) for m in board["members"]}
+        labels = next(iter(stored.values()))["labels"]
+        vote[split] = sum(m["weight"] * softmax(stored[m["name"]]["logits"], m["temperature"]) for m in board["members"])
+        assert board["ensemble"][split]["accuracy"] == pytest.approx(float((vote[split].argmax(1) == labels).mean()))
+        assert board["ensemble"][split]["num_samples"] == 18
+    assert board["ensemble"]["validation"]["accuracy"] > 0.6
+    verdict = board["ensemble"]["verdict"]
+    assert ("does NOT beat" in verdict) == (not board["ensemble"]["beats_best_member"]) and "test accuracy" in verdict
+    # the UI shows the verdict, the leaderboard table and both figures (PNG embedded as a data URI)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    # predict with the ensemble folder: one CSV row per clip, probabilities summing to one
-    out = tmp_path / "pred.csv"
-    summary = predict_files(best, validation_dir, out, resolve_runtime("cpu"), batch_size=7)
-    rows = list(csv.DictReader(out.open()))
-    assert summary["members"] == ["head", "last1", "full"] and len(rows) == len(labels)
-    assert set(rows[0]) == {"file", "predicted_label", "prob_noise_burst", "prob_tone_high", "prob_tone_low"}
-    for row in rows:
-        assert sum(float(row[k]) for k in row if k.startswith("prob_")) == pytest.approx(1, abs=1e-5)
-    # the CSV's predictions match the vote on the cached features (files are listed in the same order)
-    predicted = [board["label_names"].index(row["predicted_label"]) for row in rows]
-    assert np.mean(np.asarray(predicted) == voted.argmax(1)) >= 0.95
+    keys = ["ensemble-leaderboard", "ensemble-confusion-matrix", "ensemble-leaderboard-plot", "ensemble-reliability-plot"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+    assert set(artifacts) == set(keys)
+    assert verdict in artifacts["ensemble-confusion-matrix"].data
+    for key in ("ensemble-leaderboard-plot", "ensemble-reliability-plot"):
+        assert "](data:image/png;base64," in artifacts[key].data
+    table = json.loads(artifacts["ensemble-leaderboard"].data)
+    assert [row["name"] for row in table] == [row["name"] for row in board["leaderboard"]]
+    assert {"validation accuracy", "test accuracy", "test nll (before -> after)"} <= set(table[0])
+
+    # predict with the ensemble folder: its CSV reproduces the reported accuracy exactly, on validation and test
+    for split, folder in (("validation", validation_dir), ("test", test_split)):
+        out = tmp_path / f"{split}.csv"
+        summary = predict_files(best, folder, out, resolve_runtime("cpu"), batch_size=7)
+        assert summary["members"] == [m["name"] for m in board["members"]]
+        assert summary["weights"] == {m["name"]: m["weight"] for m in board["members"]}
+        assert summary["temperatures"] == {m["name"]: m["temperature"] for m in board["members"]}
+        rows = list(csv.DictReader(out.open()))
+        assert len(rows) == 18
+        assert set(rows[0]) == {"file", "predicted_label", "prob_noise_burst", "prob_tone_high", "prob_tone_low"}
+        for row in rows:
+            assert sum(float(row[k]) for k in row if k.startswith("prob_")) == pytest.approx(1, abs=1e-5)
+        truth = [Path(row["file"]).parent.name for row in rows]
+        accuracy = np.mean([row["predicted_label"] == label for row, label in zip(rows, truth)])
+        assert accuracy == board["ensemble"][split]["accuracy"]
+        # and its probabilities are the calibrated vote (files are listed in the cache's order)
+        probabilities = np.array([[float(row[f"prob_{name}"]) for name in board["label_names"]] for row in rows])
+        np.testing.assert_allclose(probabilities, vote[split] / sum(weights.values()), atol=1e-4)
 
 
 def test_publish_backups_and_staging_folders_are_never_members(tmp_path):

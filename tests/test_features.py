@@ -8,7 +8,14 @@ import torchaudio.compliance.kaldi as kaldi
 
 import lib.features as features_module
 from lib.audio import load_clip
-from lib.features import FeatureParams, build_feature_cache, fbank_frames, load_split, make_feature_extractor
+from lib.features import (
+    FeatureParams,
+    build_feature_cache,
+    fbank_frames,
+    has_test_split,
+    load_split,
+    make_feature_extractor,
+)
 from lib.scan import scan_dataset
 
 PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
@@ -103,3 +110,14 @@ def test_a_feature_build_prints_nothing(manifest, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "print", recording_print)
     build_feature_cache(manifest, PARAMS, tmp_path)
     assert printed == []
+
+
+def test_a_test_split_is_cached_beside_the_others_and_keys_the_cache(dataset_dirs, test_split, manifest, tmp_path):
+    with_test = scan_dataset(*dataset_dirs, test_dir=test_split)
+    ref, _ = build_feature_cache(with_test, PARAMS, tmp_path)
+    assert has_test_split(ref) and ref.num_clips["test"] == len(with_test.test) == 18
+    test = load_split(ref, "test")
+    assert np.asarray(test["label"]).tolist() == [clip.label for clip in with_test.test]
+    plain, _ = build_feature_cache(manifest, PARAMS, tmp_path)
+    assert not has_test_split(plain) and plain.key != ref.key
+    assert not (tmp_path / "features" / plain.key / "test.arrow").exists()

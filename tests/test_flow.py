@@ -59,7 +59,7 @@ def make_config(tmp_path, dataset_dirs, ssl_checkpoint, **model) -> FinetuneConf
 
 
 def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
-    prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
+    prefect_harness, tmp_path, dataset_dirs, test_split, ssl_checkpoint, monkeypatch
 ):
     from flows.finetune import finetune
 
@@ -67,16 +67,33 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     state = finetune(config, return_state=True)
     summary = state.result()
 
+
+    config.data.test_dir = test_split
+    summary = finetune(config)
+
     member = tmp_path / "ensemble" / "best" / "tiny_last1"
     assert summary["published"] == str(member)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "metrics.json",
                  "confusion_matrix.json", "label_map.json", "run_config.json", "member.json",
-                 "train_logtiny_last1.txt", "model.py"):
+                 "train_logtiny_last1.txt", "model.py", "calibration.json", "validation_logits.npz", "test_logits.npz"):
         assert (member / name).is_file(), name
     metrics = json.loads((member / "metrics.json").read_text())
     assert {"accuracy", "precision", "recall", "f1", "balanced_accuracy"} <= metrics.keys()
     assert metrics["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
     assert metrics["accuracy"] > 0.6  # 3 classes: chance is 0.33
+    # test: scored apart from validation (same metrics, per class, confusion matrix), on its 18 clips
+    assert metrics["test"]["accuracy"] == pytest.approx(summary["test_metrics"]["accuracy"])
+    assert metrics["test"]["num_samples"] == 18 and set(metrics["test"]["per_class"]) == {"noise_burst", "tone_high", "tone_low"}
+    assert np.sum(metrics["test"]["confusion_matrix"]["matrix"]) == 18
+    # the temperature was fitted on the validation logits the member stored, and is what predict applies
+    from lib.calibration import fit_temperature
+
+    calibration = json.loads((member / "calibration.json").read_text())
+    stored = np.load(member / "validation_logits.npz")
+    assert calibration["temperature"] == pytest.approx(fit_temperature(stored["logits"], stored["labels"]))
+    assert calibration["temperature"] == metrics["temperature"] == summary["temperature"]
+    assert calibration["validation"]["after"]["nll"] <= calibration["validation"]["before"]["nll"]
+    assert set(calibration["test"]["after"]) == {"nll", "brier", "ece"}
     labels = json.loads((member / "label_map.json").read_text())
     assert labels["label2id"] == {"noise_burst": 0, "tone_high": 1, "tone_low": 2}
     assert json.loads((member / "run_config.json").read_text())["model"]["train_last_n_layers"] == 1

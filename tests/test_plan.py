@@ -64,11 +64,12 @@ def test_output_and_cache_dirs_that_are_files_are_rejected(dataset_dirs, ssl_che
         plan_run(config)
 
 
-@pytest.mark.parametrize("split", ["train_dir", "validation_dir"])
+@pytest.mark.parametrize("split", ["train_dir", "validation_dir", "test_dir"])
 @pytest.mark.parametrize("field", ["output_dir", "cache_dir"])
-def test_outputs_inside_a_data_folder_are_rejected(dataset_dirs, ssl_checkpoint, tmp_path, split, field):
+def test_outputs_inside_a_data_folder_are_rejected(dataset_dirs, test_split, ssl_checkpoint, tmp_path, split, field):
     # the scan would take <output_dir>/best/ or the cache for a class folder on the next run
     config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.data.test_dir = test_split
     inside = getattr(config.data, split) / "results"
     if field == "output_dir":
         config.output_dir = inside
@@ -103,9 +104,45 @@ def test_ensemble_member_configs_get_the_same_checks(dataset_dirs, ssl_checkpoin
         "model": {"ssl_checkpoint": str(ssl_checkpoint)},
         "members": [{"name": "full"}],
     })
-    # flows/ensemble.py validates each member with plan_run(config.member_config(variant))
+    # flows/ensemble.py validates every member with plan_ensemble: plan_run on each member's config
+    from lib.plan import plan_ensemble
+
     with pytest.raises(ConfigError, match=r"output_dir .* is inside data.validation_dir"):
-        plan_run(config.member_config(config.members[0]))
+        plan_ensemble(config)
+
+
+def test_a_missing_test_folder_is_named_before_any_work(dataset_dirs, ssl_checkpoint, tmp_path):
+    config = make_config(dataset_dirs, ssl_checkpoint, tmp_path)
+    config.data.test_dir = tmp_path / "no-test"
+    with pytest.raises(ConfigError, match=r"data.test_dir \(--test-dir\) .*no-test: no such folder"):
+        plan_run(config)
+
+
+def test_the_sweep_expands_against_the_encoders_layer_count(dataset_dirs, ssl_checkpoint, tmp_path):
+    from lib.config import EnsembleConfig
+    from lib.plan import plan_ensemble
+
+    train_dir, validation_dir = dataset_dirs
+    raw = {
+        "output_dir": str(tmp_path / "out"),
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir)},
+        "model": {"ssl_checkpoint": str(ssl_checkpoint)},
+        "members": [{"name": "lr", "train_last_n_layers": 1, "learning_rate": 0.01}],
+        "sweep_last_n": [0, 1, 2],  # the test encoder has 2 layers: head only, last 1, full
+        "seeds": [3, 4],
+    }
+    plans = plan_ensemble(EnsembleConfig.model_validate(raw))
+    freezing = {name: (plan.config.model.freezing, plan.config.training.seed) for name, plan in plans.items()}
+    assert freezing == {
+        "lr-s3": ("last_1_layers", 3), "lr-s4": ("last_1_layers", 4),
+        "last-0-s3": ("head_only", 3), "last-0-s4": ("head_only", 4),
+        "last-1-s3": ("last_1_layers", 3), "last-1-s4": ("last_1_layers", 4),
+        "last-2-s3": ("full", 3), "last-2-s4": ("full", 4),
+    }
+    assert plans["lr-s3"].config.training.learning_rate == 0.01
+    with pytest.raises(ConfigError, match=r"sweep_last_n \(--sweep-last-n\) has \[3, 12\] but the encoder .* has 2 "
+                                          r"layers; use 0 \(head only\) to 2 \(full fine-tuning\)"):
+        plan_ensemble(EnsembleConfig.model_validate({**raw, "sweep_last_n": [0, 3, 12]}))
 
 
 def wrong_own_config(tmp_path):

@@ -295,3 +295,42 @@ def test_fingerprint_flag_sets_the_data_section():
         assert overrides_from_args(args) == {"data": {"fingerprint": "content"}}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["finetune", "--fingerprint", "mtime"])
+
+
+# --- the optional test split ---------------------------------------------------------------------
+
+
+def test_test_split_is_scanned_with_the_same_rules(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 2}, "validation": {"a": 1, "b": 1},
+                                          "test": {"a": 2, "b": 1}})
+    manifest = scan_dataset(train, validation, test_dir=tmp_path / "test")
+    assert manifest.splits == ("train", "validation", "test")
+    assert [clip.label for clip in manifest.test] == [0, 0, 1]
+    assert scan_dataset(train, validation).splits == ("train", "validation")  # optional
+    write_wav(tmp_path / "test" / "zz" / "00.wav")
+    with pytest.raises(ScanError, match=r"test folder .*test has classes absent from train: \['zz'\]"):
+        scan_dataset(train, validation, test_dir=tmp_path / "test")
+    with pytest.raises(ScanError, match=r"--validation-dir .* and --test-dir .* are the same folder"):
+        scan_dataset(train, validation, test_dir=validation)
+    with pytest.raises(ScanError, match=r"test folder .*missing does not exist .*pass --test-dir"):
+        scan_dataset(train, validation, test_dir=tmp_path / "missing")
+
+
+def test_a_test_folder_changes_the_fingerprint_and_its_absence_keeps_the_old_one(tmp_path):
+    import hashlib
+
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}, "test": {"a": 1}})
+    # Without a test folder the fingerprint is what it was before test folders existed (feature caches stay valid).
+    old = hashlib.sha256()
+    for split, root in (("train", train), ("validation", validation)):
+        for path in sorted(root.rglob("*.wav")):
+            stat = path.stat()
+            old.update(f"{split}\0{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        old.update(f"{split}-classes\0{','.join(sorted(p.name for p in root.iterdir()))}\n".encode())
+    assert fingerprint_folders(train, validation) == old.hexdigest()
+    with_test = fingerprint_folders(train, validation, test_dir=tmp_path / "test")
+    assert with_test != old.hexdigest()
+    manifest = scan_dataset(train, validation, test_dir=tmp_path / "test")
+    write_wav(tmp_path / "test" / "a" / "00.wav", seconds=0.2)  # a test clip changes
+    assert fingerprint_folders(train, validation, test_dir=tmp_path / "test") != with_test
+    assert scan_dataset(train, validation, test_dir=tmp_path / "test").fingerprint != manifest.fingerprint
