@@ -45,10 +45,9 @@ class EpochReporter:
         self.name = name
         self.logger = get_run_logger()
         self.rows: list[dict] = []
+        self.progress: UUID | None = None
         self.table: UUID | None = None
-        self.progress = create_progress_artifact(
-            0.0, key=artifact_key("progress", name), description=f"Epochs of member {name} done"
-        )
+        self._show(0.0)
 
     def __call__(self, record: EpochRecord) -> None:
         self.logger.info("member %s: %s", self.name, record.line())
@@ -58,14 +57,22 @@ class EpochReporter:
             **{f"validation_{key}": round(value, 4) for key, value in record.metrics.items()},
             "seconds": round(record.seconds, 1),
         })
+        self._show(100.0 * record.epoch / record.epochs)
+
+    def _show(self, percent: float) -> None:
         try:  # the UI is a view: an API hiccup must not end hours of training
-            update_progress_artifact(self.progress, 100.0 * record.epoch / record.epochs)
-            if self.table is None:
+            if self.progress is None:
+                self.progress = create_progress_artifact(
+                    percent, key=artifact_key("progress", self.name), description=f"Epochs of member {self.name} done"
+                )
+            else:
+                update_progress_artifact(self.progress, percent)
+            if self.rows and self.table is None:
                 self.table = create_table_artifact(
                     self.rows, key=artifact_key("epochs", self.name),
                     description=f"Epochs of member {self.name} so far (validation metrics after each)",
                 )
-            else:
+            elif self.rows:
                 get_client(sync_client=True).update_artifact(
                     self.table, ArtifactUpdate(data=TableArtifact(table=self.rows).format(_sync=True))
                 )

@@ -182,6 +182,15 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     assert builds == [1]  # one feature cache, shared
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "encoders").iterdir())) == 1
+    # in-process members show their metrics and plots in the UI too, as a member-<name> artifact
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        shown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["member-head", "member-last1", "member-full", "member-broken"])))
+    assert sorted(artifact.key for artifact in shown) == ["member-full", "member-head", "member-last1"]
+    assert all(artifact.data.count("data:image/png;base64,") == 2 for artifact in shown)
     board = json.loads((best / "ensemble.json").read_text())
     assert "simulated CUDA error" in board["failed"]["broken"]
     assert [row["name"] for row in board["leaderboard"]][-2:] == ["mean of all members", "ensemble (greedy)"]
