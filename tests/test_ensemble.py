@@ -188,8 +188,8 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
 
     with get_client(sync_client=True) as client:
         shown = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-            any_=["member-head", "member-last1", "member-full", "member-broken"])))
-    assert sorted(artifact.key for artifact in shown) == ["member-full", "member-head", "member-last1"]
+            any_=["member-head", "member-last-1", "member-last-2", "member-broken"])))
+    assert sorted(artifact.key for artifact in shown) == ["member-head", "member-last-1", "member-last-2"]
     assert all(artifact.data.count("data:image/png;base64,") == 2 for artifact in shown)
     board = json.loads((best / "ensemble.json").read_text())
     assert "simulated CUDA error" in board["failed"]["broken"]
