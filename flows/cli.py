@@ -41,6 +41,7 @@ from lib.config import EnsembleConfig, FinetuneConfig, Freezing, PredictConfig, 
 SHORT_FLAGS: dict[str, str] = {
     "data.train_dir": "--train-dir",
     "data.validation_dir": "--validation-dir",
+    "data.test_dir": "--test-dir",
     "data.cache_dir": "--cache-dir",
     "data.quick_subsample": "--quick-subsample",
     "data.skip_bad_files": "--skip-bad-files",
@@ -113,6 +114,8 @@ def _comma_list(item: ValueType) -> Callable[[str], list[Any]]:
     """'8,16,32' -> [8, 16, 32]; range checks are the config's, so errors name the config field."""
 
     def parse(text: str) -> list[Any]:
+        if text.strip() in ("", "null", "[]"):  # clears a list a preset set (e.g. seeds, sweep_last_n)
+            return []
         try:
             return [item.parse(part.strip()) for part in text.split(",")]
         except (ValueError, argparse.ArgumentTypeError):
@@ -405,6 +408,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         for section in sections:
             target = target.setdefault(section, {})
         target[name] = value
+    # The freezing flags pick a variant, as the notebook's did: --head-only over a preset's layer count
+    # (or the reverse) replaces it instead of making the two exclusive fields clash.
+    model = overrides.get("model", {})
+    if model.get("head_only") is True:
+        model.setdefault("train_last_n_layers", 0)
+    if model.get("train_last_n_layers"):
+        model.setdefault("head_only", False)
     return overrides
 
 
@@ -454,6 +464,17 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
+        # Pre-flight: the flow plans again as its first step, but an error raised inside a flow run comes
+        # with Prefect's traceback; here it is one line. Planning reads configs only, it writes nothing.
+        from lib.plan import plan_ensemble, plan_run
+        from lib.scan import check_distinct_splits, split_roots
+
+        data = config.resolved().data
+        check_distinct_splits(split_roots(data.train_dir, data.validation_dir, data.test_dir))
+        if isinstance(config, EnsembleConfig):
+            plan_ensemble(config, trains_here=config.dispatch == "in_process")
+        else:
+            plan_run(config)
     except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2

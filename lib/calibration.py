@@ -13,10 +13,16 @@ ensemble selection, so both are written here; they are a few lines over numpy an
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 ECE_BINS = 15
+# Above this the fitted softmax is close to uniform: the member's logits barely beat chance.
+FLAT_TEMPERATURE = 20.0
 # Stop when an addition lowers the NLL by less than this: float noise must not grow the ensemble.
 MIN_IMPROVEMENT = 1e-9
 
@@ -118,8 +124,18 @@ def calibrate_member(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """One member's temperature, fitted on splits['validation'] (logits, labels) alone, and NLL, Brier
     and ECE before and after it on every split given (test figures are only reported)."""
     temperature = fit_temperature(*splits["validation"])
+    warning = None
+    if temperature > FLAT_TEMPERATURE:
+        # Such a member's logits carry almost nothing on validation: scaled, its probabilities are
+        # nearly uniform, and in a vote or a CSV its choices rest on differences too small to see.
+        warning = (
+            f"temperature {temperature:.3g} > {FLAT_TEMPERATURE}: this member is barely better than chance on "
+            "validation, so its calibrated probabilities are nearly uniform; train it longer or leave it out"
+        )
+        logger.warning(warning)
     return {
         "temperature": temperature,
+        "warning": warning,
         "fitted_on": "validation",
         **{
             split: {

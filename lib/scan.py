@@ -293,6 +293,17 @@ def _probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
     return info, None
 
 
+def check_distinct_splits(roots: dict[str, Path]) -> None:
+    """No two splits may be one folder (resolve() follows symlinks and "..", so an alias is caught too)."""
+    for first, second in combinations(roots, 2):
+        if roots[first].resolve() == roots[second].resolve():
+            raise ScanError(
+                f"--{first}-dir {roots[first]} and --{second}-dir {roots[second]} are the same folder "
+                f"({roots[first].resolve()}); {second} must be held-out clips, or its metrics only measure "
+                f"memorisation: pass a separate {second} folder"
+            )
+
+
 def scan_dataset(
     train_dir: Path,
     validation_dir: Path,
@@ -303,14 +314,7 @@ def scan_dataset(
 ) -> Manifest:
     """Scan the splits (train, validation, and test if given), check the layout, read each clip's header."""
     roots = split_roots(train_dir, validation_dir, test_dir)
-    # resolve() follows symlinks and "..", so an alias of the train folder is caught too.
-    for first, second in combinations(roots, 2):
-        if roots[first].resolve() == roots[second].resolve():
-            raise ScanError(
-                f"--{first}-dir {roots[first]} and --{second}-dir {roots[second]} are the same folder "
-                f"({roots[first].resolve()}); {second} must be held-out clips, or its metrics only measure "
-                f"memorisation: pass a separate {second} folder"
-            )
+    check_distinct_splits(roots)
     listing: dict[str, dict[str, list[Path]]] = {}
     ignored_total: dict[str, int] = {}
     for split in roots:

@@ -78,3 +78,15 @@ def test_a_members_temperature_comes_from_validation_and_test_is_only_reported()
     corrupted = calibrate_member({"validation": validation, "test": (test[0], (test[1] + 1) % 4)})
     assert corrupted["temperature"] == report["temperature"] and corrupted["validation"] == report["validation"]
     assert corrupted["test"] != report["test"]
+
+
+def test_a_member_no_better_than_chance_is_flagged_by_its_temperature():
+    from lib.calibration import calibrate_member
+
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(400, 4)) * 3  # logits unrelated to the labels
+    labels = rng.integers(0, 4, 400)
+    report = calibrate_member({"validation": (noise, labels)})
+    assert report["temperature"] > 20 and "barely better than chance" in report["warning"]
+    informative = np.eye(4)[labels] * 2 + rng.normal(size=(400, 4)) * 0.5
+    assert calibrate_member({"validation": (informative, labels)})["warning"] is None

@@ -13,7 +13,7 @@ def test_flags_map_onto_the_nested_config():
     assert overrides_from_args(args) == {
         "name": "n", "output_dir": "o",
         "data": {"train_dir": "t", "validation_dir": "v"},
-        "model": {"ssl_checkpoint": "c", "base_config": "b.json", "train_last_n_layers": 3},
+        "model": {"ssl_checkpoint": "c", "base_config": "b.json", "train_last_n_layers": 3, "head_only": False},
         "features": {"max_frames": 256},
         "training": {
             "epochs": 4, "batch_size": 2, "batch_sizes": [8, 16, 32], "learning_rate": 0.01, "seed": 7, "device": "cpu"
@@ -173,7 +173,8 @@ def test_the_notebook_short_flags_still_work():
         "name": "n", "output_dir": "o", "work_dir": "w",
         "data": {"train_dir": "t", "validation_dir": "v", "cache_dir": "c", "quick_subsample": True,
                  "skip_bad_files": True, "fingerprint": "content"},
-        "model": {"ssl_checkpoint": "s", "base_config": "b.json", "pooling": "mean_patches", "head_only": True},
+        "model": {"ssl_checkpoint": "s", "base_config": "b.json", "pooling": "mean_patches", "head_only": True,
+                  "train_last_n_layers": 0},
         "features": {"max_frames": 1024},
         "training": {
             "epochs": 4, "batch_size": 2, "batch_sizes": [8, 16, 32], "learning_rate": 0.01, "warmup_steps": 0.1,
@@ -294,3 +295,41 @@ def test_demo_ensemble_trains_four_variants_with_a_test_folder(tmp_path):
     test = list((tmp_path / "data" / "test").rglob("*.wav"))
     assert len(test) == 32 and not any(p.read_bytes() in train for p in test)
     assert demo_config(tmp_path).data.test_dir == config.data.test_dir
+
+
+def test_a_freezing_flag_replaces_the_presets_variant_and_list_flags_can_clear_a_preset(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        "name: m\ndata: {train_dir: t, validation_dir: v}\nmodel: {ssl_checkpoint: c, train_last_n_layers: 3}\n"
+    )
+
+    def config(*flags):
+        args = build_parser().parse_args(["finetune", "--config", str(preset), *flags])
+        return load_config(FinetuneConfig, args.config, overrides_from_args(args))
+
+    from lib.config import FinetuneConfig, load_config
+
+    assert config("--head-only").model.freezing == "head_only"  # was refused: exclusive with the preset's 3
+    assert config("--train-last-n-layers", "1").model.freezing == "last_1_layers"
+    preset.write_text(preset.read_text().replace("train_last_n_layers: 3", "head_only: true"))
+    assert config("--train-last-n-layers", "2").model.freezing == "last_2_layers"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--head-only", "--train-last-n-layers", "1"])  # both: still exclusive
+    ensemble = build_parser().parse_args(["ensemble", "--seeds", "", "--sweep-last-n", "null", "--test-dir", "x"])
+    assert overrides_from_args(ensemble) == {"seeds": [], "sweep_last_n": [], "data": {"test_dir": "x"}}
+
+
+def test_plan_errors_are_one_line_before_any_flow_run(dataset_dirs, ssl_checkpoint, tmp_path, capsys, monkeypatch):
+    import flows.ensemble
+
+    monkeypatch.setattr(flows.ensemble, "ensemble", lambda config: pytest.fail("a flow run was started"))
+    train, validation = dataset_dirs
+    base = ["ensemble", "--train-dir", str(train), "--validation-dir", str(validation), "--ssl-checkpoint",
+            str(ssl_checkpoint), "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--sweep-last-n", "0,5"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "sweep_last_n (--sweep-last-n) has [5] but the encoder" in error
+    assert main([*base, "--sweep-last-n", "0", "--test-dir", str(validation)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--validation-dir" in error and "are the same folder" in error
+    assert not (tmp_path / "cache").exists()
