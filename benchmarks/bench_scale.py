@@ -88,6 +88,12 @@ def run_stage(stage: str, root: Path) -> dict:
         result["seconds"] = time.perf_counter() - loaded
         result["clips"] = seen
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # RSS counts the pages of memory-mapped cache files read so far (file-backed, reclaimable page
+    # cache) as well as the process's own memory: the split tells which one grows with N.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    for key, name in (("RssAnon", "anon_mb"), ("RssFile", "file_mb")):
+        if key in status:
+            result[name] = int(status[key].split()[0]) / 1024
     return result
 
 
@@ -132,11 +138,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     smallest = min(args.clips)
     first = {row["stage"]: row for row in rows if row["N"] == smallest}
-    print(f"\n{'N':>7} {'stage':<6} {'seconds':>9} {'clips/s':>9} {'peak MB':>8} {'time x':>7} {'RSS x':>6}  (x: vs N={smallest})")
+    print(f"\n{'N':>7} {'stage':<6} {'seconds':>9} {'clips/s':>9} {'peak MB':>8} {'anon MB':>8} {'file MB':>8} "
+          f"{'time x':>7} {'RSS x':>6}  (x: vs N={smallest}; anon/file: resident at the end of the stage)")
     for row in rows:
         ref = first[row["stage"]]
         print(f"{row['N']:>7} {row['stage']:<6} {row['seconds']:>9.2f} {row['clips'] / max(row['seconds'], 1e-9):>9.0f} "
-              f"{row['peak_rss_mb']:>8.0f} {row['seconds'] / max(ref['seconds'], 1e-9):>7.2f} "
+              f"{row['peak_rss_mb']:>8.0f} {row.get('anon_mb', 0):>8.0f} {row.get('file_mb', 0):>8.0f} "
+              f"{row['seconds'] / max(ref['seconds'], 1e-9):>7.2f} "
               f"{row['peak_rss_mb'] / ref['peak_rss_mb']:>6.2f}")
     return rows
 

@@ -79,6 +79,6 @@ def test_scale_benchmark_runs_every_stage_and_counts_every_clip(tmp_path, capsys
     assert [row["stage"] for row in rows] == list(STAGES)
     # 4 classes of 10 clips, one of each for validation: one epoch sees the 36 train clips
     assert [row["clips"] for row in rows] == [40, 40, 40, 36]
-    assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 100 for row in rows)
+    assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 100 and row["anon_mb"] > 0 for row in rows)
     assert rows[1]["disk_mb"] == rows[2]["disk_mb"] > 0  # the hit reads the cache the build wrote
     assert "time x" in capsys.readouterr().out
