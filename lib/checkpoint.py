@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
 
-from lib.guards import nonfinite_tensors
+from lib.guards import name_list, nonfinite_tensors
 from lib.hashing import digest
 from lib.model import SPECIAL_TOKENS
 from lib.staging import file_sizes_match, record_file_sizes, staged_folder
@@ -292,9 +292,9 @@ def load_encoder(
     encoder_state, dropped, prefix = split_encoder(read_checkpoint(checkpoint_dir))
     bad = nonfinite_tensors(encoder_state)
     if bad:
-        shown = ", ".join(prefix + name for name in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(
-            f"checkpoint {checkpoint_dir} has NaN or inf values in {len(bad)} encoder tensors ({shown}); "
+            f"checkpoint {checkpoint_dir} has NaN or inf values in {len(bad)} encoder tensors "
+            f"({name_list([prefix + name for name in bad])}); "
             "the SSL run diverged or the file is corrupt. Use an earlier checkpoint of that run"
         )
     layers_in_checkpoint = count_layers(encoder_state)

@@ -23,7 +23,8 @@ class NonFiniteError(ValueError):
     """Weights, logits or a loss hold NaN or inf; the message names where and what to do."""
 
 
-def _listing(names: list[str]) -> str:
+def name_list(names: list[str]) -> str:
+    """The first few names and how many more: what an error message lists."""
     more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return ", ".join(names[:SHOWN]) + more
 
@@ -41,7 +42,7 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, 
 def check_finite_tensors(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], what: str, fix: str) -> None:
     bad = nonfinite_tensors(tensors)
     if bad:
-        raise NonFiniteError(f"{what}: {len(bad)} tensors hold NaN or inf ({_listing(bad)}); {fix}")
+        raise NonFiniteError(f"{what}: {len(bad)} tensors hold NaN or inf ({name_list(bad)}); {fix}")
 
 
 def check_finite_logits(logits: np.ndarray, what: str) -> None:
@@ -59,7 +60,7 @@ def nonfinite_in_folder(folder: Path) -> list[str]:
     bad: list[str] = []
     for path in sorted(Path(folder).rglob("*.safetensors")):
         with safe_open(str(path), framework="pt") as weights:
-            bad += [f"{path.name}: {key}" for key in weights.keys() if key in nonfinite_tensors({key: weights.get_tensor(key)})]
+            bad += [f"{path.name}: {key}" for key in nonfinite_tensors((key, weights.get_tensor(key)) for key in weights.keys())]
     for path in sorted(Path(folder).rglob("*.npz")):
         with np.load(path) as arrays:
             bad += [
@@ -73,7 +74,7 @@ def nonfinite_in_folder(folder: Path) -> list[str]:
 def check_finite_folder(folder: Path, what: str, fix: str) -> None:
     bad = nonfinite_in_folder(folder)
     if bad:
-        raise NonFiniteError(f"{what}: {len(bad)} arrays hold NaN or inf ({_listing(bad)}); {fix}")
+        raise NonFiniteError(f"{what}: {len(bad)} arrays hold NaN or inf ({name_list(bad)}); {fix}")
 
 
 class NonFiniteLossCallback(TrainerCallback):
