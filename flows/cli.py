@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import sys
 import types
@@ -134,7 +135,7 @@ def _yaml(text: str) -> Any:
 
 
 def _or_null(inner: ValueType) -> ValueType:
-    parse = boolean if inner.switch else inner.parse
+    parse = inner.parse
     return ValueType(lambda text: None if text == NULL else parse(text), f"{inner.metavar}|{NULL}")
 
 
@@ -187,6 +188,7 @@ def config_sections(
             yield from config_sections(field.annotation, f"{prefix}{name}.")
 
 
+@functools.cache  # built for several commands on every astft call, --help included
 def field_types(model: type[BaseModel]) -> dict[str, ValueType]:
     return {path: value_type(field.annotation) for _, _, fields in config_sections(model) for path, field in fields}
 
@@ -326,7 +328,7 @@ def assignment_parser(fields: dict[str, ValueType]) -> Callable[[str], tuple[str
             raise argparse.ArgumentTypeError(f"{name!r} is not a field of the config; {hint}")
         kind = fields[path]
         try:
-            return path, (boolean if kind.switch else kind.parse)(value)
+            return path, kind.parse(value)
         except (ValueError, argparse.ArgumentTypeError) as error:
             detail = f" ({error})" if isinstance(error, argparse.ArgumentTypeError) else ""
             raise argparse.ArgumentTypeError(f"{text!r}: {path} takes {kind.metavar}{detail}") from None

@@ -115,11 +115,6 @@ def greedy_selection(
     return counts
 
 
-def weighted_mean(probabilities: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    total = sum(weights.values())
-    return sum(probabilities[name] * (weight / total) for name, weight in weights.items())
-
-
 def calibrate_member(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """One member's temperature, fitted on splits['validation'] (logits, labels) alone, and NLL, Brier
     and ECE before and after it on every split given (test figures are only reported)."""

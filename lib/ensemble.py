@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from lib.calibration import calibration_report, fit_temperature, greedy_selection, softmax, weighted_mean
+from lib.calibration import calibration_report, fit_temperature, greedy_selection, softmax
 from lib.evaluation import CALIBRATION_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, split_report
 from lib.features import FeatureParams
 from lib.metrics import summary_metrics
@@ -89,6 +89,11 @@ def soft_vote(probabilities: list[np.ndarray], weights: list[float] | None = Non
     weights = np.ones(len(probabilities)) if weights is None else np.asarray(weights, dtype=np.float64)
     stacked = np.stack(probabilities).astype(np.float64)
     return np.tensordot(weights / weights.sum(), stacked, axes=1)
+
+
+def weighted_mean(probabilities: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """soft_vote over the named members in `weights` (the same vote predict casts)."""
+    return soft_vote([probabilities[name] for name in weights], list(weights.values()))
 
 
 def _stored_logits(members: list[MemberInfo]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:

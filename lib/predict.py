@@ -58,8 +58,8 @@ def predict_files(
     _check_output_csv(output_csv)
     _check_output_is_not_read(output_csv, model_path, input_path, files)
     models = [_load_member_model(member).to(runtime.device).eval() for member in members]
-    extractors = {member.feature_params.model_dump_json(): make_feature_extractor(member.feature_params)
-                  for member in members}
+    keys = [member.feature_params.model_dump_json() for member in members]  # members sharing features share a key
+    extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members)}
     probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
     readable = np.ones(len(files), dtype=bool)
     bad: dict[str, str] = {}
@@ -67,8 +67,7 @@ def predict_files(
         batch = files[start : start + batch_size]
         # Each clip is featurised once per distinct feature parameters, however many members share them.
         features: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
-        for member, model, member_probabilities in zip(members, models, probabilities):
-            key = member.feature_params.model_dump_json()
+        for member, key, model, member_probabilities in zip(members, keys, models, probabilities):
             if key not in features:
                 values, kept = featurize(batch, member.feature_params, extractors[key], bad)
                 readable[start : start + len(batch)] &= np.isin(np.arange(len(batch)), kept)
