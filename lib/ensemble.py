@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,10 @@ def evaluate_ensemble(
     }
     output_file = Path(output_file)
     _write_plots(result, calibrated, raw, labels, verdict_split, output_file.parent)
-    output_file.write_text(json.dumps(result, indent=2))
+    # Written beside its name and renamed over it: a reader (predict) never sees half a file.
+    staged = output_file.with_name(f".{output_file.name}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps(result, indent=2))
+    os.replace(staged, output_file)
     return result
 
 

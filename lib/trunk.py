@@ -302,8 +302,7 @@ def training_inputs(
 ) -> TrainingInputs:
     """The tail on a (possibly new) trunk cache when eligible, else the classifier on the features; logged."""
     layers, reason = frozen_trunk_layers(config, classifier.config)
-    if layers is None:
-        logger.info("trunk cache not used: %s", reason)
+    if layers is None:  # lib.member logs the outcome (used, or why not) once
         return TrainingInputs(
             classifier, load_split(features, "train"), load_split(features, "validation"),
             TrunkCacheInfo(used=False, reason=reason),
