@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from lib.scan import display_path, sample_rate_problem
+from lib.scan import display_path, sample_rate_problem, truncation_problem
 
 # torchaudio.functional.resample's defaults: its sinc kernel reaches this many zero crossings of
 # ROLLOFF x the lower rate's Nyquist frequency on each side of an output sample.
@@ -51,6 +51,9 @@ def read_wav(
         with sf.SoundFile(str(path)) as handle:
             source_hz = handle.samplerate
             if problem := sample_rate_problem(source_hz):
+                raise AudioError(path, problem)
+            # A scanned clip was checked already; predict's inputs were not, and this is one header read.
+            if problem := truncation_problem(path):
                 raise AudioError(path, problem)
             frames = -1 if clip_seconds is None else source_frames(source_hz, target_hz or source_hz, clip_seconds)
             data = handle.read(frames, dtype="float32", always_2d=True)

@@ -285,12 +285,23 @@ def _probe(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
     if problem := sample_rate_problem(info.samplerate):
         return None, problem
     if shortfall is not None:
-        # libsndfile reads what is there, which would then be zero-padded and trained on as a whole clip.
-        return None, (
-            f"truncated: the header promises {shortfall[0]} bytes of samples but the file holds {shortfall[1]} "
-            "(an interrupted copy or download?); copy it again"
-        )
+        return None, truncation_reason(shortfall)
     return info, None
+
+
+def truncation_reason(shortfall: tuple[int, int]) -> str:
+    # libsndfile reads what is there, which would then be zero-padded and used as a whole clip.
+    return (
+        f"truncated: the header promises {shortfall[0]} bytes of samples but the file holds {shortfall[1]} "
+        "(an interrupted copy or download?); copy it again"
+    )
+
+
+def truncation_problem(path: str | os.PathLike) -> str | None:
+    """Why a wav is cut short (its header promises more samples than it holds), or None; for readers
+    that were not preceded by a scan (lib.predict's inputs)."""
+    shortfall = _riff_shortfall(Path(path))
+    return None if shortfall is None else truncation_reason(shortfall)
 
 
 def check_distinct_splits(roots: dict[str, Path]) -> None:

@@ -107,3 +107,13 @@ def test_loud_float_clips_and_cancelling_stereo_are_noted_by_name(tmp_path):
     assert notes[str(cancelling)] == (
         "the 2 channels cancel out when averaged to mono (one is polarity-inverted?); the clip trains as silence"
     )
+
+
+def test_a_truncated_wav_is_refused_where_no_scan_came_first(tmp_path):
+    # predict reads its inputs with load_clip directly: a cut copy must not be padded and predicted on
+    path = tmp_path / "cut.wav"
+    sf.write(str(path), np.full(16000, 0.1, np.float32), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:16022])
+    with pytest.raises(AudioError) as error:
+        load_clip(path, 16000, 1.0)
+    assert error.value.reason.startswith("truncated: the header promises 32000 bytes of samples but the file holds 15978")
