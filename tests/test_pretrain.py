@@ -317,3 +317,48 @@ def test_a_run_killed_after_epoch_one_resumes_to_the_weights_of_an_uninterrupted
     assert not (destination / "training_args.bin").exists()
     encoder, report = load_encoder(destination)
     assert all(torch.equal(tensor, final[0][f"encoder.{key}"]) for key, tensor in encoder.state_dict().items())
+
+
+# --- the flow: pretrain -> fine-tune -> publish -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pretrain_flow_publishes_an_encoder_that_finetune_loads_and_publishes_a_member(
+    prefect_harness, tmp_path, dataset_dirs
+):
+    from flows.finetune import finetune
+    from flows.pretrain import pretrain
+    from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
+    from tests.test_flow import run_artifacts, run_logs
+
+    train_dir, validation_dir = dataset_dirs
+    state = pretrain(tiny_pretrain_config(tmp_path, [train_dir], validation_dir), return_state=True)
+    summary = state.result()
+    ssl = tmp_path / "out" / "ssl" / "tiny-ssl"
+    assert summary["published"] == str(ssl) and summary["epochs"] == 2
+    assert set(summary["validation"]) >= {"nce", "mse", "total", "accuracy"}
+    # the UI: a line per epoch with train and validation figures, progress and an epochs table
+    logs = run_logs(state.state_details.flow_run_id)
+    epochs = [line for line in logs if line.startswith("encoder tiny-ssl: epoch ")]
+    assert len(epochs) == 2 and all(" train_nce " in line and " accuracy " in line for line in epochs)
+    artifacts = run_artifacts(state.state_details.flow_run_id)
+    assert artifacts["progress-encoder-tiny-ssl"][1] == 100.0
+    assert "train_accuracy" in json.loads(artifacts["epochs-encoder-tiny-ssl"][1])[1]
+
+    # fine-tune from it, unchanged: --ssl-checkpoint <output_dir>/ssl/<name>
+    member = finetune(FinetuneConfig(
+        name="from-ssl",
+        output_dir=tmp_path / "out",
+        data=DataConfig(train_dir=train_dir, validation_dir=validation_dir, cache_dir=tmp_path / "cache"),
+        features={"clip_seconds": 0.6, "max_frames": 64},
+        model=ModelConfig(ssl_checkpoint=ssl),
+        training=TrainingConfig(epochs=3, batch_size=8, gradient_accumulation_steps=1, learning_rate=2e-3,
+                                warmup_steps=0, device="cpu"),
+    ))
+    published = tmp_path / "out" / "best" / "from-ssl"
+    assert member["published"] == str(published)
+    info = json.loads((published / "member.json").read_text())
+    assert info["encoder"]["dropped"] == {"projector": 4, "decoder": 4, "mask_embedding": 1}
+    assert info["encoder"]["position_grid"] == {"checkpoint": [4, 4], "encoder": [4, 4], "max_frames": 64,
+                                                "adaptation": "none"}
+    assert json.loads((published / "config.json").read_text())["time_stride"] == 16
+    assert 0 <= member["metrics"]["accuracy"] <= 1
