@@ -454,7 +454,8 @@ def print_pretrain_summary(summary: dict) -> None:
     print(f"masked-patch figures after epoch {summary['epochs']} (accuracy: the discriminative head's picks):")
     print(f"  {'':>10}  {'train':>10}  {'validation':>10}")
     for key in ("nce", "mse", "total", "accuracy"):
-        print(f"  {key:>10}: {summary['train'].get(key, float('nan')):>10.4f}  {summary['validation'].get(key, float('nan')):>10.4f}")
+        train, validation = (summary[split].get(key, float("nan")) for split in ("train", "validation"))
+        print(f"  {key:>10}: {train:>10.4f}  {validation:>10.4f}")
     print(f"fine-tune from it: astft finetune --ssl-checkpoint {summary['published']} ...")
 
 
