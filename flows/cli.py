@@ -1,6 +1,6 @@
-"""`astft` command line: finetune, ensemble, predict, demo.
+"""`astft` command line: finetune, ensemble, pretrain, predict, demo.
 
-Every flag of finetune, ensemble and predict is generated from the pydantic config in lib/config.py:
+Every flag of finetune, ensemble, pretrain and predict is generated from the pydantic config in lib/config.py:
 `--section.field VALUE` for each field (help from its description, choices from its type), plus the
 notebook-shaped short flags of SHORT_FLAGS. Precedence: defaults < `--config` preset < flags < `--set`.
 """
@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
-from lib.config import EnsembleConfig, FinetuneConfig, Freezing, PredictConfig, TrainingConfig
+from lib.config import EnsembleConfig, FinetuneConfig, Freezing, PredictConfig, PretrainConfig, TrainingConfig
 
 # The notebook-shaped short flags (README, "Command line"): field path -> extra spelling of its flag.
 # Only the spelling lives here; type, choices and help come from the field. A command gets the short
@@ -47,6 +47,8 @@ SHORT_FLAGS: dict[str, str] = {
     "data.quick_subsample": "--quick-subsample",
     "data.skip_bad_files": "--skip-bad-files",
     "data.fingerprint": "--fingerprint",
+    "data.data_dirs": "--data-dir",
+    "data.holdout_fraction": "--holdout-fraction",
     "model.ssl_checkpoint": "--ssl-checkpoint",
     "model.base_config": "--base-config",
     "model.head_only": "--head-only",
@@ -69,6 +71,9 @@ SHORT_FLAGS: dict[str, str] = {
     "training.augmentation.mixup_probability": "--mixup",
     "training.augmentation.noise_std": "--noise-std",
     "training.augmentation.time_roll": "--time-roll",
+    "training.checkpoint_every_steps": "--checkpoint-every-steps",
+    "objective.mask_ratio": "--mask-ratio",
+    "objective.masking": "--masking",
     "model_path": "--model",
     "input_path": "--input",
     "output_csv": "--output",
@@ -378,13 +383,27 @@ examples:
 example:
   astft ensemble --config ensemble.yaml --member head=head_only --member last2=last_2 --member full=full""",
     )
+    add_preset_command(
+        commands, "pretrain", PretrainConfig, help="pretrain an encoder on unlabeled clips (SSAST masked patches)",
+        description="Pretrain an AST encoder on folders of unlabeled clips with SSAST's joint discriminative and "
+        "generative masked patch objective, and publish it to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint that "
+        "finetune and ensemble take.",
+        epilog=VALUES_HELP + """
+examples:
+  astft pretrain --data-dir unlabeled/,data/train --name my-ssl --epochs 10
+  astft pretrain --data-dir unlabeled/ --validation-dir data/validation --name my-ssl --masking cluster \\
+      --set model.hidden_size=192 --set model.num_attention_heads=3 --set model.intermediate_size=768  # SSAST-tiny
+  astft finetune --ssl-checkpoint ensemble/ssl/my-ssl --train-dir data/train --validation-dir data/validation --name m""",
+    )
     predict = commands.add_parser(
         "predict", help="predict wav files with a member or an ensemble",
         usage="%(prog)s --model DIR --input PATH [--FIELD VALUE]...", formatter_class=HelpFormatter,
         description="Write a CSV of file, predicted label and per-class probabilities (runs without Prefect).",
     )
     add_config_flags(predict, PredictConfig, preset=False)
-    demo = commands.add_parser("demo", help="run the flow on a small built-in synthetic example")
+    demo = commands.add_parser(
+        "demo", help="pretrain a tiny encoder on a small built-in synthetic example, then fine-tune from it"
+    )
     demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
     demo.add_argument("--epochs", type=int, default=20, help="training.epochs of the demo run")
     demo.add_argument("--device", choices=get_args(TrainingConfig.model_fields["device"].annotation), default="auto")
@@ -430,6 +449,30 @@ def print_summary(summary: dict) -> None:
         print(f"  {key:>18}: {value:>10.4f}" + (f"  {test[key]:>10.4f}" if test else ""))
 
 
+def print_pretrain_summary(summary: dict) -> None:
+    print(f"\npublished encoder: {summary['published']}")
+    print(f"masked-patch figures after epoch {summary['epochs']} (accuracy: the discriminative head's picks):")
+    print(f"  {'':>10}  {'train':>10}  {'validation':>10}")
+    for key in ("nce", "mse", "total", "accuracy"):
+        train, validation = (summary[split].get(key, float("nan")) for split in ("train", "validation"))
+        print(f"  {key:>10}: {train:>10.4f}  {validation:>10.4f}")
+    print(f"fine-tune from it: astft finetune --ssl-checkpoint {summary['published']} ...")
+
+
+def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
+    """Plan the fine-tune before its flow runs: an error is one line here, not a flow run's traceback.
+    Planning reads configs only, it writes nothing."""
+    from lib.plan import plan_ensemble, plan_run
+    from lib.scan import check_distinct_splits, split_roots
+
+    data = config.resolved().data
+    check_distinct_splits(split_roots(data.train_dir, data.validation_dir, data.test_dir))
+    if isinstance(config, EnsembleConfig):
+        plan_ensemble(config, trains_here=config.dispatch == "in_process")
+    else:
+        plan_run(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -447,36 +490,39 @@ def main(argv: list[str] | None = None) -> int:
         TrainingOutOfMemory,
     )
 
+    config: FinetuneConfig | EnsembleConfig | None = None
+    pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
     try:
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.
             from lib.predict import predict
 
-            config = load_config(PredictConfig, None, overrides_from_args(args))
-            summary = predict(config)
+            predict_config = load_config(PredictConfig, None, overrides_from_args(args))
+            summary = predict(predict_config)
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":
-            from flows.demo import demo_config, demo_ensemble_config
+            from flows.demo import demo_config, demo_ensemble_config, demo_pretrain_config
 
+            pretrain_config = demo_pretrain_config(args.dir, args.device)
             config = (demo_ensemble_config if args.ensemble else demo_config)(args.dir, args.epochs, args.device)
             if overrides := overrides_from_args(args):
                 config = load_config(type(config), None, deep_merge(config.model_dump(), overrides))
+        elif args.command == "pretrain":
+            pretrain_config = load_config(PretrainConfig, args.config, overrides_from_args(args))
         elif args.command == "ensemble":
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
         # Pre-flight: the flow plans again as its first step, but an error raised inside a flow run comes
-        # with Prefect's traceback; here it is one line. Planning reads configs only, it writes nothing.
-        from lib.plan import plan_ensemble, plan_run
-        from lib.scan import check_distinct_splits, split_roots
+        # with Prefect's traceback; here it is one line. (The demo's fine-tune is planned once its
+        # pretraining has made the checkpoint it starts from.)
+        if pretrain_config is not None:
+            from lib.pretrain import plan_pretrain
 
-        data = config.resolved().data
-        check_distinct_splits(split_roots(data.train_dir, data.validation_dir, data.test_dir))
-        if isinstance(config, EnsembleConfig):
-            plan_ensemble(config, trains_here=config.dispatch == "in_process")
+            plan_pretrain(pretrain_config)
         else:
-            plan_run(config)
+            preflight(config)
     except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
@@ -486,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with prefect_server_defaults():
+            if pretrain_config is not None:
+                from flows.pretrain import pretrain
+
+                print_pretrain_summary(pretrain(pretrain_config))
+                if config is None:
+                    return 0
+                preflight(config)
             if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
                 from flows.ensemble import ensemble
 

@@ -92,9 +92,52 @@ class _Section(BaseModel):
         data = self.model_dump()
         for *sections, name in _tagged(type(self), LOCATION):
             parent = reduce(getitem, sections, data)
-            if parent[name] is not None:
+            if isinstance(parent[name], list):
+                parent[name] = [Path(path).expanduser().resolve() for path in parent[name]]
+            elif parent[name] is not None:
                 parent[name] = Path(parent[name]).expanduser().resolve()
         return self.model_validate(data)
+
+
+class _RunConfig(_Section):
+    """A whole run's parameters (a flow's one argument), whose fingerprint keys its checkpoints."""
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that can change the trained weights (every field but LOCATION and NO_EFFECT_ON_WEIGHTS)."""
+        payload = self.model_dump(mode="json")
+        for *sections, name in _tagged(type(self), LOCATION, NO_EFFECT_ON_WEIGHTS):
+            del reduce(getitem, sections, payload)[name]
+        return digest(payload, 16)
+
+
+# Fields that several sections share, declared once: each section still lists them in its own order,
+# with its own default (so the CLI help and the UI form read as before).
+SkipBadFiles = Annotated[bool, Field(description="Skip unreadable or invalid clips (logged and counted) instead of stopping.")]
+ScanFingerprint = Annotated[
+    Literal["stat", "content"],
+    NO_EFFECT_ON_WEIGHTS,
+    Field(
+        description=(
+            "How the folder scan notices changed clips: 'stat' compares each clip's size and mtime (cheap), "
+            "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset)."
+        ),
+    ),
+]
+CacheDir = Annotated[Path, LOCATION, Field(description="Where folder scans, Arrow feature caches and stripped encoders are kept.")]
+Epochs = Annotated[int, Field(ge=1, le=100_000, description="Number of training epochs.")]
+LearningRate = Annotated[float, Field(gt=0, le=1, description="Peak learning rate (cosine schedule).")]
+WeightDecay = Annotated[float, Field(ge=0, le=1, description="AdamW weight decay.")]
+WarmupSteps = Annotated[float, Field(ge=0, description="Warmup optimizer steps; a value below 1 is a fraction of all steps.")]
+GradientAccumulation = Annotated[int, Field(ge=1, le=4096, description="Batches per optimizer step.")]
+Precision = Annotated[
+    Literal["auto", "fp32", "fp16", "bf16"], Field(description="'auto': bf16 (or fp16) mixed precision on CUDA, fp32 on CPU.")
+]
+Device = Annotated[Literal["auto", "cpu", "cuda"], Field(description="'auto' uses CUDA when available.")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed for weight init, shuffling, dropout (and pretraining's masks).")]
+Deterministic = Annotated[bool, Field(description="Deterministic cuDNN kernels (slower, reproducible).")]
+DataloaderWorkers = Annotated[int, NO_EFFECT_ON_WEIGHTS, Field(ge=0, le=64, description="DataLoader worker processes.")]
+SaveTotalLimit = Annotated[int, Field(ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")]
+Tensorboard = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description="Write TensorBoard logs (needs the 'tensorboard' extra).")]
 
 
 class DataConfig(_Section):
@@ -111,21 +154,9 @@ class DataConfig(_Section):
         False,
         description="Keep every 10th clip of each class (the notebook's b_just_test) for a dry run.",
     )
-    skip_bad_files: bool = Field(
-        False,
-        description="Skip unreadable or invalid clips (logged and counted) instead of stopping.",
-    )
-    fingerprint: Annotated[Literal["stat", "content"], NO_EFFECT_ON_WEIGHTS] = Field(
-        "stat",
-        description=(
-            "How the folder scan notices changed clips: 'stat' compares each clip's size and mtime (cheap), "
-            "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset)."
-        ),
-    )
-    cache_dir: Location = Field(
-        Path(".astft-cache"),
-        description="Where folder scans, Arrow feature caches and stripped encoders are kept.",
-    )
+    skip_bad_files: SkipBadFiles = False
+    fingerprint: ScanFingerprint = "stat"
+    cache_dir: CacheDir = Path(".astft-cache")
 
 
 class FeatureConfig(_Section):
@@ -241,7 +272,7 @@ class AugmentationConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    epochs: int = Field(50, ge=1, le=100_000, description="Number of training epochs.")
+    epochs: Epochs = 50
     batch_size: int = Field(
         8, ge=1, le=65_536, description="Per-device eval batch size, and train batch size unless batch_sizes is set."
     )
@@ -253,30 +284,23 @@ class TrainingConfig(_Section):
             "epochs past the end of the list repeat its last entry. null: batch_size every epoch."
         ),
     )
-    learning_rate: float = Field(5e-5, gt=0, le=1, description="Peak learning rate (cosine schedule).")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    warmup_steps: float = Field(
-        3, ge=0, description="Warmup optimizer steps; a value below 1 is a fraction of all steps."
-    )
-    gradient_accumulation_steps: int = Field(4, ge=1, le=4096, description="Batches per optimizer step.")
+    learning_rate: LearningRate = 5e-5
+    weight_decay: WeightDecay = 0.0
+    warmup_steps: WarmupSteps = 3
+    gradient_accumulation_steps: GradientAccumulation = 4
     metric_for_best_model: MetricName = Field(
         "accuracy", description="Validation metric that picks the best epoch ('loss' is minimised)."
     )
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto",
-        description="'auto': bf16 (or fp16) mixed precision on CUDA, fp32 on CPU.",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for head init, shuffling and dropout.")
-    deterministic: bool = Field(True, description="Deterministic cuDNN kernels (slower, reproducible).")
-    dataloader_num_workers: Annotated[int, NO_EFFECT_ON_WEIGHTS] = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    precision: Precision = "auto"
+    device: Device = "auto"
+    seed: Seed = 42
+    deterministic: Deterministic = True
+    dataloader_num_workers: DataloaderWorkers = 0
     num_processes: int = Field(
         1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
     )
-    save_total_limit: int = Field(2, ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")
-    tensorboard: Annotated[bool, NO_EFFECT_ON_WEIGHTS] = Field(
-        False, description="Write TensorBoard logs (needs the 'tensorboard' extra)."
-    )
+    save_total_limit: SaveTotalLimit = 2
+    tensorboard: Tensorboard = False
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     trunk_cache: bool = Field(
         True,
@@ -287,7 +311,7 @@ class TrainingConfig(_Section):
     )
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(_RunConfig):
     name: MemberName = Field(
         description="Member name (the notebook's postfix): published to OUTPUT_DIR/best/NAME/.",
     )
@@ -304,12 +328,6 @@ class FinetuneConfig(_Section):
     def member_work_dir(self) -> Path:
         return self.work_dir if self.work_dir is not None else self.output_dir / "runs" / self.name
 
-    def fingerprint(self) -> str:
-        """Hash of the settings that can change the trained weights (every field but LOCATION and NO_EFFECT_ON_WEIGHTS)."""
-        payload = self.model_dump(mode="json")
-        for *sections, name in _tagged(type(self), LOCATION, NO_EFFECT_ON_WEIGHTS):
-            del reduce(getitem, sections, payload)[name]
-        return digest(payload, 16)
 
 
 class MemberVariant(Freezing):
@@ -441,6 +459,132 @@ class EnsembleConfig(_Section):
         if all(variant.weight is None for variant in variants):
             return None
         return {variant.name: 1.0 if variant.weight is None else variant.weight for variant in variants}
+
+
+# SSAST (Gong et al., AAAI 2022) masks 400 of the 512 16x16 patches of a 1024-frame, 128-bin input.
+SSAST_MASK_RATIO = 400 / 512
+
+
+class PretrainDataConfig(_Section):
+    data_dirs: Annotated[list[Path], LOCATION] = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "Folders of .wav clips to pretrain on, searched at any depth; labels and subfolder names are ignored "
+            "(the train folder of a labelled set works too)."
+        ),
+    )
+    validation_dir: OptionalLocation = Field(
+        None,
+        description=(
+            "Held-out clips (any depth) that score the masked-patch accuracy after each epoch, never trained on. "
+            "Unset: holdout_fraction of the clips of data_dirs is held out instead."
+        ),
+    )
+    holdout_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description=(
+            "Without validation_dir: the share of clips held out for the masked-patch accuracy, chosen by a hash "
+            "of each clip's path (a clip keeps its side when others are added)."
+        ),
+    )
+    skip_bad_files: SkipBadFiles = False
+    fingerprint: ScanFingerprint = "stat"
+    cache_dir: CacheDir = Path(".astft-cache")
+
+
+class PretrainModelConfig(_Section):
+    """The encoder to pretrain: an AST architecture, its strides set to the patch size (16x16 patches, no overlap)."""
+
+    base_config: OptionalLocation = Field(
+        None,
+        description=(
+            "AST config.json to take the architecture from (hidden size, layers, heads, mel bins, patch size); "
+            "unset: the bundled AST-base (MIT/ast-finetuned-audioset-10-10-0.4593). The fields below override it."
+        ),
+    )
+    hidden_size: int | None = Field(None, ge=8, le=8192, description="Override the token width (AST-base: 768).")
+    num_hidden_layers: int | None = Field(None, ge=1, le=128, description="Override the layer count (AST-base: 12).")
+    num_attention_heads: int | None = Field(
+        None, ge=1, le=128, description="Override the attention heads; must divide hidden_size (AST-base: 12)."
+    )
+    intermediate_size: int | None = Field(None, ge=8, le=32768, description="Override the MLP width (AST-base: 3072).")
+    num_mel_bins: int | None = Field(
+        None, ge=16, le=1024, description="Override the fbank's mel bins (AST-base: 128); fine-tuning uses the same."
+    )
+
+
+class ObjectiveConfig(_Section):
+    """SSAST's joint discriminative and generative masked patch modelling."""
+
+    mask_ratio: float = Field(
+        SSAST_MASK_RATIO,
+        gt=0,
+        lt=1,
+        description=(
+            "Share of each clip's patches that are masked, counted over the patches that hold audio (patches wholly "
+            "in the zero-padding of a short clip are never masked). Default 0.78125: SSAST's 400 of 512."
+        ),
+    )
+    masking: Literal["random", "cluster"] = Field(
+        "random",
+        description=(
+            "'random': masked patches drawn uniformly; 'cluster': SSAST's cluster masking, squares of 3x3 to 5x5 "
+            "neighbouring patches (SSAST's choice for 16x16 patches)."
+        ),
+    )
+    generative_weight: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="lambda in loss = InfoNCE + lambda * MSE (SSAST: 10); 0 trains the discriminative head alone.",
+    )
+
+
+class PretrainTrainingConfig(_Section):
+    epochs: Epochs = 10
+    batch_size: int = Field(24, ge=1, le=65_536, description="Per-device train and eval batch size (SSAST: 24).")
+    learning_rate: LearningRate = 1e-4
+    weight_decay: WeightDecay = 5e-7
+    warmup_steps: WarmupSteps = 1000
+    gradient_accumulation_steps: GradientAccumulation = 1
+    checkpoint_every_steps: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Save a Trainer checkpoint (what a killed run resumes from) every N optimizer steps; 0: at the end of "
+            "each epoch."
+        ),
+    )
+    precision: Precision = "auto"
+    device: Device = "auto"
+    seed: Seed = 42
+    deterministic: Deterministic = True
+    dataloader_num_workers: DataloaderWorkers = 0
+    save_total_limit: SaveTotalLimit = 2
+    tensorboard: Tensorboard = False
+
+
+class PretrainConfig(_RunConfig):
+    name: MemberName = Field(description="Encoder name: published to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint to fine-tune from.")
+    output_dir: Location = Field(
+        Path("ensemble"), description="Root of published encoders (OUTPUT_DIR/ssl/), beside the members' best/."
+    )
+    work_dir: OptionalLocation = Field(
+        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/ssl-runs/NAME/."
+    )
+    data: PretrainDataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: PretrainModelConfig = Field(default_factory=PretrainModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    training: PretrainTrainingConfig = Field(default_factory=PretrainTrainingConfig)
+
+    @property
+    def run_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.output_dir / "ssl-runs" / self.name
 
 
 class PredictConfig(_Section):

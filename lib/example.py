@@ -97,6 +97,25 @@ def _write_clips(split_dir: Path, classes: tuple[str, ...], count: int, rng: np.
             sf.write(str(folder / f"{class_name}_{index:03d}.wav"), clip, sample_rate_hz, subtype="PCM_16")
 
 
+def make_unlabeled_clips(
+    folder: Path,
+    count: int = 96,
+    classes: tuple[str, ...] = EXAMPLE_CLASSES,
+    seed: int = 0,
+    sample_rate_hz: int = 16000,
+    parts: int = 2,
+) -> Path:
+    """Write `count` clips of the example's kinds, in no class folder (labels unrecorded), spread over
+    folder/part-<k>/ (pretraining reads any depth), from a random stream the labelled splits never draw from."""
+    rng = np.random.default_rng([seed, 2])
+    for index in range(count):
+        part = Path(folder) / f"part-{index % parts}"
+        part.mkdir(parents=True, exist_ok=True)
+        clip = synth_clip(classes[rng.integers(len(classes))], rng, sample_rate_hz)
+        sf.write(str(part / f"clip_{index:04d}.wav"), clip, sample_rate_hz, subtype="PCM_16")
+    return Path(folder)
+
+
 # transformers 5 name -> transformers 4.x name, for writing checkpoints the way real SSL runs saved them.
 _V4_RENAMES = (
     ("layers.", "encoder.layer."),

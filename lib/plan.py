@@ -48,7 +48,6 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
     A run deletes checkpoint-* folders in its work dir (another config's, or ones interrupted while
     saving), and the SSL checkpoint is typically such a folder of the SSL run.
     """
-    work_dir = config.member_work_dir.resolve()
     protected = {
         "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
         "data.train_dir (--train-dir)": config.data.train_dir,
@@ -57,6 +56,14 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
         # published members: a link there could pass for an incomplete checkpoint-N and be removed
         "the published members, output_dir/best": config.output_dir / "best",
     }
+    check_work_dir_apart(config.member_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>")
+
+
+def check_work_dir_apart(work_dir: Path, given: bool, protected: dict[str, Path | None], default: str) -> None:
+    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is ours.
+
+    given: whether --work-dir was passed (else it is `default`, and the fix is another --output-dir)."""
+    work_dir = work_dir.resolve()
     for field, path in protected.items():
         if path is None:
             continue
@@ -69,13 +76,13 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
         )
         if relation:
             fix = (
-                "leave it unset for <output_dir>/runs/<name>" if config.work_dir is not None
-                else "the default, <output_dir>/runs/<name>, lies there: pass --output-dir or --work-dir elsewhere"
+                f"leave it unset for {default}" if given
+                else f"the default, {default}, lies there: pass --output-dir or --work-dir elsewhere"
             )
             raise ConfigError(
                 f"work_dir (--work-dir) {work_dir} {relation} {field} ({path}); a run removes checkpoint-* "
                 "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
-                f"checkpoint, the data and the published members, or {fix}"
+                f"checkpoint, the data and the published models, or {fix}"
             )
     check_work_dir(work_dir)
 
@@ -92,18 +99,15 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
         folder = getattr(config.data, field)
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
-    _check_output_folders(config)
+    check_output_folders(
+        {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
+        {f"data.{field} (--{field.replace('_', '-')})": getattr(config.data, field) for field in DATA_FOLDERS},
+    )
     check_member_destination(config.output_dir / "best" / config.name)
     check_work_dir_location(config)
     _check_clip_fills_one_window(config.features)
     encoder_config, source = _encoder_config(config.model, config.features.max_frames)
-    clip_frames = fbank_frames(config.features.sample_rate_hz, config.features.clip_seconds)
-    if clip_frames > encoder_config.max_length:
-        raise ConfigError(
-            f"features.clip_seconds={config.features.clip_seconds} makes {clip_frames} frames but "
-            f"features.max_frames is {encoder_config.max_length}, which would cut the end of every clip; "
-            f"set features.max_frames (--max-frames) to at least {clip_frames}, or shorten clip_seconds"
-        )
+    check_clip_fits(config.features, encoder_config.max_length)
     layers = encoder_config.num_hidden_layers
     if config.model.train_last_n_layers > layers:
         raise ConfigError(
@@ -149,15 +153,16 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
     )
 
 
-def check_member_destination(destination: Path) -> None:
-    """best/<name> may be replaced only if it is ours: a link to a version folder, or a member folder of an older publish."""
+def check_member_destination(destination: Path, kind: str = "member") -> None:
+    """best/<name> (ssl/<name> for an encoder) may be replaced only if it is ours: a link to a version
+    folder, or a member folder of an older publish."""
     destination = Path(destination)
     if destination.is_symlink() or not os.path.lexists(destination):
         return
     if not destination.is_dir() or not (destination / MEMBER_FILE).is_file():
         what = "a folder without member.json" if destination.is_dir() else "a file"
         raise ConfigError(
-            f"{destination} is {what}, not a member astft published: publishing member {destination.name} would "
+            f"{destination} is {what}, not a {kind} astft published: publishing {kind} {destination.name} would "
             "replace it. Move it away, or choose another name (--name) or --output-dir"
         )
 
@@ -200,18 +205,16 @@ def _check_checkpoint(checkpoint: Path) -> None:
         )
 
 
-def _check_output_folders(config: FinetuneConfig) -> None:
-    """output_dir and cache_dir must be (or become) folders, outside what the folder scan reads."""
-    outputs = {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir}
+def check_output_folders(outputs: dict[str, Path], data_folders: dict[str, Path | None]) -> None:
+    """The output folders (label -> path) must be (or become) folders, outside what the folder scan reads."""
     for label, path in outputs.items():
         _check_can_be_folder(label, path)
-        for split in DATA_FOLDERS:
-            data_dir = getattr(config.data, split)
+        for data_label, data_dir in data_folders.items():
             if data_dir is not None and _seen_by_scan(path, data_dir):
                 raise ConfigError(
-                    f"{label} {path} is inside data.{split} (--{split.replace('_', '-')}) {data_dir}: the next scan "
-                    "would take the folders written there (best/, runs/, features/) for class folders; "
-                    "choose a folder outside the train, validation and test folders"
+                    f"{label} {path} is inside {data_label} {data_dir}: the next scan would take the folders "
+                    "written there (best/, runs/, features/) for clips or class folders; choose a folder outside "
+                    "the data folders"
                 )
 
 
@@ -233,6 +236,18 @@ def _seen_by_scan(path: Path, data_dir: Path) -> bool:
     if not path.is_relative_to(data_dir):
         return False
     return not any(part.startswith(".") for part in path.relative_to(data_dir).parts)
+
+
+def check_clip_fits(features: FeatureConfig, max_frames: int) -> None:
+    """A clip makes at least one fbank frame, and no more than max_frames (the encoder's input length)."""
+    _check_clip_fills_one_window(features)
+    clip_frames = fbank_frames(features.sample_rate_hz, features.clip_seconds)
+    if clip_frames > max_frames:
+        raise ConfigError(
+            f"features.clip_seconds={features.clip_seconds} makes {clip_frames} frames but "
+            f"features.max_frames is {max_frames}, which would cut the end of every clip; "
+            f"set features.max_frames (--max-frames) to at least {clip_frames}, or shorten clip_seconds"
+        )
 
 
 def _check_clip_fills_one_window(features: FeatureConfig) -> None:

@@ -120,13 +120,17 @@ def publish_member(
     name: str,
     sources: dict[str, Path],
     json_files: dict[str, object],
+    kind: str = "member",
 ) -> Path:
-    """Copy `sources` (folders are merged in, files copied) plus `json_files` into best_root/name."""
+    """Copy `sources` (folders are merged in, files copied) plus `json_files` into best_root/name.
+
+    kind names what is published ("member", or "encoder" under ssl/) in the refusal to replace a folder."""
     best_root = Path(best_root)
     best_root.mkdir(parents=True, exist_ok=True)
     destination = best_root / name
     recover_member(destination)
-    check_member_destination(destination)  # also in plan_run; re-checked: the folder may have appeared since
+    # also in plan_run / plan_pretrain; re-checked: the folder may have appeared since
+    check_member_destination(destination, kind)
 
     version = best_root / owned_name(f".{name}.v-")
     try:
@@ -215,11 +219,16 @@ def member_manifest(
             "encoder": encoder.report.model_dump(),
             "training": outcome.model_dump(exclude={"parameters"}),
             "run_fingerprint": plan.fingerprint,
-            "trained_by": {
-                "host": socket.gethostname(),
-                # set by Prefect workers for the flow runs they start; None for local runs
-                "worker": os.environ.get("PREFECT__WORKER_NAME"),
-                "flow_run_id": flow_run_id,
-            },
+            "trained_by": trained_by(flow_run_id),
         },
+    }
+
+
+def trained_by(flow_run_id: str | None) -> dict[str, str | None]:
+    """Where a published model was trained: host, Prefect worker and flow run."""
+    return {
+        "host": socket.gethostname(),
+        # set by Prefect workers for the flow runs they start; None for local runs
+        "worker": os.environ.get("PREFECT__WORKER_NAME"),
+        "flow_run_id": flow_run_id,
     }

@@ -164,6 +164,14 @@ def _list_class(folder: str, ignored: dict[str, int], dataset_roots: tuple[Path,
     return sorted(clips)
 
 
+def _ignored_counts() -> dict[str, int]:
+    """What a listing passes over, by reason (reported with the scan)."""
+    return {
+        "hidden": 0, "non_audio": 0, "outside_class_folder": 0, "not_a_regular_file": 0,
+        "folder_already_scanned": 0, "unreadable_folder": 0, "folder_link_into_the_dataset": 0,
+    }
+
+
 def list_split(
     split_dir: Path, split: str, dataset_roots: tuple[Path, ...] = ()
 ) -> tuple[dict[str, list[Path]], dict[str, int]]:
@@ -173,10 +181,7 @@ def list_split(
             f"{split} folder {split_dir} does not exist or is not a folder; "
             f"pass --{split.replace('_', '-')}-dir pointing at a folder of <class>/*.wav subfolders"
         )
-    ignored = {
-        "hidden": 0, "non_audio": 0, "outside_class_folder": 0, "not_a_regular_file": 0,
-        "folder_already_scanned": 0, "unreadable_folder": 0, "folder_link_into_the_dataset": 0,
-    }
+    ignored = _ignored_counts()
     classes: dict[str, list[Path]] = {}
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if _is_hidden(entry.name):
@@ -377,26 +382,8 @@ def scan_dataset(
     for split in roots:
         clips[split] = []
         for class_name, paths in listing[split].items():
-            if quick_subsample:
-                paths = paths[::SUBSAMPLE_EVERY]
-            for path in paths:
-                info, reason = _probe(path)
-                if info is None:
-                    bad.append(BadFile(path=display_path(path), reason=reason))
-                    continue
-                clips[split].append(
-                    Clip(
-                        path=str(path),
-                        label=label2id[class_name],
-                        sample_rate_hz=info.samplerate,
-                        num_samples=info.frames,
-                        channels=info.channels,
-                    )
-                )
-    if bad and not skip_bad_files:
-        raise ScanError(format_bad_files({item.path: item.reason for item in bad}))
-    for item in bad:
-        logger.warning("skipping %s: %s", item.path, item.reason)
+            clips[split] += _probe_clips(paths[::SUBSAMPLE_EVERY] if quick_subsample else paths, label2id[class_name], bad)
+    _stop_or_skip(bad, skip_bad_files)
     for split in roots:
         if not clips[split]:
             raise ScanError(f"{split} split has no usable clips after skipping {len(bad)} bad files")
@@ -412,6 +399,129 @@ def scan_dataset(
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
         fingerprint=digest(f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64),
         ignored={key: count for key, count in ignored_total.items() if count},
+        skipped=bad,
+    )
+
+
+def _probe_clips(paths: list[Path], label: int, bad: list[BadFile]) -> list[Clip]:
+    """A Clip (header facts) per usable path; the others go to `bad` with the reason."""
+    clips = []
+    for path in paths:
+        info, reason = _probe(path)
+        if info is None:
+            bad.append(BadFile(path=display_path(path), reason=reason))
+            continue
+        clips.append(
+            Clip(
+                path=str(path), label=label, sample_rate_hz=info.samplerate, num_samples=info.frames,
+                channels=info.channels,
+            )
+        )
+    return clips
+
+
+def _stop_or_skip(bad: list[BadFile], skip_bad_files: bool) -> None:
+    """One error naming every bad file, or (skip_bad_files) one warning line per skipped file."""
+    if bad and not skip_bad_files:
+        raise ScanError(format_bad_files({item.path: item.reason for item in bad}))
+    for item in bad:
+        logger.warning("skipping %s: %s", item.path, item.reason)
+
+
+# Pretraining: folders of clips whose labels are ignored. The same listing, probe and bad-file rules as
+# scan_dataset, handed on as a Manifest with one pseudo-class, so the feature cache takes it unchanged.
+UNLABELED_CLASS = "unlabeled"
+
+
+def unlabeled_roots(data_dirs: list[Path], validation_dir: Path | None = None) -> dict[str, Path]:
+    """Flag-style name -> folder: data_dirs[i] for each pretraining folder, validation_dir if given."""
+    roots = {f"--data-dir {index + 1} (data.data_dirs[{index}])": Path(folder) for index, folder in enumerate(data_dirs)}
+    return roots | ({"--validation-dir (data.validation_dir)": Path(validation_dir)} if validation_dir is not None else {})
+
+
+def list_unlabeled(roots: dict[str, Path]) -> tuple[dict[str, list[Path]], dict[str, int]]:
+    """Every clip under each root, at any depth; the roots must exist and be apart (none inside another)."""
+    for name, root in roots.items():
+        if not root.is_dir():
+            raise ScanError(
+                f"{name} {root} does not exist or is not a folder; pass a folder of .wav clips (searched at any depth)"
+            )
+    for (first, first_root), (second, second_root) in combinations(roots.items(), 2):
+        outer, inner = sorted((first_root.resolve(), second_root.resolve()), key=lambda path: len(path.parts))
+        if inner.is_relative_to(outer):
+            raise ScanError(
+                f"{first} {first_root} and {second} {second_root} overlap ({inner} lies in {outer}): its clips would "
+                "be listed twice, or held out and trained on at once; pass folders apart from each other"
+            )
+    ignored = _ignored_counts()
+    listing = {name: _list_class(str(root), ignored, tuple(roots.values())) for name, root in roots.items()}
+    return listing, {key: count for key, count in ignored.items() if count}
+
+
+def fingerprint_unlabeled(roots: dict[str, Path], mode: FingerprintMode = "stat") -> str:
+    """fingerprint_listing of each root (path relative to it, size, mtime[, content hash] per clip), combined."""
+    listing, _ = list_unlabeled(roots)
+    return _unlabeled_fingerprint(listing, roots, mode)
+
+
+def _unlabeled_fingerprint(listing: dict[str, list[Path]], roots: dict[str, Path], mode: FingerprintMode) -> str:
+    parts = [
+        f"{name}\0{fingerprint_listing({'train': {UNLABELED_CLASS: paths}}, {'train': roots[name]}, mode)}"
+        for name, paths in listing.items()
+    ]
+    return digest("\n".join(parts), 64)
+
+
+def held_out(relative_path: str, fraction: float) -> bool:
+    """Whether a clip is held out: a hash of its path (relative to its folder) below `fraction`, so the split
+    is the same on every machine and a clip keeps its side when clips are added or the dataset moves."""
+    return int(digest(relative_path, 12), 16) < fraction * 16**12
+
+
+def scan_unlabeled(
+    data_dirs: list[Path],
+    validation_dir: Path | None = None,
+    holdout_fraction: float = 0.1,
+    skip_bad_files: bool = False,
+    fingerprint: FingerprintMode = "stat",
+) -> Manifest:
+    """Every clip under data_dirs (any depth) -> train, with validation_dir's clips, or a held-out share of
+    data_dirs', as validation; one pseudo-class (labels are ignored). Bad files as in scan_dataset."""
+    roots = unlabeled_roots(data_dirs, validation_dir)
+    listing, ignored = list_unlabeled(roots)
+    for name, paths in listing.items():
+        if not paths:
+            raise ScanError(f"{name} {roots[name]} holds no .wav clips (searched at any depth)")
+    bad: list[BadFile] = []
+    clips = {name: _probe_clips(paths, 0, bad) for name, paths in listing.items()}
+    _stop_or_skip(bad, skip_bad_files)
+    validation_name = next((name for name in roots if name.startswith("--validation-dir")), None)
+    train, validation = [], clips.pop(validation_name) if validation_name else []
+    for name, found in clips.items():
+        for clip in found:
+            relative = Path(clip.path).relative_to(roots[name]).as_posix()
+            (validation if validation_name is None and held_out(relative, holdout_fraction) else train).append(clip)
+    if validation_name is None and not validation and len(train) > 1:
+        validation.append(train.pop())  # too few clips for the fraction to pick one: hold out the last
+    for split, found in (("train", train), ("validation", validation)):
+        if not found:
+            raise ScanError(
+                f"no usable {split} clips for pretraining ({len(bad)} bad files skipped); "
+                + ("add clips to the data folders" if split == "train" else "add clips, or pass --validation-dir")
+            )
+    listing_fingerprint = _unlabeled_fingerprint(listing, roots, fingerprint)
+    return Manifest(
+        train_dir=str(roots[next(iter(roots))]),
+        validation_dir=str(roots[validation_name]) if validation_name else str(roots[next(iter(roots))]),
+        label_names=[UNLABELED_CLASS],
+        train=train,
+        validation=validation,
+        fingerprint=digest(
+            f"{listing_fingerprint}|holdout={None if validation_name else holdout_fraction}|"
+            f"skipped={sorted(b.path for b in bad)}",
+            64,
+        ),
+        ignored=ignored,
         skipped=bad,
     )
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from lib.augment import augmenting_trainer
-from lib.config import ConfigError, TrainingConfig
+from lib.config import ConfigError, PretrainTrainingConfig, TrainingConfig
 from lib.guards import NonFiniteLossCallback
 from lib.metrics import compute_metrics
 from lib.runtime import Runtime
@@ -190,27 +190,33 @@ class EpochRecord(BaseModel):
     train_loss: float | None
     metrics: dict[str, float]  # validation metrics, without the eval_ prefix
     seconds: float  # wall time of the epoch, its validation included
+    train_metrics: dict[str, float] = {}  # more training figures the Trainer logged with the loss (pretraining's)
 
     def line(self) -> str:
         parts = [f"epoch {self.epoch}/{self.epochs}", f"batch_size {self.batch_size}", f"step {self.step}"]
         if self.train_loss is not None:
             parts.append(f"train_loss {self.train_loss:.4f}")
+        parts += [f"train_{key} {value:.4f}" for key, value in self.train_metrics.items()]
         parts += [f"{key} {value:.4f}" for key, value in self.metrics.items()]
         parts.append(f"seconds {self.seconds:.1f}")
         return "  ".join(parts)
 
 
 class EpochLogCallback(TrainerCallback):
-    """Per epoch, on rank 0: a line in train_log<name>.txt, an EpochRecord in epochs.jsonl, and on_epoch(record)."""
+    """Per epoch, on rank 0: a line in train_log<name>.txt, an EpochRecord in epochs.jsonl, and on_epoch(record).
+
+    train_keys: figures besides the loss that the Trainer logs with it, copied into the record.
+    """
 
     def __init__(
         self, path: Path, total_epochs: int, records: Path | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None, train_keys: Sequence[str] = (),
     ):
         self.path = Path(path)
         self.records = Path(records) if records else self.path.parent / EPOCHS_FILE
         self.total_epochs = total_epochs
         self.on_epoch = on_epoch
+        self.train_keys = tuple(train_keys)
         self.started = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -225,13 +231,14 @@ class EpochLogCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        train_losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        train_logs = [entry for entry in state.log_history if "loss" in entry]
         record = EpochRecord(
             epoch=round(state.epoch or 0),
             epochs=self.total_epochs,
             batch_size=state.train_batch_size or args.per_device_train_batch_size,
             step=state.global_step,
-            train_loss=train_losses[-1] if train_losses else None,
+            train_loss=train_logs[-1]["loss"] if train_logs else None,
+            train_metrics={key: train_logs[-1][key] for key in self.train_keys if train_logs and key in train_logs[-1]},
             metrics={
                 key[5:]: value for key, value in sorted((metrics or {}).items())
                 if key.startswith("eval_") and isinstance(value, (int, float))
@@ -276,32 +283,66 @@ class TrainResult(BaseModel):
 
 def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
     metric = config.metric_for_best_model
-    return TrainingArguments(
-        output_dir=str(work_dir),
-        eval_strategy="epoch",
+    return trainer_arguments(
+        config,
+        work_dir,
+        runtime,
         save_strategy="epoch",
-        logging_strategy="epoch",
-        save_total_limit=config.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=metric != "loss",
-        num_train_epochs=config.epochs,
         per_device_train_batch_size=epoch_batch_sizes(config)[0],  # later epochs: EpochBatchSizeTrainer
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_steps,
-        fp16=runtime.fp16,
-        bf16=runtime.bf16,
-        use_cpu=runtime.device == "cpu",
-        seed=config.seed,
-        dataloader_num_workers=config.dataloader_num_workers,
-        report_to="none",  # TensorBoard is added explicitly below, with its own log dir
-        logging_nan_inf_filter=False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
-        disable_tqdm=False,
     )
+
+
+def trainer_arguments(
+    config: TrainingConfig | PretrainTrainingConfig, work_dir: Path, runtime: Runtime, **overrides
+) -> TrainingArguments:
+    """What every run here shares (fine-tuning and pretraining): per-epoch evaluation and logging, cosine LR
+    with warmup, the runtime's device and precision, no NaN filtering; `overrides` add or replace arguments."""
+    return TrainingArguments(**{
+        "output_dir": str(work_dir),
+        "eval_strategy": "epoch",
+        "logging_strategy": "epoch",
+        "save_total_limit": config.save_total_limit,
+        "num_train_epochs": config.epochs,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": config.warmup_steps,
+        "fp16": runtime.fp16,
+        "bf16": runtime.bf16,
+        "use_cpu": runtime.device == "cpu",
+        "seed": config.seed,
+        "dataloader_num_workers": config.dataloader_num_workers,
+        "report_to": "none",  # TensorBoard is added explicitly (run_callbacks), with its own log dir
+        "logging_nan_inf_filter": False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
+        "disable_tqdm": False,
+        **overrides,
+    })
+
+
+def run_callbacks(
+    config: TrainingConfig | PretrainTrainingConfig,
+    work_dir: Path,
+    train_log: Path,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+    train_keys: Sequence[str] = (),
+) -> list[TrainerCallback]:
+    """The callbacks of every run: the NaN guard, the per-epoch log (train log, epochs file, on_epoch),
+    extra_callbacks, and TensorBoard when asked for."""
+    callbacks: list[TrainerCallback] = [
+        NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
+        EpochLogCallback(train_log, config.epochs, Path(work_dir) / EPOCHS_FILE, on_epoch, train_keys),
+        *extra_callbacks,
+    ]
+    if config.tensorboard:
+        callbacks.append(_tensorboard_callback(Path(work_dir)))
+    return callbacks
 
 
 def _summary_writer_class() -> type:
@@ -450,13 +491,7 @@ def train_classifier(
     resume_from = prepare_work_dir(work_dir, run_fingerprint)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    callbacks: list[TrainerCallback] = [
-        NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
-        EpochLogCallback(train_log, config.epochs, work_dir / EPOCHS_FILE, on_epoch),
-        *extra_callbacks,
-    ]
-    if config.tensorboard:
-        callbacks.append(_tensorboard_callback(work_dir))
+    callbacks = run_callbacks(config, work_dir, train_log, on_epoch, extra_callbacks)
     # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also
     # covers torchrun/DDP, which the schedule does not.
     schedule = {"epoch_batch_sizes": epoch_batch_sizes(config)} if config.batch_sizes else {}

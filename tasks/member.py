@@ -38,11 +38,13 @@ def artifact_key(kind: str, name: str) -> str:
 
 
 class EpochReporter:
-    """Shows a training member in the Prefect UI: a log line per epoch, its percent done (progress
-    artifact) and a table artifact of its epochs so far, updated in place."""
+    """Shows a training member (or a pretraining encoder: kind="encoder") in the Prefect UI: a log line per
+    epoch, its percent done (progress artifact) and a table artifact of its epochs so far, updated in place."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, kind: str = "member"):
+        self.name, self.kind = name, kind
+        # an encoder's artifacts are keyed apart from a member's of the same name
+        self.key_name = name if kind == "member" else f"{kind}-{name}"
         self.logger = get_run_logger()
         self.rows: list[dict] = []
         self.progress: UUID | None = None
@@ -50,10 +52,11 @@ class EpochReporter:
         self._show(0.0)
 
     def __call__(self, record: EpochRecord) -> None:
-        self.logger.info("member %s: %s", self.name, record.line())
+        self.logger.info("%s %s: %s", self.kind, self.name, record.line())
         self.rows.append({
             "epoch": record.epoch, "batch_size": record.batch_size, "step": record.step,
             "train_loss": None if record.train_loss is None else round(record.train_loss, 4),
+            **{f"train_{key}": round(value, 4) for key, value in record.train_metrics.items()},
             **{f"validation_{key}": round(value, 4) for key, value in record.metrics.items()},
             "seconds": round(record.seconds, 1),
         })
@@ -63,21 +66,22 @@ class EpochReporter:
         try:  # the UI is a view: an API hiccup must not end hours of training
             if self.progress is None:
                 self.progress = create_progress_artifact(
-                    percent, key=artifact_key("progress", self.name), description=f"Epochs of member {self.name} done"
+                    percent, key=artifact_key("progress", self.key_name),
+                    description=f"Epochs of {self.kind} {self.name} done",
                 )
             else:
                 update_progress_artifact(self.progress, percent)
             if self.rows and self.table is None:
                 self.table = create_table_artifact(
-                    self.rows, key=artifact_key("epochs", self.name),
-                    description=f"Epochs of member {self.name} so far (validation metrics after each)",
+                    self.rows, key=artifact_key("epochs", self.key_name),
+                    description=f"Epochs of {self.kind} {self.name} so far (validation metrics after each)",
                 )
             elif self.rows:
                 get_client(sync_client=True).update_artifact(
                     self.table, ArtifactUpdate(data=TableArtifact(table=self.rows).format(_sync=True))
                 )
         except HTTPError as error:
-            self.logger.warning("could not update the progress artifacts of member %s: %s", self.name, error)
+            self.logger.warning("could not update the progress artifacts of %s %s: %s", self.kind, self.name, error)
 
 
 def member_markdown(plan: RunPlan, published: Path, outcome: TrainOutcome, evaluation: EvalResult) -> str:
@@ -140,7 +144,8 @@ def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutc
     return result
 
 
-def _retry_on_io_error(task, task_run, state) -> bool:
+def retry_on_io_error(task, task_run, state) -> bool:
+    """Retry a publish only on an I/O error (a full disk, a network share): anything else is not transient."""
     try:
         state.result()
     except OSError:
@@ -150,7 +155,7 @@ def _retry_on_io_error(task, task_run, state) -> bool:
     return False
 
 
-@task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_io_error)
+@task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
 def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult) -> str:
     """Copy model, reports, plots and run config to <output>/best/<name>/ atomically; show them in the UI."""
     destination = publish_trained_member(

@@ -82,3 +82,20 @@ def test_scale_benchmark_runs_every_stage_and_counts_every_clip(tmp_path, capsys
     assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 100 and row["anon_mb"] > 0 for row in rows)
     assert rows[1]["disk_mb"] == rows[2]["disk_mb"] > 0  # the hit reads the cache the build wrote
     assert "time x" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # pretrains and fine-tunes four tiny members
+def test_pretrain_benchmark_compares_the_same_fine_tuning_from_a_random_and_a_pretrained_encoder(capsys):
+    from benchmarks.bench_pretrain import main
+
+    figures = main(["--unlabeled", "24", "--pretrain-epochs", "2", "--train-per-class", "2", "--eval-per-class", "2",
+                    "--finetune-epochs", "1", "--seeds", "3"])
+    assert [epoch["epoch"] for epoch in figures["curve"]] == [1, 2]
+    assert all(0 <= epoch["validation"]["accuracy"] <= 1 for epoch in figures["curve"])
+    assert figures["masked_per_clip"] == 44  # 1 s clips: 56 of the 64 patches hold audio, 0.78125 of them masked
+    assert [(run["start"], run["variant"], run["seed"]) for run in figures["runs"]] == [
+        ("random", "linear probe", 3), ("random", "full fine-tune", 3),
+        ("pretrained", "linear probe", 3), ("pretrained", "full fine-tune", 3)]
+    assert all(0 <= run["test_accuracy"] <= 1 for run in figures["runs"])
+    printed = capsys.readouterr().out
+    assert "masked-patch accuracy" in printed and "pretrained   full fine-tune" in printed

@@ -114,13 +114,13 @@ def sample_argv(flag, action):
         choice = action.metavar.split("|")[0].strip("{}").split(",")[-1]
         return [flag, choice], choice
     samples = {"N": ("3", 3), "X": ("0.5", 0.5), "TEXT": ("abc", "abc"), "PATH": ("some/dir", "some/dir"),
-               "N,...": ("8,16", [8, 16]), "YAML": ("[{name: a}]", [{"name": "a"}])}
+               "N,...": ("8,16", [8, 16]), "PATH,...": ("a,b/c", ["a", "b/c"]), "YAML": ("[{name: a}]", [{"name": "a"}])}
     assert set(samples) >= {value.metavar for value in SCALARS.values()}
     text, value = samples[action.metavar.removesuffix("|null")]
     return [flag, text], value
 
 
-CONFIGS = {"finetune": "FinetuneConfig", "ensemble": "EnsembleConfig", "predict": "PredictConfig"}
+CONFIGS = {"finetune": "FinetuneConfig", "ensemble": "EnsembleConfig", "pretrain": "PretrainConfig", "predict": "PredictConfig"}
 
 
 @pytest.mark.parametrize("command", CONFIGS)
@@ -264,22 +264,60 @@ def test_help_is_grouped_by_section_and_imports_no_torch():
     assert "--[no-]data.skip-bad-files, --[no-]skip-bad-files" in help_text
 
 
-def test_demo_takes_set_overrides(tmp_path, capsys, monkeypatch):
+def test_demo_takes_set_overrides_and_fine_tunes_from_what_it_pretrains(tmp_path, capsys, monkeypatch):
     import flows.finetune
+    import flows.pretrain
+    from lib.example import make_ssl_checkpoint
 
     seen = {}
+
+    def pretrain_stand_in(config):  # writes the checkpoint where the real flow publishes it
+        seen["pretrain"] = config
+        published = config.output_dir / "ssl" / config.name
+        make_ssl_checkpoint(published)
+        return {"published": str(published), "epochs": 1, "train": {}, "validation": {}}
 
     def stop_before_training(config):
         seen["config"] = config
         raise RuntimeError("stopped before training")
 
+    monkeypatch.setattr(flows.pretrain, "pretrain", pretrain_stand_in)
     monkeypatch.setattr(flows.finetune, "finetune", stop_before_training)
     code = main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=2"])
     assert code == 2 and "training.augmentation.mixup_probability" in capsys.readouterr().err
+    assert "pretrain" not in seen  # a bad value stops the demo before anything runs
     with pytest.raises(RuntimeError, match="stopped before training"):
         main(["demo", "--dir", str(tmp_path), "--epochs", "2", "--set", "training.augmentation.mixup_probability=0.5"])
     assert seen["config"].training.epochs == 2 and seen["config"].training.augmentation.mixup_probability == 0.5
     assert seen["config"].training.learning_rate == 1e-3  # the demo's own settings stay
+    # pretrained on the train clips and the unlabeled ones, fine-tuned from the encoder it published
+    pretrain = seen["pretrain"]
+    assert pretrain.data.data_dirs == [tmp_path / "data" / "train", tmp_path / "unlabeled"]
+    assert pretrain.data.validation_dir == tmp_path / "data" / "validation"
+    assert seen["config"].model.ssl_checkpoint == tmp_path / "ensemble" / "ssl" / "demo-ssl"
+    assert len(list((tmp_path / "unlabeled").rglob("*.wav"))) == 96
+
+
+def test_pretrain_flags_build_the_config(tmp_path, monkeypatch, capsys):
+    import flows.pretrain
+    from lib.config import PretrainConfig
+
+    seen = {}
+    monkeypatch.setattr(flows.pretrain, "pretrain", lambda config: seen.setdefault("config", config))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    arguments = ["pretrain", "--data-dir", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--name", "ssl1", "--epochs", "3",
+                 "--masking", "cluster", "--checkpoint-every-steps", "50", "--set", "model.hidden_size=64",
+                 "--output-dir", str(tmp_path / "out")]
+    args = build_parser().parse_args(arguments)
+    config = PretrainConfig.model_validate(overrides_from_args(args))
+    assert config.data.data_dirs == [tmp_path / "a", tmp_path / "b"] and config.name == "ssl1"
+    assert (config.training.epochs, config.objective.masking, config.training.checkpoint_every_steps) == (3, "cluster", 50)
+    assert config.model.hidden_size == 64 and config.objective.mask_ratio == 400 / 512
+    # a bad plan is one line before any flow runs: 5 heads do not divide 64
+    code = main([*arguments, "--set", "model.num_attention_heads=5"])
+    assert code == 2 and "config" not in seen
+    assert "model.num_attention_heads=5 does not divide model.hidden_size=64" in capsys.readouterr().err
 
 
 def test_demo_ensemble_trains_four_variants_with_a_test_folder(tmp_path):

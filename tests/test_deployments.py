@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig
+from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_CLASSES = {
     "flows/finetune.py:finetune": FinetuneConfig,
     "flows/ensemble.py:ensemble": EnsembleConfig,
     "flows/predict.py:predict": PredictConfig,
+    "flows/pretrain.py:pretrain": PretrainConfig,
 }
 
 
@@ -59,3 +60,22 @@ def test_flow_parameter_schema_renders_a_typed_form():
     assert properties["seeds"]["type"] == "array"
     assert ensemble_schema["definitions"]["MemberVariant"]["properties"]["weight"].get("default") is None
     assert "test_dir" in ensemble_schema["definitions"]["DataConfig"]["properties"]
+
+
+def test_pretrain_form_is_typed_and_the_demo_deployments_fine_tune_from_what_it_publishes():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pretrain import pretrain
+
+    schema = parameter_schema(pretrain).model_dump_for_openapi()["definitions"]
+    data = schema["PretrainDataConfig"]["properties"]
+    assert data["data_dirs"]["type"] == "array" and data["data_dirs"]["minItems"] == 1
+    assert data["holdout_fraction"]["maximum"] == 0.5 and "Allowed: above 0, at most 0.5." in data["holdout_fraction"]["description"]
+    objective = schema["ObjectiveConfig"]["properties"]
+    assert objective["masking"]["enum"] == ["random", "cluster"] and objective["mask_ratio"]["default"] == 400 / 512
+    assert objective["generative_weight"]["default"] == 10
+    assert schema["PretrainTrainingConfig"]["properties"]["checkpoint_every_steps"]["minimum"] == 0
+    by_name = {d["name"]: d for d in deployments()}
+    config = PretrainConfig.model_validate(by_name["pretrain"]["parameters"]["config"])
+    published = config.output_dir / "ssl" / config.name
+    assert Path(by_name["member"]["parameters"]["config"]["model"]["ssl_checkpoint"]) == published

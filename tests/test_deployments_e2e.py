@@ -96,7 +96,8 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
     deployed = run(
         [PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], env
     )
-    for name in ("astft-finetune/member", "astft-ensemble/ensemble-scale-out", "astft-predict/predict"):
+    for name in ("astft-finetune/member", "astft-ensemble/ensemble-scale-out", "astft-predict/predict",
+                 "astft-pretrain/pretrain"):
         assert name in deployed.stdout, deployed.stdout[-2000:]
     for worker in ("worker-a", "worker-b"):
         processes.append(subprocess.Popen(

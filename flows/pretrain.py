@@ -1,0 +1,41 @@
+"""Flow: pretrain an AST encoder on unlabeled clips (SSAST masked patches) and publish it as an SSL checkpoint."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from lib.config import PretrainConfig
+from lib.pretrain import plan_pretrain
+from tasks.data import build_features
+from tasks.pretrain import pretrain as pretrain_task
+from tasks.pretrain import publish, scan_unlabeled_folders
+
+
+@flow(name="astft-pretrain", log_prints=True)
+def pretrain(config: PretrainConfig) -> dict:
+    """Pretrain an AST encoder on folders of unlabeled clips and publish it to <output_dir>/ssl/<name>/."""
+    # validate: fail before any work on anything checkable up front
+    plan = plan_pretrain(config)
+    # data: folder scan (labels ignored) -> Arrow features, as fine-tuning computes them
+    data = plan.config.data
+    manifest = scan_unlabeled_folders(data)
+    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files)
+    # train -> publish (the SSL checkpoint layout that --ssl-checkpoint loads)
+    outcome = pretrain_task(plan, manifest, features)
+    published = publish(plan, features, outcome)
+    last = outcome.epochs[-1] if outcome.epochs else None
+    return {
+        "name": plan.config.name,
+        "published": published,
+        "epochs": len(outcome.epochs),
+        "train": {"loss": last.train_loss, **last.train_metrics} if last else {},
+        "validation": last.metrics if last else {},
+    }
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -1,0 +1,56 @@
+"""Pretraining tasks: scan unlabeled folders, pretrain the encoder, publish it. Thin wrappers around lib/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from lib.config import PretrainDataConfig
+from lib.features import FeatureCacheRef
+from lib.hashing import digest
+from lib.pretrain import PretrainOutcome, PretrainPlan, pretrain_encoder, publish_encoder
+from lib.scan import Manifest, fingerprint_unlabeled, scan_unlabeled, unlabeled_roots
+from tasks.data import SCAN_CACHE_VERSION
+from tasks.member import EpochReporter, retry_on_io_error
+
+
+def unlabeled_scan_cache_key(context, parameters) -> str:
+    """Listing fingerprint of every folder (a stat per clip; its bytes too under 'content') + scan options."""
+    data: PretrainDataConfig = parameters["data"]
+    roots = unlabeled_roots(data.data_dirs, data.validation_dir)
+    listing = fingerprint_unlabeled(roots, data.fingerprint)
+    # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
+    folders = "|".join(str(Path(folder).resolve()) for folder in roots.values())
+    options = f"{folders}|{data.holdout_fraction}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
+    return "astft-scan-unlabeled-" + digest(f"{listing}|{options}", 32)
+
+
+@task(name="scan-unlabeled", cache_key_fn=unlabeled_scan_cache_key, persist_result=True)
+def scan_unlabeled_folders(data: PretrainDataConfig) -> Manifest:
+    """List the clips under the pretraining folders at any depth (labels ignored) and hold out the validation share."""
+    manifest = scan_unlabeled(
+        data.data_dirs, data.validation_dir, data.holdout_fraction, data.skip_bad_files, data.fingerprint
+    )
+    held_out = "from --validation-dir" if data.validation_dir else f"held out ({data.holdout_fraction:g} by path hash)"
+    get_run_logger().info(
+        "scanned %d train and %d validation clips (%s); ignored %s; skipped %d bad files",
+        len(manifest.train), len(manifest.validation), held_out, manifest.ignored or "nothing", len(manifest.skipped),
+    )
+    return manifest
+
+
+@task(name="pretrain-encoder", cache_policy=NO_CACHE)
+def pretrain(plan: PretrainPlan, manifest: Manifest, features: FeatureCacheRef) -> PretrainOutcome:
+    """Train the encoder with SSAST's masked patch objective (HF Trainer); resumes an interrupted run."""
+    return pretrain_encoder(plan, manifest, features, on_epoch=EpochReporter(plan.config.name, kind="encoder"))
+
+
+@task(name="publish-encoder", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
+def publish(plan: PretrainPlan, features: FeatureCacheRef, outcome: PretrainOutcome) -> str:
+    """Put the encoder's SSL checkpoint, config and pretrain.json under <output>/ssl/<name>/ atomically."""
+    destination = publish_encoder(plan, features, outcome, str(flow_run.id) if flow_run.id else None)
+    get_run_logger().info("published %s (fine-tune from it with --ssl-checkpoint %s)", destination, destination)
+    return str(destination)
