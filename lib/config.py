@@ -269,7 +269,6 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for head init, shuffling and dropout.")
     deterministic: bool = Field(True, description="Deterministic cuDNN kernels (slower, reproducible).")
-    dataloader_num_workers: Annotated[int, NO_EFFECT_ON_WEIGHTS] = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     num_processes: int = Field(
         1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
     )
@@ -283,6 +282,51 @@ class TrainingConfig(_Section):
         description=(
             "Compute the frozen leading encoder layers once and train the rest on their cached outputs; "
             "used only when those layers are deterministic (no dropout) and augmentation is off."
+        ),
+    )
+    # How the steps are computed and fed: the speed settings users of HF Trainer expect on a GPU. Each
+    # costs nothing on CPU (it is off there, or the same as before), and member.json records what each
+    # resolved to (lib.training.SpeedSettings). attention, tf32, optimizer and compile change which
+    # kernels do the arithmetic, so the weights differ by rounding: they stay in the fingerprint, and a
+    # run is never resumed under other kernels. pin_memory and the worker count only change how batches
+    # reach the device (workers load rows; the sampler and augmentation draw in the main process).
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa",
+        description=(
+            "Attention kernel: 'sdpa' (torch's scaled_dot_product_attention, which picks a flash or "
+            "memory-efficient kernel on CUDA) or 'eager' (matmul, softmax, matmul). Same function, "
+            "different rounding."
+        ),
+    )
+    tf32: bool = Field(
+        True,
+        description=(
+            "TF32 tensor-core matmuls for the float32 work on CUDA GPUs of the Ampere generation or newer; "
+            "off on CPU and older GPUs whatever this says."
+        ),
+    )
+    optimizer: Literal["auto", "adamw_torch_fused", "adamw_torch"] = Field(
+        "auto",
+        description=(
+            "AdamW implementation: 'auto' is the fused kernel (one launch per step on CUDA; torch has it on "
+            "CPU too, and it is transformers' own default there); 'adamw_torch' the multi-tensor one."
+        ),
+    )
+    compile: bool = Field(
+        False,
+        description=(
+            "torch.compile the model (Trainer's torch_compile): faster steps on a GPU after a compile of a "
+            "minute or more, worth it for long runs."
+        ),
+    )
+    pin_memory: Annotated[bool, NO_EFFECT_ON_WEIGHTS] = Field(
+        True, description="Page-locked DataLoader batches on CUDA, for faster copies to the GPU; off on CPU."
+    )
+    dataloader_num_workers: Annotated[Annotated[int, Field(ge=0, le=64)] | Literal["auto"], NO_EFFECT_ON_WEIGHTS] = Field(
+        "auto",
+        description=(
+            "DataLoader worker processes per training process. 'auto': none on CPU (training uses every "
+            "core), on CUDA up to 4, one core per process left for the training loop."
         ),
     )
 

@@ -121,6 +121,11 @@ def test_cached_states_are_the_trunk_output_in_float16(prepared, tmp_path):
     torch.testing.assert_close(pickle.loads(pickled)[3]["hidden_states"], TrunkStates(folder, "train")[3]["hidden_states"])
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["layers"], meta["dtype"], meta["feature_cache_key"]) == (1, "float16", features.key)
+    assert (meta["precision"], meta["attention"], meta["tf32"]) == ("fp32", "sdpa", False)  # as training computes
+    # another attention kernel rounds otherwise: its trunk is a cache of its own
+    model.set_attn_implementation("eager")
+    eager, _, hit = build_trunk_cache(model, 1, features, tmp_path, CPU, batch_size=5)
+    assert eager != folder and not hit and json.loads((eager / "meta.json").read_text())["attention"] == "eager"
 
 
 def test_the_tail_on_cached_states_gives_the_full_classifiers_logits(prepared, tmp_path):
