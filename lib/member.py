@@ -93,6 +93,12 @@ def train_member(
     )
     logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
                 else "not used", trunk.reason)
+    speed = outcome.speed
+    logger.info(
+        "speed settings: attention %s, tf32 %s, %s, compile %s, pin_memory %s, %d DataLoader workers",
+        speed.attention, "on" if speed.tf32 else "off", speed.optimizer, "on" if speed.compile else "off",
+        "on" if speed.pin_memory else "off", speed.dataloader_num_workers,
+    )
     return outcome
 
 
