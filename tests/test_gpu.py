@@ -23,6 +23,7 @@ from lib.example import EXAMPLE_CLASSES, make_example_dataset, make_ssl_checkpoi
 from lib.features import build_feature_cache, load_split
 from lib.member import train_member, train_member_distributed
 from lib.plan import plan_run
+from lib.runtime import usable_cores
 from lib.scan import scan_dataset
 from lib.trunk import TrunkStates, compute_trunk
 
@@ -77,7 +78,7 @@ def check_runtime_and_speed(outcome) -> None:
         return
     assert (outcome.device, outcome.precision) == ("cuda", "bf16")
     assert speed.tf32 == (torch.cuda.get_device_capability()[0] >= 8)
-    assert speed.pin_memory and speed.dataloader_num_workers >= (1 if os.cpu_count() > 1 else 0)
+    assert speed.pin_memory and speed.dataloader_num_workers == min(4, usable_cores() - 1)  # 'auto', one process
 
 
 def check_best_model_reloads(outcome, features, plan, report_dir: Path) -> None:
