@@ -1,7 +1,7 @@
 """Benchmark: the notebook's 1024-frame input vs the default 128-frame crop, and the feature cache.
 
     python benchmarks/bench_training.py                      # CPU, small AST, ~1 min on 2 cores
-    python benchmarks/bench_training.py --device cuda --config base --steps 50
+    python benchmarks/bench_training.py --device cuda --config base --batch-size 64 --steps 50 --clips 2048
 
 Prints, side by side on the same synthetic clips (lib/example.py):
 - train steps/s, samples/s and peak memory of one training step (forward, cross-entropy, backward,
@@ -20,9 +20,15 @@ Prints, side by side on the same synthetic clips (lib/example.py):
   sample = 6 * parameters * tokens + 12 * layers * hidden * tokens^2 (weights: 2 forward + 4
   backward FLOPs per parameter per token; attention scores and values: the same 3x on
   4 * hidden * tokens^2 per layer), over the GPU's dense bf16/fp16 peak (--peak-tflops to override).
+- whole-epoch throughput at the crop's frame count: samples/s of a real train_classifier run (HF
+  Trainer with the project's speed defaults: its DataLoader, workers and pinned memory, optimizer
+  step, gradient clipping, scheduler and logging), timed from each epoch's start to its end (median
+  of --epoch-epochs epochs after the first), beside the model step's samples/s and the ratio of the
+  two. Evaluation and checkpoints, which run between epochs, are left out of it; the whole run's
+  samples/s, with them, is printed too.
 
-The model is randomly initialised: speed does not depend on the weights. Trainer's own overhead
-(evaluation, checkpoints, logging) is not included; this measures the model step it repeats.
+The model is randomly initialised: speed does not depend on the weights. The model step is the
+step Trainer repeats, timed without Trainer; the whole-epoch figure is what Trainer makes of it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: lib/ lives in th
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-from transformers import ASTConfig, ASTModel  # noqa: E402
+from transformers import ASTConfig, ASTModel, TrainerCallback  # noqa: E402
 
 from lib.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
 from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
@@ -55,8 +61,8 @@ from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, lo
 from lib.model import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.config import TrainingConfig  # noqa: E402
-from lib.runtime import resolve_runtime, seed_everything  # noqa: E402
-from lib.training import train_classifier  # noqa: E402
+from lib.runtime import apply_tf32, resolve_runtime, seed_everything  # noqa: E402
+from lib.training import speed_settings, train_classifier  # noqa: E402
 from lib.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
@@ -139,7 +145,8 @@ def measure_training(job: dict) -> dict:
     """Run in a fresh process: time `steps` training steps of the classifier at job['max_frames']."""
     if job["cpu_threads"]:
         torch.set_num_threads(job["cpu_threads"])
-    runtime = resolve_runtime(job["device"], job["precision"])
+    runtime = resolve_runtime(job["device"], job["precision"], tf32=True)
+    apply_tf32(runtime)  # as Trainer would: the step is timed with the training defaults
     cache = FeatureCacheRef.model_validate_json(job["cache"])
     train = load_split(cache, "train")
     size = job["batch_size"]
@@ -160,7 +167,8 @@ def measure_training(job: dict) -> dict:
 
     config = encoder_config(job["config"], job["max_frames"])
     model = build_classifier(ASTModel(config), cache.label_names).to(runtime.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    fused = speed_settings(TrainingConfig(), runtime).optimizer == "adamw_torch_fused"  # Trainer's AdamW
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.fp16)
     dtype = runtime.autocast_dtype
 
@@ -236,6 +244,59 @@ def measure_accuracy(job: dict) -> dict:
         work / "log.txt", "bench", runtime,
     )
     return {"max_frames": job["max_frames"], "best_accuracy": outcome.best_metric, "epochs": job["epochs"]}
+
+
+class EpochTimer(TrainerCallback):
+    """Seconds of each epoch's training (its steps, data loading included), before its evaluation and checkpoint."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.seconds, self.started = cuda, [], 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.started = self._now()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.seconds.append(self._now() - self.started)
+
+
+def measure_epoch(job: dict) -> dict:
+    """Run in a fresh process: samples/s of whole training epochs of train_classifier at job['max_frames'].
+
+    Everything the flow's training does per step is in: Trainer's DataLoader (with the default
+    workers and pinned memory on CUDA), autocast, the optimizer step, gradient clipping, the LR
+    schedule and logging. The first epoch (worker start, kernel autotuning) is left out of the median.
+    """
+    if job["cpu_threads"]:
+        torch.set_num_threads(job["cpu_threads"])
+    runtime = resolve_runtime(job["device"], job["precision"], tf32=True)
+    cache = FeatureCacheRef.model_validate_json(job["cache"])
+    seed_everything(0, True)
+    model = build_classifier(ASTModel(encoder_config(job["config"], job["max_frames"])), cache.label_names)
+    config = TrainingConfig(
+        epochs=job["epochs"], batch_size=job["batch_size"], gradient_accumulation_steps=1, learning_rate=1e-5,
+        warmup_steps=0, save_total_limit=1, device=job["device"], precision=job["precision"],
+    )
+    timer = EpochTimer(runtime.device == "cuda")
+    work = Path(job["work_dir"])
+    train = load_split(cache, "train")
+    start = time.perf_counter()
+    outcome = train_classifier(model, train, load_split(cache, "validation"), None, config, work, work / "log.txt",
+                               "bench-epoch", runtime, extra_callbacks=[timer])
+    run_seconds = time.perf_counter() - start
+    timed = timer.seconds[1:] or timer.seconds
+    return {
+        "max_frames": job["max_frames"], "epochs": job["epochs"], "train_clips": len(train),
+        "samples_per_second": len(train) / statistics.median(timed),
+        "first_epoch_samples_per_second": len(train) / timer.seconds[0],
+        # the whole run: evaluation, checkpoints and the best model's reload included
+        "run_samples_per_second": len(train) * job["epochs"] / run_seconds,
+        "speed": outcome.speed.model_dump(), "precision": outcome.precision,
+    }
 
 
 def last_n_layers(args: argparse.Namespace) -> int:
@@ -363,6 +424,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="timed epochs per trunk-cache variant (after one untimed epoch)")
     parser.add_argument("--last-n", type=int,
                         help="the last-N variant of the trunk-cache comparison (default 3, or layers - 1 if fewer)")
+    parser.add_argument("--epoch-epochs", type=int, default=3,
+                        help="epochs of a real train_classifier run at the crop's frame count, for the whole-epoch "
+                             "throughput (median of those after the first; 0 = skip)")
     parser.add_argument("--accuracy-epochs", type=int, default=10,
                         help="epochs of a short fine-tune per frame count to compare validation accuracy (0 = skip)")
     parser.add_argument("--cpu-threads", type=int, help="torch CPU threads for training (default: torch's own)")
@@ -375,6 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("batch_size", "steps", "clips", "trunk_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.epoch_epochs < 0:
+        parser.error(f"--epoch-epochs must be 0 (skip) or more, got {args.epoch_epochs}")
     return args
 
 
@@ -414,6 +480,8 @@ def format_table(figures: dict) -> str:
         f"{features['hit_read_clips_per_second'] / features['cold_clips_per_second']:.1f}x when every value is "
         "also read back)"
     )
+    if figures.get("epoch"):
+        lines += format_epoch(figures["epoch"], crop)
     if figures.get("accuracy"):
         notebook_accuracy, crop_accuracy = (entry["best_accuracy"] for entry in figures["accuracy"])
         lines.append(
@@ -423,6 +491,26 @@ def format_table(figures: dict) -> str:
     if figures.get("trunk"):
         lines += format_trunk(figures["trunk"], figures["batch_size"])
     return "\n".join(lines)
+
+
+def format_epoch(epoch: dict, step: dict) -> list[str]:
+    """The whole-epoch throughput beside the model step's, at the crop's frame count."""
+    ratio = epoch["samples_per_second"] / step["samples_per_second"]
+    speed = epoch["speed"]
+    lines = [
+        f"whole epoch, {epoch['max_frames']} frames (train_classifier, {epoch['train_clips']} clips, median of "
+        f"{max(epoch['epochs'] - 1, 1)} epochs after the first; {speed['dataloader_num_workers']} DataLoader workers, "
+        f"pin_memory {speed['pin_memory']}, {speed['optimizer']}, attention {speed['attention']}, tf32 {speed['tf32']})",
+        f"{'':<24}{'model step':>18}{'whole epoch':>18}{'ratio':>11}",
+        f"{'train samples/s':<24}{step['samples_per_second']:>18.1f}{epoch['samples_per_second']:>18.1f}{ratio:>10.0%}",
+    ]
+    if step.get("mfu"):
+        lines.append(f"{'MFU':<24}{step['mfu']:>18.1%}{step['mfu'] * ratio:>18.1%}")
+    lines.append(
+        f"first epoch {epoch['first_epoch_samples_per_second']:.1f} samples/s; whole run with evaluation and "
+        f"checkpoints {epoch['run_samples_per_second']:.1f} samples/s"
+    )
+    return lines
 
 
 def format_trunk(trunk: dict, batch_size: int) -> list[str]:
@@ -478,6 +566,16 @@ def main(argv: list[str] | None = None) -> dict:
         }
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             trunk = pool.submit(measure_trunk, job).result()
+        # whole epochs of the real training loop at the crop's frame count, against the model step above
+        epoch = None
+        if args.epoch_epochs:
+            job = {
+                "device": args.device, "precision": args.precision, "config": args.config, "max_frames": crop_frames,
+                "batch_size": args.batch_size, "epochs": args.epoch_epochs, "cpu_threads": args.cpu_threads,
+                "cache": crop_cache.model_dump_json(), "work_dir": str(work / "epoch"),
+            }
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                epoch = pool.submit(measure_epoch, job).result()
         # fidelity: validation accuracy after the same short fine-tune at both frame counts
         accuracy = []
         for frames in args.frames if args.accuracy_epochs else ():
@@ -494,7 +592,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
         "cpus": os.cpu_count(),
         "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
-        "train": train, "features": features, "trunk": trunk, "accuracy": accuracy,
+        "train": train, "features": features, "trunk": trunk, "epoch": epoch, "accuracy": accuracy,
     }
     print(format_table(figures))
     if args.json:

@@ -152,15 +152,35 @@ SCALARS = {
 }
 
 
+def _one_of(options: list[ValueType]) -> Callable[[str], Any]:
+    """Reads the text as the first option that takes it ('auto' as a choice, '4' as a number)."""
+
+    def parse(text: str) -> Any:
+        for option in options:
+            try:
+                return option.parse(text)
+            except (ValueError, argparse.ArgumentTypeError):
+                continue
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(option.metavar for option in options)}, got {text!r}")
+
+    return parse
+
+
 def value_type(annotation: Any) -> ValueType:
     """The flag for a field type: bool a switch, Literal its choices, X | None also 'null', list[scalar]
-    comma-separated, and anything else (lists of sections, mappings) a YAML or JSON value."""
+    comma-separated, choices or a scalar ({auto}|N) either, and anything else (lists of sections,
+    mappings) a YAML or JSON value."""
     while get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
     if get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation):
         rest = [arg for arg in get_args(annotation) if arg is not type(None)]
         if len(rest) == 1:
             return _or_null(value_type(rest[0]))
+    if get_origin(annotation) in (Union, types.UnionType) and type(None) not in get_args(annotation):
+        # choices first, so 'auto' is never read as a string scalar
+        options = sorted((value_type(arg) for arg in get_args(annotation)), key=lambda o: not o.metavar.startswith("{"))
+        if all(option.plural and not option.switch for option in options):
+            return ValueType(_one_of(options), "|".join(option.metavar for option in options))
     if annotation is bool:
         return ValueType(boolean, "true|false", switch=True)
     if get_origin(annotation) is Literal:

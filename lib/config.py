@@ -135,7 +135,35 @@ Precision = Annotated[
 Device = Annotated[Literal["auto", "cpu", "cuda"], Field(description="'auto' uses CUDA when available.")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed for weight init, shuffling, dropout (and pretraining's masks).")]
 Deterministic = Annotated[bool, Field(description="Deterministic cuDNN kernels (slower, reproducible).")]
-DataloaderWorkers = Annotated[int, NO_EFFECT_ON_WEIGHTS, Field(ge=0, le=64, description="DataLoader worker processes.")]
+# How the steps are computed and fed: the speed settings users of HF Trainer expect on a GPU. Each
+# costs nothing on CPU (it is off there, or the same as before), and member.json / pretrain.json record
+# what each resolved to (lib.training.SpeedSettings). attention, tf32, optimizer and compile change which
+# kernels do the arithmetic, so the weights differ by rounding: they stay in the fingerprint, and a
+# run is never resumed under other kernels. pin_memory and the worker count only change how batches
+# reach the device (workers load rows; the sampler and augmentation draw in the main process).
+Attention = Annotated[Literal["sdpa", "eager"], Field(description=(
+    "Attention kernel: 'sdpa' (torch's scaled_dot_product_attention, which picks a flash or memory-efficient "
+    "kernel on CUDA) or 'eager' (matmul, softmax, matmul). Same function, different rounding."
+))]
+TF32 = Annotated[bool, Field(description=(
+    "TF32 tensor-core matmuls for the float32 work on CUDA GPUs of the Ampere generation or newer; off on CPU "
+    "and older GPUs whatever this says."
+))]
+Optimizer = Annotated[Literal["auto", "adamw_torch_fused", "adamw_torch"], Field(description=(
+    "AdamW implementation: 'auto' is the fused kernel (one launch per step on CUDA; torch has it on CPU too, "
+    "and it is transformers' own default there); 'adamw_torch' the multi-tensor one."
+))]
+Compile = Annotated[bool, Field(description=(
+    "torch.compile the model (Trainer's torch_compile): faster steps on a GPU after a compile of a minute or "
+    "more, worth it for long runs."
+))]
+PinMemory = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(
+    description="Page-locked DataLoader batches on CUDA, for faster copies to the GPU; off on CPU."
+)]
+DataloaderWorkers = Annotated[Annotated[int, Field(ge=0, le=64)] | Literal["auto"], NO_EFFECT_ON_WEIGHTS, Field(description=(
+    "DataLoader worker processes per training process. 'auto': none on CPU (training uses every core), on "
+    "CUDA up to 4, one core per process left for the training loop."
+))]
 SaveTotalLimit = Annotated[int, Field(ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")]
 Tensorboard = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description="Write TensorBoard logs (needs the 'tensorboard' extra).")]
 
@@ -295,7 +323,6 @@ class TrainingConfig(_Section):
     device: Device = "auto"
     seed: Seed = 42
     deterministic: Deterministic = True
-    dataloader_num_workers: DataloaderWorkers = 0
     num_processes: int = Field(
         1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
     )
@@ -309,6 +336,12 @@ class TrainingConfig(_Section):
             "used only when those layers are deterministic (no dropout) and augmentation is off."
         ),
     )
+    attention: Attention = "sdpa"
+    tf32: TF32 = True
+    optimizer: Optimizer = "auto"
+    compile: Compile = False
+    pin_memory: PinMemory = True
+    dataloader_num_workers: DataloaderWorkers = "auto"
 
 
 class FinetuneConfig(_RunConfig):
@@ -563,9 +596,14 @@ class PretrainTrainingConfig(_Section):
     device: Device = "auto"
     seed: Seed = 42
     deterministic: Deterministic = True
-    dataloader_num_workers: DataloaderWorkers = 0
     save_total_limit: SaveTotalLimit = 2
     tensorboard: Tensorboard = False
+    attention: Attention = "sdpa"
+    tf32: TF32 = True
+    optimizer: Optimizer = "auto"
+    compile: Compile = False
+    pin_memory: PinMemory = True
+    dataloader_num_workers: DataloaderWorkers = "auto"
 
 
 class PretrainConfig(_RunConfig):

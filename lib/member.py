@@ -23,7 +23,7 @@ from lib.checkpoint import EncoderRef
 from lib.features import FeatureCacheRef, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
 from lib.plan import RunPlan
-from lib.runtime import seed_everything
+from lib.runtime import apply_tf32, seed_everything
 from lib.training import (
     EpochRecord,
     TrainResult,
@@ -93,6 +93,12 @@ def train_member(
     )
     logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
                 else "not used", trunk.reason)
+    speed = outcome.speed
+    logger.info(
+        "speed settings: attention %s, tf32 %s, %s, compile %s, pin_memory %s, %d DataLoader workers",
+        speed.attention, "on" if speed.tf32 else "off", speed.optimizer, "on" if speed.compile else "off",
+        "on" if speed.pin_memory else "off", speed.dataloader_num_workers,
+    )
     return outcome
 
 
@@ -107,10 +113,12 @@ def train_member_in_process(
         features.label_names,
         pooling=config.model.pooling,
         classifier_dropout=config.model.classifier_dropout,
+        attention=config.training.attention,
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
     work_dir = plan.work_dir
     claim_work_dir(work_dir)  # before the trunk cache is built: a work dir we did not make is refused first
+    apply_tf32(plan.runtime)  # the trunk cache is computed before Trainer would set it
     try:
         # frozen, deterministic leading layers: computed once and cached, only the tail trains (logged either way)
         inputs = training_inputs(model, config, features, plan.runtime)

@@ -98,14 +98,20 @@ def build_classifier(
     label_names: list[str],
     pooling: str = "mean",
     classifier_dropout: float = 0.0,
+    attention: str = "sdpa",
 ) -> ASTMeanPoolClassifier:
-    """Wrap a loaded encoder with a freshly initialised head; the label order is the given one."""
+    """Wrap a loaded encoder with a freshly initialised head; the label order is the given one.
+
+    attention is the kernel every encoder layer calls (transformers' attn_implementation: 'sdpa' or
+    'eager'); it is not saved in config.json, so a published member loads with the loader's default.
+    """
     config = ASTMeanPoolConfig(
         **{key: value for key, value in encoder.config.to_dict().items() if key in ASTConfig.__annotations__},
         pooling=pooling,
         classifier_dropout=classifier_dropout,
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
+        attn_implementation=attention,
     )
     model = ASTMeanPoolClassifier(config)
     model.audio_spectrogram_transformer.load_state_dict(encoder.state_dict(), strict=True)

@@ -124,7 +124,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
         )
     # Device and precision are facts of the machine that trains: resolved here only if that is this one.
     if trains_here:
-        runtime = resolve_runtime(config.training.device, config.training.precision)
+        runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
     else:
         check_portable(config.training.device, config.training.precision)
         runtime = None

@@ -37,10 +37,13 @@ from lib.scan import SPLITS, Clip, Manifest, unlabeled_roots
 from lib.training import (
     LOG_HISTORY_FILE,
     EpochRecord,
+    SpeedSettings,
+    attention_implementation,
     check_tensorboard_installed,
     prepare_work_dir,
     read_epoch_records,
     run_callbacks,
+    speed_settings,
     trainer_arguments,
 )
 
@@ -75,7 +78,8 @@ class PretrainPlan(BaseModel):
 
     @property
     def encoder_config(self) -> ASTConfig:
-        return ASTConfig(**self.encoder)
+        # the attention kernel is a training choice (training.attention), not part of the saved architecture
+        return ASTConfig(**self.encoder, attn_implementation=self.config.training.attention)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -139,7 +143,7 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
                 f"{field} is {size}, less than one {encoder.patch_size}x{encoder.patch_size} patch; use at least "
                 f"{encoder.patch_size} (128 suits 1 s clips)"
             )
-    runtime = resolve_runtime(config.training.device, config.training.precision)
+    runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
     if config.training.tensorboard:
         check_tensorboard_installed()
     fitted = {"max_frames": encoder.max_length, "num_mel_bins": encoder.num_mel_bins}
@@ -234,6 +238,7 @@ class PretrainOutcome(BaseModel):
     optimizer_steps: int
     precision: str
     device: str
+    speed: SpeedSettings
     parameters: dict[str, int]
 
 
@@ -313,6 +318,7 @@ def pretrain_encoder(
         optimizer_steps=trainer.state.global_step,
         precision=plan.runtime.precision,
         device=plan.runtime.device,
+        speed=speed_settings(training, plan.runtime, attention_implementation(model)),
         parameters={
             "encoder": sum(p.numel() for p in model.encoder.parameters()),
             "heads": sum(p.numel() for name, p in model.named_parameters() if not name.startswith("encoder.")),

@@ -16,13 +16,13 @@ import torch
 import transformers
 from datasets import Dataset
 from pydantic import BaseModel
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PretrainedConfig, Trainer, TrainerCallback, TrainingArguments
 
 from lib.augment import augmenting_trainer
 from lib.config import ConfigError, PretrainTrainingConfig, TrainingConfig
 from lib.guards import NonFiniteLossCallback
 from lib.metrics import compute_metrics
-from lib.runtime import Runtime
+from lib.runtime import Runtime, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,52 @@ def read_epoch_records(work_dir: Path, skip: int = 0) -> list[EpochRecord]:
     return [EpochRecord.model_validate_json(line) for line in lines[skip:]]
 
 
+AUTO_WORKERS_MAX = 4  # dataloader_num_workers 'auto' on CUDA: 4 feed AST-base's step (see docs/gpu.md)
+
+
+class SpeedSettings(BaseModel):
+    """How a run's steps were computed and fed, resolved for its device from TrainingConfig; in member.json."""
+
+    attention: str | None  # the kernel the model's attention layers called (its config's attn_implementation)
+    tf32: bool  # TF32 matmuls for float32 work (CUDA, Ampere or newer)
+    optimizer: str  # TrainingArguments.optim
+    compile: bool  # torch.compile
+    pin_memory: bool
+    dataloader_num_workers: int
+
+
+def dataloader_workers(setting: int | str, runtime: Runtime, num_processes: int = 1) -> int:
+    """training.dataloader_num_workers resolved: 'auto' is 0 on CPU and up to AUTO_WORKERS_MAX per process on CUDA."""
+    if setting != "auto":
+        return int(setting)
+    if runtime.device != "cuda":
+        return 0  # training's own torch threads take every core: workers would only compete with them
+    # one core per process stays with the training loop, which launches the GPU work
+    return max(0, min(AUTO_WORKERS_MAX, usable_cores() // num_processes - 1))
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention kernel a model's transformers layers call (a TrunkTail's is its classifier's)."""
+    return next(
+        (module.config._attn_implementation for module in model.modules()
+         if isinstance(getattr(module, "config", None), PretrainedConfig)),
+        None,
+    )
+
+
+def speed_settings(config: TrainingConfig | PretrainTrainingConfig, runtime: Runtime, attention: str | None = None) -> SpeedSettings:
+    """The speed settings of config on this runtime: the GPU-only ones are off on CPU."""
+    return SpeedSettings(
+        attention=attention,
+        tf32=runtime.tf32,
+        # transformers' own default since torch 2.8, on CPU too; named here so it never depends on its version
+        optimizer="adamw_torch_fused" if config.optimizer == "auto" else config.optimizer,
+        compile=config.compile,
+        pin_memory=config.pin_memory and runtime.device == "cuda",
+        dataloader_num_workers=dataloader_workers(config.dataloader_num_workers, runtime, getattr(config, "num_processes", 1)),
+    )
+
+
 class TrainResult(BaseModel):
     """What a Trainer run left: where the best model is, how it was chosen, how the run went."""
 
@@ -279,11 +325,17 @@ class TrainResult(BaseModel):
     device: str
     batch_sizes: list[int]  # train batch size of each epoch
     optimizer_steps: int
+    speed: SpeedSettings
 
 
-def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
+def training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> dict:
+    """TrainingArguments' keyword arguments for fine-tuning this config on this runtime.
+
+    A plain dict: what a CUDA runtime gets can be checked on a CPU, where TrainingArguments itself
+    refuses tf32 (it probes the GPU).
+    """
     metric = config.metric_for_best_model
-    return trainer_arguments(
+    return trainer_kwargs(
         config,
         work_dir,
         runtime,
@@ -295,12 +347,18 @@ def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Ru
     )
 
 
-def trainer_arguments(
+def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
+    return TrainingArguments(**training_arguments(config, work_dir, runtime))
+
+
+def trainer_kwargs(
     config: TrainingConfig | PretrainTrainingConfig, work_dir: Path, runtime: Runtime, **overrides
-) -> TrainingArguments:
+) -> dict:
     """What every run here shares (fine-tuning and pretraining): per-epoch evaluation and logging, cosine LR
-    with warmup, the runtime's device and precision, no NaN filtering; `overrides` add or replace arguments."""
-    return TrainingArguments(**{
+    with warmup, the runtime's device and precision, the speed settings, no NaN filtering; `overrides` add
+    or replace arguments."""
+    speed = speed_settings(config, runtime)
+    return {
         "output_dir": str(work_dir),
         "eval_strategy": "epoch",
         "logging_strategy": "epoch",
@@ -316,13 +374,27 @@ def trainer_arguments(
         "fp16": runtime.fp16,
         "bf16": runtime.bf16,
         "use_cpu": runtime.device == "cpu",
+        # None leaves the float32 matmul mode alone: TrainingArguments refuses tf32 where no GPU has it
+        "tf32": runtime.tf32 if runtime.device == "cuda" else None,
+        "optim": speed.optimizer,
+        "torch_compile": speed.compile,
         "seed": config.seed,
-        "dataloader_num_workers": config.dataloader_num_workers,
+        "dataloader_num_workers": speed.dataloader_num_workers,
+        "dataloader_pin_memory": speed.pin_memory,
+        # workers kept between epochs and evaluations; the per-epoch batch-size schedule builds a new
+        # train loader every epoch, whose workers would otherwise linger until it is collected
+        "dataloader_persistent_workers": speed.dataloader_num_workers > 0 and not getattr(config, "batch_sizes", None),
         "report_to": "none",  # TensorBoard is added explicitly (run_callbacks), with its own log dir
         "logging_nan_inf_filter": False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
         "disable_tqdm": False,
         **overrides,
-    })
+    }
+
+
+def trainer_arguments(
+    config: TrainingConfig | PretrainTrainingConfig, work_dir: Path, runtime: Runtime, **overrides
+) -> TrainingArguments:
+    return TrainingArguments(**trainer_kwargs(config, work_dir, runtime, **overrides))
 
 
 def run_callbacks(
@@ -540,4 +612,5 @@ def train_classifier(
         device=runtime.device,
         batch_sizes=epoch_batch_sizes(config),
         optimizer_steps=state.global_step,
+        speed=speed_settings(config, runtime, attention_implementation(model)),
     )

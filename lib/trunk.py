@@ -114,10 +114,13 @@ def trunk_digest(encoder, layers: int) -> str:
     return hasher.hexdigest()[:24]
 
 
-def trunk_cache_key(feature_key: str, trunk: str, layers: int, dtype: str, precision: str) -> str:
+def trunk_cache_key(
+    feature_key: str, trunk: str, layers: int, dtype: str, precision: str, attention: str | None, tf32: bool
+) -> str:
     return digest({
         "features": feature_key, "trunk": trunk, "layers": layers, "dtype": dtype,
-        "precision": precision,  # the trunk runs under the training's autocast, as it would in training
+        # the trunk runs under the training's autocast, attention kernel and TF32 mode, as it would in training
+        "precision": precision, "attention": attention, "tf32": tf32,
         "version": TRUNK_VERSION,
     })
 
@@ -183,13 +186,17 @@ def build_trunk_cache(
     encoder = classifier.encoder
     trunk = trunk_digest(encoder, layers)
     root = Path(cache_dir) / TRUNK_DIR
-    keys = {dtype: trunk_cache_key(features.key, trunk, layers, dtype, runtime.precision) for dtype in dtypes}
+    attention = encoder.config._attn_implementation
+    keys = {
+        dtype: trunk_cache_key(features.key, trunk, layers, dtype, runtime.precision, attention, runtime.tf32)
+        for dtype in dtypes
+    }
     for dtype, key in keys.items():
         if file_sizes_match(root / key, key):
             return root / key, dtype, True
 
-    meta = {"version": TRUNK_VERSION, "layers": layers, "precision": runtime.precision,
-            "feature_cache_key": features.key, "trunk_digest": trunk}
+    meta = {"version": TRUNK_VERSION, "layers": layers, "precision": runtime.precision, "attention": attention,
+            "tf32": runtime.tf32, "feature_cache_key": features.key, "trunk_digest": trunk}
     was_training, device = classifier.training, next(classifier.parameters()).device
     encoder.to(runtime.device).eval()  # eval: no dropout, whatever the config says
     try:

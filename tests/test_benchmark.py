@@ -6,7 +6,7 @@ def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
     from benchmarks.bench_training import main
 
     figures = main(["--steps", "2", "--warmup-steps", "1", "--clips", "8", "--batch-size", "2", "--trunk-epochs", "1",
-                    "--accuracy-epochs", "1"])
+                    "--accuracy-epochs", "1", "--epoch-epochs", "2"])
     assert [entry["max_frames"] for entry in figures["accuracy"]] == [1024, 128]
     assert all(0 <= entry["best_accuracy"] <= 1 for entry in figures["accuracy"])
     notebook, crop = figures["train"]
@@ -28,8 +28,15 @@ def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
         assert variant["plain_epoch_seconds"] > 0 and variant["cached_epoch_seconds"] > 0
         assert variant["speedup"] == pytest.approx(variant["plain_epoch_seconds"] / variant["cached_epoch_seconds"])
         assert variant["build_seconds"] > 0 and variant["dtype"] == "float16"
+    # whole epochs of train_classifier at the crop: 8 clips, the second epoch timed
+    epoch = figures["epoch"]
+    assert (epoch["max_frames"], epoch["epochs"], epoch["train_clips"]) == (128, 2, 8)
+    assert epoch["samples_per_second"] > 0 and epoch["first_epoch_samples_per_second"] > 0
+    assert 0 < epoch["run_samples_per_second"] < epoch["samples_per_second"]  # evaluation and checkpoints cost
+    assert (epoch["precision"], epoch["speed"]["pin_memory"], epoch["speed"]["dataloader_num_workers"]) == ("fp32", False, 0)
     printed = capsys.readouterr().out
     assert "train steps/s" in printed and "cache hit" in printed and "head-only (K=2/2)" in printed
+    assert "whole epoch, 128 frames" in printed
 
 
 def test_mfu_peak_comes_from_the_device_name_and_precision():
@@ -58,17 +65,27 @@ def test_cuda_table_has_an_mfu_row():
         {"name": "last-3", "trunk_layers": 9, "layers": 12, "dtype": "float16", "plain_epoch_seconds": 3.0,
          "cached_epoch_seconds": 1.0, "speedup": 3.0, "build_seconds": 1.2},
     ]}
+    epoch = {"max_frames": 128, "epochs": 3, "train_clips": 2048, "samples_per_second": 256.0,
+             "first_epoch_samples_per_second": 100.0, "run_samples_per_second": 200.0, "precision": "bf16",
+             "speed": {"attention": "sdpa", "tf32": True, "optimizer": "adamw_torch_fused", "compile": False,
+                       "pin_memory": True, "dataloader_num_workers": 4}}
     table = format_table({
         "config": "base", "batch_size": 16, "steps": 50, "cpus": 16, "load_average": "0.1",
         "train": [run, crop], "features": {"clips": 80, "cold_clips_per_second": 100.0, "hit_clips_per_second": 5000.0,
                                             "hit_read_clips_per_second": 1000.0},
-        "trunk": trunk,
+        "trunk": trunk, "epoch": epoch,
     })
     assert "MFU" in table and "25.0%" in table and "20.0%" in table
     assert "10.0x" in table  # steps/s ratio
     head_only = next(line for line in table.splitlines() if line.startswith("head-only (K=12/12)"))
     assert head_only.split()[2:] == ["2.0000", "0.0500", "40.0x", "1.50s"]
     assert any(line.startswith("last-3 (K=9/12)") and "3.0x" in line for line in table.splitlines())
+    # the two GPU targets read off one table: the step's MFU, and the whole epoch against the step
+    lines = table.splitlines()
+    whole = lines.index(next(line for line in lines if line.startswith("whole epoch, 128 frames")))
+    assert "4 DataLoader workers" in lines[whole] and "median of 2 epochs after the first" in lines[whole]
+    assert lines[whole + 2].split()[2:] == ["320.0", "256.0", "80%"]  # samples/s: step, epoch, epoch/step
+    assert lines[whole + 3].split()[1:] == ["20.0%", "16.0%"]  # MFU of the step, and of the whole epoch
 
 
 @pytest.mark.slow  # five fresh processes

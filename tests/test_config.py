@@ -69,7 +69,7 @@ def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_
         **BASE,
         "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache", "fingerprint": "content"},
         "model": {"ssl_checkpoint": "/new/ckpt", "base_config": "/new/config.json"},
-        "training": {"dataloader_num_workers": 4, "tensorboard": True},
+        "training": {"dataloader_num_workers": 4, "tensorboard": True, "pin_memory": False},
     })
     assert moved.fingerprint() == FinetuneConfig.model_validate(BASE).fingerprint()
 
@@ -82,6 +82,11 @@ def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_
         {"features": {"max_frames": 256}},
         {"model": {"ssl_checkpoint": "ckpt", "head_only": True}},
         {"data": {"train_dir": "t", "validation_dir": "v", "quick_subsample": True}},
+        # other kernels, other rounding: never resumed across them
+        {"training": {"attention": "eager"}},
+        {"training": {"tf32": False}},
+        {"training": {"optimizer": "adamw_torch"}},
+        {"training": {"compile": True}},
     ],
 )
 def test_fingerprint_changes_with_what_changes_the_weights(override):

@@ -102,6 +102,10 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert info["parameters"]["trainable"] < info["parameters"]["total"]
     # last 1 of 2 layers: trained on cached outputs of the embeddings and layer 0, recorded as such
     assert (info["training"]["trunk_cache"]["used"], info["training"]["trunk_cache"]["layers"]) == (True, 1)
+    # how the steps were computed and fed, as resolved on this CPU (the GPU-only settings off)
+    assert info["training"]["speed"] == {"attention": "sdpa", "tf32": False, "optimizer": "adamw_torch_fused",
+                                         "compile": False, "pin_memory": False, "dataloader_num_workers": 0}
+    assert (info["training"]["device"], info["training"]["precision"]) == ("cpu", "fp32")
     # The checkpoint was built for 64 frames; the default max_frames (128) interpolated its grid,
     # and the member's model, features and feature extractor all agree on 128 frames.
     assert info["encoder"]["position_grid"] == {

@@ -79,3 +79,32 @@ def test_saved_member_reloads_in_one_line_with_identical_logits(tmp_path):
         with torch.no_grad():
             assert torch.equal(loaded.eval()(x).logits, expected)
         assert loaded.config.id2label[2] == "eel"
+
+
+def test_sdpa_and_eager_attention_are_what_the_layers_call_and_compute_the_same_logits(monkeypatch):
+    from transformers.models.audio_spectrogram_transformer import modeling_audio_spectrogram_transformer as ast
+
+    calls = {"sdpa": 0, "eager": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setitem(ast.ALL_ATTENTION_FUNCTIONS, "sdpa", counting("sdpa", ast.ALL_ATTENTION_FUNCTIONS["sdpa"]))
+    monkeypatch.setattr(ast, "eager_attention_forward", counting("eager", ast.eager_attention_forward))
+    torch.manual_seed(0)
+    encoder = ASTModel(small_config())
+    features = torch.randn(4, 64, 64)
+    logits = {}
+    for attention in ("sdpa", "eager"):
+        torch.manual_seed(1)  # the same head
+        model = build_classifier(encoder, LABELS, attention=attention).eval()
+        assert model.config._attn_implementation == attention
+        assert {layer.attention.config._attn_implementation for layer in model.encoder.layers} == {attention}
+        with torch.no_grad():
+            logits[attention] = model(input_values=features).logits
+        assert calls[attention] == len(model.encoder.layers)  # one call per layer, of this kernel
+    assert calls == {"sdpa": 2, "eager": 2}
+    torch.testing.assert_close(logits["sdpa"], logits["eager"], rtol=1e-5, atol=1e-5)

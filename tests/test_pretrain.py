@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from lib.checkpoint import load_encoder
 from lib.config import ConfigError, PretrainConfig, SSAST_MASK_RATIO
-from lib.features import FeatureParams, build_feature_cache, load_split
+from lib.features import FeatureParams, build_feature_cache
 from lib.masked_patches import (
     MaskedPatchModel,
     cluster_masks,

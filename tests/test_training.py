@@ -11,8 +11,15 @@ from lib.config import ConfigError, TrainingConfig
 from lib.evaluation import evaluate_model
 from lib.features import load_split, make_feature_extractor
 from lib.model import apply_freezing, build_classifier
-from lib.runtime import resolve_runtime, seed_everything
-from lib.training import epoch_batch_sizes, optimizer_steps_per_epoch, train_classifier
+from lib.runtime import Runtime, resolve_runtime, seed_everything
+from lib.training import (
+    build_training_arguments,
+    dataloader_workers,
+    epoch_batch_sizes,
+    optimizer_steps_per_epoch,
+    train_classifier,
+    training_arguments,
+)
 from tests.helpers import CPU, random_features, small_config
 
 
@@ -28,6 +35,57 @@ def test_device_cuda_without_a_visible_gpu_is_an_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_runtime("cuda", "auto")
+
+
+def test_tf32_is_granted_only_on_a_cuda_gpu_that_has_it(monkeypatch):
+    assert resolve_runtime("cpu", "auto", tf32=True).tf32 is False  # a wish, never an error on CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    for major, granted in ((7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda major=major: (major, 0))
+        runtime = resolve_runtime("auto", "auto", tf32=True)
+        assert (runtime.device, runtime.precision, runtime.tf32) == ("cuda", "bf16", granted)
+    assert resolve_runtime("cuda", "fp32", tf32=False).tf32 is False
+
+
+CUDA = Runtime("cuda", fp16=False, bf16=True, tf32=True)  # built by hand: the GPU defaults are checked on a CPU
+
+
+def test_gpu_speed_defaults_are_on_for_cuda_and_off_for_cpu(tmp_path, monkeypatch):
+    import lib.training
+
+    monkeypatch.setattr(lib.training, "usable_cores", lambda: 16)
+    config = TrainingConfig()
+    cuda = training_arguments(config, tmp_path, CUDA)
+    assert (cuda["bf16"], cuda["tf32"], cuda["optim"], cuda["torch_compile"]) == (True, True, "adamw_torch_fused", False)
+    assert (cuda["dataloader_pin_memory"], cuda["dataloader_num_workers"], cuda["dataloader_persistent_workers"]) == (
+        True, 4, True)
+    cpu = training_arguments(config, tmp_path, CPU)
+    # tf32 None: TrainingArguments leaves the matmul mode alone (True raises where no GPU has TF32)
+    assert (cpu["bf16"], cpu["tf32"], cpu["optim"], cpu["torch_compile"]) == (False, None, "adamw_torch_fused", False)
+    assert (cpu["dataloader_pin_memory"], cpu["dataloader_num_workers"], cpu["dataloader_persistent_workers"]) == (
+        False, 0, False)
+    args = build_training_arguments(config, tmp_path, CPU)  # what a CPU run really builds
+    assert (args.optim, args.dataloader_pin_memory, args.dataloader_num_workers, args.torch_compile) == (
+        "adamw_torch_fused", False, 0, False)
+    # each setting can be turned: a GPU without TF32, the multi-tensor AdamW, compile, fixed workers
+    changed = TrainingConfig(tf32=False, optimizer="adamw_torch", compile=True, pin_memory=False,
+                             dataloader_num_workers=2, batch_sizes=[4, 8])
+    cuda = training_arguments(changed, tmp_path, Runtime("cuda", fp16=True, bf16=False, tf32=False))
+    assert (cuda["fp16"], cuda["tf32"], cuda["optim"], cuda["torch_compile"]) == (True, False, "adamw_torch", True)
+    # a per-epoch schedule builds a loader every epoch: no persistent workers to leave behind
+    assert (cuda["dataloader_pin_memory"], cuda["dataloader_num_workers"], cuda["dataloader_persistent_workers"]) == (
+        False, 2, False)
+
+
+@pytest.mark.parametrize("cores, processes, workers", [(16, 1, 4), (4, 1, 3), (2, 1, 1), (1, 1, 0), (16, 4, 3), (8, 8, 0)])
+def test_auto_dataloader_workers_leave_a_core_per_training_process(monkeypatch, cores, processes, workers):
+    import lib.training
+
+    monkeypatch.setattr(lib.training, "usable_cores", lambda: cores)
+    assert dataloader_workers("auto", CUDA, processes) == workers
+    assert dataloader_workers("auto", CPU, processes) == 0
+    assert dataloader_workers(5, CPU, processes) == 5
 
 
 @pytest.mark.slow
@@ -46,6 +104,9 @@ def test_tiny_ast_learns_separable_classes_and_the_best_epoch_is_what_gets_saved
     )
     assert outcome.epochs_run == 12
     assert outcome.best_metric >= 0.8  # 3 classes: chance is 0.33
+    # the speed settings as they resolved on a CPU: the GPU ones off, the kernels named
+    assert outcome.speed.model_dump() == {"attention": "sdpa", "tf32": False, "optimizer": "adamw_torch_fused",
+                                          "compile": False, "pin_memory": False, "dataloader_num_workers": 0}
 
     result = evaluate_model(
         Path(outcome.best_model_dir), load_split(features, "validation"), features.label_names, 8, CPU, tmp_path / "eval"

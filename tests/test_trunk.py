@@ -121,6 +121,11 @@ def test_cached_states_are_the_trunk_output_in_float16(prepared, tmp_path):
     torch.testing.assert_close(pickle.loads(pickled)[3]["hidden_states"], TrunkStates(folder, "train")[3]["hidden_states"])
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["layers"], meta["dtype"], meta["feature_cache_key"]) == (1, "float16", features.key)
+    assert (meta["precision"], meta["attention"], meta["tf32"]) == ("fp32", "sdpa", False)  # as training computes
+    # another attention kernel rounds otherwise: its trunk is a cache of its own
+    model.set_attn_implementation("eager")
+    eager, _, hit = build_trunk_cache(model, 1, features, tmp_path, CPU, batch_size=5)
+    assert eager != folder and not hit and json.loads((eager / "meta.json").read_text())["attention"] == "eager"
 
 
 def test_the_tail_on_cached_states_gives_the_full_classifiers_logits(prepared, tmp_path):
@@ -267,6 +272,30 @@ def test_training_on_the_trunk_cache_resumes_and_ends_with_the_uninterrupted_mem
     logits = [predict_logits(ASTMeanPoolClassifier.from_pretrained(outcome.best_model_dir), validation, 8, CPU)
               for outcome in (resumed, clean)]
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # torch.compile: ~20 s on 2 cores
+def test_a_compiled_tail_trains_saves_and_reloads_its_best_epoch_like_the_eager_one(prepared, tmp_path):
+    features, _ = prepared
+    outcomes = {}
+    for compiled in (True, False):
+        config = finetune_config(tmp_path, model={"train_last_n_layers": 1}, epochs=2, batch_size=8, compile=compiled,
+                                 gradient_accumulation_steps=1, learning_rate=3e-3, warmup_steps=0, seed=0)
+        inputs = training_inputs(frozen_classifier(prepared, train_last_n_layers=1), config, features, CPU)
+        work = tmp_path / f"compiled-{compiled}"
+        outcomes[compiled] = train_classifier(
+            inputs.model, inputs.train, inputs.validation, None, config.training, work, work / "log.txt",
+            "fp" + inputs.fingerprint_suffix, CPU, data_collator=inputs.data_collator, save_best=inputs.save_best,
+        )
+    compiled, eager = outcomes[True], outcomes[False]
+    assert (compiled.speed.compile, eager.speed.compile) == (True, False)
+    # the checkpoints hold the tail's own names (no torch.compile wrapper prefix), so the best epoch reloads
+    assert not any("_orig_mod" in key for key in load_file(str(Path(compiled.best_checkpoint) / "model.safetensors")))
+    assert compiled.best_epoch == eager.best_epoch
+    validation = load_split(features, "validation")
+    logits = [predict_logits(ASTMeanPoolClassifier.from_pretrained(outcome.best_model_dir), validation, 8, CPU)
+              for outcome in (compiled, eager)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)  # the same function, fused otherwise
 
 
 def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatch):
