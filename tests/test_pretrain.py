@@ -311,6 +311,9 @@ def test_a_run_killed_after_epoch_one_resumes_to_the_weights_of_an_uninterrupted
     assert [e["epoch"] for e in record["epochs"]] == [1, 2] and record["final"] == resumed.epochs[1].metrics
     assert record["objective"]["patch_grid"] == [4, 4] and record["objective"]["masked_patches_of_a_full_clip"] == 12
     assert record["clips"] == {"train": 48, "validation": 18}
+    # the speed settings as resolved on this CPU: the GPU-only ones off, the attention kernel the layers called
+    assert record["training"]["speed"] == {"attention": "sdpa", "tf32": False, "optimizer": "adamw_torch_fused",
+                                           "compile": False, "pin_memory": False, "dataloader_num_workers": 0}
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "train_logtiny-ssl.txt",
                  "pretraining_curves.png"):
         assert (destination / name).is_file(), name
