@@ -53,6 +53,12 @@ LOCATION = "location"
 # Changes how a run goes (its speed, its logs, which scan cache it uses), never the trained weights.
 NO_EFFECT_ON_WEIGHTS = "no effect on weights"
 Location = Annotated[Path, LOCATION]
+# A location that may be a published link (<output_dir>/best/<name>, <output_dir>/ssl/<name>): resolved()
+# keeps its last component, so what a run records (member.json, run_config.json) is the stable name, not
+# the version folder behind it, which the next publish deletes. Content is still identified by the
+# files' own stats (lib.checkpoint.checkpoint_fingerprint follows the link).
+KEEP_LINK = "keep link"
+PublishedLocation = Annotated[Path, LOCATION, KEEP_LINK]
 OptionalLocation = Annotated[Path | None, LOCATION]
 
 
@@ -90,13 +96,24 @@ class _Section(BaseModel):
     def resolved(self) -> Self:
         """Same config with every LOCATION field made absolute, so tasks and caches agree on them."""
         data = self.model_dump()
+        links = _tagged(type(self), KEEP_LINK)
         for *sections, name in _tagged(type(self), LOCATION):
             parent = reduce(getitem, sections, data)
+            absolute = _absolute_keeping_link if (*sections, name) in links else _absolute
             if isinstance(parent[name], list):
-                parent[name] = [Path(path).expanduser().resolve() for path in parent[name]]
+                parent[name] = [absolute(path) for path in parent[name]]
             elif parent[name] is not None:
-                parent[name] = Path(parent[name]).expanduser().resolve()
+                parent[name] = absolute(parent[name])
         return self.model_validate(data)
+
+
+def _absolute(path: Path | str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _absolute_keeping_link(path: Path | str) -> Path:
+    path = Path(path).expanduser()
+    return path.absolute().parent.resolve() / path.name if path.is_symlink() else path.resolve()
 
 
 class _RunConfig(_Section):
@@ -212,7 +229,7 @@ class FeatureConfig(_Section):
 
 
 class EncoderConfig(_Section):
-    ssl_checkpoint: Location = Field(
+    ssl_checkpoint: PublishedLocation = Field(
         description="Folder holding the SSL model.safetensors (e.g. an HF Trainer checkpoint-N/ folder)."
     )
     base_config: OptionalLocation = Field(
@@ -626,7 +643,7 @@ class PretrainConfig(_RunConfig):
 
 
 class PredictConfig(_Section):
-    model_path: Location = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
+    model_path: PublishedLocation = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
     input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
     output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")

@@ -217,6 +217,8 @@ def member_manifest(
             "feature_cache_key": features.key,
             "skipped_files": features.skipped,
             "encoder": encoder.report.model_dump(),
+            # what the checkpoint held, by content (its files' stats), since its folder may be re-published
+            "encoder_cache_key": Path(encoder.path).name,
             "training": outcome.model_dump(exclude={"parameters"}),
             "run_fingerprint": plan.fingerprint,
             "trained_by": trained_by(flow_run_id),

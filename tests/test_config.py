@@ -146,6 +146,23 @@ def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkey
     assert home.model.ssl_checkpoint == Path.home().resolve() / "ckpt"
 
 
+def test_resolved_keeps_a_published_link_by_name_and_resolves_every_other_link(tmp_path, monkeypatch):
+    # <output>/ssl/<name> is a link to a version folder that the next publish deletes: runs must record the name
+    monkeypatch.chdir(tmp_path)
+    real = tmp_path / "real"
+    (real / "ssl" / ".enc.v-1").mkdir(parents=True)
+    (tmp_path / "out").symlink_to(real)  # a link above the published one is resolved as before
+    (real / "ssl" / "enc").symlink_to(".enc.v-1")
+    (tmp_path / "data-link").symlink_to(real)
+    config = FinetuneConfig.model_validate(
+        {**BASE, "model": {"ssl_checkpoint": "out/ssl/enc"}, "data": {**BASE["data"], "train_dir": "data-link"}}
+    ).resolved()
+    assert config.model.ssl_checkpoint == real.resolve() / "ssl" / "enc"
+    assert config.data.train_dir == real.resolve()  # data folders: the link is followed
+    predict = PredictConfig.model_validate({"model_path": "out/ssl/enc", "input_path": "in"}).resolved()
+    assert predict.model_path == real.resolve() / "ssl" / "enc"
+
+
 def test_notebook_preset_is_valid_and_mirrors_the_notebook():
     preset = Path(__file__).parents[1] / "deployments" / "presets" / "notebook.yaml"
     config = load_finetune_config(preset)

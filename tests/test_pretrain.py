@@ -363,5 +363,9 @@ def test_pretrain_flow_publishes_an_encoder_that_finetune_loads_and_publishes_a_
     assert info["encoder"]["dropped"] == {"projector": 4, "decoder": 4, "mask_embedding": 1}
     assert info["encoder"]["position_grid"] == {"checkpoint": [4, 4], "encoder": [4, 4], "max_frames": 64,
                                                 "adaptation": "none"}
+    # recorded by its published name, which outlives the version folder behind it, and by content
+    assert info["encoder"]["checkpoint"] == str(ssl.resolve().parent.parent / "ssl" / "tiny-ssl")
+    assert json.loads((published / "run_config.json").read_text())["model"]["ssl_checkpoint"] == info["encoder"]["checkpoint"]
+    assert len(info["encoder_cache_key"]) >= 16
     assert json.loads((published / "config.json").read_text())["time_stride"] == 16
     assert 0 <= member["metrics"]["accuracy"] <= 1
