@@ -126,6 +126,16 @@ class DataConfig(_Section):
         Path(".astft-cache"),
         description="Where folder scans, Arrow feature caches and stripped encoders are kept.",
     )
+    # Here rather than in features: FeatureParams (every features field) is the feature cache's key.
+    feature_workers: Annotated[int, NO_EFFECT_ON_WEIGHTS] = Field(
+        0,
+        ge=0,
+        le=1024,
+        description=(
+            "Processes that compute the feature cache; 0: one per usable CPU core. Datasets under 256 clips are "
+            "built in one process (at most one worker per 128 clips). The cache is the same whatever the count."
+        ),
+    )
 
 
 class FeatureConfig(_Section):
@@ -148,6 +158,13 @@ class FeatureConfig(_Section):
             "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98). The encoder's positional "
             "embeddings are cut or interpolated to fit. 1024 reproduces the notebook (AST-base's length); "
             "null uses the encoder config's max_length."
+        ),
+    )
+    storage_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description=(
+            "How the feature cache stores values: float16 halves it on disk (the model still gets float32); "
+            "values round to about 3 significant digits, and a clip whose features exceed float16's range is a bad file."
         ),
     )
 
