@@ -379,7 +379,8 @@ def build_feature_cache(
         ref = ref.model_copy(update={
             "num_clips": num_clips,
             "skipped": {**scan_skipped, **dict(sorted(bad.items()))},
-            "warnings": dict(sorted(notes.items())),
+            # a clip noted as odd and then found unusable was not used: it is listed as skipped only
+            "warnings": {path: note for path, note in sorted(notes.items()) if path not in bad},
         })
         meta = {
             "version": FEATURES_VERSION,
