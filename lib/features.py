@@ -88,6 +88,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def build_workers(requested: int, clips: int) -> int:
+    """Processes a build of `clips` clips runs on: requested (0: usable_cores()), at most one per SHARD_CLIPS clips."""
+    return max(1, min(requested or usable_cores(), clips // SHARD_CLIPS))
+
+
 def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
     """Frames the fbank makes from one clip before padding/truncation to max_frames (edges snipped)."""
     samples = int(round(sample_rate_hz * clip_seconds))  # as lib.audio.load_clip trims/pads
@@ -361,8 +366,7 @@ def build_feature_cache(
                       [clip.label for clip in clips[start:end]])
                 for index, (start, end) in enumerate(bounds)
             ]
-        total = sum(len(shard.paths) for shard in shards)
-        workers = max(1, min(workers or usable_cores(), total // SHARD_CLIPS))
+        workers = build_workers(workers, sum(len(shard.paths) for shard in shards))
         results = compute_shards(shards, staging, params, manifest.label_names, batch_size, workers)
         num_clips = {split: 0 for split in manifest.splits}
         bad, notes = {}, {}
