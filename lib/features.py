@@ -238,8 +238,9 @@ def write_shard(shard: Shard, folder: str, params: FeatureParams, label_names: l
     # Headers were checked by the scan; clips whose samples turn out unusable are left out here.
     extractor = make_feature_extractor(params)
     result = ShardResult(rows=0)
+    file = Path(folder) / shard.file_name
     # datasets' own writer: the Arrow stream format and schema metadata that Dataset.map writes.
-    with one_torch_thread(), ArrowWriter(features=arrow_features(params, label_names), path=str(Path(folder) / shard.file_name)) as writer:
+    with one_torch_thread(), ArrowWriter(features=arrow_features(params, label_names), path=str(file)) as writer:
         for start in range(0, len(shard.paths), batch_size):
             paths = shard.paths[start : start + batch_size]
             values, kept = featurize(paths, params, extractor, result.bad, result.notes)
