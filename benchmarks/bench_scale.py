@@ -3,17 +3,22 @@
     python benchmarks/bench_scale.py                        # 2,000 clips, a minute or two
     python benchmarks/bench_scale.py --clips 2000 10000 50000
     python benchmarks/bench_scale.py --clips 100000         # Speech Commands v2 size
+    python benchmarks/bench_scale.py --workers 4            # the parallel builds on 4 processes
 
 For each N it synthesises N one-second 16 kHz clips (4 classes, 90% train / 10% validation; a
 pool of distinct clips is written once and copied, since decoding cost does not depend on the
-content), then runs each stage in a fresh process and prints its seconds, clips/s and the
-process's peak RSS:
+content), then runs each stage in a fresh process and prints its seconds, clips/s, the process's
+peak RSS and its largest worker process's, and the load average when the stage started:
 - scan: folder listing, header probe of every clip, fingerprint (lib/scan.py)
-- build: the Arrow feature cache, cold (decode, resample, fbank, write)
+- build-1: the Arrow feature cache, cold (decode, resample, fbank, write), on one process
+- build: the same cold build on --workers processes (default: one per usable core)
 - hit: the feature stage on a cache hit (key check, memory-map)
 - epoch: one pass of a shuffled torch DataLoader over the cached train features (batch 32), no model
-plus the feature cache's size on disk. Time should grow linearly with N and peak RSS stay flat:
-the last columns give each figure relative to the smallest N.
+- build-f16: the parallel cold build with features.storage_dtype float16
+plus each cache's size on disk and per clip. Time should grow linearly with N and peak RSS stay
+flat: the last columns give each figure relative to the smallest N. After each N, a line gives the
+parallel build's speed-up over one process and float16's size against float32's. Timings from a
+machine shared with other work are only as good as its load average (printed per stage).
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: lib/ lives in th
 
 CLASSES = ("chirp", "noise_burst", "tone_high", "tone_low")
 POOL_PER_CLASS = 50  # distinct clips per class; the rest are copies
-STAGES = ("scan", "build", "hit", "epoch")
+STAGES = ("scan", "build-1", "build", "hit", "epoch", "build-f16")
+# Each build stage's cache folder under the N's root: build-1 and build share a key (the worker
+# count is not part of it), so they need folders of their own.
+CACHES = {"build-1": "cache-1", "build": "cache", "hit": "cache", "epoch": "cache", "build-f16": "cache-f16"}
 
 
 def synthesise(root: Path, clips: int) -> tuple[Path, Path]:
@@ -57,37 +65,54 @@ def synthesise(root: Path, clips: int) -> tuple[Path, Path]:
     return root / "train", root / "validation"
 
 
-def run_stage(stage: str, root: Path) -> dict:
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished workers: on a machine shared with other work,
+    what a parallel build costs, beside how long it took (its wall time depends on the free cores)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def run_stage(stage: str, root: Path, workers: int) -> dict:
     """One stage in this (fresh) process; returns seconds and the process's peak RSS."""
     from lib.config import FeatureConfig
-    from lib.features import FeatureParams, build_feature_cache, load_split
+    from lib.features import FeatureParams, build_feature_cache, build_workers, load_split
     from lib.scan import scan_dataset
 
+    load = os.getloadavg()[0]
     params = FeatureParams(**FeatureConfig().model_dump(), num_mel_bins=128)
-    cache = root / "cache"
-    start = time.perf_counter()
+    if stage == "build-f16":
+        params = params.model_copy(update={"storage_dtype": "float16"})
+    workers = 1 if stage == "build-1" else workers
+    cache = root / CACHES.get(stage, "cache")
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     manifest = scan_dataset(root / "train", root / "validation")
-    scanned = time.perf_counter()
-    result: dict = {"clips": len(manifest.train) + len(manifest.validation)}
+    scanned, cpu_scanned = time.perf_counter(), cpu_seconds()
+    result: dict = {"clips": len(manifest.train) + len(manifest.validation), "load_average": load}
     if stage == "scan":
-        result["seconds"] = scanned - start
-    elif stage in ("build", "hit"):
-        ref, hit = build_feature_cache(manifest, params, cache)
+        result["seconds"], result["cpu_seconds"] = scanned - start, cpu_scanned - cpu_start
+    elif stage != "epoch":
+        ref, hit = build_feature_cache(manifest, params, cache, workers=workers)
         if hit != (stage == "hit"):
             raise RuntimeError(f"stage {stage}: expected a cache {'hit' if stage == 'hit' else 'miss'}")
-        result["seconds"] = time.perf_counter() - scanned
-        result["disk_mb"] = sum(p.stat().st_size for p in Path(ref.path).iterdir()) / 2**20
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - scanned, cpu_seconds() - cpu_scanned
+        result["disk_bytes"] = sum(p.stat().st_size for p in Path(ref.path).iterdir())
+        result["disk_mb"] = result["disk_bytes"] / 2**20
+        result["workers"] = build_workers(workers, result["clips"])
     else:
         import torch
 
         ref, _ = build_feature_cache(manifest, params, cache)
         train = load_split(ref, "train")
-        loaded = time.perf_counter()
+        loaded, cpu_loaded = time.perf_counter(), cpu_seconds()
         loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
         seen = sum(len(batch["label"]) for batch in loader)
-        result["seconds"] = time.perf_counter() - loaded
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - loaded, cpu_seconds() - cpu_loaded
         result["clips"] = seen
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    result["peak_rss_mb"] = usage[0].ru_maxrss / 1024  # KiB on Linux
+    # The largest of the finished worker processes (0 when the build ran in this one). A forked
+    # worker's RSS counts the pages it shares with this process (torch and lib/ already loaded).
+    result["worker_peak_mb"] = usage[1].ru_maxrss / 1024
     # RSS counts the pages of memory-mapped cache files read so far (file-backed, reclaimable page
     # cache) as well as the process's own memory: the split tells which one grows with N.
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -101,6 +126,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, nargs="+", default=[2000], help="dataset sizes N (default 2000)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write clips and caches (default: a temp dir)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes of the parallel builds (default 0: one per usable core, data.feature_workers)")
     parser.add_argument("--stage", choices=("synth", *STAGES), help=argparse.SUPPRESS)  # internal: one stage
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -108,10 +135,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         synthesise(args.root, args.clips[0])
         return []
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.root)))
+        print(json.dumps(run_stage(args.stage, args.root, args.workers)))
         return []
 
-    print(f"# bench_scale: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    # Not lib.features.usable_cores: importing torch here would raise the stages' peak RSS (see below).
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = args.workers
+    print(f"# bench_scale: {os.cpu_count()} CPUs ({usable} usable), parallel builds on "
+          f"{workers or 'one process per usable core'}, load average {os.getloadavg()[0]:.2f}")
     rows = []
     base = args.workdir or Path(tempfile.mkdtemp(prefix="astft-bench-scale-"))
     for clips in args.clips:
@@ -124,29 +155,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"# N={clips}: synthesised in {time.perf_counter() - started:.1f} s", flush=True)
         for stage in STAGES:
             output = subprocess.run(
-                [sys.executable, __file__, "--stage", stage, "--root", str(root)],
+                [sys.executable, __file__, "--stage", stage, "--root", str(root), "--workers", str(workers)],
                 check=True, capture_output=True, text=True,
             ).stdout
             result = json.loads(output.strip().splitlines()[-1])
             rows.append({"N": clips, "stage": stage, **result})
-            print(f"  {stage:<6} {result['seconds']:8.2f} s  {result['clips'] / max(result['seconds'], 1e-9):9.0f} clips/s"
-                  f"  peak RSS {result['peak_rss_mb']:7.0f} MB" + (f"  cache {result['disk_mb']:.0f} MB" if "disk_mb" in result else ""),
-                  flush=True)
+            disk = (f"  cache {result['disk_mb']:.0f} MB, {result['disk_bytes'] / result['clips'] / 1024:.1f} KB/clip"
+                    if "disk_bytes" in result else "")
+            print(f"  {stage:<9} {result['seconds']:8.2f} s  {result['clips'] / max(result['seconds'], 1e-9):9.0f} clips/s"
+                  f"  CPU {result['cpu_seconds']:7.2f} s  peak RSS {result['peak_rss_mb']:5.0f} MB, workers {result['worker_peak_mb']:5.0f} MB"
+                  f"  load {result['load_average']:.2f}{disk}", flush=True)
+            if stage == "build-1":  # only its figures were needed: free the disk for the next cache
+                shutil.rmtree(root / CACHES[stage], ignore_errors=True)
+        print("  " + compare(rows[-len(STAGES):]), flush=True)
         shutil.rmtree(root, ignore_errors=True)
     if args.workdir is None:
         shutil.rmtree(base, ignore_errors=True)
 
     smallest = min(args.clips)
     first = {row["stage"]: row for row in rows if row["N"] == smallest}
-    print(f"\n{'N':>7} {'stage':<6} {'seconds':>9} {'clips/s':>9} {'peak MB':>8} {'anon MB':>8} {'file MB':>8} "
-          f"{'time x':>7} {'RSS x':>6}  (x: vs N={smallest}; anon/file: resident at the end of the stage)")
+    print(f"\n{'N':>7} {'stage':<9} {'seconds':>9} {'clips/s':>9} {'CPU s':>8} {'peak MB':>8} {'worker MB':>9} {'anon MB':>8} "
+          f"{'file MB':>8} {'load':>5} {'time x':>7} {'RSS x':>6}  "
+          f"(x: vs N={smallest}; worker: largest worker's peak; anon/file: resident at the end of the stage)")
     for row in rows:
         ref = first[row["stage"]]
-        print(f"{row['N']:>7} {row['stage']:<6} {row['seconds']:>9.2f} {row['clips'] / max(row['seconds'], 1e-9):>9.0f} "
-              f"{row['peak_rss_mb']:>8.0f} {row.get('anon_mb', 0):>8.0f} {row.get('file_mb', 0):>8.0f} "
+        print(f"{row['N']:>7} {row['stage']:<9} {row['seconds']:>9.2f} {row['clips'] / max(row['seconds'], 1e-9):>9.0f} "
+              f"{row['cpu_seconds']:>8.2f} {row['peak_rss_mb']:>8.0f} {row['worker_peak_mb']:>9.0f} {row.get('anon_mb', 0):>8.0f} "
+              f"{row.get('file_mb', 0):>8.0f} {row['load_average']:>5.2f} "
               f"{row['seconds'] / max(ref['seconds'], 1e-9):>7.2f} "
               f"{row['peak_rss_mb'] / ref['peak_rss_mb']:>6.2f}")
     return rows
+
+
+def compare(rows: list[dict]) -> str:
+    """One N's parallel build against one process, and float16's cache against float32's."""
+    stage = {row["stage"]: row for row in rows}
+    one, parallel, half = stage["build-1"], stage["build"], stage["build-f16"]
+    speedup = one["seconds"] / max(parallel["seconds"], 1e-9)
+    processes = f"{parallel['workers']} process{'es' if parallel['workers'] > 1 else ''}"
+    return (f"parallel build: {processes} {speedup:.2f}x the clips/s of one, for "
+            f"{parallel['cpu_seconds'] / max(one['cpu_seconds'], 1e-9):.2f}x its CPU seconds; cache "
+            f"{parallel['disk_bytes'] / parallel['clips'] / 1024:.1f} KB/clip float32, "
+            f"{half['disk_bytes'] / half['clips'] / 1024:.1f} KB/clip float16 "
+            f"({half['disk_bytes'] / parallel['disk_bytes']:.3f} of it)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def shared_inputs(plan: RunPlan) -> tuple[FeatureCacheRef, EncoderRef]:
     feature length. Shared by every member of an ensemble."""
     data = plan.config.data
     manifest = scan_folders(data)
-    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files)
+    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files, data.feature_workers)
     encoder = prepare_encoder(plan.config.model, data.cache_dir, plan.feature_params.max_frames)
     return features, encoder
 

@@ -21,7 +21,7 @@ def pretrain(config: PretrainConfig) -> dict:
     # data: folder scan (labels ignored) -> Arrow features, as fine-tuning computes them
     data = plan.config.data
     manifest = scan_unlabeled_folders(data)
-    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files)
+    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files, data.feature_workers)
     # train -> publish (the SSL checkpoint layout that --ssl-checkpoint loads)
     outcome = pretrain_task(plan, manifest, features)
     published = publish(plan, features, outcome)

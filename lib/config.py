@@ -140,6 +140,11 @@ ScanFingerprint = Annotated[
         ),
     ),
 ]
+# In data, not features: FeatureParams (every features field) is the feature cache's key.
+FeatureWorkers = Annotated[int, NO_EFFECT_ON_WEIGHTS, Field(ge=0, le=1024, description=(
+    "Processes that compute the feature cache; 0: one per usable CPU core. Datasets under 256 clips are built in "
+    "one process (at most one worker per 128 clips). The cache is the same whatever the count."
+))]
 CacheDir = Annotated[Path, LOCATION, Field(description="Where folder scans, Arrow feature caches and stripped encoders are kept.")]
 Epochs = Annotated[int, Field(ge=1, le=100_000, description="Number of training epochs.")]
 LearningRate = Annotated[float, Field(gt=0, le=1, description="Peak learning rate (cosine schedule).")]
@@ -202,6 +207,7 @@ class DataConfig(_Section):
     skip_bad_files: SkipBadFiles = False
     fingerprint: ScanFingerprint = "stat"
     cache_dir: CacheDir = Path(".astft-cache")
+    feature_workers: FeatureWorkers = 0
 
 
 class FeatureConfig(_Section):
@@ -224,6 +230,13 @@ class FeatureConfig(_Section):
             "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98). The encoder's positional "
             "embeddings are cut or interpolated to fit. 1024 reproduces the notebook (AST-base's length); "
             "null uses the encoder config's max_length."
+        ),
+    )
+    storage_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description=(
+            "How the feature cache stores values: float16 halves it on disk (the model still gets float32); "
+            "values round to about 3 significant digits, and a clip whose features exceed float16's range is a bad file."
         ),
     )
 
@@ -543,6 +556,7 @@ class PretrainDataConfig(_Section):
     skip_bad_files: SkipBadFiles = False
     fingerprint: ScanFingerprint = "stat"
     cache_dir: CacheDir = Path(".astft-cache")
+    feature_workers: FeatureWorkers = 0
 
 
 class PretrainModelConfig(_Section):

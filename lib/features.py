@@ -4,21 +4,34 @@ The fbank itself is transformers' ASTFeatureExtractor (torchaudio's Kaldi fbank 
 constructed from parameters so no hub access is needed. The cache folder is keyed by the
 manifest fingerprint and the feature parameters; it is built beside its final name and renamed
 into place, so a crash or a concurrent writer never leaves a half-written cache that looks valid.
+
+Each split is stored as shard files, <split>-NNNNN-of-MMMMM.arrow, in row order, which a pool of
+worker processes computes in parallel (data.feature_workers). Where the shards are cut depends
+only on the clip count, so the cache is the same, byte for byte, whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Array2D, ClassLabel, Dataset, DatasetInfo, Features, Value
-from datasets.table import InMemoryTable
+from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from datasets.arrow_writer import ArrowWriter
+from datasets.table import MemoryMappedTable, concat_tables
 from pydantic import BaseModel, Field
 from transformers import ASTFeatureExtractor
 
@@ -32,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when the feature computation changes, to invalidate old caches. 2: clips whose features are not
 # finite are bad files (version 1 stored their NaN rows), and meta.json records suspicious clips.
-FEATURES_VERSION = "2"
+# 3: each split is stored as shard files (version 2 had one <split>.arrow), params hold storage_dtype.
+FEATURES_VERSION = "3"
 # torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
@@ -44,6 +58,38 @@ class FeatureParams(FeatureConfig):
 
     num_mel_bins: int = Field(128, ge=1, le=1024, description="Mel bins of the fbank (the encoder config's).")
     max_frames: int = Field(128, ge=1, le=100_000, description="Frames per clip (the fitted encoder's max_length).")
+
+
+# A shard is one worker's unit of work and one file. SHARD_CLIPS is the fewest clips a shard holds
+# (a split of fewer than 2 x SHARD_CLIPS clips is one shard), so that a shard's fixed cost (an
+# extractor, an Arrow file, a task hand-off: milliseconds) stays small against its fbanks (about
+# 0.1 s), and it is also the clips per worker process: a dataset of fewer than 2 x SHARD_CLIPS
+# clips is built in this process, where starting workers would cost more than they save. At most
+# MAX_SHARDS per split keeps 100,000 clips to a few hundred files while leaving several shards per
+# worker on machines of up to about 64 cores, so that a worker slowed by other load does not hold
+# up the end (workers take the next shard when they finish one).
+SHARD_CLIPS = 128
+MAX_SHARDS = 256
+# Workers are forked, as torch's DataLoader and datasets' map(num_proc) do on Linux: a forked
+# worker starts in milliseconds with lib/ already imported, where a spawned one re-imports torch
+# and transformers (about 3 s each on the 2-core CI machine, longer than a 2,000-clip build).
+# Other systems spawn (forking is unsafe on macOS).
+START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+# How often a long build logs its progress.
+PROGRESS_EVERY_S = 30.0
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (a container's cpuset, taskset), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity masks
+        return os.cpu_count() or 1
+
+
+def build_workers(requested: int, clips: int) -> int:
+    """Processes a build of `clips` clips runs on: requested (0: usable_cores()), at most one per SHARD_CLIPS clips."""
+    return max(1, min(requested or usable_cores(), clips // SHARD_CLIPS))
 
 
 def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
@@ -84,7 +130,7 @@ def cache_key(manifest_fingerprint: str, params: FeatureParams) -> str:
 def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
     return Features(
         {
-            "input_values": Array2D(shape=(params.max_frames, params.num_mel_bins), dtype="float32"),
+            "input_values": Array2D(shape=(params.max_frames, params.num_mel_bins), dtype=params.storage_dtype),
             "label": ClassLabel(names=label_names),
             "path": Value("string"),
         }
@@ -116,8 +162,10 @@ def featurize(
 ) -> tuple[np.ndarray, list[int]]:
     """Features (float32, clips x max_frames x mel bins) of the usable clips, and their indices in paths.
 
-    The others (undecodable, or with non-finite features) go to `bad` (path -> why), so one pass
-    reports every bad file; `notes` collects clips used although they look wrong (lib.audio.load_clip).
+    The values are rounded to params.storage_dtype, so that a model is given at prediction what its
+    feature cache gave it in training and evaluation. The others (undecodable, or with features
+    that are not finite in that dtype) go to `bad` (path -> why), so one pass reports every bad
+    file; `notes` collects clips used although they look wrong (lib.audio.load_clip).
     """
     waveforms, kept = [], []
     for index, path in enumerate(paths):
@@ -130,40 +178,140 @@ def featurize(
     if not waveforms:
         return np.zeros((0, params.max_frames, params.num_mel_bins), np.float32), []
     with one_torch_thread():
-        values = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
+        computed = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf, caught just below
+        values = computed.astype(params.storage_dtype, copy=False)
     # Finite samples can still overflow the fbank's power spectrum in float32 (a float clip holding
-    # 1e30): such rows would train as NaN, so those clips are bad files too.
+    # 1e30), and finite features float16's range: such rows would train as NaN or inf, so those
+    # clips are bad files too. Checked after the cast to the stored dtype, so neither gets through.
     finite = np.isfinite(values).all(axis=(1, 2))
     for index in np.flatnonzero(~finite):
-        peak = float(np.abs(waveforms[index]).max())
-        bad[str(paths[kept[index]])] = (
-            f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow the fbank)"
-        )
+        if np.isfinite(computed[index]).all():
+            reach = float(np.abs(computed[index]).max())
+            reason = (
+                f"its features reach {reach:.3g}, beyond {params.storage_dtype}'s range "
+                f"({float(np.finfo(params.storage_dtype).max):.6g}); set features.storage_dtype to float32, "
+                "or check features.mean and features.std"
+            )
+        else:
+            peak = float(np.abs(waveforms[index]).max())
+            reason = (
+                f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow the fbank)"
+            )
+        bad[str(paths[kept[index]])] = reason
     return values[finite].astype(np.float32, copy=False), [index for index, ok in zip(kept, finite) if ok]
 
 
-def _featurize_batch(
-    batch: dict, extractor: ASTFeatureExtractor, params: FeatureParams, bad: dict[str, str], notes: dict[str, str]
-) -> dict:
+@dataclass(frozen=True)
+class Shard:
+    """One file of a split: its clips (a contiguous run of the split, in order) and where it goes."""
+
+    split: str
+    index: int
+    count: int  # shards in the split
+    paths: list[str]
+    labels: list[int]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}.arrow"
+
+
+@dataclass
+class ShardResult:
+    rows: int
+    bad: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def shard_bounds(clips: int) -> list[tuple[int, int]]:
+    """[start, end) of each shard of a split of `clips` clips: at least SHARD_CLIPS each (one shard
+    below 2 x SHARD_CLIPS), at most MAX_SHARDS, sizes differing by one at most. Depends on nothing
+    else, so any worker count writes the same files."""
+    count = max(1, min(MAX_SHARDS, clips // SHARD_CLIPS))
+    return [(clips * index // count, clips * (index + 1) // count) for index in range(count)]
+
+
+def write_shard(shard: Shard, folder: str, params: FeatureParams, label_names: list[str], batch_size: int) -> ShardResult:
+    """Compute one shard's features batch by batch, streaming them to folder/<shard file> (Arrow)."""
     # Headers were checked by the scan; clips whose samples turn out unusable are left out here.
-    values, kept = featurize(batch["path"], params, extractor, bad, notes)
-    return {"input_values": values, "label": [batch["label"][i] for i in kept], "path": [batch["path"][i] for i in kept]}
+    extractor = make_feature_extractor(params)
+    result = ShardResult(rows=0)
+    file = Path(folder) / shard.file_name
+    # datasets' own writer: the Arrow stream format and schema metadata that Dataset.map writes.
+    with one_torch_thread(), ArrowWriter(features=arrow_features(params, label_names), path=str(file)) as writer:
+        for start in range(0, len(shard.paths), batch_size):
+            paths = shard.paths[start : start + batch_size]
+            values, kept = featurize(paths, params, extractor, result.bad, result.notes)
+            writer.write_batch({
+                "input_values": values.astype(params.storage_dtype),
+                "label": [shard.labels[start + index] for index in kept],
+                "path": [paths[index] for index in kept],
+            })
+        result.rows, _ = writer.finalize()
+    return result
 
 
-def _clip_table(clips, label_names: list[str], fingerprint: str) -> Dataset:
-    """The (path, label) table the features are mapped from, with its fingerprint given.
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not each
+    # print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    Left to itself, datasets fingerprints a new table by dill-pickling it, and dill finds a
-    function's globals by disassembling it into a redirected sys.stdout; under Prefect's
-    log_prints that disassembly reached the task log as ~18 lines of bytecode per split.
+
+class FeatureWorkerDied(RuntimeError):
+    """A feature worker process ended abruptly (killed, out of memory); the message names the setting."""
+
+
+def compute_shards(
+    shards: list[Shard], folder: Path, params: FeatureParams, label_names: list[str], batch_size: int, workers: int
+) -> list[ShardResult]:
+    """Write every shard into folder, on `workers` processes (1: in this one); results in shard order.
+
+    Hand-written on the standard library's process pool rather than datasets' map(num_proc): map's
+    workers can only return rows, while a shard also reports its bad and suspicious clips (one
+    error must list all of them); and map pickles with dill, whose function disassembly once
+    printed bytecode into Prefect's log (log_prints). Here only plain data crosses processes.
     """
-    features = Features({"path": Value("string"), "label": ClassLabel(names=label_names)})
-    columns = {"path": [clip.path for clip in clips], "label": [clip.label for clip in clips]}
-    return Dataset(
-        InMemoryTable.from_pydict(columns, schema=features.arrow_schema),
-        info=DatasetInfo(features=features),
-        fingerprint=fingerprint,
-    )
+    total = sum(len(shard.paths) for shard in shards)
+    started = last_log = time.monotonic()
+    done = 0
+    results: dict[int, ShardResult] = {}
+
+    def progress(index: int, result: ShardResult) -> None:
+        nonlocal done, last_log
+        results[index] = result
+        done += len(shards[index].paths)
+        now = time.monotonic()
+        if now - last_log >= PROGRESS_EVERY_S and done < total:
+            last_log = now
+            logger.info("features: %d of %d clips (%.0f%%), %.0f clips/s", done, total, 100 * done / total,
+                        done / (now - started))
+
+    if workers <= 1:
+        for index, shard in enumerate(shards):
+            progress(index, write_shard(shard, str(folder), params, label_names, batch_size))
+    else:
+        context = multiprocessing.get_context(START_METHOD)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+            futures = {
+                pool.submit(write_shard, shard, str(folder), params, label_names, batch_size): index
+                for index, shard in enumerate(shards)
+            }
+            try:
+                for future in as_completed(futures):
+                    progress(futures[future], future.result())
+            except BrokenProcessPool as error:
+                raise FeatureWorkerDied(
+                    f"a feature worker process ended abruptly ({error}); if it ran out of memory, lower "
+                    f"data.feature_workers (was {workers}) and run again"
+                ) from error
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # else leaving the block would run every queued shard
+                raise
+    seconds = time.monotonic() - started
+    logger.info("computed the features of %d clips in %.1f s (%.0f clips/s) on %d process%s",
+                total, seconds, total / max(seconds, 1e-9), workers, "" if workers == 1 else "es")
+    return [results[index] for index in range(len(shards))]
 
 
 class BadAudioError(ValueError):
@@ -180,11 +328,14 @@ def build_feature_cache(
     cache_dir: Path,
     batch_size: int = 64,
     skip_bad_files: bool = False,
+    workers: int = 0,
 ) -> tuple[FeatureCacheRef, bool]:
     """Return the cache for this manifest + params, computing it if needed; the bool is 'was a hit'.
 
     Clips that cannot be decoded stop the build with one error listing all of them, unless
     skip_bad_files, in which case they are left out, logged, and listed in the cache's `skipped`.
+    workers: processes computing features (0: one per usable core), at most one per SHARD_CLIPS
+    clips; the cache is the same whatever their number.
     """
     key = cache_key(manifest.fingerprint, params)
     root = Path(cache_dir) / "features"
@@ -206,24 +357,23 @@ def build_feature_cache(
         _log_warnings(ref)
         return ref, True
     with staged_folder(root, key, file_sizes_match, "feature cache") as staging:
-        extractor = make_feature_extractor(params)
-        features = arrow_features(params, manifest.label_names)
-        num_clips, bad, notes = {}, {}, {}
+        shards = []
         for split in manifest.splits:
             clips = manifest.split(split)
-            table = _clip_table(clips, manifest.label_names, f"{key}-{split}-clips")
-            arrow_file = staging / f"{split}.arrow"
-            table.map(
-                _featurize_batch,
-                fn_kwargs={"extractor": extractor, "params": params, "bad": bad, "notes": notes},
-                batched=True,
-                batch_size=batch_size,
-                features=features,
-                cache_file_name=str(arrow_file),
-                new_fingerprint=f"{key}-{split}",
-                desc=f"Computing {split} features",
-            )
-            num_clips[split] = Dataset.from_file(str(arrow_file)).num_rows
+            bounds = shard_bounds(len(clips))
+            shards += [
+                Shard(split, index, len(bounds), [clip.path for clip in clips[start:end]],
+                      [clip.label for clip in clips[start:end]])
+                for index, (start, end) in enumerate(bounds)
+            ]
+        workers = build_workers(workers, sum(len(shard.paths) for shard in shards))
+        results = compute_shards(shards, staging, params, manifest.label_names, batch_size, workers)
+        num_clips = {split: 0 for split in manifest.splits}
+        bad, notes = {}, {}
+        for shard, result in zip(shards, results):
+            num_clips[shard.split] += result.rows
+            bad |= result.bad
+            notes |= result.notes
         if bad and not skip_bad_files:
             raise BadAudioError(bad)
         for path, reason in sorted(bad.items()):
@@ -233,7 +383,8 @@ def build_feature_cache(
         ref = ref.model_copy(update={
             "num_clips": num_clips,
             "skipped": {**scan_skipped, **dict(sorted(bad.items()))},
-            "warnings": dict(sorted(notes.items())),
+            # a clip noted as odd and then found unusable was not used: it is listed as skipped only
+            "warnings": {path: note for path, note in sorted(notes.items()) if path not in bad},
         })
         meta = {
             "version": FEATURES_VERSION,
@@ -259,16 +410,33 @@ def has_test_split(ref: FeatureCacheRef) -> bool:
     return TEST_SPLIT in ref.num_clips
 
 
+def split_files(folder: str | Path, split: str) -> list[Path]:
+    """The shard files of one split of a cache folder, in row order."""
+    return sorted(Path(folder).glob(f"{split}-[0-9]*-of-[0-9]*.arrow"))
+
+
 def load_split(ref: FeatureCacheRef, split: str) -> Dataset:
-    """Memory-map one split of a finished cache, formatted as torch tensors for the Trainer."""
-    try:
-        dataset = Dataset.from_file(str(Path(ref.path) / f"{split}.arrow"))
-    except (pa.ArrowInvalid, OSError) as error:
-        # Its size matched meta.json, so the bytes were overwritten in place (disk fault, a copy gone wrong).
+    """Memory-map one split of a finished cache (its shards, in order), formatted as torch tensors for
+    the Trainer: float32 whatever the stored dtype (datasets' torch format makes floats float32)."""
+    files = split_files(ref.path, split)
+    expected = int(files[0].stem.rsplit("-of-", 1)[1]) if files else 1
+    if len(files) != expected:
         raise FeatureCacheCorrupt(
-            f"feature cache {ref.path}/{split}.arrow cannot be read ({error}); delete the folder {ref.path} "
-            "and run again: it is rebuilt from the audio"
-        ) from error
+            f"feature cache {ref.path}: {len(files)} of the {expected} {split} shard files are there; delete the "
+            f"folder {ref.path} and run again: it is rebuilt from the audio"
+        )
+    tables = []
+    for file in files:
+        try:
+            tables.append(MemoryMappedTable.from_file(str(file)))
+        except (pa.ArrowInvalid, OSError) as error:
+            # Its size matched meta.json, so the bytes were overwritten in place (disk fault, a copy gone wrong).
+            raise FeatureCacheCorrupt(
+                f"feature cache {file} cannot be read ({error}); delete the folder {ref.path} "
+                "and run again: it is rebuilt from the audio"
+            ) from error
+    # The fingerprint is given: datasets would otherwise hash the tables (the cache key already names them).
+    dataset = Dataset(concat_tables(tables), fingerprint=f"{ref.key}-{split}")
     return dataset.with_format("torch", columns=["input_values", "label"])
 
 

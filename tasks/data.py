@@ -49,13 +49,14 @@ def scan_folders(data: DataConfig) -> Manifest:
 # risk handing out a path that has since been deleted.
 @task(name="build-features", cache_policy=NO_CACHE)
 def build_features(
-    manifest: Manifest, params: FeatureParams, cache_dir: Path, skip_bad_files: bool = False
+    manifest: Manifest, params: FeatureParams, cache_dir: Path, skip_bad_files: bool = False, workers: int = 0
 ) -> FeatureCacheRef:
     """Compute log-mel features for every clip once, as Arrow, keyed by manifest + feature params."""
-    ref, hit = build_feature_cache(manifest, params, Path(cache_dir), skip_bad_files=skip_bad_files)
+    ref, hit = build_feature_cache(manifest, params, Path(cache_dir), skip_bad_files=skip_bad_files, workers=workers)
     get_run_logger().info(
-        "%s feature cache %s (%s clips, %d frames x %d mel bins)",
+        "%s feature cache %s (%s clips, %d frames x %d mel bins, %s)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
+        params.storage_dtype,
     )
     lengths = manifest.length_report(params.clip_seconds)
     if lengths:

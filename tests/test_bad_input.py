@@ -239,3 +239,47 @@ def test_suspicious_clips_are_named_on_build_and_on_a_cache_hit(tmp_path):
     assert "far outside [-1, 1]" in built.warnings[str(loud)] and "cancel out" in built.warnings[str(cancelling)]
     reused, hit = build_feature_cache(manifest, PARAMS, tmp_path / "cache")
     assert hit and reused.warnings == built.warnings
+
+
+def test_bad_and_suspicious_clips_in_different_shards_are_reported_alike_by_one_and_several_workers(
+    tmp_path, monkeypatch, caplog
+):
+    import lib.features
+
+    monkeypatch.setattr(lib.features, "SHARD_CLIPS", 2)  # 8 clips a split: 4 shards each
+    train, validation = small_layout(tmp_path)
+    nan = np.zeros(16000)
+    nan[5] = np.nan
+    bad = [  # sorted by path: a/ shards before b/ shards
+        wav(train / "a" / "0nan.wav", nan, subtype="FLOAT"),
+        wav(train / "b" / "huge.wav", np.full(16000, 1e30), subtype="FLOAT"),
+        wav(validation / "b" / "nan.wav", nan, subtype="DOUBLE"),
+    ]
+    loud = wav(validation / "a" / "loud.wav", np.sin(np.arange(16000) * 0.1) * 3, subtype="FLOAT")
+    manifest = scan_dataset(train, validation)
+    assert (len(manifest.train), len(manifest.validation)) == (8, 8)
+
+    errors = []
+    for workers in (1, 3):
+        with pytest.raises(BadAudioError) as error:
+            build_feature_cache(manifest, PARAMS, tmp_path / f"strict{workers}", workers=workers)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and all(f"  - {path}: " in errors[0] for path in bad)
+
+    built = {}
+    for workers in (1, 3):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lib.features"):
+            built[workers], _ = build_feature_cache(
+                manifest, PARAMS, tmp_path / f"lenient{workers}", skip_bad_files=True, workers=workers
+            )
+        assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+            *(f"skipping {path}" for path in sorted(map(str, bad))), "clip used, but check it"]
+    one, three = built[1], built[3]
+    assert len(lib.features.split_files(one.path, "train")) == 4
+    assert one.model_dump(exclude={"path"}) == three.model_dump(exclude={"path"})
+    assert one.num_clips == {"train": 6, "validation": 7} and sorted(one.skipped) == sorted(map(str, bad))
+    assert list(one.warnings) == [str(loud)]
+    for split in ("train", "validation"):
+        files = [lib.features.split_files(ref.path, split) for ref in (one, three)]
+        assert [path.read_bytes() for path in files[0]] == [path.read_bytes() for path in files[1]]

@@ -88,17 +88,22 @@ def test_cuda_table_has_an_mfu_row():
     assert lines[whole + 3].split()[1:] == ["20.0%", "16.0%"]  # MFU of the step, and of the whole epoch
 
 
-@pytest.mark.slow  # five fresh processes
+@pytest.mark.slow  # seven fresh processes
 def test_scale_benchmark_runs_every_stage_and_counts_every_clip(tmp_path, capsys):
     from benchmarks.bench_scale import STAGES, main
 
     rows = main(["--clips", "40", "--workdir", str(tmp_path)])
     assert [row["stage"] for row in rows] == list(STAGES)
     # 4 classes of 10 clips, one of each for validation: one epoch sees the 36 train clips
-    assert [row["clips"] for row in rows] == [40, 40, 40, 36]
+    assert [row["clips"] for row in rows] == [40, 40, 40, 40, 36, 40]
     assert all(row["seconds"] >= 0 and row["peak_rss_mb"] > 100 and row["anon_mb"] > 0 for row in rows)
-    assert rows[1]["disk_mb"] == rows[2]["disk_mb"] > 0  # the hit reads the cache the build wrote
-    assert "time x" in capsys.readouterr().out
+    stage = {row["stage"]: row for row in rows}
+    assert stage["build"]["disk_mb"] == stage["hit"]["disk_mb"] > 0  # the hit reads the cache the build wrote
+    assert stage["build-1"]["disk_bytes"] == stage["build"]["disk_bytes"]  # worker counts change no byte
+    assert stage["build"]["workers"] == 1  # 40 clips: under 2 x SHARD_CLIPS, built in the stage's process
+    assert 0.5 < stage["build-f16"]["disk_bytes"] / stage["build"]["disk_bytes"] < 0.52
+    printed = capsys.readouterr().out
+    assert "time x" in printed and "parallel build: 1 process " in printed and "KB/clip float16" in printed
 
 
 @pytest.mark.slow  # pretrains and fine-tunes four tiny members

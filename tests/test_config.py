@@ -67,7 +67,8 @@ def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_
     # what lies at those places is identified by the feature cache and encoder keys (lib.launch.resume_key)
     moved = FinetuneConfig.model_validate({
         **BASE,
-        "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache", "fingerprint": "content"},
+        "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache", "fingerprint": "content",
+                 "feature_workers": 7},
         "model": {"ssl_checkpoint": "/new/ckpt", "base_config": "/new/config.json"},
         "training": {"dataloader_num_workers": 4, "tensorboard": True, "pin_memory": False},
     })
@@ -80,6 +81,7 @@ def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_
         {"training": {"seed": 1}},
         {"training": {"augmentation": {"noise_std": 0.1}}},
         {"features": {"max_frames": 256}},
+        {"features": {"storage_dtype": "float16"}},
         {"model": {"ssl_checkpoint": "ckpt", "head_only": True}},
         {"data": {"train_dir": "t", "validation_dir": "v", "quick_subsample": True}},
         # other kernels, other rounding: never resumed across them

@@ -64,6 +64,11 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     from flows.finetune import finetune
 
     config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=1)
+    # The feature build inside the flow run forks 2 workers (shards of 8 of the 66 clips), and the
+    # member trains, is evaluated and publishes on a float16 cache.
+    monkeypatch.setattr(lib.features, "SHARD_CLIPS", 8)
+    config.data.feature_workers = 2
+    config.features.storage_dtype = "float16"
     state = finetune(config, return_state=True)
     summary = state.result()
 
@@ -111,7 +116,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert info["encoder"]["position_grid"] == {
         "checkpoint": [5, 5], "encoder": [5, 12], "max_frames": 128, "adaptation": "bilinear"
     }
-    assert info["feature_params"]["max_frames"] == 128
+    assert info["feature_params"]["max_frames"] == 128 and info["feature_params"]["storage_dtype"] == "float16"
     assert json.loads((member / "config.json").read_text())["max_length"] == 128
     assert json.loads((member / "preprocessor_config.json").read_text())["max_length"] == 128
 
@@ -121,7 +126,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     epochs = [line for line in logs if line.startswith("member tiny_last1: epoch ")]
     assert [int(re.match(r"member tiny_last1: epoch (\d+)/10  batch_size 8  ", line)[1]) for line in epochs] == list(range(1, 11))
     assert all(re.search(r"train_loss [\d.]+  accuracy [\d.]+  .*loss [\d.]+  .*seconds [\d.]+$", line) for line in epochs)
-    assert any(line.startswith("built feature cache") for line in logs)
+    assert any(line.startswith("built feature cache") and line.endswith("128 frames x 64 mel bins, float16)") for line in logs)
     assert [line for line in logs if BYTECODE.search(line)] == []
     artifacts = run_artifacts(state.state_details.flow_run_id)
     assert artifacts["progress-tiny-last1"] == ("progress", 100.0)
@@ -143,6 +148,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     })
     validation = load_split(cache, "validation")
     assert tuple(validation[0]["input_values"].shape) == (128, 64)  # frames x mel bins
+    assert len(lib.features.split_files(cache.path, "train")) == 6 and validation[0]["input_values"].dtype == torch.float32
     with torch.no_grad():
         logits = model(input_values=validation[:]["input_values"]).logits.numpy()
     np.testing.assert_allclose(logits, np.load(member / "validation_logits.npz")["logits"], atol=1e-5)
