@@ -337,6 +337,9 @@ def test_figures_no_masked_patch_was_scored_for_are_not_measured_rather_than_zer
                              "train_accuracy 0.2500  nce n/a  accuracy n/a  seconds 1.0")
     table = json.loads(json.dumps(epoch_table([record]), allow_nan=False))
     assert table[0]["validation"] == {"nce": None, "accuracy": None}
+    from tasks.member import _rounded  # the Prefect UI's epochs table
+
+    assert (_rounded(None), _rounded(0.123456)) == (None, 0.1235)
     from flows.cli import print_pretrain_summary
 
     print_pretrain_summary({"published": "out/ssl/x", "epochs": 1, "train": {"nce": 2.0, "accuracy": 0.25},
