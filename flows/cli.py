@@ -422,15 +422,25 @@ examples:
     )
     add_config_flags(predict, PredictConfig, preset=False)
     demo = commands.add_parser(
-        "demo", help="pretrain a tiny encoder on a small built-in synthetic example, then fine-tune from it"
+        "demo", help="pretrain a tiny encoder on a small built-in synthetic example, then fine-tune from it",
+        description="Synthesise a small labelled example (train, validation, test) and unlabeled clips under "
+        "--dir, pretrain a tiny encoder on the train and unlabeled clips (the astft-pretrain flow, "
+        "--pretrain-epochs), then fine-tune one member from it (astft-finetune, --epochs and --set), or with "
+        "--ensemble four (the ensemble flow).",
     )
     demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
-    demo.add_argument("--epochs", type=int, default=20, help="training.epochs of the demo run")
-    demo.add_argument("--device", choices=get_args(TrainingConfig.model_fields["device"].annotation), default="auto")
+    # 10: flows.demo.DEMO_PRETRAIN_EPOCHS (not imported here: it would load torch for --help)
+    demo.add_argument("--pretrain-epochs", type=int, default=10, metavar="N",
+                      help="training.epochs of the demo's pretraining (default: 10)")
+    demo.add_argument("--epochs", type=int, default=20, metavar="N",
+                      help="training.epochs of the demo's fine-tune (of each member with --ensemble; default: 20)")
+    demo.add_argument("--device", choices=get_args(TrainingConfig.model_fields["device"].annotation), default="auto",
+                      help="device of the pretraining and the fine-tune (default: auto)")
     demo.add_argument(
         "--set", dest="assignments", action="append", type=assignment_parser(field_types(FinetuneConfig)),
-        metavar="FIELD=VALUE", default=argparse.SUPPRESS, help="change any field of the demo run, e.g. "
-        "training.augmentation.mixup_probability=0.5 (repeatable)",
+        metavar="FIELD=VALUE", default=argparse.SUPPRESS, help="change any field of the demo's fine-tune, e.g. "
+        "training.augmentation.mixup_probability=0.5 (repeatable; the pretraining takes only --pretrain-epochs "
+        "and --device)",
     )
     demo.add_argument(
         "--ensemble", action="store_true",
@@ -474,8 +484,12 @@ def print_pretrain_summary(summary: dict) -> None:
     print(f"masked-patch figures after epoch {summary['epochs']} (accuracy: the discriminative head's picks):")
     print(f"  {'':>10}  {'train':>10}  {'validation':>10}")
     for key in ("nce", "mse", "total", "accuracy"):
-        train, validation = (summary[split].get(key, float("nan")) for split in ("train", "validation"))
-        print(f"  {key:>10}: {train:>10.4f}  {validation:>10.4f}")
+        # None or absent: not measured (no masked patch was scored, e.g. validation clips all too short)
+        train, validation = (
+            "n/a" if summary[split].get(key) is None else f"{summary[split][key]:.4f}"
+            for split in ("train", "validation")
+        )
+        print(f"  {key:>10}: {train:>10}  {validation:>10}")
     print(f"fine-tune from it: astft finetune --ssl-checkpoint {summary['published']} ...")
 
 
@@ -524,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from flows.demo import demo_config, demo_ensemble_config, demo_pretrain_config
 
-            pretrain_config = demo_pretrain_config(args.dir, args.device)
+            pretrain_config = demo_pretrain_config(args.dir, args.device, args.pretrain_epochs)
             config = (demo_ensemble_config if args.ensemble else demo_config)(args.dir, args.epochs, args.device)
             if overrides := overrides_from_args(args):
                 config = load_config(type(config), None, deep_merge(config.model_dump(), overrides))

@@ -60,7 +60,7 @@ def _demo_inputs(directory: Path, epochs: int, device: str) -> dict:
     }
 
 
-def demo_pretrain_config(directory: Path, device: str = "auto") -> PretrainConfig:
+def demo_pretrain_config(directory: Path, device: str = "auto", epochs: int = DEMO_PRETRAIN_EPOCHS) -> PretrainConfig:
     """Pretraining of the example's tiny encoder (64 wide, 2 layers) on the train clips and the unlabeled
     ones; the validation clips score its masked-patch accuracy."""
     inputs = _demo_inputs(Path(directory), 1, device)
@@ -77,7 +77,7 @@ def demo_pretrain_config(directory: Path, device: str = "auto") -> PretrainConfi
         model={key: getattr(tiny, key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                     "intermediate_size")},
         # SSAST's 1e-4 and 1000 warmup steps suit millions of steps; a few hundred clips want more, sooner
-        training={"epochs": DEMO_PRETRAIN_EPOCHS, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 0.1,
+        training={"epochs": epochs, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 0.1,
                   "device": device},
     )
 

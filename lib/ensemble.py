@@ -19,6 +19,7 @@ from lib.plots import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE, leaderboard_
 
 ENSEMBLE_FILE = "ensemble.json"
 MEMBER_FILE = "member.json"
+PRETRAIN_FILE = "pretrain.json"  # beside a published encoder (astft pretrain: <output_dir>/ssl/<name>)
 REPUBLISH = "re-publish the member (re-run astft finetune, or astft ensemble, for it)"
 
 
@@ -45,7 +46,7 @@ def read_member(path: Path, weight: float = 1.0, temperature: float | None = Non
     if not config_file.is_file() or not member_file.is_file():
         raise EnsembleError(
             f"{path} is not a published member (needs config.json and {MEMBER_FILE}); pass a folder that "
-            "astft finetune/ensemble published under <output_dir>/best/"
+            "astft finetune/ensemble published under <output_dir>/best/" + _encoder_hint(path)
         )
     config, member = _read_member_files(config_file, member_file)
     if temperature is None and (path / CALIBRATION_FILE).is_file():
@@ -279,11 +280,27 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
         if not p.name.startswith(".") and (p / MEMBER_FILE).is_file()
     ]
     if not members:
+        encoders = sorted(
+            p.name for p in model_path.iterdir() if not p.name.startswith(".") and (p / PRETRAIN_FILE).is_file()
+        )
         raise EnsembleError(
             f"--model (model_path) {model_path}: neither a member folder nor a folder of members; pass "
             "<output_dir>/best/ for the ensemble or <output_dir>/best/<name>/ for one member"
+            + (f". It holds pretrained encoders ({', '.join(encoders)}; astft pretrain), which classify nothing: "
+               f"fine-tune a classifier from one with astft finetune --ssl-checkpoint {model_path / encoders[0]} ..."
+               if encoders else "")
         )
     return members
+
+
+def _encoder_hint(path: Path) -> str:
+    """For a published encoder passed where a member is expected: what it is, and what to do with it."""
+    if not (path / PRETRAIN_FILE).is_file():
+        return ""
+    return (
+        f". {path} is a pretrained encoder (astft pretrain), which classifies nothing; fine-tune a classifier from "
+        f"it with astft finetune --ssl-checkpoint {path} ..."
+    )
 
 
 def _read_json_object(path: Path, fix: str) -> dict[str, Any]:

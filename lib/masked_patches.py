@@ -130,12 +130,17 @@ def squared_error(predictions: torch.Tensor, targets: torch.Tensor, valid: torch
     return (per_patch * valid).sum(dim=1), valid.sum(dim=1)
 
 
-def summarise(stats: torch.Tensor, generative_weight: float) -> dict[str, float]:
-    """Pooled over every masked patch the stats (columns STATS, summed) cover: nce, mse, total, accuracy."""
+def summarise(stats: torch.Tensor, generative_weight: float) -> dict[str, float | None]:
+    """Pooled over every masked patch the stats (columns STATS, summed) cover: nce, mse, total, accuracy.
+
+    A figure no patch was scored for is None, "not measured" (never 0, which would read as a perfect
+    loss or a zero accuracy, nor NaN, which JSON cannot hold): nce and accuracy when no clip had 2
+    masked patches (e.g. validation clips all too short), and total with them."""
     nce_sum, nce_patches, correct, error_sum, mse_patches = (float(value) for value in stats)
-    nce = nce_sum / max(nce_patches, 1)
-    mse = error_sum / max(mse_patches, 1)
-    return {"nce": nce, "mse": mse, "total": nce + generative_weight * mse, "accuracy": correct / max(nce_patches, 1)}
+    nce = nce_sum / nce_patches if nce_patches else None
+    mse = error_sum / mse_patches if mse_patches else None
+    total = None if nce is None or mse is None else nce + generative_weight * mse
+    return {"nce": nce, "mse": mse, "total": total, "accuracy": correct / nce_patches if nce_patches else None}
 
 
 # --- the model ---------------------------------------------------------------------------------------------

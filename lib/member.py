@@ -117,7 +117,7 @@ def train_member_in_process(
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
     work_dir = plan.work_dir
-    claim_work_dir(work_dir)  # before the trunk cache is built: a work dir we did not make is refused first
+    claim_work_dir(work_dir, plan.owner)  # before the trunk cache is built: a work dir we did not make is refused first
     apply_tf32(plan.runtime)  # the trunk cache is computed before Trainer would set it
     try:
         # frozen, deterministic leading layers: computed once and cached, only the tail trains (logged either way)
@@ -135,6 +135,7 @@ def train_member_in_process(
             data_collator=inputs.data_collator,
             save_best=inputs.save_best,
             on_epoch=on_epoch,
+            owner=plan.owner,
         )
         return TrainOutcome(**dict(outcome), parameters=counts, trunk_cache=inputs.trunk)
     except torch.cuda.OutOfMemoryError as error:
@@ -159,7 +160,7 @@ def train_member_distributed(
     """
     work_dir = plan.work_dir
     # Decide resume-or-fresh once, before the ranks start, so they never race on the work dir.
-    prepare_work_dir(work_dir, resume_key(plan, features, encoder))
+    prepare_work_dir(work_dir, resume_key(plan, features, encoder), plan.owner)
     spec_file = work_dir / "launch_spec.json"
     outcome_file = work_dir / "launch_outcome.json"
     outcome_file.unlink(missing_ok=True)

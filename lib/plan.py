@@ -16,10 +16,10 @@ from lib.checkpoint import (
     resolve_encoder_config,
 )
 from lib.config import ConfigError, EncoderConfig, EnsembleConfig, FeatureConfig, FinetuneConfig
-from lib.ensemble import MEMBER_FILE
+from lib.ensemble import MEMBER_FILE, PRETRAIN_FILE
 from lib.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.runtime import Runtime, check_portable, resolve_runtime
-from lib.training import check_schedule_supported, check_tensorboard_installed, check_work_dir
+from lib.training import RunOwner, check_schedule_supported, check_tensorboard_installed, check_work_dir
 
 DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # test_dir is optional (None)
 
@@ -41,6 +41,11 @@ class RunPlan(BaseModel):
     def best_root(self) -> Path:
         return self.config.output_dir / "best"
 
+    @property
+    def owner(self) -> RunOwner:
+        """Whose work dir it is (run.json): a pretraining run's, or another member's, is refused."""
+        return RunOwner(kind="finetune", name=self.config.name)
+
 
 def check_work_dir_location(config: FinetuneConfig) -> None:
     """The work dir must neither hold, nor be, nor lie inside the SSL checkpoint or the data, and be ours.
@@ -56,11 +61,16 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
         # published members: a link there could pass for an incomplete checkpoint-N and be removed
         "the published members, output_dir/best": config.output_dir / "best",
     }
-    check_work_dir_apart(config.member_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>")
+    check_work_dir_apart(
+        config.member_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>",
+        RunOwner(kind="finetune", name=config.name),
+    )
 
 
-def check_work_dir_apart(work_dir: Path, given: bool, protected: dict[str, Path | None], default: str) -> None:
-    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is ours.
+def check_work_dir_apart(
+    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner
+) -> None:
+    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's.
 
     given: whether --work-dir was passed (else it is `default`, and the fix is another --output-dir)."""
     work_dir = work_dir.resolve()
@@ -84,7 +94,7 @@ def check_work_dir_apart(work_dir: Path, given: bool, protected: dict[str, Path 
                 "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
                 f"checkpoint, the data and the published models, or {fix}"
             )
-    check_work_dir(work_dir)
+    check_work_dir(work_dir, owner)
 
 
 def plan_run(config: FinetuneConfig, trains_here: bool = True) -> RunPlan:
@@ -159,12 +169,20 @@ def check_member_destination(destination: Path, kind: str = "member") -> None:
     destination = Path(destination)
     if destination.is_symlink() or not os.path.lexists(destination):
         return
-    if not destination.is_dir() or not (destination / MEMBER_FILE).is_file():
-        what = "a folder without member.json" if destination.is_dir() else "a file"
-        raise ConfigError(
-            f"{destination} is {what}, not a {kind} astft published: publishing {kind} {destination.name} would "
-            "replace it. Move it away, or choose another name (--name) or --output-dir"
-        )
+    if kind == "member" and destination.is_dir() and (destination / MEMBER_FILE).is_file():
+        return  # a member folder of an older publish, before members were links
+    if kind == "member":
+        what = f"a folder without {MEMBER_FILE}" if destination.is_dir() else "a file"
+        marks = f"a link to a version folder, or a folder holding {MEMBER_FILE}"
+    else:  # encoders were links from the start: a real folder is someone's, even a copy holding pretrain.json
+        what = "a plain folder" if destination.is_dir() else "a file"
+        marks = f"a link to a hidden version folder .{destination.name}.v-* beside it, which holds {PRETRAIN_FILE}"
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise ConfigError(
+        f"{destination} is {what}, not {article} {kind} astft published (astft publishes {article} {kind} as "
+        f"{marks}): publishing {kind} {destination.name} would replace it. Move it away, or choose another name "
+        "(--name) or --output-dir"
+    )
 
 
 def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str, RunPlan]:
@@ -205,16 +223,19 @@ def _check_checkpoint(checkpoint: Path) -> None:
         )
 
 
-def check_output_folders(outputs: dict[str, Path], data_folders: dict[str, Path | None]) -> None:
-    """The output folders (label -> path) must be (or become) folders, outside what the folder scan reads."""
+def check_output_folders(
+    outputs: dict[str, Path], data_folders: dict[str, Path | None], written: str = "best/, runs/, features/"
+) -> None:
+    """The output folders (label -> path) must be (or become) folders, outside what the folder scan reads.
+
+    written: the folders a run puts there, as the error names them (pretraining: ssl/, ssl-runs/, features/)."""
     for label, path in outputs.items():
         _check_can_be_folder(label, path)
         for data_label, data_dir in data_folders.items():
             if data_dir is not None and _seen_by_scan(path, data_dir):
                 raise ConfigError(
-                    f"{label} {path} is inside {data_label} {data_dir}: the next scan would take the folders "
-                    "written there (best/, runs/, features/) for clips or class folders; choose a folder outside "
-                    "the data folders"
+                    f"{label} {path} is inside {data_label} {data_dir}: the next scan would read the folders "
+                    f"written there ({written}) as part of the data; choose a folder outside the data folders"
                 )
 
 

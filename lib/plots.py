@@ -44,7 +44,7 @@ def training_curves(log_history: list[dict], metric: str, best_epoch: float | No
     losses.set(xlabel="epoch", ylabel="loss", title="loss")
     losses.legend()
     key = f"eval_{metric}"
-    points = [(e["epoch"], e[key]) for e in evals if key in e]
+    points = [(e["epoch"], e[key]) for e in evals if e.get(key) is not None]  # None: not measured that epoch
     if points:
         score.plot(*zip(*points), marker="o", color="tab:green", label=f"validation {metric}")
     score.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")

@@ -25,18 +25,20 @@ from lib.audio import source_frames
 from lib.checkpoint import BUNDLED_CONFIG, CheckpointError, architecture_dict, patch_grid, read_ast_config
 from lib.config import ConfigError, PretrainConfig, PretrainModelConfig
 from lib.features import FRAME_SHIFT_MS, FeatureCacheRef, FeatureParams, fbank_frames, load_split, make_feature_extractor
+from lib.ensemble import PRETRAIN_FILE
 from lib.guards import check_finite_folder
 from lib.hashing import digest
-from lib.masked_patches import STATS, MaskedPatchModel, summarise
+from lib.masked_patches import STATS, MaskedPatchModel, maskable_patches, masked_counts, summarise
 from lib.member import TrainingOutOfMemory
 from lib.plan import check_clip_fits, check_member_destination, check_output_folders, check_work_dir_apart
 from lib.plots import training_curves
 from lib.publish import publish_member, trained_by
 from lib.runtime import Runtime, resolve_runtime, seed_everything
-from lib.scan import SPLITS, Clip, Manifest, unlabeled_roots
+from lib.scan import SPLITS, Clip, Manifest, ScanError, check_unlabeled_roots, unlabeled_roots
 from lib.training import (
     LOG_HISTORY_FILE,
     EpochRecord,
+    RunOwner,
     SpeedSettings,
     attention_implementation,
     check_tensorboard_installed,
@@ -50,7 +52,6 @@ from lib.training import (
 logger = logging.getLogger(__name__)
 
 SSL_FOLDER = "ssl"  # <output_dir>/ssl/<name>/: published encoders, beside best/ (members)
-PRETRAIN_FILE = "pretrain.json"
 CURVES_FILE = "pretraining_curves.png"
 FINAL_MODEL_DIR = "final-model"
 METRICS = ("nce", "mse", "total", "accuracy")  # what lib.masked_patches.summarise reports, per epoch
@@ -71,6 +72,11 @@ class PretrainPlan(BaseModel):
     @property
     def work_dir(self) -> Path:
         return self.config.run_work_dir
+
+    @property
+    def owner(self) -> RunOwner:
+        """Whose work dir it is (run.json): a fine-tune's, or another encoder's, is refused."""
+        return RunOwner(kind="pretrain", name=self.config.name)
 
     @property
     def ssl_root(self) -> Path:
@@ -115,12 +121,14 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
     """Fail fast on anything checkable without touching audio or weights; errors name the parameter."""
     config = config.resolved()
     folders = unlabeled_roots(config.data.data_dirs, config.data.validation_dir)
-    for label, folder in folders.items():
-        if not folder.is_dir():
-            raise ConfigError(f"{label} {folder}: no such folder; pass a folder of .wav clips (searched at any depth)")
+    try:  # missing, a file, twice or one inside another: the scan would refuse them after the server started
+        check_unlabeled_roots(folders)
+    except ScanError as error:
+        raise ConfigError(str(error)) from error
     check_output_folders(
         {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
         folders,
+        written="ssl/, ssl-runs/, features/",
     )
     check_member_destination(config.output_dir / SSL_FOLDER / config.name, "encoder")
     check_work_dir_apart(
@@ -129,6 +137,7 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
         {**folders, "the published encoders, output_dir/ssl": config.output_dir / SSL_FOLDER,
          "the published members, output_dir/best": config.output_dir / "best"},
         "<output_dir>/ssl-runs/<name>",
+        RunOwner(kind="pretrain", name=config.name),
     )
     encoder, source = encoder_config(config.model, config.features.max_frames)
     check_clip_fits(config.features, encoder.max_length)
@@ -143,18 +152,61 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
                 f"{field} is {size}, less than one {encoder.patch_size}x{encoder.patch_size} patch; use at least "
                 f"{encoder.patch_size} (128 suits 1 s clips)"
             )
+    fitted = {"max_frames": encoder.max_length, "num_mel_bins": encoder.num_mel_bins}
+    feature_params = FeatureParams(**config.features.model_dump() | fitted)
+    check_masking(config.objective.mask_ratio, encoder, feature_params)
     runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
     if config.training.tensorboard:
         check_tensorboard_installed()
-    fitted = {"max_frames": encoder.max_length, "num_mel_bins": encoder.num_mel_bins}
     return PretrainPlan(
         config=config,
         encoder=architecture_dict(encoder),
         encoder_source=source,
-        feature_params=FeatureParams(**config.features.model_dump() | fitted),
+        feature_params=feature_params,
         runtime=runtime,
         fingerprint=config.fingerprint(),
     )
+
+
+def longest_clip_masking(mask_ratio: float, encoder: ASTConfig, params: FeatureParams) -> tuple[int, int]:
+    """(patches holding audio, patches masked) in the longest clip there is: features.clip_seconds of audio at
+    the feature rate (a longer clip is trimmed to it), counted as MaskedPatchModel.sample_masks counts them."""
+    rate = params.sample_rate_hz
+    clip = Clip(path="", label=0, sample_rate_hz=rate, num_samples=int(round(rate * params.clip_seconds)), channels=1)
+    maskable = maskable_patches(torch.tensor([content_frames(clip, params)]), patch_grid(encoder), encoder.time_stride)
+    return int(maskable.sum()), int(masked_counts(maskable, mask_ratio)[0])
+
+
+def check_masking(mask_ratio: float, encoder: ASTConfig, params: FeatureParams) -> None:
+    """Even the longest clip must have at least 2 masked patches (InfoNCE picks each among the others) and at
+    least 1 visible (the encoder predicts the masked ones from it)."""
+    available, masked = longest_clip_masking(mask_ratio, encoder, params)
+    frequency, time = patch_grid(encoder)
+    size = encoder.patch_size
+    clip = (
+        f"a {params.clip_seconds:g} s clip (features.clip_seconds), which fills {available} of the patch grid's "
+        f"{frequency} x {time} patches of {size}x{size} (model.num_mel_bins={encoder.num_mel_bins} mel bins x "
+        f"features.max_frames={encoder.max_length} frames)"
+    )
+    if available < 3:
+        raise ConfigError(
+            f"the patch grid is too small for masked patch modelling: {clip}; at least 3 patches must hold audio (2 "
+            "masked, InfoNCE picks each among the others, and 1 left visible). Raise features.clip_seconds and "
+            "features.max_frames (--max-frames), or model.num_mel_bins"
+        )
+    if masked < 2:
+        lowest = math.ceil(2 / available * 10**4) / 10**4
+        raise ConfigError(
+            f"objective.mask_ratio (--mask-ratio) {mask_ratio:g} masks {masked} patch of {clip}; InfoNCE picks each "
+            "masked patch out among the clip's other masked patches, so with fewer than 2 no clip is scored and the "
+            f"discriminative head never trains. Raise --mask-ratio to at least {lowest:g}"
+        )
+    if masked >= available:
+        highest = math.floor((available - 1) / available * 10**4) / 10**4
+        raise ConfigError(
+            f"objective.mask_ratio (--mask-ratio) {mask_ratio:g} masks all {available} patches of {clip}, leaving "
+            f"none visible to predict them from; lower --mask-ratio to at most {highest:g}"
+        )
 
 
 # --- data: the feature cache, with how many frames of each clip hold audio -----------------------------------
@@ -217,10 +269,11 @@ class MaskedPatchTrainer(Trainer):
         return super().evaluate(*args, **kwargs)
 
 
-def masked_patch_metrics(generative_weight: float) -> Callable[[EvalPrediction], dict[str, float]]:
-    """compute_metrics: the clips' stats (lib.masked_patches.STATS columns) pooled into nce, mse, total, accuracy."""
+def masked_patch_metrics(generative_weight: float) -> Callable[[EvalPrediction], dict[str, float | None]]:
+    """compute_metrics: the clips' stats (lib.masked_patches.STATS columns) pooled into nce, mse, total, accuracy
+    (None: not measured, see summarise) and the count of masked patches scored."""
 
-    def compute(prediction: EvalPrediction) -> dict[str, float]:
+    def compute(prediction: EvalPrediction) -> dict[str, float | None]:
         stats = torch.as_tensor(prediction.predictions).reshape(-1, len(STATS)).sum(dim=0)
         return summarise(stats, generative_weight) | {"masked_patches": float(stats[STATS.index("nce_patches")])}
 
@@ -276,7 +329,7 @@ def pretrain_encoder(
     )
     # train (resuming the work dir's last checkpoint of this same run)
     work_dir = plan.work_dir
-    resume_from = prepare_work_dir(work_dir, resume_key(plan, features))
+    resume_from = prepare_work_dir(work_dir, resume_key(plan, features), plan.owner)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     train_log = work_dir / f"train_log{config.name}.txt"
@@ -329,17 +382,23 @@ def pretrain_encoder(
 # --- publish ---------------------------------------------------------------------------------------------------
 
 def epoch_table(records: list[EpochRecord]) -> list[dict]:
-    """pretrain.json's epochs: train and validation nce, mse, total, accuracy (and Trainer's mean batch loss)."""
-    return [
-        {
+    """pretrain.json's epochs: train and validation nce, mse, total, accuracy (and Trainer's mean batch loss; None:
+    not measured), and the optimizer steps the train figures cover: all of the epoch's, or after a mid-epoch
+    resume (resumed_mid_epoch) only those after the checkpoint it resumed from."""
+    table, previous = [], 0
+    for record in records:
+        first = previous + 1 if record.resumed_at_step is None else record.resumed_at_step + 1
+        table.append({
             "epoch": record.epoch,
             "step": record.step,
             "train": {"loss": record.train_loss, **record.train_metrics},
+            "train_steps": [first, record.step],
+            "resumed_mid_epoch": record.resumed_at_step is not None,
             "validation": record.metrics,
             "seconds": round(record.seconds, 2),
-        }
-        for record in records
-    ]
+        })
+        previous = record.step
+    return table
 
 
 def pretrain_record(

@@ -117,11 +117,24 @@ def display_path(path: str | os.PathLike) -> str:
     return text if _is_utf8(text) else os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def _list_class(folder: str, ignored: dict[str, int], dataset_roots: tuple[Path, ...] = ()) -> list[Path]:
+# Why a symlinked folder into the rest of the dataset is not followed, as the warning says it.
+LABELLED_LINK_RISK = "elsewhere in the dataset (another class or split), whose clips would get this class's label"
+UNLABELED_LINK_RISK = (
+    "inside another pretraining folder (a --data-dir or the --validation-dir), whose clips would be listed twice, "
+    "or validated on and trained on at once"
+)
+
+
+def _list_class(
+    folder: str, ignored: dict[str, int], dataset_roots: tuple[Path, ...] = (), warn: bool = True,
+    link_risk: str = LABELLED_LINK_RISK,
+) -> list[Path]:
     """Every clip under one class folder, nested ones included; symlinked subfolders followed, each real one once.
 
     A symlinked folder that leads elsewhere inside the dataset (up to the split, into another class
     or split) is not followed: its clips would be trained under this class's label, or validated on.
+    It is counted, and named in a warning (link_risk says why) unless warn is False: a listing made
+    only for a fingerprint (a cache key) stays quiet, the scan that follows it warns once.
     """
     clips: list[Path] = []
     stat = os.stat(folder)
@@ -145,10 +158,11 @@ def _list_class(folder: str, ignored: dict[str, int], dataset_roots: tuple[Path,
                     real.is_relative_to(root) or root.is_relative_to(real) for root in roots
                 ):
                     ignored["folder_link_into_the_dataset"] += 1
-                    logger.warning(
-                        "not following %s: it links to %s, elsewhere in the dataset (another class or split), whose "
-                        "clips would get this class's label; remove the link", display_path(entry.path), display_path(real),
-                    )
+                    if warn:
+                        logger.warning(
+                            "not following %s: it links to %s, %s; remove the link",
+                            display_path(entry.path), display_path(real), link_risk,
+                        )
                 elif (stat.st_dev, stat.st_ino) in seen:  # a loop, or a second link to one folder
                     ignored["folder_already_scanned"] += 1
                 else:
@@ -173,9 +187,11 @@ def _ignored_counts() -> dict[str, int]:
 
 
 def list_split(
-    split_dir: Path, split: str, dataset_roots: tuple[Path, ...] = ()
+    split_dir: Path, split: str, dataset_roots: tuple[Path, ...] = (), warn: bool = True
 ) -> tuple[dict[str, list[Path]], dict[str, int]]:
-    """Map class name -> sorted clip paths under one split folder, plus counts of ignored entries."""
+    """Map class name -> sorted clip paths under one split folder, plus counts of ignored entries.
+
+    warn: see _list_class."""
     if not split_dir.is_dir():
         raise ScanError(
             f"{split} folder {split_dir} does not exist or is not a folder; "
@@ -191,7 +207,7 @@ def list_split(
             ignored["outside_class_folder"] += 1
             continue
         # Nested subfolders belong to their top-level class folder.
-        classes[entry.name] = _list_class(entry.path, ignored, dataset_roots or (split_dir,))
+        classes[entry.name] = _list_class(entry.path, ignored, dataset_roots or (split_dir,), warn)
     return classes, ignored
 
 
@@ -239,9 +255,11 @@ def split_roots(train_dir: Path, validation_dir: Path, test_dir: Path | None = N
 def fingerprint_folders(
     train_dir: Path, validation_dir: Path, mode: FingerprintMode = "stat", test_dir: Path | None = None
 ) -> str:
-    """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content")."""
+    """Content fingerprint: a listing and a stat per file ("stat"), plus every clip's bytes hashed ("content").
+
+    Quiet: the scan that follows a cache miss names what its listing passes over."""
     roots = split_roots(train_dir, validation_dir, test_dir)
-    listing = {split: list_split(root, split, tuple(roots.values()))[0] for split, root in roots.items()}
+    listing = {split: list_split(root, split, tuple(roots.values()), warn=False)[0] for split, root in roots.items()}
     return fingerprint_listing(listing, roots, mode)
 
 
@@ -439,28 +457,48 @@ def unlabeled_roots(data_dirs: list[Path], validation_dir: Path | None = None) -
     return roots | ({"--validation-dir (data.validation_dir)": Path(validation_dir)} if validation_dir is not None else {})
 
 
-def list_unlabeled(roots: dict[str, Path]) -> tuple[dict[str, list[Path]], dict[str, int]]:
-    """Every clip under each root, at any depth; the roots must exist and be apart (none inside another)."""
+def check_unlabeled_roots(roots: dict[str, Path]) -> None:
+    """Each root is a folder, and no two are the same or one inside another; paths only, no listing.
+
+    plan_pretrain runs it before any work (an error is one line there), list_unlabeled again."""
     for name, root in roots.items():
         if not root.is_dir():
-            raise ScanError(
-                f"{name} {root} does not exist or is not a folder; pass a folder of .wav clips (searched at any depth)"
-            )
+            found = " is a file, not a folder" if root.exists() else ": no such folder"
+            raise ScanError(f"{name} {root}{found}; pass a folder of .wav clips (searched at any depth)")
     for (first, first_root), (second, second_root) in combinations(roots.items(), 2):
+        if first_root.resolve() == second_root.resolve():
+            raise ScanError(
+                f"{first} {first_root} and {second} {second_root} are the same folder ({first_root.resolve()}): its "
+                "clips would be listed twice, or held out and trained on at once; pass each folder once, and a "
+                "--validation-dir apart from the --data-dir folders"
+            )
         outer, inner = sorted((first_root.resolve(), second_root.resolve()), key=lambda path: len(path.parts))
         if inner.is_relative_to(outer):
             raise ScanError(
                 f"{first} {first_root} and {second} {second_root} overlap ({inner} lies in {outer}): its clips would "
                 "be listed twice, or held out and trained on at once; pass folders apart from each other"
             )
-    ignored = _ignored_counts()
-    listing = {name: _list_class(str(root), ignored, tuple(roots.values())) for name, root in roots.items()}
-    return listing, {key: count for key, count in ignored.items() if count}
+
+
+def list_unlabeled(
+    roots: dict[str, Path], warn: bool = True
+) -> tuple[dict[str, list[Path]], dict[str, dict[str, int]]]:
+    """Every clip under each root, at any depth, and what was ignored under each (counts by reason, the
+    non-zero ones); the roots must exist and be apart (check_unlabeled_roots). warn: see _list_class."""
+    check_unlabeled_roots(roots)
+    listing, ignored = {}, {}
+    for name, root in roots.items():
+        counts = _ignored_counts()
+        listing[name] = _list_class(str(root), counts, tuple(roots.values()), warn, UNLABELED_LINK_RISK)
+        ignored[name] = {key: count for key, count in counts.items() if count}
+    return listing, ignored
 
 
 def fingerprint_unlabeled(roots: dict[str, Path], mode: FingerprintMode = "stat") -> str:
-    """fingerprint_listing of each root (path relative to it, size, mtime[, content hash] per clip), combined."""
-    listing, _ = list_unlabeled(roots)
+    """fingerprint_listing of each root (path relative to it, size, mtime[, content hash] per clip), combined.
+
+    Quiet, as fingerprint_folders."""
+    listing, _ = list_unlabeled(roots, warn=False)
     return _unlabeled_fingerprint(listing, roots, mode)
 
 
@@ -470,6 +508,23 @@ def _unlabeled_fingerprint(listing: dict[str, list[Path]], roots: dict[str, Path
         for name, paths in listing.items()
     ]
     return digest("\n".join(parts), 64)
+
+
+# How the "holds no .wav clips" error names what a folder held instead (_ignored_counts' reasons).
+IGNORED_AS = {
+    "non_audio": "files not named .wav (astft reads only .wav: convert them)",
+    "hidden": "hidden entries",
+    "not_a_regular_file": "FIFOs, sockets or devices named .wav",
+    "folder_already_scanned": "links to a folder already listed",
+    "unreadable_folder": "folders it could not read (permissions?)",
+    "folder_link_into_the_dataset": "links into another pretraining folder",
+}
+
+
+def no_clips_message(name: str, root: Path, ignored: dict[str, int]) -> str:
+    """A pretraining folder without a .wav clip, and what it held that was ignored, if anything."""
+    held = "; ".join(f"{count} {IGNORED_AS.get(reason, reason)}" for reason, count in ignored.items() if count)
+    return f"{name} {root} holds no .wav clips (searched at any depth)" + (f"; ignored there: {held}" if held else "")
 
 
 def held_out(relative_path: str, fraction: float) -> bool:
@@ -488,10 +543,14 @@ def scan_unlabeled(
     """Every clip under data_dirs (any depth) -> train, with validation_dir's clips, or a held-out share of
     data_dirs', as validation; one pseudo-class (labels are ignored). Bad files as in scan_dataset."""
     roots = unlabeled_roots(data_dirs, validation_dir)
-    listing, ignored = list_unlabeled(roots)
+    listing, ignored_by_root = list_unlabeled(roots)
     for name, paths in listing.items():
         if not paths:
-            raise ScanError(f"{name} {roots[name]} holds no .wav clips (searched at any depth)")
+            raise ScanError(no_clips_message(name, roots[name], ignored_by_root[name]))
+    ignored: dict[str, int] = {}
+    for counts in ignored_by_root.values():
+        for key, count in counts.items():
+            ignored[key] = ignored.get(key, 0) + count
     bad: list[BadFile] = []
     clips = {name: _probe_clips(paths, 0, bad) for name, paths in listing.items()}
     _stop_or_skip(bad, skip_bad_files)

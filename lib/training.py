@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import transformers
@@ -188,18 +189,30 @@ class EpochRecord(BaseModel):
     batch_size: int
     step: int
     train_loss: float | None
-    metrics: dict[str, float]  # validation metrics, without the eval_ prefix
+    # validation metrics, without the eval_ prefix; None: not measured (pretraining: no masked patch scored)
+    metrics: dict[str, float | None]
     seconds: float  # wall time of the epoch, its validation included
-    train_metrics: dict[str, float] = {}  # more training figures the Trainer logged with the loss (pretraining's)
+    # more training figures the Trainer logged with the loss (pretraining's); None as in metrics
+    train_metrics: dict[str, float | None] = {}
+    # Set on the epoch a run resumed into mid-way (from a checkpoint_every_steps checkpoint): the optimizer
+    # step it resumed after. Trainer restarts its running loss there, so the epoch's training figures
+    # (train_loss, train_metrics) cover only steps resumed_at_step + 1 to step.
+    resumed_at_step: int | None = None
 
     def line(self) -> str:
         parts = [f"epoch {self.epoch}/{self.epochs}", f"batch_size {self.batch_size}", f"step {self.step}"]
         if self.train_loss is not None:
             parts.append(f"train_loss {self.train_loss:.4f}")
-        parts += [f"train_{key} {value:.4f}" for key, value in self.train_metrics.items()]
-        parts += [f"{key} {value:.4f}" for key, value in self.metrics.items()]
+        parts += [f"train_{key} {_figure(value)}" for key, value in self.train_metrics.items()]
+        parts += [f"{key} {_figure(value)}" for key, value in self.metrics.items()]
         parts.append(f"seconds {self.seconds:.1f}")
+        if self.resumed_at_step is not None:
+            parts.append(f"(resumed mid-epoch: train figures of steps {self.resumed_at_step + 1}-{self.step} only)")
         return "  ".join(parts)
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 class EpochLogCallback(TrainerCallback):
@@ -218,12 +231,21 @@ class EpochLogCallback(TrainerCallback):
         self.on_epoch = on_epoch
         self.train_keys = tuple(train_keys)
         self.started = time.monotonic()
+        self.resumed_at_step: int | None = None  # until the first epoch after a mid-epoch resume is logged
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        # A resumed state's epoch is fractional when its checkpoint was saved mid-epoch (checkpoint_every_steps)
+        if state.global_step and not float(state.epoch or 0).is_integer():
+            self.resumed_at_step = state.global_step
         with self.path.open("a") as log:
             log.write(f"# run started: {self.total_epochs} epochs, output {args.output_dir}\n")
+            if self.resumed_at_step is not None:
+                log.write(
+                    f"# resumed mid-epoch {math.ceil(state.epoch)} after step {state.global_step}: that epoch's "
+                    "train figures cover only the steps after it\n"
+                )
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
@@ -241,11 +263,13 @@ class EpochLogCallback(TrainerCallback):
             train_metrics={key: train_logs[-1][key] for key in self.train_keys if train_logs and key in train_logs[-1]},
             metrics={
                 key[5:]: value for key, value in sorted((metrics or {}).items())
-                if key.startswith("eval_") and isinstance(value, (int, float))
+                if key.startswith("eval_") and (value is None or isinstance(value, (int, float)))
                 and "runtime" not in key and "per_second" not in key
             },
             seconds=time.monotonic() - self.started,
+            resumed_at_step=self.resumed_at_step,
         )
+        self.resumed_at_step = None
         with self.path.open("a") as log:
             log.write(record.line() + "\n")
         with self.records.open("a") as records:
@@ -440,6 +464,20 @@ def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(work_dir / "tensorboard")))
 
 
+RunKind = Literal["finetune", "pretrain"]
+RUN_KINDS = {"finetune": "fine-tune run (astft finetune / ensemble)", "pretrain": "pretraining run (astft pretrain)"}
+
+
+class RunOwner(BaseModel):
+    """Whose work dir it is, as run.json records it: the kind of run and its name (--name).
+
+    A run refuses a work dir that another kind of run or another name made: starting would remove
+    that run's checkpoints. name None (a caller below the flows) checks the kind only."""
+
+    kind: RunKind = "finetune"
+    name: str | None = None
+
+
 def _marker(work_dir: Path) -> dict | None:
     """run.json's content if it marks work_dir as an astft run's own: a JSON object with a fingerprint."""
     try:
@@ -449,41 +487,63 @@ def _marker(work_dir: Path) -> dict | None:
     return marker if isinstance(marker, dict) and "fingerprint" in marker else None
 
 
-def _write_marker(work_dir: Path, run_fingerprint: str | None) -> None:
+def _write_marker(work_dir: Path, run_fingerprint: str | None, owner: RunOwner | None = None) -> None:
     # Written aside and renamed over, so a kill never leaves a half-written run.json, which would
     # make the run's own work dir look foreign.
+    owner = owner or RunOwner()
+    previous = _marker(work_dir) or {}
+    name = owner.name or previous.get("name")  # a caller without a name keeps the one recorded
+    marker = {"fingerprint": run_fingerprint, "kind": owner.kind, **({"name": name} if name else {})}
     partial = Path(work_dir) / _PARTIAL_RUN_FILE
-    partial.write_text(json.dumps({"fingerprint": run_fingerprint}))
+    partial.write_text(json.dumps(marker))
     partial.replace(Path(work_dir) / RUN_FILE)
 
 
-def check_work_dir(work_dir: Path) -> None:
-    """Refuse a work dir that is not provably this project's: a run deletes checkpoints and logs in it.
+def check_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
+    """Refuse a work dir that is not provably this run's: a run deletes checkpoints and logs in it.
 
     Ours is a folder that does not exist yet, an empty one, or one marked by run.json (written by
-    claim_work_dir / prepare_work_dir). Reads only; plan_run calls it before any work.
+    claim_work_dir / prepare_work_dir) for the owner's kind of run and name; a run.json that records
+    no kind (astft before pretraining) is a fine-tune's, one without a name takes any name.
+    Reads only; plan_run and plan_pretrain call it before any work.
     """
     work_dir = Path(work_dir)
     if not work_dir.exists():
         return
     if not work_dir.is_dir():
         raise ConfigError(f"work_dir (--work-dir) {work_dir} is a file; pass a folder (a new one is created)")
-    if _marker(work_dir) is None and any(entry.name != _PARTIAL_RUN_FILE for entry in work_dir.iterdir()):
+    marker = _marker(work_dir)
+    if marker is None and any(entry.name != _PARTIAL_RUN_FILE for entry in work_dir.iterdir()):
         raise ConfigError(
             f"work_dir (--work-dir) {work_dir} is not empty and has no {RUN_FILE} marking it as an astft run's "
             "work dir; a run removes the checkpoint-* folders, best-model/ and training logs of its work dir, so "
             f"it only takes a folder it made. Pick a new or empty folder for --work-dir, or remove {work_dir} "
             "yourself if nothing in it is needed"
         )
+    if marker is None or owner is None:
+        return
+    kind, name = marker.get("kind", "finetune"), marker.get("name")
+    if kind == owner.kind and (name is None or owner.name is None or name == owner.name):
+        return
+    made_by = f"{RUN_KINDS.get(kind, kind)}" + (f" {name!r}" if name else "")
+    this = f"{RUN_KINDS[owner.kind]}" + (f" {owner.name!r}" if owner.name else "")
+    raise ConfigError(
+        f"work_dir (--work-dir) {work_dir} belongs to another run: its {RUN_FILE} says the {made_by} made it, not "
+        f"this {this}, which would remove that run's checkpoints and logs. Pick another --work-dir (or leave it "
+        f"unset: each run gets its own folder under --output-dir), or remove {work_dir} yourself if that run's "
+        "checkpoints are not needed"
+    )
 
 
-def claim_work_dir(work_dir: Path) -> None:
-    """Create work_dir (or take an empty one) and mark it as a run's own; a marked one is kept as it is."""
+def claim_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
+    """Create work_dir (or take an empty one) and mark it as the owner's; a marked one is kept as it is.
+
+    owner None: a fine-tune run whose name is not checked (RunOwner())."""
     work_dir = Path(work_dir)
-    check_work_dir(work_dir)
+    check_work_dir(work_dir, owner or RunOwner())
     work_dir.mkdir(parents=True, exist_ok=True)
     if _marker(work_dir) is None:
-        _write_marker(work_dir, None)  # no config's checkpoints yet: prepare_work_dir starts fresh
+        _write_marker(work_dir, None, owner)  # no config's checkpoints yet: prepare_work_dir starts fresh
 
 
 def last_complete_checkpoint(work_dir: Path) -> str | None:
@@ -511,18 +571,20 @@ def last_complete_checkpoint(work_dir: Path) -> str | None:
     return None
 
 
-def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
+def prepare_work_dir(work_dir: Path, run_fingerprint: str, owner: RunOwner | None = None) -> str | None:
     """Return the checkpoint to resume from, if the work dir holds one from this same run config.
 
-    The work dir must be ours (claim_work_dir: new, empty or marked by run.json), else ConfigError.
-    Checkpoints left by a run with a different config are removed, so they can neither be resumed
-    by mistake nor compete with this run's checkpoints in save_total_limit rotation.
+    The work dir must be the owner's (claim_work_dir: new, empty or marked by run.json for the same
+    kind of run and name), else ConfigError. Checkpoints left by a run with a different config are
+    removed, so they can neither be resumed by mistake nor compete with this run's checkpoints in
+    save_total_limit rotation.
     """
     work_dir = Path(work_dir)
-    claim_work_dir(work_dir)
+    claim_work_dir(work_dir, owner)
     previous = _marker(work_dir)["fingerprint"]
     last = last_complete_checkpoint(work_dir)
     if last and previous == run_fingerprint:
+        _drop_epoch_records_after(work_dir, int(Path(last).name.split("-")[-1]))
         return last
     if last:
         logger.warning("work dir %s holds checkpoints of another run config; starting fresh", work_dir)
@@ -532,8 +594,17 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str) -> str | None:
     # ... and the old run's logs, which would otherwise be published with the new member
     for old_log in [*work_dir.glob("train_log*.txt"), work_dir / LOG_HISTORY_FILE, work_dir / EPOCHS_FILE]:
         old_log.unlink(missing_ok=True)
-    _write_marker(work_dir, run_fingerprint)
+    _write_marker(work_dir, run_fingerprint, owner)
     return None
+
+
+def _drop_epoch_records_after(work_dir: Path, step: int) -> None:
+    """Keep the epochs file's records up to the resumed checkpoint's step: an epoch logged after it (the run was
+    killed between its evaluation and its checkpoint) is trained again, and logged again, by the resumed run."""
+    records = read_epoch_records(work_dir)
+    kept = [record for record in records if record.step <= step]
+    if len(kept) < len(records):
+        (Path(work_dir) / EPOCHS_FILE).write_text("".join(record.model_dump_json() + "\n" for record in kept))
 
 
 def train_classifier(
@@ -550,6 +621,7 @@ def train_classifier(
     data_collator: Callable | None = None,
     save_best: Callable[[Path], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    owner: RunOwner | None = None,
 ) -> TrainResult:
     """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
 
@@ -557,10 +629,10 @@ def train_classifier(
     data_collator replaces Trainer's (the feature extractor's padding collator, which expects
     input_values); save_best(best_dir) runs after the best model is saved there, e.g. to save
     another form of it (lib.trunk.TrunkTail saves its full classifier); on_epoch(record) runs after
-    each epoch's validation (e.g. to report progress).
+    each epoch's validation (e.g. to report progress); owner is whose work dir it is (prepare_work_dir).
     """
     work_dir = Path(work_dir)
-    resume_from = prepare_work_dir(work_dir, run_fingerprint)
+    resume_from = prepare_work_dir(work_dir, run_fingerprint, owner)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     callbacks = run_callbacks(config, work_dir, train_log, on_epoch, extra_callbacks)

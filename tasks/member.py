@@ -37,6 +37,10 @@ def artifact_key(kind: str, name: str) -> str:
     return f"{kind}-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)  # None: not measured (pretraining: no masked patch scored)
+
+
 class EpochReporter:
     """Shows a training member (or a pretraining encoder: kind="encoder") in the Prefect UI: a log line per
     epoch, its percent done (progress artifact) and a table artifact of its epochs so far, updated in place."""
@@ -56,8 +60,8 @@ class EpochReporter:
         self.rows.append({
             "epoch": record.epoch, "batch_size": record.batch_size, "step": record.step,
             "train_loss": None if record.train_loss is None else round(record.train_loss, 4),
-            **{f"train_{key}": round(value, 4) for key, value in record.train_metrics.items()},
-            **{f"validation_{key}": round(value, 4) for key, value in record.metrics.items()},
+            **{f"train_{key}": _rounded(value) for key, value in record.train_metrics.items()},
+            **{f"validation_{key}": _rounded(value) for key, value in record.metrics.items()},
             "seconds": round(record.seconds, 1),
         })
         self._show(100.0 * record.epoch / record.epochs)

@@ -1,6 +1,7 @@
 import pytest
 
 from flows.cli import build_parser, main, overrides_from_args
+from flows.demo import DEMO_PRETRAIN_EPOCHS
 
 
 def test_flags_map_onto_the_nested_config():
@@ -296,6 +297,24 @@ def test_demo_takes_set_overrides_and_fine_tunes_from_what_it_pretrains(tmp_path
     assert pretrain.data.validation_dir == tmp_path / "data" / "validation"
     assert seen["config"].model.ssl_checkpoint == tmp_path / "ensemble" / "ssl" / "demo-ssl"
     assert len(list((tmp_path / "unlabeled").rglob("*.wav"))) == 96
+    # --epochs and --set are the fine-tune's; the pretraining's epochs are --pretrain-epochs
+    assert pretrain.training.epochs == DEMO_PRETRAIN_EPOCHS == 10
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        main(["demo", "--dir", str(tmp_path / "again"), "--pretrain-epochs", "3"])
+    assert (seen["pretrain"].training.epochs, seen["config"].training.epochs) == (3, 20)
+
+
+def test_demo_help_says_it_pretrains_and_what_each_option_applies_to(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # argparse wraps at the terminal width, hyphenated flags included
+    parser = build_parser()
+    demo = parser._subparsers._group_actions[0].choices["demo"]
+    text = " ".join(demo.format_help().split())
+    assert ("pretrain a tiny encoder on the train and unlabeled clips (the astft-pretrain flow, --pretrain-epochs), "
+            "then fine-tune one member from it (astft-finetune, --epochs and --set)") in text
+    assert "--pretrain-epochs N training.epochs of the demo's pretraining (default: 10)" in text
+    assert "--epochs N training.epochs of the demo's fine-tune (of each member with --ensemble; default: 20)" in text
+    assert "(repeatable; the pretraining takes only --pretrain-epochs and --device)" in text
+    assert parser.parse_args(["demo"]).pretrain_epochs == DEMO_PRETRAIN_EPOCHS
 
 
 def test_pretrain_flags_build_the_config(tmp_path, monkeypatch, capsys):

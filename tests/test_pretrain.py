@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from lib.checkpoint import load_encoder
 from lib.config import ConfigError, PretrainConfig, SSAST_MASK_RATIO
@@ -28,8 +29,17 @@ from lib.masked_patches import (
     squared_error,
     summarise,
 )
-from lib.pretrain import content_frames, plan_pretrain, pretrain_encoder, pretraining_split, publish_encoder
+from lib.pretrain import (
+    content_frames,
+    epoch_table,
+    masked_patch_metrics,
+    plan_pretrain,
+    pretrain_encoder,
+    pretraining_split,
+    publish_encoder,
+)
 from lib.scan import ScanError, scan_unlabeled
+from lib.training import EpochRecord
 from tests.helpers import StopAfterEpoch, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
@@ -235,7 +245,7 @@ def test_unlabeled_scan_lists_any_depth_holds_out_by_path_and_names_bad_files(tm
     skipped = scan_unlabeled([tmp_path / "a"], skip_bad_files=True)
     assert [Path(item.path).name for item in skipped.skipped] == ["broken.wav"]
     assert len(skipped.train) + len(skipped.validation) == 33
-    with pytest.raises(ScanError, match=r"--data-dir 1 .* does not exist"):
+    with pytest.raises(ScanError, match=r"--data-dir 1 .*missing: no such folder; pass a folder of .wav clips"):
         scan_unlabeled([tmp_path / "missing"])
 
 
@@ -254,6 +264,236 @@ def test_plan_names_the_parameter_and_the_fix(tmp_path, dataset_dirs):
         plan_pretrain(config.model_copy(update={"data": config.data.model_copy(update={"data_dirs": [train_dir, tmp_path / "nowhere"]})}))
     with pytest.raises(ConfigError, match=r"work_dir \(--work-dir\) .* is inside --data-dir 1"):
         plan_pretrain(config.model_copy(update={"work_dir": train_dir / "runs"}))
+
+
+def with_sections(config: PretrainConfig, **sections) -> PretrainConfig:
+    """The config with some fields of its sections replaced: with_sections(c, objective={"mask_ratio": 0.5})."""
+    return config.model_copy(update={
+        name: getattr(config, name).model_copy(update=fields) for name, fields in sections.items()
+    })
+
+
+def plan_refusal(config: PretrainConfig) -> str:
+    """The message plan_pretrain refuses the config with."""
+    with pytest.raises(ConfigError) as refused:
+        plan_pretrain(config)
+    return str(refused.value)
+
+
+def test_plan_refuses_a_mask_ratio_that_scores_no_clip_or_leaves_nothing_visible(tmp_path, dataset_dirs):
+    config = tiny_pretrain_config(tmp_path, [dataset_dirs[0]], dataset_dirs[1])  # 0.6 s clips fill all 4 x 4 patches
+    grid = ("a 0.6 s clip (features.clip_seconds), which fills 16 of the patch grid's 4 x 4 patches of 16x16 "
+            "(model.num_mel_bins=64 mel bins x features.max_frames=64 frames)")
+    # 0.05 x 16 = 0.8: one masked patch, which InfoNCE cannot tell from anything (the run would report nce 0)
+    assert plan_refusal(with_sections(config, objective={"mask_ratio": 0.05})) == (
+        f"objective.mask_ratio (--mask-ratio) 0.05 masks 1 patch of {grid}; InfoNCE picks each masked patch out "
+        "among the clip's other masked patches, so with fewer than 2 no clip is scored and the discriminative head "
+        "never trains. Raise --mask-ratio to at least 0.125"
+    )
+    assert plan_pretrain(with_sections(config, objective={"mask_ratio": 0.125})).config.objective.mask_ratio == 0.125
+    # 0.97 x 16 = 15.5: all 16 masked, nothing left to predict them from
+    assert plan_refusal(with_sections(config, objective={"mask_ratio": 0.97})) == (
+        f"objective.mask_ratio (--mask-ratio) 0.97 masks all 16 patches of {grid}, leaving none visible to predict "
+        "them from; lower --mask-ratio to at most 0.9375"
+    )
+    assert plan_pretrain(with_sections(config, objective={"mask_ratio": 0.9375})).config.objective.mask_ratio == 0.9375
+    # the report's case: --mask-ratio 0.01 at the default 1 s clips, 128 frames and 128 mel bins (56 patches hold audio)
+    defaults = with_sections(config, features={"clip_seconds": 1.0, "max_frames": 128}, model={"num_mel_bins": 128})
+    with pytest.raises(ConfigError, match=r"^objective.mask_ratio \(--mask-ratio\) 0.01 masks 1 patch of a 1 s clip "
+                                          r"\(features.clip_seconds\), which fills 56 of the patch grid's 8 x 8 patches"
+                                          r".* Raise --mask-ratio to at least 0.0358$"):
+        plan_pretrain(with_sections(defaults, objective={"mask_ratio": 0.01}))
+    # a 1 x 1 grid: no ratio works
+    one_patch = with_sections(config, features={"clip_seconds": 0.16, "max_frames": 16}, model={"num_mel_bins": 16})
+    assert plan_refusal(one_patch) == (
+        "the patch grid is too small for masked patch modelling: a 0.16 s clip (features.clip_seconds), which fills "
+        "1 of the patch grid's 1 x 1 patches of 16x16 (model.num_mel_bins=16 mel bins x features.max_frames=16 "
+        "frames); at least 3 patches must hold audio (2 masked, InfoNCE picks each among the others, and 1 left "
+        "visible). Raise features.clip_seconds and features.max_frames (--max-frames), or model.num_mel_bins"
+    )
+
+
+def test_figures_no_masked_patch_was_scored_for_are_not_measured_rather_than_zero(capsys):
+    # clips with one masked patch each: InfoNCE scores none of them, MSE all
+    torch.manual_seed(0)
+    model = MaskedPatchModel(small_config(frequency_stride=16, time_stride=16)).eval()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, 3] = mask[1, 7] = True
+    stats = model(torch.randn(2, 64, 64), mask=mask).clip_stats
+    assert stats[:, 1].tolist() == [0, 0] and stats[:, 4].tolist() == [1, 1]
+    figures = summarise(stats.sum(dim=0), 10.0)
+    assert figures["nce"] is figures["total"] is figures["accuracy"] is None
+    assert figures["mse"] == pytest.approx(float(stats[:, 3].sum()) / 2)
+    assert summarise(torch.zeros(5), 10.0) == {"nce": None, "mse": None, "total": None, "accuracy": None}
+    # ... as evaluation reports them
+    from transformers import EvalPrediction
+
+    metrics = masked_patch_metrics(10.0)(EvalPrediction(predictions=stats.numpy(), label_ids=np.zeros(2)))
+    assert metrics["accuracy"] is None and metrics["masked_patches"] == 0.0
+    # the train log line, pretrain.json's epochs (valid JSON: no NaN) and the command line's summary say so
+    record = EpochRecord(epoch=1, epochs=1, batch_size=2, step=1, train_loss=0.5, seconds=1.0,
+                         train_metrics={"nce": 2.0, "accuracy": 0.25}, metrics={"nce": None, "accuracy": None})
+    assert record.line() == ("epoch 1/1  batch_size 2  step 1  train_loss 0.5000  train_nce 2.0000  "
+                             "train_accuracy 0.2500  nce n/a  accuracy n/a  seconds 1.0")
+    table = json.loads(json.dumps(epoch_table([record]), allow_nan=False))
+    assert table[0]["validation"] == {"nce": None, "accuracy": None}
+    from tasks.member import _rounded  # the Prefect UI's epochs table
+
+    assert (_rounded(None), _rounded(0.123456)) == (None, 0.1235)
+    from flows.cli import print_pretrain_summary
+
+    print_pretrain_summary({"published": "out/ssl/x", "epochs": 1, "train": {"nce": 2.0, "accuracy": 0.25},
+                            "validation": {"nce": None, "accuracy": None}})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[4:8] == ["         nce:     2.0000         n/a", "         mse:        n/a         n/a",
+                          "       total:        n/a         n/a", "    accuracy:     0.2500         n/a"]
+
+
+def test_folder_mistakes_are_refused_by_the_plan_in_one_line_before_any_flow_runs(tmp_path, monkeypatch, capsys):
+    import flows.pretrain
+    from flows.cli import main
+
+    monkeypatch.setattr(flows.pretrain, "pretrain", lambda config: pytest.fail("the flow must not start"))
+    unl = tmp_path / "data" / "unl"
+    write_clips(unl / "sub", 2)
+    (tmp_path / "notes.txt").write_text("x")
+    base = ["pretrain", "--name", "s", "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
+    cases = {
+        # the report's cases: one folder twice, a validation folder inside a data folder
+        (f"{unl},{unl}", None): (
+            f"--data-dir 1 (data.data_dirs[0]) {unl} and --data-dir 2 (data.data_dirs[1]) {unl} are the same folder "
+            f"({unl}): its clips would be listed twice, or held out and trained on at once; pass each folder once, "
+            "and a --validation-dir apart from the --data-dir folders"
+        ),
+        (str(unl), unl / "sub"): (
+            f"--data-dir 1 (data.data_dirs[0]) {unl} and --validation-dir (data.validation_dir) {unl / 'sub'} overlap "
+            f"({unl / 'sub'} lies in {unl}): its clips would be listed twice, or held out and trained on at once; "
+            "pass folders apart from each other"
+        ),
+        (str(tmp_path / "notes.txt"), None): (
+            f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'notes.txt'} is a file, not a folder; pass a folder of "
+            ".wav clips (searched at any depth)"
+        ),
+        (str(unl), tmp_path / "missing"): (
+            f"--validation-dir (data.validation_dir) {tmp_path / 'missing'}: no such folder; pass a folder of .wav "
+            "clips (searched at any depth)"
+        ),
+    }
+    for (data_dirs, validation), message in cases.items():
+        code = main([*base, "--data-dir", data_dirs, *(["--validation-dir", str(validation)] if validation else [])])
+        assert (code, capsys.readouterr().err) == (2, f"astft: {message}\n")
+
+
+def test_the_scan_cache_key_never_raises_so_the_scan_task_reports_its_own_error(tmp_path):
+    from lib.config import PretrainDataConfig
+    from tasks.pretrain import unlabeled_scan_cache_key
+
+    write_clips(tmp_path / "a", 2)
+
+    def key(data_dirs, validation_dir=None):
+        data = PretrainDataConfig(data_dirs=data_dirs, validation_dir=validation_dir)
+        return unlabeled_scan_cache_key(None, {"data": data})
+
+    assert key([tmp_path / "a"]).startswith("astft-scan-unlabeled-")
+    # no key (the task runs uncached and raises the scan's error), where Prefect used to log a traceback
+    assert key([tmp_path / "a", tmp_path / "a"]) is None
+    assert key([tmp_path / "a"], tmp_path / "missing") is None
+
+
+def test_an_empty_folder_says_what_was_ignored_in_it_and_a_link_into_validation_is_named_once(tmp_path, caplog):
+    from tasks.pretrain import unlabeled_scan_cache_key
+    from lib.config import PretrainDataConfig
+
+    (tmp_path / "mp3s" / ".cache").mkdir(parents=True)
+    for name in ("a.mp3", "b.flac", ".DS_Store"):
+        (tmp_path / "mp3s" / name).write_text("x")
+    with pytest.raises(ScanError) as refused:
+        scan_unlabeled([tmp_path / "mp3s"])
+    assert str(refused.value) == (
+        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'mp3s'} holds no .wav clips (searched at any depth); ignored "
+        "there: 2 hidden entries; 2 files not named .wav (astft reads only .wav: convert them)"
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScanError) as refused:
+        scan_unlabeled([tmp_path / "empty"])
+    assert str(refused.value) == (
+        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'empty'} holds no .wav clips (searched at any depth)"
+    )
+    # a link in a data folder into the validation folder: not followed, and named once per scan (the cache key
+    # lists the folders too, quietly)
+    write_clips(tmp_path / "unl", 3)
+    write_clips(tmp_path / "val", 2)
+    (tmp_path / "unl" / "also").symlink_to(tmp_path / "val")
+    data = PretrainDataConfig(data_dirs=[tmp_path / "unl"], validation_dir=tmp_path / "val")
+    caplog.clear()
+    assert unlabeled_scan_cache_key(None, {"data": data}) is not None
+    manifest = scan_unlabeled([tmp_path / "unl"], tmp_path / "val")
+    assert (len(manifest.train), len(manifest.validation)) == (3, 2)
+    assert manifest.ignored == {"folder_link_into_the_dataset": 1}
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        f"not following {tmp_path / 'unl' / 'also'}: it links to {tmp_path / 'val'}, inside another pretraining "
+        "folder (a --data-dir or the --validation-dir), whose clips would be listed twice, or validated on and "
+        "trained on at once; remove the link"
+    ]
+
+
+def test_the_plan_names_what_pretraining_writes_and_refuses_a_folder_astft_did_not_publish(tmp_path, dataset_dirs):
+    train_dir, validation_dir = dataset_dirs
+    config = tiny_pretrain_config(tmp_path, [train_dir], validation_dir)
+    assert plan_refusal(config.model_copy(update={"output_dir": train_dir / "out"})) == (
+        f"output_dir (--output-dir) {train_dir / 'out'} is inside --data-dir 1 (data.data_dirs[0]) {train_dir}: the "
+        "next scan would read the folders written there (ssl/, ssl-runs/, features/) as part of the data; choose a "
+        "folder outside the data folders"
+    )
+    foreign = tmp_path / "out" / "ssl" / "tiny-ssl"
+    foreign.mkdir(parents=True)
+    (foreign / "pretrain.json").write_text("{}")  # even a copy of an encoder: it is someone's folder, not a link
+    assert plan_refusal(config) == (
+        f"{foreign} is a plain folder, not an encoder astft published (astft publishes an encoder as a link to a "
+        "hidden version folder .tiny-ssl.v-* beside it, which holds pretrain.json): publishing encoder tiny-ssl "
+        "would replace it. Move it away, or choose another name (--name) or --output-dir"
+    )
+
+
+def test_a_fine_tune_work_dir_is_refused_to_pretraining_before_any_work(tmp_path, dataset_dirs):
+    from lib.training import RunOwner, prepare_work_dir
+
+    fine_tune = tmp_path / "out" / "runs" / "ft-mine"
+    prepare_work_dir(fine_tune, "fp", RunOwner(kind="finetune", name="ft-mine"))
+    (fine_tune / "checkpoint-6").mkdir()
+    (fine_tune / "checkpoint-6" / "trainer_state.json").write_text("{}")
+    config = tiny_pretrain_config(tmp_path, [dataset_dirs[0]], dataset_dirs[1])
+    config = config.model_copy(update={"work_dir": fine_tune})
+    assert plan_refusal(config) == (
+        f"work_dir (--work-dir) {fine_tune} belongs to another run: its run.json says the fine-tune run (astft "
+        "finetune / ensemble) 'ft-mine' made it, not this pretraining run (astft pretrain) 'tiny-ssl', which would "
+        "remove that run's checkpoints and logs. Pick another --work-dir (or leave it unset: each run gets its own "
+        f"folder under --output-dir), or remove {fine_tune} yourself if that run's checkpoints are not needed"
+    )
+    assert (fine_tune / "checkpoint-6" / "trainer_state.json").is_file()
+
+
+def test_predict_says_a_pretrained_encoder_is_one_and_how_to_fine_tune_from_it(tmp_path):
+    from lib.ensemble import EnsembleError, resolve_members
+    from lib.example import make_ssl_checkpoint
+
+    encoder, _ = make_ssl_checkpoint(tmp_path / "out" / "ssl" / "mine", small_config())
+    (encoder / "pretrain.json").write_text("{}")
+    with pytest.raises(EnsembleError) as refused:
+        resolve_members(encoder)
+    assert str(refused.value) == (
+        f"{encoder} is not a published member (needs config.json and member.json); pass a folder that astft "
+        f"finetune/ensemble published under <output_dir>/best/. {encoder} is a pretrained encoder (astft pretrain), "
+        f"which classifies nothing; fine-tune a classifier from it with astft finetune --ssl-checkpoint {encoder} ..."
+    )
+    with pytest.raises(EnsembleError) as refused:
+        resolve_members(encoder.parent)
+    assert str(refused.value) == (
+        f"--model (model_path) {encoder.parent}: neither a member folder nor a folder of members; pass "
+        "<output_dir>/best/ for the ensemble or <output_dir>/best/<name>/ for one member. It holds pretrained "
+        "encoders (mine; astft pretrain), which classify nothing: fine-tune a classifier from one with astft "
+        f"finetune --ssl-checkpoint {encoder} ..."
+    )
 
 
 # --- the checkpoint ---------------------------------------------------------------------------------------
@@ -320,6 +560,61 @@ def test_a_run_killed_after_epoch_one_resumes_to_the_weights_of_an_uninterrupted
     assert not (destination / "training_args.bin").exists()
     encoder, report = load_encoder(destination)
     assert all(torch.equal(tensor, final[0][f"encoder.{key}"]) for key, tensor in encoder.state_dict().items())
+
+
+class KilledAfterSaving(Exception):
+    """A run killed right after a checkpoint was written."""
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KilledAfterSaving(f"killed after checkpoint-{self.step}")
+
+
+@pytest.mark.train
+def test_an_epoch_resumed_mid_way_says_which_steps_its_training_figures_cover(tmp_path, dataset_dirs):
+    train_dir, validation_dir = dataset_dirs
+    manifest = scan_unlabeled([train_dir], validation_dir)
+    config = tiny_pretrain_config(tmp_path, [train_dir], validation_dir, checkpoint_every_steps=4)
+    plan = plan_pretrain(config)
+    features, _ = build_feature_cache(manifest, plan.feature_params, tmp_path / "cache")
+    with pytest.raises(KilledAfterSaving):  # 6 steps an epoch: killed 4 steps into epoch 1
+        pretrain_encoder(plan, manifest, features, extra_callbacks=[KillAfterCheckpoint(4)])
+    outcome = pretrain_encoder(plan, manifest, features)
+    assert outcome.resumed_from.endswith("checkpoint-4")
+    assert [(r.epoch, r.step, r.resumed_at_step) for r in outcome.epochs] == [(1, 6, 4), (2, 12, None)]
+    table = epoch_table(outcome.epochs)
+    assert [(e["train_steps"], e["resumed_mid_epoch"]) for e in table] == [([5, 6], True), ([7, 12], False)]
+    log = Path(outcome.train_log).read_text()
+    assert "# resumed mid-epoch 1 after step 4: that epoch's train figures cover only the steps after it\n" in log
+    assert log.count("(resumed mid-epoch: train figures of steps 5-6 only)") == 1
+
+
+@pytest.mark.train
+def test_validation_clips_too_short_to_score_publish_not_measured_figures_as_null(tmp_path, dataset_dirs):
+    # 0.25 s validation clips fill 2 of the 4 time columns: 8 patches, 0.15 x 8 = 1.2 -> one masked, never scored
+    write_clips(tmp_path / "short", 6)
+    train_dir = dataset_dirs[0]
+    manifest = scan_unlabeled([train_dir], tmp_path / "short")
+    config = tiny_pretrain_config(tmp_path, [train_dir], tmp_path / "short", epochs=1)
+    plan = plan_pretrain(with_sections(config, objective={"mask_ratio": 0.15}))  # 2 of a 0.6 s clip's 16
+    features, _ = build_feature_cache(manifest, plan.feature_params, tmp_path / "cache")
+    outcome = pretrain_encoder(plan, manifest, features)
+    validation = outcome.epochs[0].metrics
+    assert (validation["nce"], validation["total"], validation["accuracy"], validation["masked_patches"]) == (
+        None, None, None, 0.0)
+    assert validation["mse"] > 0 and outcome.epochs[0].train_metrics["accuracy"] is not None
+    destination = publish_encoder(plan, features, outcome)
+
+    def no_nan(constant):
+        raise AssertionError(f"pretrain.json holds {constant}")
+
+    record = json.loads((destination / "pretrain.json").read_text(), parse_constant=no_nan)
+    assert record["final"]["accuracy"] is None and record["epochs"][0]["validation"]["nce"] is None
 
 
 # --- the flow: pretrain -> fine-tune -> publish -------------------------------------------------------------

@@ -350,7 +350,7 @@ def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_
     claim_work_dir(work)
     (work / "parameter_counts.json").write_text("{}")  # a file the run wrote after claiming its work dir
     assert prepare_work_dir(work, "fp") is None
-    assert json.loads((work / "run.json").read_text()) == {"fingerprint": "fp"}
+    assert json.loads((work / "run.json").read_text()) == {"fingerprint": "fp", "kind": "finetune"}
     checkpoint = work / "checkpoint-4"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text("{}")
@@ -358,11 +358,62 @@ def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_
     claim_work_dir(work)  # a marked work dir is claimed again as it is
     assert prepare_work_dir(work, "fp") == str(checkpoint)
     assert prepare_work_dir(work, "other config") is None  # ours: cleared for the new config
-    assert not checkpoint.exists() and json.loads((work / "run.json").read_text()) == {"fingerprint": "other config"}
+    assert not checkpoint.exists()
+    assert json.loads((work / "run.json").read_text()) == {"fingerprint": "other config", "kind": "finetune"}
 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare_work_dir(empty, "fp") is None and (empty / "run.json").is_file()
+
+
+def test_a_work_dir_is_refused_to_another_kind_of_run_or_name_and_resumed_or_cleared_for_its_own(tmp_path):
+    from lib.training import RunOwner, prepare_work_dir
+
+    work = tmp_path / "out" / "runs" / "ft-mine"
+    mine = RunOwner(kind="finetune", name="ft-mine")
+    assert prepare_work_dir(work, "fp", mine) is None
+    assert json.loads((work / "run.json").read_text()) == {"fingerprint": "fp", "kind": "finetune", "name": "ft-mine"}
+    checkpoint = work / "checkpoint-6"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    for other, this in (
+        (RunOwner(kind="pretrain", name="ft-mine"), "pretraining run (astft pretrain) 'ft-mine'"),
+        (RunOwner(kind="finetune", name="other"), "fine-tune run (astft finetune / ensemble) 'other'"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            prepare_work_dir(work, "fp", other)
+        assert str(refused.value) == (
+            f"work_dir (--work-dir) {work} belongs to another run: its run.json says the fine-tune run (astft finetune "
+            f"/ ensemble) 'ft-mine' made it, not this {this}, which would remove that run's checkpoints and logs. Pick "
+            "another --work-dir (or leave it unset: each run gets its own folder under --output-dir), or remove "
+            f"{work} yourself if that run's checkpoints are not needed"
+        )
+        assert checkpoint.is_dir()
+    assert prepare_work_dir(work, "fp", mine) == str(checkpoint)  # same kind, name and config: resumed
+    assert prepare_work_dir(work, "new config", mine) is None and not checkpoint.exists()  # same name: fresh
+    # run.json of an astft before kinds and names: a fine-tune's, of any name (which it then records)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_text('{"fingerprint": "fp"}')
+    with pytest.raises(ConfigError, match=r"its run.json says the fine-tune run \(astft finetune / ensemble\) made it, "
+                                          r"not this pretraining run \(astft pretrain\) 'ssl'"):
+        prepare_work_dir(old, "fp", RunOwner(kind="pretrain", name="ssl"))
+    assert prepare_work_dir(old, "fp", RunOwner(kind="finetune", name="m")) is None
+    assert json.loads((old / "run.json").read_text()) == {"fingerprint": "fp", "kind": "finetune", "name": "m"}
+
+
+def test_a_resume_forgets_the_epochs_logged_after_its_checkpoint_which_it_trains_again(tmp_path):
+    from lib.training import EPOCHS_FILE, EpochRecord, prepare_work_dir, read_epoch_records
+
+    # killed after epoch 2 was evaluated and logged, before its checkpoint was saved
+    (tmp_path / "run.json").write_text('{"fingerprint": "fp", "kind": "finetune"}')
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    records = [EpochRecord(epoch=e, epochs=3, batch_size=8, step=5 * e, train_loss=1.0, metrics={}, seconds=1.0)
+               for e in (1, 2)]
+    (tmp_path / EPOCHS_FILE).write_text("".join(r.model_dump_json() + "\n" for r in records))
+    assert prepare_work_dir(tmp_path, "fp") == str(tmp_path / "checkpoint-5")
+    assert [record.epoch for record in read_epoch_records(tmp_path)] == [1]
 
 
 @pytest.mark.parametrize("where", ["ssl_run", "in_checkpoint", "checkpoint", "train", "in_validation", "data_root"])
@@ -406,3 +457,11 @@ def test_plan_refuses_a_non_empty_work_dir_it_did_not_make_before_any_work(datas
     with pytest.raises(ConfigError, match="has no run.json"):
         plan_run(config)
     assert plan_run(config.model_copy(update={"work_dir": None})).work_dir == tmp_path / "runs" / "m"  # default: fine
+    # a pretraining run's work dir (its run.json says so) is not a fine-tune's either
+    ssl_run = tmp_path / "ssl-runs" / "enc"
+    ssl_run.mkdir(parents=True)
+    (ssl_run / "run.json").write_text('{"fingerprint": "fp", "kind": "pretrain", "name": "enc"}')
+    with pytest.raises(ConfigError, match=rf"work_dir \(--work-dir\) {ssl_run} belongs to another run: its run.json "
+                                          r"says the pretraining run \(astft pretrain\) 'enc' made it, not this "
+                                          r"fine-tune run \(astft finetune / ensemble\) 'm'"):
+        plan_run(config.model_copy(update={"work_dir": ssl_run}))
