@@ -30,6 +30,7 @@ mkdir -p "$out"
 python=${PYTHON:-python3}
 wheels=${WHEELS:-wheels}
 site=$(mktemp -d /tmp/astft-site.XXXXXX)
+trap 'rm -rf "$site"' EXIT  # also when a stage or the import check stops the script early
 
 if compgen -G "$wheels/*.whl" >/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
