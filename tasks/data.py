@@ -62,5 +62,5 @@ def build_features(
     if lengths:
         get_run_logger().info("%s", lengths)
     if ref.skipped:
-        get_run_logger().warning("%d clips skipped as unreadable: %s", len(ref.skipped), ref.skipped)
+        get_run_logger().warning("%d clips skipped as bad files: %s", len(ref.skipped), ref.skipped)
     return ref
