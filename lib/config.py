@@ -7,6 +7,7 @@ Every knob of the original notebook's first cell has a field here (see README, "
 
 from __future__ import annotations
 
+import re
 from functools import reduce
 from operator import getitem
 from pathlib import Path
@@ -712,10 +713,19 @@ def load_finetune_config(preset: Path | None = None, overrides: dict[str, Any] |
     return load_config(FinetuneConfig, preset, overrides)
 
 
+# pydantic names the member of a union that refused a value in the error's location ('constrained-int',
+# "literal['auto']", 'int', ...); field names here are plain identifiers, so these tell them apart.
+_UNION_MEMBER = re.compile(r"[\[\]'-]|^(int|float|str|bool|none|list|dict)$")
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    """One line per field: the refusals of a union's members (e.g. an int >= 0 or 'auto') are joined with 'or'."""
+    fields: dict[str, tuple[list[str], str]] = {}
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        where = ".".join(str(part) for part in item["loc"] if not _UNION_MEMBER.search(str(part))) or "(top level)"
         found = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
-        lines.append(f"  - {where}: {item['msg']}{found}")
+        messages, _ = fields.setdefault(where, ([], found))
+        messages.append(item["msg"])
+    lines = [f"invalid configuration ({source}):"]
+    lines += [f"  - {where}: {', or '.join(messages)}{found}" for where, (messages, found) in fields.items()]
     return "\n".join(lines)

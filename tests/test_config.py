@@ -314,3 +314,12 @@ def test_sweeps_and_seeds_expand_into_named_members():
         load_config(EnsembleConfig, None, base)
     with pytest.raises(ConfigError, match=r"selection"):
         load_config(EnsembleConfig, None, {**base, "sweep_last_n": [2], "selection": "best"})
+
+
+def test_a_value_every_member_of_a_union_refuses_is_one_line_naming_the_field():
+    with pytest.raises(ConfigError) as error:
+        load_finetune_config(overrides={**BASE, "training": {"dataloader_num_workers": -1, "batch_sizes": [8, 0]}})
+    assert str(error.value).splitlines()[1:] == [
+        "  - training.batch_sizes.1: Input should be greater than or equal to 1 (got 0)",
+        "  - training.dataloader_num_workers: Input should be greater than or equal to 0, or Input should be 'auto' (got -1)",
+    ]
