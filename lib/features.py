@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -220,6 +219,8 @@ class Shard:
 
 @dataclass
 class ShardResult:
+    """What a worker reports of its shard: rows written, clips left out (path -> why), clips noted as odd."""
+
     rows: int
     bad: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
