@@ -219,6 +219,8 @@ class Shard:
 
 @dataclass
 class ShardResult:
+    """What a worker reports of its shard: rows written, clips left out (path -> why), clips noted as odd."""
+
     rows: int
     bad: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
@@ -293,9 +295,12 @@ def compute_shards(
     else:
         context = multiprocessing.get_context(START_METHOD)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+            # Largest first (a small split's single shard can be twice the others): the last shards
+            # to finish are then short ones, and the workers finish together.
+            order = sorted(range(len(shards)), key=lambda index: -len(shards[index].paths))
             futures = {
-                pool.submit(write_shard, shard, str(folder), params, label_names, batch_size): index
-                for index, shard in enumerate(shards)
+                pool.submit(write_shard, shards[index], str(folder), params, label_names, batch_size): index
+                for index in order
             }
             try:
                 for future in as_completed(futures):
