@@ -254,10 +254,23 @@ def write_shard(shard: Shard, folder: str, params: FeatureParams, label_names: l
     return result
 
 
-def _ignore_interrupts() -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not each
     # print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (kill -9, the OOM killer) cannot stop its pool: on Linux the kernel then
+    # ends each worker too, instead of leaving it computing into a staging folder the next build sweeps.
+    # (multiprocessing has no option for this; prctl is one libc call.)
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 class FeatureWorkerDied(RuntimeError):
@@ -294,7 +307,7 @@ def compute_shards(
             progress(index, write_shard(shard, str(folder), params, label_names, batch_size))
     else:
         context = multiprocessing.get_context(START_METHOD)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
             # Largest first (a small split's single shard can be twice the others): the last shards
             # to finish are then short ones, and the workers finish together.
             order = sorted(range(len(shards)), key=lambda index: -len(shards[index].paths))
@@ -322,9 +335,17 @@ def compute_shards(
 class BadAudioError(ValueError):
     """Clips that passed the header scan but cannot be decoded into usable samples."""
 
-    def __init__(self, bad: dict[str, str]):
+    def __init__(self, bad: dict[str, str], empty_splits: Sequence[str] = ()):
         self.bad = dict(sorted(bad.items()))
-        super().__init__(format_bad_files(self.bad, during="computing features"))
+        message = format_bad_files(self.bad, during="computing features")
+        if empty_splits:  # skipping was asked for, and left nothing to train or score on: the list, not the flag
+            listed = message.splitlines()[1:-1]
+            message = "\n".join([
+                f"every clip of the {' and '.join(empty_splits)} split is a bad file, so data.skip_bad_files left "
+                f"nothing to use there; fix these {len(self.bad)} file(s) (or give the split other clips):",
+                *listed,
+            ])
+        super().__init__(message)
 
 
 def build_feature_cache(
@@ -383,8 +404,8 @@ def build_feature_cache(
             raise BadAudioError(bad)
         for path, reason in sorted(bad.items()):
             logger.warning("skipping %s: %s", path, reason)
-        if not all(num_clips.values()):
-            raise BadAudioError(bad)
+        if empty := [split for split, count in num_clips.items() if not count]:
+            raise BadAudioError(bad, empty_splits=empty)
         ref = ref.model_copy(update={
             "num_clips": num_clips,
             "skipped": {**scan_skipped, **dict(sorted(bad.items()))},

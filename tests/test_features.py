@@ -12,6 +12,7 @@ import torchaudio.compliance.kaldi as kaldi
 import lib.features as features_module
 from lib.audio import load_clip
 from lib.features import (
+    BadAudioError,
     FeatureCacheCorrupt,
     FeatureParams,
     FeatureWorkerDied,
@@ -111,6 +112,64 @@ def test_a_worker_that_dies_is_a_clear_error_and_leaves_no_cache(manifest, tmp_p
     with pytest.raises(FeatureWorkerDied, match="ended abruptly.*lower data.feature_workers"):
         build_feature_cache(manifest, PARAMS, tmp_path, workers=2)
     assert list((tmp_path / "features").iterdir()) == []  # the staging folder is gone
+
+
+def test_workers_end_with_a_parent_killed_outright(manifest, tmp_path):
+    # kill -9 (or the OOM killer) gives the parent no chance to stop its pool: the kernel must end the workers
+    import signal
+    import subprocess
+    import time
+
+    script = f"""
+import os, sys, time
+import lib.features as features
+from lib.scan import Manifest
+manifest = Manifest.model_validate_json(open({str(tmp_path / 'manifest.json')!r}).read())
+features.SHARD_CLIPS = 8
+def slow(*args, **kwargs):
+    print(os.getpid(), flush=True)
+    time.sleep(600)
+features.featurize = slow
+features.build_feature_cache(manifest, features.FeatureParams(num_mel_bins=64, max_frames=64, clip_seconds=0.6),
+                             {str(tmp_path)!r}, workers=2)
+"""
+    (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    workers: set[int] = set()
+    while len(workers) < 2:  # both are computing
+        line = parent.stdout.readline()
+        assert line, "the build ended before its workers started"
+        workers |= {int(line)} if line.strip().isdigit() else set()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while (alive := {pid for pid in workers if Path(f"/proc/{pid}").exists()
+                     and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in alive:  # a failing run leaves nothing behind either
+        os.kill(pid, signal.SIGKILL)
+    assert alive == set()
+
+
+def test_a_split_left_empty_by_skipping_says_so_instead_of_suggesting_the_flag_already_given(manifest, tmp_path, monkeypatch):
+    real = features_module.featurize
+
+    def validation_all_bad(paths, params, extractor, bad, notes=None):
+        if "validation" in str(paths[0]):
+            bad.update({str(path): "its samples are not finite" for path in paths})
+            return np.zeros((0, params.max_frames, params.num_mel_bins), np.float32), []
+        return real(paths, params, extractor, bad, notes)
+
+    monkeypatch.setattr(features_module, "featurize", validation_all_bad)
+    with pytest.raises(BadAudioError) as error:
+        build_feature_cache(manifest, PARAMS, tmp_path, skip_bad_files=True, workers=1)
+    lines = str(error.value).splitlines()
+    assert lines[0] == (
+        "every clip of the validation split is a bad file, so data.skip_bad_files left nothing to use there; "
+        f"fix these {len(manifest.validation)} file(s) (or give the split other clips):"
+    )
+    assert len(lines) == 1 + len(manifest.validation) and "--skip-bad-files" not in str(error.value)
 
 
 def test_a_float16_cache_is_half_the_size_and_loads_as_float32(manifest, tmp_path):
