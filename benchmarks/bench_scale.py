@@ -7,8 +7,9 @@
 
 For each N it synthesises N one-second 16 kHz clips (4 classes, 90% train / 10% validation; a
 pool of distinct clips is written once and copied, since decoding cost does not depend on the
-content), then runs each stage in a fresh process and prints its seconds, clips/s, the process's
-peak RSS and its largest worker process's, and the load average when the stage started:
+content), then runs each stage in a fresh process and prints its seconds, clips/s, CPU seconds
+(the process's and its workers'), the process's peak RSS and its largest worker process's, and
+the load average when the stage started:
 - scan: folder listing, header probe of every clip, fingerprint (lib/scan.py)
 - build-1: the Arrow feature cache, cold (decode, resample, fbank, write), on one process
 - build: the same cold build on --workers processes (default: one per usable core)
@@ -17,8 +18,9 @@ peak RSS and its largest worker process's, and the load average when the stage s
 - build-f16: the parallel cold build with features.storage_dtype float16
 plus each cache's size on disk and per clip. Time should grow linearly with N and peak RSS stay
 flat: the last columns give each figure relative to the smallest N. After each N, a line gives the
-parallel build's speed-up over one process and float16's size against float32's. Timings from a
-machine shared with other work are only as good as its load average (printed per stage).
+parallel build's speed-up over one process, the cores each build had (CPU over wall seconds) and
+float16's size against float32's. On a machine shared with other work, a parallel build that had
+fewer cores than it has workers was slowed by that work, not by its own overhead.
 """
 
 from __future__ import annotations
@@ -193,8 +195,11 @@ def compare(rows: list[dict]) -> str:
     one, parallel, half = stage["build-1"], stage["build"], stage["build-f16"]
     speedup = one["seconds"] / max(parallel["seconds"], 1e-9)
     processes = f"{parallel['workers']} process{'es' if parallel['workers'] > 1 else ''}"
+    # CPU seconds over wall seconds: the cores a build actually had (under 2 on 2 cores: other work took some).
+    cores = [row["cpu_seconds"] / max(row["seconds"], 1e-9) for row in (one, parallel)]
     return (f"parallel build: {processes} {speedup:.2f}x the clips/s of one, for "
-            f"{parallel['cpu_seconds'] / max(one['cpu_seconds'], 1e-9):.2f}x its CPU seconds; cache "
+            f"{parallel['cpu_seconds'] / max(one['cpu_seconds'], 1e-9):.2f}x its CPU seconds "
+            f"(cores busy: {cores[0]:.2f} and {cores[1]:.2f}); cache "
             f"{parallel['disk_bytes'] / parallel['clips'] / 1024:.1f} KB/clip float32, "
             f"{half['disk_bytes'] / half['clips'] / 1024:.1f} KB/clip float16 "
             f"({half['disk_bytes'] / parallel['disk_bytes']:.3f} of it)")
