@@ -393,7 +393,6 @@ class FinetuneConfig(_RunConfig):
         return self.work_dir if self.work_dir is not None else self.output_dir / "runs" / self.name
 
 
-
 class MemberVariant(Freezing):
     """One ensemble member: a freezing variant plus optional training overrides."""
 
