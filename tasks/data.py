@@ -10,22 +10,27 @@ from prefect.cache_policies import NO_CACHE
 from lib.config import DataConfig
 from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
 from lib.hashing import digest
-from lib.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
+from lib.scan import Manifest, ScanError, fingerprint_folders, scan_dataset, split_roots
 
 SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
 
 
-def scan_cache_key(context, parameters) -> str:
+def scan_cache_key(context, parameters) -> str | None:
     """Listing fingerprint (path, size, mtime per clip; its bytes too with data.fingerprint='content') + scan options.
 
-    Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
+    Costs a stat per file, or one read of every clip under 'content'; no audio is decoded. Never raises:
+    folders that cannot be listed give no key, so the task runs uncached and raises the scan's own error
+    instead of Prefect logging a traceback for the key (as tasks.pretrain's key).
     """
     data: DataConfig = parameters["data"]
-    listing = fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir)
-    # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
-    # (Without a test folder the key is what it was before test folders existed.)
-    folders = split_roots(data.train_dir, data.validation_dir, data.test_dir).values()
-    roots = "|".join(str(Path(folder).resolve()) for folder in folders)
+    try:
+        listing = fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir)
+        # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
+        # (Without a test folder the key is what it was before test folders existed.)
+        folders = split_roots(data.train_dir, data.validation_dir, data.test_dir).values()
+        roots = "|".join(str(Path(folder).resolve()) for folder in folders)
+    except (ScanError, OSError, RuntimeError):  # RuntimeError: resolve() of a symlink loop
+        return None
     options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
     return "astft-scan-" + digest(f"{listing}|{options}", 32)
 

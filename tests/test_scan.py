@@ -340,3 +340,16 @@ def test_a_test_folder_changes_the_fingerprint_and_its_absence_keeps_the_old_one
     write_wav(tmp_path / "test" / "a" / "00.wav", seconds=0.2)  # a test clip changes
     assert fingerprint_folders(train, validation, test_dir=tmp_path / "test") != with_test
     assert scan_dataset(train, validation, test_dir=tmp_path / "test").fingerprint != manifest.fingerprint
+
+
+def test_the_fine_tune_scan_cache_key_never_raises_so_the_scan_task_reports_its_own_error(tmp_path):
+    from lib.config import DataConfig
+    from tasks.data import scan_cache_key
+
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1, "b": 1}})
+    assert scan_cache_key(None, {"data": DataConfig(train_dir=train, validation_dir=validation)}).startswith("astft-scan-")
+    # no key (the task runs uncached and raises the scan's one-line error) where Prefect would log a traceback
+    missing = DataConfig(train_dir=train, validation_dir=tmp_path / "missing")
+    assert scan_cache_key(None, {"data": missing}) is None
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert scan_cache_key(None, {"data": DataConfig(train_dir=train, validation_dir=tmp_path / "loop")}) is None
