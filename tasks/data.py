@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -15,24 +16,35 @@ from lib.scan import Manifest, ScanError, fingerprint_folders, scan_dataset, spl
 SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
 
 
-def scan_cache_key(context, parameters) -> str | None:
-    """Listing fingerprint (path, size, mtime per clip; its bytes too with data.fingerprint='content') + scan options.
+def folder_scan_cache_key(prefix: str, listing: Callable[[], str], folders: Iterable[Path], options: str) -> str | None:
+    """prefix + a digest of the folders' listing fingerprint, their absolute paths and the scan options.
 
-    Costs a stat per file, or one read of every clip under 'content'; no audio is decoded. Never raises:
-    folders that cannot be listed give no key, so the task runs uncached and raises the scan's own error
-    instead of Prefect logging a traceback for the key (as tasks.pretrain's key).
+    Never raises: folders that cannot be listed (missing, overlapping, unreadable) give no key, so the
+    task runs uncached and raises the scan's own one-line error instead of Prefect logging a traceback
+    for the key.
     """
-    data: DataConfig = parameters["data"]
     try:
-        listing = fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir)
+        fingerprint = listing()
         # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
-        # (Without a test folder the key is what it was before test folders existed.)
-        folders = split_roots(data.train_dir, data.validation_dir, data.test_dir).values()
         roots = "|".join(str(Path(folder).resolve()) for folder in folders)
     except (ScanError, OSError, RuntimeError):  # RuntimeError: resolve() of a symlink loop
         return None
-    options = f"{roots}|{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
-    return "astft-scan-" + digest(f"{listing}|{options}", 32)
+    return prefix + digest(f"{fingerprint}|{roots}|{options}|{SCAN_CACHE_VERSION}", 32)
+
+
+def scan_cache_key(context, parameters) -> str | None:
+    """Listing fingerprint (path, size, mtime per clip; its bytes too with data.fingerprint='content') + scan options.
+
+    Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
+    (Without a test folder the key is what it was before test folders existed.)
+    """
+    data: DataConfig = parameters["data"]
+    return folder_scan_cache_key(
+        "astft-scan-",
+        lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir),
+        split_roots(data.train_dir, data.validation_dir, data.test_dir).values(),
+        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}",
+    )
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -10,29 +9,23 @@ from prefect.runtime import flow_run
 
 from lib.config import PretrainDataConfig
 from lib.features import FeatureCacheRef
-from lib.hashing import digest
 from lib.pretrain import PretrainOutcome, PretrainPlan, pretrain_encoder, publish_encoder
-from lib.scan import Manifest, ScanError, fingerprint_unlabeled, scan_unlabeled, unlabeled_roots
-from tasks.data import SCAN_CACHE_VERSION
+from lib.scan import Manifest, fingerprint_unlabeled, scan_unlabeled, unlabeled_roots
+from tasks.data import folder_scan_cache_key
 from tasks.member import EpochReporter, retry_on_io_error
 
 
 def unlabeled_scan_cache_key(context, parameters) -> str | None:
-    """Listing fingerprint of every folder (a stat per clip; its bytes too under 'content') + scan options.
-
-    Never raises: folders that cannot be listed (missing, overlapping, unreadable; plan_pretrain refuses
-    most before the flow starts) give no key, so the task runs uncached and raises the scan's own error
-    instead of Prefect logging a traceback for the key."""
+    """Listing fingerprint of every folder (a stat per clip; its bytes too under 'content') + scan options;
+    no key where the folders cannot be listed (plan_pretrain refuses most before the flow starts)."""
     data: PretrainDataConfig = parameters["data"]
     roots = unlabeled_roots(data.data_dirs, data.validation_dir)
-    try:
-        listing = fingerprint_unlabeled(roots, data.fingerprint)
-        # The manifest holds absolute clip paths: a moved dataset must not get the old location back.
-        folders = "|".join(str(Path(folder).resolve()) for folder in roots.values())
-    except (ScanError, OSError, RuntimeError):  # RuntimeError: resolve() of a symlink loop
-        return None
-    options = f"{folders}|{data.holdout_fraction}|{data.skip_bad_files}|{data.fingerprint}|{SCAN_CACHE_VERSION}"
-    return "astft-scan-unlabeled-" + digest(f"{listing}|{options}", 32)
+    return folder_scan_cache_key(
+        "astft-scan-unlabeled-",
+        lambda: fingerprint_unlabeled(roots, data.fingerprint),
+        roots.values(),
+        f"{data.holdout_fraction}|{data.skip_bad_files}|{data.fingerprint}",
+    )
 
 
 @task(name="scan-unlabeled", cache_key_fn=unlabeled_scan_cache_key, persist_result=True)
