@@ -77,8 +77,8 @@ def cpu_seconds() -> float:
 def run_stage(stage: str, root: Path, workers: int) -> dict:
     """One stage in this (fresh) process; returns seconds and the process's peak RSS."""
     from lib.config import FeatureConfig
-    from lib.features import FeatureParams, build_feature_cache, build_workers, load_split
-    from lib.scan import scan_dataset
+    from lib.data.features import FeatureParams, build_feature_cache, build_workers, load_split
+    from lib.data.scan import scan_dataset
 
     load = os.getloadavg()[0]
     params = FeatureParams(**FeatureConfig().model_dump(), num_mel_bins=128)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(run_stage(args.stage, args.root, args.workers)))
         return []
 
-    # Not lib.features.usable_cores: importing torch here would raise the stages' peak RSS (see below).
+    # Not lib.data.features.usable_cores: importing torch here would raise the stages' peak RSS (see below).
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = args.workers
     print(f"# bench_scale: {os.cpu_count()} CPUs ({usable} usable), parallel builds on "

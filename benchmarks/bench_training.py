@@ -55,15 +55,15 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import ASTConfig, ASTModel, TrainerCallback  # noqa: E402
 
-from lib.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
+from lib.model.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
 from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
-from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
-from lib.model import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
-from lib.scan import SPLITS, scan_dataset  # noqa: E402
+from lib.data.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
+from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
+from lib.data.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.config import TrainingConfig  # noqa: E402
-from lib.runtime import apply_tf32, resolve_runtime, seed_everything  # noqa: E402
-from lib.training import speed_settings, train_classifier  # noqa: E402
-from lib.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
+from lib.core.runtime import apply_tf32, resolve_runtime, seed_everything  # noqa: E402
+from lib.train.engine import speed_settings, train_classifier  # noqa: E402
+from lib.model.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
 DEFAULT_FRAMES = 128  # features.max_frames default

@@ -496,8 +496,8 @@ def print_pretrain_summary(summary: dict) -> None:
 def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
     """Plan the fine-tune before its flow runs: an error is one line here, not a flow run's traceback.
     Planning reads configs only, it writes nothing."""
-    from lib.plan import plan_ensemble, plan_run
-    from lib.scan import check_distinct_splits, split_roots
+    from lib.recipes.plan import plan_ensemble, plan_run
+    from lib.data.scan import check_distinct_splits, split_roots
 
     data = config.resolved().data
     check_distinct_splits(split_roots(data.train_dir, data.validation_dir, data.test_dir))
@@ -510,13 +510,14 @@ def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from lib.checkpoint import CheckpointError
-    from lib.config import ConfigError, deep_merge, load_config
-    from lib.ensemble import EnsembleError
-    from lib.features import BadAudioError, FeatureCacheCorrupt
-    from lib.guards import NonFiniteError
-    from lib.member import TrainingOutOfMemory
-    from lib.scan import ScanError
+    from lib.core.errors import CheckpointError
+    from lib.config import deep_merge, load_config
+    from lib.core.errors import ConfigError
+    from lib.core.errors import EnsembleError
+    from lib.core.errors import BadAudioError, FeatureCacheCorrupt
+    from lib.core.errors import NonFiniteError
+    from lib.core.errors import TrainingOutOfMemory
+    from lib.core.errors import ScanError
 
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
     expected = (
@@ -529,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.
-            from lib.predict import predict
+            from lib.evaluate.predict import predict
 
             predict_config = load_config(PredictConfig, None, overrides_from_args(args))
             summary = predict(predict_config)
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         # with Prefect's traceback; here it is one line. (The demo's fine-tune is planned once its
         # pretraining has made the checkpoint it starts from.)
         if pretrain_config is not None:
-            from lib.pretrain import plan_pretrain
+            from lib.recipes.pretrain import plan_pretrain
 
             plan_pretrain(pretrain_config)
         else:

@@ -8,10 +8,10 @@ from prefect import flow, get_run_logger
 
 from flows.finetune import run_member, shared_inputs
 from lib.config import EnsembleConfig
-from lib.checkpoint import EncoderRef
-from lib.features import FeatureCacheRef
-from lib.member import release_memory
-from lib.plan import RunPlan, plan_ensemble
+from lib.model.checkpoint import EncoderRef
+from lib.data.features import FeatureCacheRef
+from lib.recipes.member import release_memory
+from lib.recipes.plan import RunPlan, plan_ensemble
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
 
 

@@ -6,10 +6,10 @@ import sys
 
 from prefect import flow
 
-from lib.checkpoint import EncoderRef
+from lib.model.checkpoint import EncoderRef
 from lib.config import FinetuneConfig
-from lib.features import FeatureCacheRef
-from lib.plan import RunPlan, plan_run
+from lib.data.features import FeatureCacheRef
+from lib.recipes.plan import RunPlan, plan_run
 from tasks.data import build_features, scan_folders
 from tasks.member import evaluate_member, prepare_encoder, publish, train_member
 

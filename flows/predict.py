@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from lib.config import PredictConfig
-from lib.predict import predict as predict_clips
+from lib.evaluate.predict import predict as predict_clips
 
 
 @flow(name="astft-predict", log_prints=True)

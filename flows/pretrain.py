@@ -7,7 +7,7 @@ import sys
 from prefect import flow
 
 from lib.config import PretrainConfig
-from lib.pretrain import plan_pretrain
+from lib.recipes.pretrain import plan_pretrain
 from tasks.data import build_features
 from tasks.pretrain import pretrain as pretrain_task
 from tasks.pretrain import publish, scan_unlabeled_folders

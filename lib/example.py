@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import ASTConfig, ASTModel
 
-from lib.checkpoint import architecture_dict
+from lib.model.checkpoint import architecture_dict
 
 EXAMPLE_CLASSES = ("chirp", "noise_burst", "tone_high", "tone_low")
 

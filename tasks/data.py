@@ -9,9 +9,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lib.config import DataConfig
-from lib.features import FeatureCacheRef, FeatureParams, build_feature_cache
-from lib.hashing import digest
-from lib.scan import Manifest, ScanError, fingerprint_folders, scan_dataset, split_roots
+from lib.data.features import FeatureCacheRef, FeatureParams, build_feature_cache
+from lib.core.hashing import digest
+from lib.core.errors import ScanError
+from lib.data.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
 
 SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
 

@@ -10,8 +10,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from lib.config import FinetuneConfig
-from lib.ensemble import ENSEMBLE_FILE, evaluate_ensemble, read_member
-from lib.plots import png_data_uri
+from lib.core.layout import ENSEMBLE_FILE
+from lib.evaluate.ensemble import evaluate_ensemble, read_member
+from lib.evaluate.plots import png_data_uri
 
 
 class MemberRunFailed(RuntimeError):

@@ -19,17 +19,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run
 
-from lib.checkpoint import EncoderRef, export_encoder
+from lib.model.checkpoint import EncoderRef, export_encoder
 from lib.config import ModelConfig
-from lib.evaluation import EvalResult, evaluate_model
-from lib.features import FeatureCacheRef, has_test_split, load_split
-from lib.member import TrainOutcome
-from lib.member import train_member as train_one_member
-from lib.plan import RunPlan
-from lib.plots import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE, png_data_uri
-from lib.publish import publish_trained_member
-from lib.scan import TEST_SPLIT
-from lib.training import EpochRecord
+from lib.evaluate.evaluation import EvalResult, evaluate_model
+from lib.data.features import FeatureCacheRef, has_test_split, load_split
+from lib.recipes.member import TrainOutcome
+from lib.recipes.member import train_member as train_one_member
+from lib.recipes.plan import RunPlan
+from lib.core.layout import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE
+from lib.evaluate.plots import png_data_uri
+from lib.publish.folder import publish_trained_member
+from lib.data.scan import TEST_SPLIT
+from lib.train.engine import EpochRecord
 
 
 def artifact_key(kind: str, name: str) -> str:

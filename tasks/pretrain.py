@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from lib.config import PretrainDataConfig
-from lib.features import FeatureCacheRef
-from lib.pretrain import PretrainOutcome, PretrainPlan, pretrain_encoder, publish_encoder
-from lib.scan import Manifest, fingerprint_unlabeled, scan_unlabeled, unlabeled_roots
+from lib.data.features import FeatureCacheRef
+from lib.recipes.pretrain import PretrainOutcome, PretrainPlan, pretrain_encoder, publish_encoder
+from lib.data.scan import Manifest
+from lib.data.unlabeled import fingerprint_unlabeled, scan_unlabeled, unlabeled_roots
 from tasks.data import folder_scan_cache_key
 from tasks.member import EpochReporter, retry_on_io_error
 

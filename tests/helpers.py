@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from lib.example import tiny_ast_config
-from lib.runtime import resolve_runtime
+from lib.core.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "auto")
 

@@ -3,8 +3,9 @@ import pytest
 import soundfile as sf
 import torchaudio.functional
 
-import lib.audio as audio_module
-from lib.audio import AudioError, load_clip
+import lib.data.audio as audio_module
+from lib.core.errors import AudioError
+from lib.data.audio import load_clip
 
 
 def tone(freq_hz: float, sample_rate: int, seconds: float) -> np.ndarray:

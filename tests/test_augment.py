@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import ASTModel, Trainer, TrainerCallback
 
-from lib.augment import (
+from lib.data.augment import (
     MASK_VALUE,
     AugmentingTrainerMixin,
     FeatureAugmenter,
@@ -18,11 +18,11 @@ from lib.augment import (
     spec_augment,
 )
 from lib.config import AugmentationConfig, TrainingConfig
-from lib.features import load_split, make_feature_extractor
-from lib.metrics import compute_metrics
-from lib.model import build_classifier
-from lib.runtime import seed_everything
-from lib.training import EpochBatchSizeTrainer, build_training_arguments, train_classifier
+from lib.data.features import load_split, make_feature_extractor
+from lib.evaluate.metrics import compute_metrics
+from lib.model.classifier import build_classifier
+from lib.core.runtime import seed_everything
+from lib.train.engine import EpochBatchSizeTrainer, build_training_arguments, train_classifier
 from tests.helpers import CPU, StopAfterEpoch, random_features, small_config
 
 
@@ -271,7 +271,7 @@ def test_augmentation_composes_with_the_batch_size_schedule(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_ast_still_learns_with_every_augmentation_on(features, ssl_checkpoint, tmp_path):
-    from lib.checkpoint import load_encoder
+    from lib.model.checkpoint import load_encoder
 
     seed_everything(0, True)
     encoder, _ = load_encoder(ssl_checkpoint)

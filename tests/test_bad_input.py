@@ -16,8 +16,9 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from lib.features import BadAudioError, FeatureParams, build_feature_cache, load_split
-from lib.scan import scan_dataset
+from lib.core.errors import BadAudioError
+from lib.data.features import FeatureParams, build_feature_cache, load_split
+from lib.data.scan import scan_dataset
 
 PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,15 +95,15 @@ def test_thousands_of_classes(tmp_path):
 
 
 def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch):
-    import lib.member
-    from lib.checkpoint import export_encoder
+    import lib.recipes.member
+    from lib.model.checkpoint import export_encoder
     from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.plan import plan_run
+    from lib.recipes.plan import plan_run
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(lib.member, "train_classifier", out_of_memory)
+    monkeypatch.setattr(lib.recipes.member, "train_classifier", out_of_memory)
     train_dir, validation_dir = dataset_dirs
     plan = plan_run(FinetuneConfig(
         name="oom", output_dir=tmp_path,
@@ -112,16 +113,16 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     ))
     features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), plan.feature_params, tmp_path / "c")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "c")
-    with pytest.raises(lib.member.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
-        lib.member.train_member(plan, features, encoder)
+    with pytest.raises(lib.recipes.member.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
+        lib.recipes.member.train_member(plan, features, encoder)
 
 
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dataset_dirs, ssl_checkpoint):
-    from lib.checkpoint import export_encoder
+    from lib.model.checkpoint import export_encoder
     from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.member import MemberSpec
-    from lib.plan import plan_run
+    from lib.recipes.member import MemberSpec
+    from lib.recipes.plan import plan_run
 
     train_dir, validation_dir = dataset_dirs
     params = PARAMS.model_copy(update={"clip_seconds": 0.6})
@@ -146,7 +147,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dat
 
     def start(spec: Path) -> subprocess.Popen:
         log = (spec.parent / "log.txt").open("a")
-        return subprocess.Popen([sys.executable, "-m", "lib.member", str(spec)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "lib.recipes.member", str(spec)], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     killed_spec = spec_file(tmp_path / "killed")
@@ -196,8 +197,8 @@ def test_a_changed_clip_never_gets_stale_features(tmp_path):
 def test_two_processes_building_the_same_cache_at_once(tmp_path):
     train, validation = small_layout(tmp_path)
     script = (
-        "import sys; from pathlib import Path; from lib.scan import scan_dataset; "
-        "from lib.features import FeatureParams, build_feature_cache; "
+        "import sys; from pathlib import Path; from lib.data.scan import scan_dataset; "
+        "from lib.data.features import FeatureParams, build_feature_cache; "
         f"ref, hit = build_feature_cache(scan_dataset(Path({str(train)!r}), Path({str(validation)!r})), "
         f"FeatureParams(num_mel_bins=64, max_frames=64), Path({str(tmp_path / 'cache')!r})); print(ref.path)"
     )
@@ -244,9 +245,9 @@ def test_suspicious_clips_are_named_on_build_and_on_a_cache_hit(tmp_path):
 def test_bad_and_suspicious_clips_in_different_shards_are_reported_alike_by_one_and_several_workers(
     tmp_path, monkeypatch, caplog
 ):
-    import lib.features
+    import lib.data.features
 
-    monkeypatch.setattr(lib.features, "SHARD_CLIPS", 2)  # 8 clips a split: 4 shards each
+    monkeypatch.setattr(lib.data.features, "SHARD_CLIPS", 2)  # 8 clips a split: 4 shards each
     train, validation = small_layout(tmp_path)
     nan = np.zeros(16000)
     nan[5] = np.nan
@@ -269,17 +270,17 @@ def test_bad_and_suspicious_clips_in_different_shards_are_reported_alike_by_one_
     built = {}
     for workers in (1, 3):
         caplog.clear()
-        with caplog.at_level("WARNING", logger="lib.features"):
+        with caplog.at_level("WARNING", logger="lib.data.features"):
             built[workers], _ = build_feature_cache(
                 manifest, PARAMS, tmp_path / f"lenient{workers}", skip_bad_files=True, workers=workers
             )
         assert [record.getMessage().split(":")[0] for record in caplog.records] == [
             *(f"skipping {path}" for path in sorted(map(str, bad))), "clip used, but check it"]
     one, three = built[1], built[3]
-    assert len(lib.features.split_files(one.path, "train")) == 4
+    assert len(lib.data.features.split_files(one.path, "train")) == 4
     assert one.model_dump(exclude={"path"}) == three.model_dump(exclude={"path"})
     assert one.num_clips == {"train": 6, "validation": 7} and sorted(one.skipped) == sorted(map(str, bad))
     assert list(one.warnings) == [str(loud)]
     for split in ("train", "validation"):
-        files = [lib.features.split_files(ref.path, split) for ref in (one, three)]
+        files = [lib.data.features.split_files(ref.path, split) for ref in (one, three)]
         assert [path.read_bytes() for path in files[0]] == [path.read_bytes() for path in files[1]]

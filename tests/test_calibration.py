@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lib.calibration import (
+from lib.evaluate.calibration import (
     brier,
     calibration_report,
     expected_calibration_error,
@@ -65,7 +65,7 @@ def test_temperature_never_makes_a_member_worse_and_sharpens_an_underconfident_o
 
 
 def test_a_members_temperature_comes_from_validation_and_test_is_only_reported():
-    from lib.calibration import calibrate_member
+    from lib.evaluate.calibration import calibrate_member
 
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(3000, 4)) * 1.5
@@ -81,7 +81,7 @@ def test_a_members_temperature_comes_from_validation_and_test_is_only_reported()
 
 
 def test_a_member_no_better_than_chance_is_flagged_by_its_temperature():
-    from lib.calibration import calibrate_member
+    from lib.evaluate.calibration import calibrate_member
 
     rng = np.random.default_rng(2)
     noise = rng.normal(size=(400, 4)) * 3  # logits unrelated to the labels

@@ -9,14 +9,14 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
     ASTPatchEmbeddings,
 )
 
-from lib.checkpoint import (
-    CheckpointError,
+from lib.core.errors import CheckpointError
+from lib.model.checkpoint import (
+    BUNDLED_CONFIG,
     export_encoder,
     load_encoder,
     patch_grid,
     read_ast_config,
     resolve_encoder_config,
-    BUNDLED_CONFIG,
 )
 from lib.example import make_ssl_checkpoint
 from tests.helpers import small_config
@@ -232,7 +232,7 @@ def test_export_encoder_removes_staging_left_by_a_killed_run(tmp_path):
     import subprocess
     import sys
 
-    from lib.staging import owner_tag
+    from lib.core.staging import owner_tag
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = owner_tag(child.pid)

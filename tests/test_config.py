@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lib.config import ConfigError, EnsembleConfig, FinetuneConfig, PredictConfig, load_finetune_config
+from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig, load_finetune_config
+from lib.core.errors import ConfigError
 
 BASE = {
     "name": "m1",
@@ -241,9 +242,9 @@ def test_member_names_that_are_not_plain_folder_names_under_best_are_refused(nam
 
 
 def test_reserved_member_names_cover_what_the_project_writes_under_best():
-    from lib.config import RESERVED_MEMBER_NAMES
-    from lib.ensemble import ENSEMBLE_FILE
-    from lib.plots import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE
+    from lib.core.layout import RESERVED_MEMBER_NAMES
+    from lib.core.layout import ENSEMBLE_FILE
+    from lib.core.layout import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE
 
     assert {ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE} <= RESERVED_MEMBER_NAMES
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.calibration import fit_temperature, softmax
-from lib.ensemble import EnsembleError, evaluate_ensemble, read_member, soft_vote
-from lib.features import FeatureParams
+from lib.evaluate.calibration import fit_temperature, softmax
+from lib.core.errors import EnsembleError
+from lib.evaluate.ensemble import evaluate_ensemble, read_member, soft_vote
+from lib.data.features import FeatureParams
 
 LABELS = ["a", "b"]
 
@@ -138,24 +139,24 @@ def test_members_with_other_labels_or_validation_sets_are_refused(tmp_path):
 def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduces_its_accuracy(
     prefect_harness, tmp_path, dataset_dirs, test_split, ssl_checkpoint, monkeypatch
 ):
-    import lib.features
-    import lib.member
+    import lib.data.features
+    import lib.recipes.member
     from flows.ensemble import EnsembleMembersFailed, ensemble
     from lib.config import EnsembleConfig
-    from lib.predict import predict_files
-    from lib.runtime import resolve_runtime
+    from lib.evaluate.predict import predict_files
+    from lib.core.runtime import resolve_runtime
 
     builds = []
-    real_build = lib.features.build_feature_cache
+    real_build = lib.data.features.build_feature_cache
     monkeypatch.setattr("tasks.data.build_feature_cache", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    real_train = lib.member.train_classifier
+    real_train = lib.recipes.member.train_classifier
 
     def train_unless_broken(model, *args, **kwargs):
         if args[4].name == "broken":  # work_dir
             raise RuntimeError("simulated CUDA error")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(lib.member, "train_classifier", train_unless_broken)
+    monkeypatch.setattr(lib.recipes.member, "train_classifier", train_unless_broken)
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),
@@ -249,7 +250,7 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
 
 
 def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
-    from lib.ensemble import resolve_members
+    from lib.evaluate.ensemble import resolve_members
 
     fake_member(tmp_path, "real", [[0.0, 1.0]], [1])
     fake_member(tmp_path, ".real.previous", [[0.0, 1.0]], [1])
@@ -263,7 +264,7 @@ def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
 @pytest.fixture
 def no_inference(monkeypatch):
     """Fail the test if prediction gets as far as loading a model."""
-    from lib.model import ASTMeanPoolClassifier
+    from lib.model.classifier import ASTMeanPoolClassifier
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs and the output were checked")
@@ -289,8 +290,8 @@ def published(root, name):
 
 
 def predict(model, tmp_path, output=None):
-    from lib.predict import predict_files
-    from lib.runtime import resolve_runtime
+    from lib.evaluate.predict import predict_files
+    from lib.core.runtime import resolve_runtime
 
     return predict_files(model, one_wav(tmp_path), output or tmp_path / "out.csv", resolve_runtime("cpu"))
 
@@ -342,12 +343,12 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
         predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) /proc/p.csv: cannot write in /proc"):
         predict(member, tmp_path, "/proc/p.csv")  # a real probe: os.access says root may write there
-    import lib.predict
+    import lib.evaluate.predict
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(lib.predict.tempfile, "TemporaryFile", read_only)  # tests run as root: fake a read-only dir
+    monkeypatch.setattr(lib.evaluate.predict.tempfile, "TemporaryFile", read_only)  # tests run as root: fake a read-only dir
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .* \(Permission denied\)"):
         predict(member, tmp_path, tmp_path / "new" / "p.csv")
 
@@ -370,7 +371,7 @@ def test_predict_never_overwrites_what_it_reads_or_a_file_that_is_not_a_csv(tmp_
 def test_predict_refuses_a_member_with_a_nan_weight(tmp_path):
     from transformers import ASTModel
 
-    from lib.model import build_classifier
+    from lib.model.classifier import build_classifier
     from tests.helpers import small_config
 
     model = build_classifier(ASTModel(small_config()), LABELS)

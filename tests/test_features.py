@@ -9,13 +9,11 @@ import pytest
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-import lib.features as features_module
-from lib.audio import load_clip
-from lib.features import (
-    BadAudioError,
-    FeatureCacheCorrupt,
+import lib.data.features as features_module
+from lib.data.audio import load_clip
+from lib.core.errors import BadAudioError, FeatureCacheCorrupt, FeatureWorkerDied
+from lib.data.features import (
     FeatureParams,
-    FeatureWorkerDied,
     build_feature_cache,
     fbank_frames,
     featurize,
@@ -25,7 +23,7 @@ from lib.features import (
     shard_bounds,
     split_files,
 )
-from lib.scan import scan_dataset
+from lib.data.scan import scan_dataset
 
 PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
 FLOAT16 = PARAMS.model_copy(update={"storage_dtype": "float16"})
@@ -122,8 +120,8 @@ def test_workers_end_with_a_parent_killed_outright(manifest, tmp_path):
 
     script = f"""
 import os, sys, time
-import lib.features as features
-from lib.scan import Manifest
+import lib.data.features as features
+from lib.data.scan import Manifest
 manifest = Manifest.model_validate_json(open({str(tmp_path / 'manifest.json')!r}).read())
 features.SHARD_CLIPS = 8
 def slow(*args, **kwargs):
@@ -278,11 +276,11 @@ def test_a_test_split_is_cached_beside_the_others_and_keys_the_cache(dataset_dir
 
 @pytest.mark.train
 def test_a_float16_cache_trains_to_the_accuracy_of_float32(features, dataset_dirs, ssl_checkpoint, tmp_path):
-    from lib.checkpoint import load_encoder
+    from lib.model.checkpoint import load_encoder
     from lib.config import TrainingConfig
-    from lib.model import apply_freezing, build_classifier
-    from lib.runtime import seed_everything
-    from lib.training import train_classifier
+    from lib.model.classifier import apply_freezing, build_classifier
+    from lib.core.runtime import seed_everything
+    from lib.train.engine import train_classifier
     from tests.helpers import CPU
 
     half, _ = build_feature_cache(scan_dataset(*dataset_dirs), FLOAT16, tmp_path / "cache")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-import lib.features
+import lib.data.features
 import tasks.data
 from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
-from lib.features import FeatureCacheRef, load_split
-from lib.model import ASTMeanPoolClassifier
+from lib.data.features import FeatureCacheRef, load_split
+from lib.model.classifier import ASTMeanPoolClassifier
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=1)
     # The feature build inside the flow run forks 2 workers (shards of 8 of the 66 clips), and the
     # member trains, is evaluated and publishes on a float16 cache.
-    monkeypatch.setattr(lib.features, "SHARD_CLIPS", 8)
+    monkeypatch.setattr(lib.data.features, "SHARD_CLIPS", 8)
     config.data.feature_workers = 2
     config.features.storage_dtype = "float16"
     state = finetune(config, return_state=True)
@@ -91,7 +91,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert metrics["test"]["num_samples"] == 18 and set(metrics["test"]["per_class"]) == {"noise_burst", "tone_high", "tone_low"}
     assert np.sum(metrics["test"]["confusion_matrix"]["matrix"]) == 18
     # the temperature was fitted on the validation logits the member stored, and is what predict applies
-    from lib.calibration import fit_temperature
+    from lib.evaluate.calibration import fit_temperature
 
     calibration = json.loads((member / "calibration.json").read_text())
     stored = np.load(member / "validation_logits.npz")
@@ -148,7 +148,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     })
     validation = load_split(cache, "validation")
     assert tuple(validation[0]["input_values"].shape) == (128, 64)  # frames x mel bins
-    assert len(lib.features.split_files(cache.path, "train")) == 6 and validation[0]["input_values"].dtype == torch.float32
+    assert len(lib.data.features.split_files(cache.path, "train")) == 6 and validation[0]["input_values"].dtype == torch.float32
     with torch.no_grad():
         logits = model(input_values=validation[:]["input_values"]).logits.numpy()
     np.testing.assert_allclose(logits, np.load(member / "validation_logits.npz")["logits"], atol=1e-5)
@@ -158,7 +158,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
         raise AssertionError("should have been served from cache")
 
     monkeypatch.setattr(tasks.data, "scan_dataset", fail)
-    monkeypatch.setattr(lib.features, "load_clip", fail)
+    monkeypatch.setattr(lib.data.features, "load_clip", fail)
     again = finetune(config.model_copy(update={"name": "tiny_head"}).model_copy(
         update={"model": config.model.model_copy(update={"train_last_n_layers": 0, "head_only": True})}
     ))
@@ -181,7 +181,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
 
 def test_flow_rejects_bad_config_before_any_work(prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint):
     from flows.finetune import finetune
-    from lib.config import ConfigError
+    from lib.core.errors import ConfigError
 
     config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, train_last_n_layers=5)
     with pytest.raises(ConfigError, match=r"train_last_n_layers .* is 5 but the encoder .* has 2 layers"):
@@ -193,7 +193,7 @@ def test_a_diverging_run_never_replaces_the_published_member(
     prefect_harness, tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch
 ):
     from flows.finetune import finetune
-    from lib.guards import NonFiniteError
+    from lib.core.errors import NonFiniteError
 
     config = make_config(tmp_path, dataset_dirs, ssl_checkpoint, head_only=True)
     config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 2})})
@@ -218,13 +218,13 @@ def test_a_diverging_run_never_replaces_the_published_member(
     assert {p.name: p.read_bytes() for p in member.iterdir()} == before
 
     # With the training and evaluation guards switched off, the publish task still refuses it.
-    import lib.evaluation
-    import lib.training
+    import lib.evaluate.evaluation
+    import lib.train.engine
     from transformers import TrainerCallback
 
-    monkeypatch.setattr(lib.training, "NonFiniteLossCallback", TrainerCallback)
-    monkeypatch.setattr(lib.evaluation, "check_finite_tensors", lambda *args: None)
-    monkeypatch.setattr(lib.evaluation, "check_finite_logits", lambda *args: None)
+    monkeypatch.setattr(lib.train.engine, "NonFiniteLossCallback", TrainerCallback)
+    monkeypatch.setattr(lib.evaluate.evaluation, "check_finite_tensors", lambda *args: None)
+    monkeypatch.setattr(lib.evaluate.evaluation, "check_finite_logits", lambda *args: None)
     with pytest.raises(NonFiniteError, match=r"member tiny_last1: .* hold NaN or inf .*not published; .*tiny_last1 is left as it was"):
         finetune(diverging.model_copy(update={"training": diverging.training.model_copy(update={"seed": 2})}))
     assert {p.name: p.read_bytes() for p in member.iterdir()} == before

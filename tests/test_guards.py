@@ -8,15 +8,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import ASTModel
 
-from lib.checkpoint import CheckpointError, load_encoder
+from lib.core.errors import CheckpointError
+from lib.model.checkpoint import load_encoder
 from lib.config import TrainingConfig
-from lib.evaluation import evaluate_model
+from lib.evaluate.evaluation import evaluate_model
 from lib.example import make_ssl_checkpoint
-from lib.features import FeatureParams, make_feature_extractor
-from lib.guards import NonFiniteError, NonFiniteLossCallback, check_finite_folder, nonfinite_in_folder
-from lib.model import build_classifier
-from lib.runtime import seed_everything
-from lib.training import train_classifier
+from lib.data.features import FeatureParams, make_feature_extractor
+from lib.core.errors import NonFiniteError
+from lib.core.guards import NonFiniteLossCallback, check_finite_folder, nonfinite_in_folder
+from lib.model.classifier import build_classifier
+from lib.core.runtime import seed_everything
+from lib.train.engine import train_classifier
 from tests.helpers import CPU, random_features, small_config
 
 

@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from lib.checkpoint import export_encoder
+from lib.model.checkpoint import export_encoder
 from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-from lib.features import build_feature_cache
-from lib.member import train_member, train_member_distributed
-from lib.plan import plan_run
-from lib.scan import scan_dataset
+from lib.data.features import build_feature_cache
+from lib.recipes.member import train_member, train_member_distributed
+from lib.recipes.plan import plan_run
+from lib.data.scan import scan_dataset
 
 pytestmark = pytest.mark.slow
 

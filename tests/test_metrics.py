@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lib.config import SUMMARY_METRICS
-from lib.metrics import detailed_report, summary_metrics
+from lib.evaluate.metrics import detailed_report, summary_metrics
 
 
 def test_summary_metrics_on_a_hand_checked_case():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import ASTModel, AutoModelForAudioClassification
 
-from lib.model import ASTMeanPoolClassifier, apply_freezing, build_classifier
+from lib.model.classifier import ASTMeanPoolClassifier, apply_freezing, build_classifier
 from tests.helpers import small_config
 
 LABELS = ["cat", "dog", "eel"]

@@ -4,8 +4,9 @@ import sys
 import pytest
 import torch
 
-from lib.config import ConfigError, DataConfig, FeatureConfig, FinetuneConfig, ModelConfig
-from lib.plan import plan_run
+from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig
+from lib.core.errors import ConfigError
+from lib.recipes.plan import plan_run
 
 
 def make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features) -> FinetuneConfig:
@@ -25,7 +26,7 @@ def make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features) -> FinetuneC
 )
 def test_features_and_encoder_use_max_frames(dataset_dirs, ssl_checkpoint, tmp_path, features, expected):
     # the test checkpoint was built for 64 frames; the default is 128, null keeps the encoder's
-    from lib.checkpoint import export_encoder
+    from lib.model.checkpoint import export_encoder
 
     plan = plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features))
     assert plan.feature_params.max_frames == expected
@@ -105,7 +106,7 @@ def test_ensemble_member_configs_get_the_same_checks(dataset_dirs, ssl_checkpoin
         "members": [{"name": "full"}],
     })
     # flows/ensemble.py validates every member with plan_ensemble: plan_run on each member's config
-    from lib.plan import plan_ensemble
+    from lib.recipes.plan import plan_ensemble
 
     with pytest.raises(ConfigError, match=r"output_dir .* is inside data.validation_dir"):
         plan_ensemble(config)
@@ -120,7 +121,7 @@ def test_a_missing_test_folder_is_named_before_any_work(dataset_dirs, ssl_checkp
 
 def test_the_sweep_expands_against_the_encoders_layer_count(dataset_dirs, ssl_checkpoint, tmp_path):
     from lib.config import EnsembleConfig
-    from lib.plan import plan_ensemble
+    from lib.recipes.plan import plan_ensemble
 
     train_dir, validation_dir = dataset_dirs
     raw = {
@@ -161,7 +162,8 @@ def wrong_own_config(tmp_path):
 
 
 def test_an_explicit_base_config_wins_over_the_checkpoint_folders_config(tmp_path, dataset_dirs):
-    from lib.checkpoint import CheckpointError, export_encoder, load_encoder
+    from lib.core.errors import CheckpointError
+    from lib.model.checkpoint import export_encoder, load_encoder
 
     folder, base, reference = wrong_own_config(tmp_path)
     # without --base-config the folder's config.json is used, and the error points at the flag
@@ -185,7 +187,7 @@ def test_an_explicit_base_config_wins_over_the_checkpoint_folders_config(tmp_pat
 def test_the_encoder_cache_key_follows_the_config_actually_used(tmp_path):
     import json
 
-    from lib.checkpoint import export_encoder
+    from lib.model.checkpoint import export_encoder
 
     folder, base, _ = wrong_own_config(tmp_path)
     first, _ = export_encoder(folder, base, tmp_path / "cache", 64)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.plots import (
+from lib.evaluate.plots import (
     confusion_matrix_plot,
     leaderboard_plot,
     png_data_uri,

@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from lib.checkpoint import load_encoder
-from lib.config import ConfigError, PretrainConfig, SSAST_MASK_RATIO
-from lib.features import FeatureParams, build_feature_cache
-from lib.masked_patches import (
+from lib.model.checkpoint import load_encoder
+from lib.config import PretrainConfig, SSAST_MASK_RATIO
+from lib.core.errors import ConfigError
+from lib.data.features import FeatureParams, build_feature_cache
+from lib.model.masked_patches import (
     MaskedPatchModel,
     cluster_masks,
     info_nce,
@@ -29,7 +30,7 @@ from lib.masked_patches import (
     squared_error,
     summarise,
 )
-from lib.pretrain import (
+from lib.recipes.pretrain import (
     content_frames,
     epoch_table,
     masked_patch_metrics,
@@ -38,8 +39,9 @@ from lib.pretrain import (
     pretraining_split,
     publish_encoder,
 )
-from lib.scan import ScanError, scan_unlabeled
-from lib.training import EpochRecord
+from lib.core.errors import ScanError
+from lib.data.unlabeled import scan_unlabeled
+from lib.train.engine import EpochRecord
 from tests.helpers import StopAfterEpoch, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
@@ -456,7 +458,7 @@ def test_the_plan_names_what_pretraining_writes_and_refuses_a_folder_astft_did_n
 
 
 def test_a_fine_tune_work_dir_is_refused_to_pretraining_before_any_work(tmp_path, dataset_dirs):
-    from lib.training import RunOwner, prepare_work_dir
+    from lib.train.engine import RunOwner, prepare_work_dir
 
     fine_tune = tmp_path / "out" / "runs" / "ft-mine"
     prepare_work_dir(fine_tune, "fp", RunOwner(kind="finetune", name="ft-mine"))
@@ -474,7 +476,8 @@ def test_a_fine_tune_work_dir_is_refused_to_pretraining_before_any_work(tmp_path
 
 
 def test_predict_says_a_pretrained_encoder_is_one_and_how_to_fine_tune_from_it(tmp_path):
-    from lib.ensemble import EnsembleError, resolve_members
+    from lib.core.errors import EnsembleError
+    from lib.evaluate.ensemble import resolve_members
     from lib.example import make_ssl_checkpoint
 
     encoder, _ = make_ssl_checkpoint(tmp_path / "out" / "ssl" / "mine", small_config())

@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-import lib.publish as publish_module
-from lib.ensemble import resolve_members
-from lib.features import FeatureParams
-from lib.publish import backup_path, publish_member
+import lib.publish.folder as publish_module
+from lib.evaluate.ensemble import resolve_members
+from lib.data.features import FeatureParams
+from lib.publish.folder import backup_path, publish_member
 
 
 def member_files(tmp_path, version: str):
@@ -216,7 +216,7 @@ def test_a_failure_after_the_switch_keeps_the_new_member(tmp_path, monkeypatch):
 def test_a_version_another_running_publish_is_building_is_kept_until_that_process_ends(tmp_path):
     import sys
 
-    from lib.staging import owner_tag
+    from lib.core.staging import owner_tag
 
     best = tmp_path / "best"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -236,7 +236,7 @@ def test_a_version_another_running_publish_is_building_is_kept_until_that_proces
 
 
 def test_publish_never_replaces_a_folder_it_did_not_publish(tmp_path):
-    from lib.config import ConfigError
+    from lib.core.errors import ConfigError
 
     best = tmp_path / "best"
     (best / "m").mkdir(parents=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lib.scan import ScanError, fingerprint_folders, scan_dataset
+from lib.core.errors import ScanError
+from lib.data.scan import fingerprint_folders, scan_dataset
 
 
 def write_wav(path: Path, seconds: float = 0.1, sample_rate: int = 16000, channels: int = 1) -> Path:
@@ -231,7 +232,7 @@ def test_a_fifo_named_wav_is_ignored_and_never_opened(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="other systems refuse file names that are not valid UTF-8")
 def test_a_file_or_class_name_that_is_not_utf8_is_named_escaped(tmp_path):
-    from lib.features import FeatureParams, build_feature_cache
+    from lib.data.features import FeatureParams, build_feature_cache
 
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1}})
     clip_bytes = (train / "a" / "00.wav").read_bytes()

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lib.staging import file_sizes_match, owner_tag, record_file_sizes, staged_folder
+from lib.core.staging import file_sizes_match, owner_tag, record_file_sizes, staged_folder
 
 
 def ended_process_tag() -> str:
@@ -79,7 +79,7 @@ def test_owner_tag_names_this_host_process_and_its_start():
 
 
 def test_a_zombie_owner_counts_as_ended():
-    from lib.staging import owner_state
+    from lib.core.staging import owner_state
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     tag = owner_tag(child.pid)

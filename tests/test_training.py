@@ -6,13 +6,14 @@ import pytest
 import torch
 from transformers import ASTModel, TrainerCallback
 
-from lib.checkpoint import load_encoder
-from lib.config import ConfigError, TrainingConfig
-from lib.evaluation import evaluate_model
-from lib.features import load_split, make_feature_extractor
-from lib.model import apply_freezing, build_classifier
-from lib.runtime import Runtime, resolve_runtime, seed_everything
-from lib.training import (
+from lib.model.checkpoint import load_encoder
+from lib.config import TrainingConfig
+from lib.core.errors import ConfigError
+from lib.evaluate.evaluation import evaluate_model
+from lib.data.features import load_split, make_feature_extractor
+from lib.model.classifier import apply_freezing, build_classifier
+from lib.core.runtime import Runtime, resolve_runtime, seed_everything
+from lib.train.engine import (
     build_training_arguments,
     dataloader_workers,
     epoch_batch_sizes,
@@ -52,9 +53,9 @@ CUDA = Runtime("cuda", fp16=False, bf16=True, tf32=True)  # built by hand: the G
 
 
 def test_gpu_speed_defaults_are_on_for_cuda_and_off_for_cpu(tmp_path, monkeypatch):
-    import lib.training
+    import lib.train.engine
 
-    monkeypatch.setattr(lib.training, "usable_cores", lambda: 16)
+    monkeypatch.setattr(lib.train.engine, "usable_cores", lambda: 16)
     config = TrainingConfig()
     cuda = training_arguments(config, tmp_path, CUDA)
     assert (cuda["bf16"], cuda["tf32"], cuda["optim"], cuda["torch_compile"]) == (True, True, "adamw_torch_fused", False)
@@ -80,9 +81,9 @@ def test_gpu_speed_defaults_are_on_for_cuda_and_off_for_cpu(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("cores, processes, workers", [(16, 1, 4), (4, 1, 3), (2, 1, 1), (1, 1, 0), (16, 4, 3), (8, 8, 0)])
 def test_auto_dataloader_workers_leave_a_core_per_training_process(monkeypatch, cores, processes, workers):
-    import lib.training
+    import lib.train.engine
 
-    monkeypatch.setattr(lib.training, "usable_cores", lambda: cores)
+    monkeypatch.setattr(lib.train.engine, "usable_cores", lambda: cores)
     assert dataloader_workers("auto", CUDA, processes) == workers
     assert dataloader_workers("auto", CPU, processes) == 0
     assert dataloader_workers(5, CPU, processes) == 5
@@ -143,7 +144,7 @@ def test_a_run_with_the_same_config_resumes_and_another_config_starts_fresh(feat
 
 
 def test_a_checkpoint_interrupted_while_saving_is_not_resumed(tmp_path):
-    from lib.training import prepare_work_dir
+    from lib.train.engine import prepare_work_dir
 
     for step, complete in ((10, True), (20, True), (30, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -263,7 +264,7 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
 
 
 def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
-    from lib.training import prepare_work_dir
+    from lib.train.engine import prepare_work_dir
 
     (tmp_path / "run.json").write_text('{"fingerprint": "old"}')
     (tmp_path / "train_logm.txt").write_text("epoch 1/5 of the old config\n")
@@ -275,7 +276,7 @@ def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
 def test_resume_key_changes_with_the_data_and_the_encoder():
     from types import SimpleNamespace
 
-    from lib.member import resume_key
+    from lib.recipes.member import resume_key
 
     plan = SimpleNamespace(fingerprint="cfg")
     base = resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
@@ -286,7 +287,7 @@ def test_resume_key_changes_with_the_data_and_the_encoder():
 def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch):
     from transformers import Trainer
 
-    from lib.training import check_schedule_supported, schedule_hooks_problem
+    from lib.train.engine import check_schedule_supported, schedule_hooks_problem
 
     assert schedule_hooks_problem() is None  # the pinned transformers: all hooks as expected
 
@@ -307,9 +308,9 @@ def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch)
 
     assert "returns ('num_train_epochs', 'max_steps')" in schedule_hooks_problem(EightValues)
 
-    import lib.training
+    import lib.train.engine
 
-    monkeypatch.setattr(lib.training, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
+    monkeypatch.setattr(lib.train.engine, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
     with pytest.raises(ConfigError, match=r"training.batch_sizes needs the private Trainer hooks of transformers 5.24.0 .*does not exist"):
         check_schedule_supported()
 
@@ -318,7 +319,7 @@ def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch)
 
 
 def test_a_work_dir_astft_did_not_make_is_refused_and_left_alone(tmp_path):
-    from lib.training import prepare_work_dir
+    from lib.train.engine import prepare_work_dir
 
     ssl_run = tmp_path / "ssl-run"  # e.g. the SSL run whose checkpoint-N is --ssl-checkpoint
     (ssl_run / "checkpoint-33297").mkdir(parents=True)
@@ -344,7 +345,7 @@ def test_a_work_dir_astft_did_not_make_is_refused_and_left_alone(tmp_path):
 
 
 def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_path):
-    from lib.training import claim_work_dir, prepare_work_dir
+    from lib.train.engine import claim_work_dir, prepare_work_dir
 
     work = tmp_path / "output" / "runs" / "m"  # the default <output_dir>/runs/<name>, made by the run
     claim_work_dir(work)
@@ -367,7 +368,7 @@ def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_
 
 
 def test_a_work_dir_is_refused_to_another_kind_of_run_or_name_and_resumed_or_cleared_for_its_own(tmp_path):
-    from lib.training import RunOwner, prepare_work_dir
+    from lib.train.engine import RunOwner, prepare_work_dir
 
     work = tmp_path / "out" / "runs" / "ft-mine"
     mine = RunOwner(kind="finetune", name="ft-mine")
@@ -403,7 +404,8 @@ def test_a_work_dir_is_refused_to_another_kind_of_run_or_name_and_resumed_or_cle
 
 
 def test_a_resume_forgets_the_epochs_logged_after_its_checkpoint_which_it_trains_again(tmp_path):
-    from lib.training import EPOCHS_FILE, EpochRecord, prepare_work_dir, read_epoch_records
+    from lib.core.layout import EPOCHS_FILE
+    from lib.train.engine import EpochRecord, prepare_work_dir, read_epoch_records
 
     # killed after epoch 2 was evaluated and logged, before its checkpoint was saved
     (tmp_path / "run.json").write_text('{"fingerprint": "fp", "kind": "finetune"}')
@@ -421,7 +423,7 @@ def test_plan_refuses_a_work_dir_that_holds_or_is_inside_the_checkpoint_or_the_d
     dataset_dirs, ssl_checkpoint, tmp_path, where
 ):
     from lib.config import DataConfig, FinetuneConfig, ModelConfig
-    from lib.plan import plan_run
+    from lib.recipes.plan import plan_run
 
     train_dir, validation_dir = dataset_dirs
     work_dir, inside, field = {
@@ -444,7 +446,7 @@ def test_plan_refuses_a_work_dir_that_holds_or_is_inside_the_checkpoint_or_the_d
 
 def test_plan_refuses_a_non_empty_work_dir_it_did_not_make_before_any_work(dataset_dirs, ssl_checkpoint, tmp_path):
     from lib.config import DataConfig, FinetuneConfig, ModelConfig
-    from lib.plan import plan_run
+    from lib.recipes.plan import plan_run
 
     foreign = tmp_path / "somebody-elses"
     foreign.mkdir()

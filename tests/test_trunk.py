@@ -8,19 +8,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import ASTModel
 
-from lib import trunk
-from lib.checkpoint import export_encoder
+from lib.model import trunk
+from lib.model.checkpoint import export_encoder
 from lib.config import AugmentationConfig, DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-from lib.evaluation import evaluate_model
-from lib.features import build_feature_cache, load_split
-from lib.inference import predict_logits
-from lib.member import train_member
-from lib.model import ASTMeanPoolClassifier, apply_freezing, build_classifier
-from lib.plan import plan_run
-from lib.scan import scan_dataset
-from lib.runtime import resolve_runtime, seed_everything
-from lib.training import train_classifier
-from lib.trunk import (
+from lib.evaluate.evaluation import evaluate_model
+from lib.data.features import build_feature_cache, load_split
+from lib.evaluate.inference import predict_logits
+from lib.recipes.member import train_member
+from lib.model.classifier import ASTMeanPoolClassifier, apply_freezing, build_classifier
+from lib.recipes.plan import plan_run
+from lib.data.scan import scan_dataset
+from lib.core.runtime import resolve_runtime, seed_everything
+from lib.train.engine import train_classifier
+from lib.model.trunk import (
     TrunkStates,
     TrunkTail,
     build_trunk_cache,
@@ -301,10 +301,10 @@ def test_a_compiled_tail_trains_saves_and_reloads_its_best_epoch_like_the_eager_
 def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatch):
     from collections import namedtuple
 
-    import lib.trunk as trunk_module
+    import lib.model.trunk as trunk_module
     from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.features import FeatureCacheRef, FeatureParams
-    from lib.model import apply_freezing, build_classifier
+    from lib.data.features import FeatureCacheRef, FeatureParams
+    from lib.model.classifier import apply_freezing, build_classifier
     from transformers import ASTModel
 
     from tests.helpers import small_config

@@ -1,0 +1,79 @@
+"""Every file and folder name astft writes, and the check that a publish destination is one it made.
+
+<output_dir>/best/<name>    a published member: a link to a hidden version folder .<name>.v-* beside it
+<output_dir>/ssl/<name>     a published encoder (astft pretrain), the same way
+<output_dir>/runs/<name>    a member's work dir (Trainer checkpoints, logs); ssl-runs/<name> an encoder's
+<cache_dir>/features/<key>  Arrow feature caches; encoders/<key> stripped encoders (with trunk/ caches)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lib.core.errors import ConfigError
+
+# <output_dir>/...
+BEST_FOLDER = "best"  # published members
+SSL_FOLDER = "ssl"  # published encoders
+RUNS_FOLDER = "runs"  # members' work dirs
+SSL_RUNS_FOLDER = "ssl-runs"  # pretraining work dirs
+# <cache_dir>/...
+FEATURES_FOLDER = "features"
+ENCODERS_FOLDER = "encoders"
+TRUNK_DIR = "trunk"  # inside an encoder's cache folder: frozen-trunk outputs
+META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole (lib.core.staging)
+
+# a work dir
+RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
+PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
+EPOCHS_FILE = "epochs.jsonl"  # one EpochRecord per line, beside the train log: what a watcher of a torchrun run reads
+LOG_HISTORY_FILE = "log_history.json"  # Trainer's state.log_history of the run, written when it ends
+BEST_MODEL_DIR = "best-model"  # a fine-tune's best epoch
+FINAL_MODEL_DIR = "final-model"  # pretraining's last epoch
+EVALUATION_DIR = "evaluation"  # a member's reports before publishing
+
+# a model folder (checkpoint, member or encoder)
+WEIGHTS_FILE = "model.safetensors"
+REPORT_FILE = "load_report.json"  # how an SSL checkpoint became the encoder (lib.model.checkpoint)
+
+# a published member (besides the model and train_log<name>.txt)
+MEMBER_FILE = "member.json"
+RUN_CONFIG_FILE = "run_config.json"
+LABEL_MAP_FILE = "label_map.json"
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.json"
+PREDICTIONS_FILE = "validation_logits.npz"
+TEST_PREDICTIONS_FILE = "test_logits.npz"
+CALIBRATION_FILE = "calibration.json"
+# What evaluate_model writes and publishing copies beside the model (the test logits only with a test split).
+REPORT_FILES = (METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, CALIBRATION_FILE)
+TRAINING_CURVES_FILE = "training_curves.png"
+CONFUSION_PLOT_FILE = "confusion_matrix.png"
+
+# a published encoder
+PRETRAIN_FILE = "pretrain.json"
+PRETRAIN_CURVES_FILE = "pretraining_curves.png"
+
+# <output_dir>/best/, beside the members
+ENSEMBLE_FILE = "ensemble.json"
+LEADERBOARD_PLOT_FILE = "leaderboard.png"
+RELIABILITY_PLOT_FILE = "reliability.png"
+# A member of one of these names would overwrite that file, or be overwritten; compared without case,
+# since macOS and Windows folders are case-insensitive.
+RESERVED_MEMBER_NAMES = frozenset(name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE))
+
+
+def check_member_destination(destination: Path, kind: str = "member") -> None:
+    """best/<name> (ssl/<name> for an encoder) may be replaced only if it is ours: a link to a version folder."""
+    destination = Path(destination)
+    if destination.is_symlink() or not os.path.lexists(destination):
+        return
+    what = "a plain folder" if destination.is_dir() else "a file"
+    proof = MEMBER_FILE if kind == "member" else PRETRAIN_FILE
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise ConfigError(
+        f"{destination} is {what}, not {article} {kind} astft published (astft publishes {article} {kind} as a link "
+        f"to a hidden version folder .{destination.name}.v-* beside it, which holds {proof}): publishing {kind} "
+        f"{destination.name} would replace it. Move it away, or choose another name (--name) or --output-dir"
+    )

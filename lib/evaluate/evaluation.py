@@ -1,0 +1,92 @@
+"""Evaluate a saved member on the validation (and test) features, fit its temperature on validation,
+and write its reports beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+from pydantic import BaseModel
+
+from lib.evaluate.calibration import calibrate_member
+from lib.config import SUMMARY_METRICS
+from lib.core.guards import check_finite_logits, check_finite_tensors
+from lib.evaluate.inference import predict_logits
+from lib.evaluate.metrics import detailed_report, summary_metrics
+from lib.model.classifier import ASTMeanPoolClassifier
+from lib.core.runtime import Runtime
+from lib.core.layout import CALIBRATION_FILE, CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
+
+
+class EvalResult(BaseModel):
+    metrics: dict[str, float]  # validation
+    num_samples: int
+    report_dir: str
+    temperature: float = 1.0
+    test_metrics: dict[str, float] | None = None
+
+
+def evaluate_model(
+    model_dir: Path,
+    dataset: Dataset,
+    label_names: list[str],
+    batch_size: int,
+    runtime: Runtime,
+    report_dir: Path,
+    extra: dict | None = None,
+    test_dataset: Dataset | None = None,
+) -> EvalResult:
+    """Reload the model from disk (so what is evaluated is what will be published), score it on validation
+    (and test), and fit its temperature on the validation logits alone."""
+    model = ASTMeanPoolClassifier.from_pretrained(str(model_dir))
+    saved_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if saved_labels != list(label_names):
+        raise ValueError(f"model {model_dir} has labels {saved_labels}, features have {label_names}")
+    check_finite_tensors(
+        model.named_parameters(), f"model {model_dir}", "training diverged; it is not evaluated or published"
+    )
+    splits = {"validation": dataset} | ({"test": test_dataset} if test_dataset is not None else {})
+    scored = {}
+    for split, data in splits.items():
+        logits = predict_logits(model, data, batch_size, runtime)
+        check_finite_logits(logits, f"model {model_dir}")
+        scored[split] = (logits, np.asarray(data.with_format("numpy", columns=["label"])["label"][:]))
+    reports = {split: split_report(logits, labels, label_names) for split, (logits, labels) in scored.items()}
+    calibration = calibrate_member(scored)
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    validation = reports["validation"]
+    # Validation stays at the top level (what readers of older members expect); test is apart.
+    payload = {key: value for key, value in validation.items() if key != "confusion_matrix"}
+    payload |= {**(extra or {}), "temperature": calibration["temperature"]}
+    if "test" in reports:
+        payload["test"] = reports["test"]
+    (report_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
+    (report_dir / CONFUSION_FILE).write_text(json.dumps(validation["confusion_matrix"], indent=2))
+    (report_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
+        if split in scored:
+            np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
+        else:  # an earlier run's, with a test folder this run does not have: it must not be published
+            (report_dir / file).unlink(missing_ok=True)
+    return EvalResult(
+        metrics=summary_of(validation),
+        num_samples=validation["num_samples"],
+        report_dir=str(report_dir),
+        temperature=calibration["temperature"],
+        test_metrics=summary_of(reports["test"]) if "test" in reports else None,
+    )
+
+
+def split_report(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
+    """Summary metrics, clip count, per-class report and confusion matrix of one split's logits."""
+    predictions = logits.argmax(axis=-1)
+    return {**summary_metrics(labels, predictions), "num_samples": int(len(labels)),
+            **detailed_report(labels, predictions, label_names)}
+
+
+def summary_of(report: dict) -> dict[str, float]:
+    return {key: report[key] for key in SUMMARY_METRICS}

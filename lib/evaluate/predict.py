@@ -1,0 +1,197 @@
+"""Predict wav files with a published member or an ensemble to a CSV: every path checked before a
+model is loaded, clips featurised as for training, logits under the runtime's autocast, calibrated by
+each member's temperature, soft vote with the ensemble's weights."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from lib.evaluate.calibration import softmax
+from lib.core.layout import WEIGHTS_FILE
+from lib.config import PredictConfig
+from lib.core.errors import EnsembleError
+from lib.evaluate.ensemble import MemberInfo, REPUBLISH, check_compatible, resolve_members, soft_vote
+from lib.data.features import featurize, make_feature_extractor
+from lib.core.errors import NonFiniteError
+from lib.core.guards import check_finite_tensors
+from lib.evaluate.inference import batch_logits
+from lib.model.classifier import ASTMeanPoolClassifier
+from lib.core.runtime import Runtime, resolve_runtime
+from lib.data.audio import AUDIO_SUFFIXES
+from lib.data.scan import format_bad_files
+
+logger = logging.getLogger(__name__)
+# An existing --output is overwritten only if it looks like an earlier CSV, never e.g. a .wav or weights.
+OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
+
+
+def predict(config: PredictConfig) -> dict:
+    """What `astft predict` and the astft-predict flow run: predict_files on the config's device."""
+    return predict_files(
+        config.model_path, config.input_path, config.output_csv,
+        resolve_runtime(config.device), config.batch_size, config.skip_bad_files,
+    )
+
+
+def predict_files(
+    model_path: Path,
+    input_path: Path,
+    output_csv: Path,
+    runtime: Runtime,
+    batch_size: int = 32,
+    skip_bad_files: bool = False,
+) -> dict:
+    """Write file, predicted label and per-class probabilities for every clip; return a summary."""
+    # inputs and output first: a bad path must not cost a model load and a whole inference pass
+    _check_model_path(model_path)
+    members = resolve_members(model_path)
+    check_compatible(members)
+    _check_member_weights(members)
+    label_names = members[0].label_names
+    files = list_inputs(input_path)
+    output_csv = Path(output_csv)
+    _check_output_csv(output_csv)
+    _check_output_is_not_read(output_csv, model_path, input_path, files)
+    models = [_load_member_model(member).to(runtime.device).eval() for member in members]
+    keys = [member.feature_params.model_dump_json() for member in members]  # members sharing features share a key
+    extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members)}
+    probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
+    readable = np.ones(len(files), dtype=bool)
+    bad: dict[str, str] = {}
+    for start in range(0, len(files), batch_size):
+        batch = files[start : start + batch_size]
+        # Each clip is featurised once per distinct feature parameters, however many members share them.
+        features: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+        for member, key, model, member_probabilities in zip(members, keys, models, probabilities):
+            if key not in features:
+                values, kept = featurize(batch, member.feature_params, extractors[key], bad)
+                readable[start : start + len(batch)] &= np.isin(np.arange(len(batch)), kept)
+                features[key] = (torch.from_numpy(values), start + np.asarray(kept, dtype=int))
+            values, rows = features[key]
+            if len(rows):
+                # calibrated: the member's temperature (1 for members published before calibration)
+                member_probabilities[rows] = softmax(batch_logits(model, values, runtime), member.temperature or 1.0)
+    if bad and not skip_bad_files:
+        raise EnsembleError(format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files"))
+    voted = soft_vote(probabilities, [member.weight for member in members])
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    with output_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "predicted_label", *[f"prob_{name}" for name in label_names]])
+        for index, row in zip(np.flatnonzero(readable), voted[readable]):
+            writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+    for path, reason in bad.items():
+        logger.warning("skipped %s: %s", path, reason)
+    return {
+        "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
+        "members": [member.name for member in members],
+        "weights": {member.name: member.weight for member in members},
+        "temperatures": {member.name: member.temperature or 1.0 for member in members},
+    }
+
+
+def list_inputs(input_path: Path) -> list[Path]:
+    """The .wav file, or every .wav file under the folder (sorted, hidden files and folders skipped)."""
+    input_path = Path(input_path)
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise EnsembleError(f"--input (input_path) {input_path}: no such file or folder")
+    files = sorted(
+        p for p in input_path.rglob("*")
+        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
+    )
+    if not files:
+        raise EnsembleError(f"--input (input_path) {input_path}: no .wav files found")
+    return files
+
+
+# --- checks run before any model is loaded ------------------------------------------------------
+
+
+def _check_model_path(model_path: Path) -> None:
+    model_path = Path(model_path)
+    if not model_path.is_dir():
+        found = "a file, not a folder" if model_path.exists() else "no such folder"
+        raise EnsembleError(
+            f"--model (model_path) {model_path}: {found}; pass <output_dir>/best/ for the ensemble or "
+            "<output_dir>/best/<name>/ for one member"
+        )
+
+
+def _check_member_weights(members: list[MemberInfo]) -> None:
+    """Every member's weights exist and have a readable safetensors header (read without the tensors)."""
+    for member in members:
+        weights = Path(member.path) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise EnsembleError(f"member {member.name} ({member.path}) has no {WEIGHTS_FILE}; {REPUBLISH}")
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise EnsembleError(f"{weights} is not a readable safetensors file ({error}); {REPUBLISH}") from error
+
+
+def _check_output_csv(output_csv: Path) -> None:
+    """The CSV can be written: not a folder, below folders (missing ones are created), writable."""
+    if output_csv.is_dir():
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} is a folder; pass a file name such as {output_csv / 'predictions.csv'}"
+        )
+    if output_csv.exists():
+        if not os.access(output_csv, os.W_OK):
+            raise EnsembleError(
+                f"--output (output_csv) {output_csv}: cannot overwrite it: permission denied; pass another file"
+            )
+        return
+    existing = next(p for p in output_csv.parents if p.exists())
+    if not existing.is_dir():
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv}: {existing} is a file, not a folder; "
+            "pass a path whose parents are folders"
+        )
+    try:  # a real probe: permissions, read-only mounts, /proc and the like all answer here
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv}: cannot write in {existing} ({error.strerror or error}); "
+            "choose a folder you can write to"
+        ) from error
+
+
+def _check_output_is_not_read(output_csv: Path, model_path: Path, input_path: Path, files: list[Path]) -> None:
+    """The CSV must not overwrite what predict reads (a member's files, an input clip) or any non-CSV file."""
+    target = output_csv.resolve()
+    if Path(model_path).is_dir() and target.is_relative_to(Path(model_path).resolve()):
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} is inside --model (model_path) {model_path}: writing there could "
+            "overwrite a member's files; write the CSV outside the model folder"
+        )
+    if any(target == Path(path).resolve() for path in files):
+        raise EnsembleError(f"--output (output_csv) {output_csv} is an input clip; pass another file name")
+    if output_csv.exists() and output_csv.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} exists and is not a CSV ({output_csv.suffix or 'no suffix'}); "
+            "predict would overwrite it: pass a new file name ending in .csv"
+        )
+
+
+def _load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
+    try:
+        model = ASTMeanPoolClassifier.from_pretrained(member.path)
+    except (OSError, ValueError) as error:
+        raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error
+    # A NaN weight makes every probability NaN and every label the first class: refuse, as publishing does.
+    try:
+        check_finite_tensors(model.named_parameters(), f"member {member.name} ({member.path})", REPUBLISH)
+    except NonFiniteError as error:
+        raise EnsembleError(str(error)) from error
+    return model

@@ -1,0 +1,455 @@
+"""Pretrain an AST encoder on unlabeled clips (SSAST masked patches) and publish it where fine-tuning loads it.
+
+plan_pretrain checks a PretrainConfig before any work; pretrain_encoder trains a MaskedPatchModel
+(lib.model.masked_patches) with HF Trainer on the same Arrow feature cache fine-tuning uses, resuming a
+killed run from its last checkpoint; publish_encoder puts the final weights under
+<output_dir>/ssl/<name>/ with one rename (lib.publish.folder), in the SSL checkpoint layout that
+``--ssl-checkpoint`` takes unchanged: ``encoder.*`` (an ASTModel) beside ``projector.*``,
+``decoder.*`` and ``mask_embedding``, plus ``config.json`` and ``pretrain.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from pydantic import BaseModel, ConfigDict
+from transformers import ASTConfig, EvalPrediction, Trainer, TrainerCallback, default_data_collator
+
+from lib.data.audio import source_frames
+from lib.core.errors import CheckpointError
+from lib.model.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config
+from lib.config import PretrainConfig, PretrainModelConfig
+from lib.core.errors import ConfigError
+from lib.data.features import FRAME_SHIFT_MS, FeatureCacheRef, FeatureParams, fbank_frames, load_split, make_feature_extractor
+from lib.core.layout import PRETRAIN_FILE
+from lib.core.guards import check_finite_folder
+from lib.core.hashing import digest
+from lib.model.masked_patches import STATS, MaskedPatchModel, maskable_patches, masked_counts, summarise
+from lib.core.errors import TrainingOutOfMemory
+from lib.core.layout import check_member_destination
+from lib.recipes.plan import check_clip_fits, check_output_folders, check_work_dir_apart
+from lib.evaluate.plots import training_curves
+from lib.publish.folder import publish_member, trained_by
+from lib.core.runtime import Runtime, resolve_runtime, seed_everything
+from lib.core.errors import ScanError
+from lib.data.scan import Clip, Manifest, SPLITS
+from lib.data.unlabeled import check_unlabeled_roots, unlabeled_roots
+from lib.core.layout import LOG_HISTORY_FILE
+from lib.train.engine import (
+    EpochRecord,
+    RunOwner,
+    SpeedSettings,
+    attention_implementation,
+    check_tensorboard_installed,
+    prepare_work_dir,
+    read_epoch_records,
+    run_callbacks,
+    speed_settings,
+    trainer_arguments,
+)
+from lib.core.layout import FINAL_MODEL_DIR, PRETRAIN_CURVES_FILE, SSL_FOLDER
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("nce", "mse", "total", "accuracy")  # what lib.model.masked_patches.summarise reports, per epoch
+
+
+class PretrainPlan(BaseModel):
+    """A checked PretrainConfig and what the stages need from it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    config: PretrainConfig
+    encoder: dict  # architecture_dict of the encoder's ASTConfig (strides = patch size, max_length = frames)
+    encoder_source: str
+    feature_params: FeatureParams
+    runtime: Runtime
+    fingerprint: str
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.run_work_dir
+
+    @property
+    def owner(self) -> RunOwner:
+        """Whose work dir it is (run.json): a fine-tune's, or another encoder's, is refused."""
+        return RunOwner(kind="pretrain", name=self.config.name)
+
+    @property
+    def ssl_root(self) -> Path:
+        return self.config.output_dir / SSL_FOLDER
+
+    @property
+    def encoder_config(self) -> ASTConfig:
+        # the attention kernel is a training choice (training.attention), not part of the saved architecture
+        return ASTConfig(**self.encoder, attn_implementation=self.config.training.attention)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return patch_grid(self.encoder_config)
+
+    @property
+    def masked_per_clip(self) -> int:
+        """Patches masked in a clip that fills all max_frames (shorter clips: fewer)."""
+        frequency, time = self.grid
+        return max(1, round(self.config.objective.mask_ratio * frequency * time))
+
+
+def encoder_config(model: PretrainModelConfig, max_frames: int | None) -> tuple[ASTConfig, str]:
+    """The architecture to pretrain: base config, overridden fields, strides = patch size, max_length = max_frames."""
+    source = model.base_config or BUNDLED_CONFIG
+    try:
+        base = read_ast_config(source, "pass --base-config (model.base_config) an AST config.json, or leave it unset")
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+    overrides = {
+        name: getattr(model, name)
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_mel_bins")
+        if getattr(model, name) is not None
+    }
+    patch = base.patch_size
+    values = architecture_dict(base) | overrides | {
+        "frequency_stride": patch, "time_stride": patch, "max_length": max_frames or base.max_length,
+    }
+    return ASTConfig(**values), str(source) + (f" with {overrides}" if overrides else "")
+
+
+def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
+    """Fail fast on anything checkable without touching audio or weights; errors name the parameter."""
+    config = config.resolved()
+    folders = unlabeled_roots(config.data.data_dirs, config.data.validation_dir)
+    try:  # missing, a file, twice or one inside another: the scan would refuse them after the server started
+        check_unlabeled_roots(folders)
+    except ScanError as error:
+        raise ConfigError(str(error)) from error
+    check_output_folders(
+        {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
+        folders,
+        written="ssl/, ssl-runs/, features/",
+    )
+    check_member_destination(config.output_dir / SSL_FOLDER / config.name, "encoder")
+    check_work_dir_apart(
+        config.run_work_dir,
+        config.work_dir is not None,
+        {**folders, "the published encoders, output_dir/ssl": config.output_dir / SSL_FOLDER,
+         "the published members, output_dir/best": config.output_dir / "best"},
+        "<output_dir>/ssl-runs/<name>",
+        RunOwner(kind="pretrain", name=config.name),
+    )
+    encoder, source = encoder_config(config.model, config.features.max_frames)
+    check_clip_fits(config.features, encoder.max_length)
+    if encoder.hidden_size % encoder.num_attention_heads:
+        raise ConfigError(
+            f"model.num_attention_heads={encoder.num_attention_heads} does not divide model.hidden_size="
+            f"{encoder.hidden_size} ({source}); pick heads that divide it (e.g. {math.gcd(encoder.hidden_size, 12)})"
+        )
+    for field, size in (("model.num_mel_bins", encoder.num_mel_bins), ("features.max_frames", encoder.max_length)):
+        if size < encoder.patch_size:
+            raise ConfigError(
+                f"{field} is {size}, less than one {encoder.patch_size}x{encoder.patch_size} patch; use at least "
+                f"{encoder.patch_size} (128 suits 1 s clips)"
+            )
+    fitted = {"max_frames": encoder.max_length, "num_mel_bins": encoder.num_mel_bins}
+    feature_params = FeatureParams(**config.features.model_dump() | fitted)
+    check_masking(config.objective.mask_ratio, encoder, feature_params)
+    runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
+    if config.training.tensorboard:
+        check_tensorboard_installed()
+    return PretrainPlan(
+        config=config,
+        encoder=architecture_dict(encoder),
+        encoder_source=source,
+        feature_params=feature_params,
+        runtime=runtime,
+        fingerprint=config.fingerprint(),
+    )
+
+
+def longest_clip_masking(mask_ratio: float, encoder: ASTConfig, params: FeatureParams) -> tuple[int, int]:
+    """(patches holding audio, patches masked) in the longest clip there is: features.clip_seconds of audio at
+    the feature rate (a longer clip is trimmed to it), counted as MaskedPatchModel.sample_masks counts them."""
+    rate = params.sample_rate_hz
+    clip = Clip(path="", label=0, sample_rate_hz=rate, num_samples=int(round(rate * params.clip_seconds)), channels=1)
+    maskable = maskable_patches(torch.tensor([content_frames(clip, params)]), patch_grid(encoder), encoder.time_stride)
+    return int(maskable.sum()), int(masked_counts(maskable, mask_ratio)[0])
+
+
+def check_masking(mask_ratio: float, encoder: ASTConfig, params: FeatureParams) -> None:
+    """Even the longest clip must have at least 2 masked patches (InfoNCE picks each among the others) and at
+    least 1 visible (the encoder predicts the masked ones from it)."""
+    available, masked = longest_clip_masking(mask_ratio, encoder, params)
+    frequency, time = patch_grid(encoder)
+    size = encoder.patch_size
+    clip = (
+        f"a {params.clip_seconds:g} s clip (features.clip_seconds), which fills {available} of the patch grid's "
+        f"{frequency} x {time} patches of {size}x{size} (model.num_mel_bins={encoder.num_mel_bins} mel bins x "
+        f"features.max_frames={encoder.max_length} frames)"
+    )
+    if available < 3:
+        raise ConfigError(
+            f"the patch grid is too small for masked patch modelling: {clip}; at least 3 patches must hold audio (2 "
+            "masked, InfoNCE picks each among the others, and 1 left visible). Raise features.clip_seconds and "
+            "features.max_frames (--max-frames), or model.num_mel_bins"
+        )
+    if masked < 2:
+        lowest = math.ceil(2 / available * 10**4) / 10**4
+        raise ConfigError(
+            f"objective.mask_ratio (--mask-ratio) {mask_ratio:g} masks {masked} patch of {clip}; InfoNCE picks each "
+            "masked patch out among the clip's other masked patches, so with fewer than 2 no clip is scored and the "
+            f"discriminative head never trains. Raise --mask-ratio to at least {lowest:g}"
+        )
+    if masked >= available:
+        highest = math.floor((available - 1) / available * 10**4) / 10**4
+        raise ConfigError(
+            f"objective.mask_ratio (--mask-ratio) {mask_ratio:g} masks all {available} patches of {clip}, leaving "
+            f"none visible to predict them from; lower --mask-ratio to at most {highest:g}"
+        )
+
+
+# --- data: the feature cache, with how many frames of each clip hold audio -----------------------------------
+
+def content_frames(clip: Clip, params: FeatureParams) -> int:
+    """Frames of the clip's features that hold audio; the rest is the zero-padding of a short clip.
+
+    Follows the clip through lib.data.audio.load_clip (the frames read, resampled length as torchaudio
+    makes it, trimmed to clip_seconds) and the fbank (a frame every FRAME_SHIFT_MS; frame i holds
+    audio when it starts before the audio ends), then the padding or cut to max_frames.
+    """
+    rate = params.sample_rate_hz
+    read = min(clip.num_samples, source_frames(clip.sample_rate_hz, rate, params.clip_seconds))
+    resampled = -(-read * rate // clip.sample_rate_hz)  # torchaudio.functional.resample: ceil(n * new / old)
+    samples = min(resampled, int(round(rate * params.clip_seconds)))
+    shift = int(rate * FRAME_SHIFT_MS * 0.001)
+    return min(-(-samples // shift), fbank_frames(rate, params.clip_seconds), params.max_frames)
+
+
+def pretraining_split(features: FeatureCacheRef, manifest: Manifest, split: str) -> Dataset:
+    """One split of the feature cache with a content_frames column (from the scan's headers), as the model takes it."""
+    frames = {clip.path: content_frames(clip, features.params) for clip in manifest.split(split)}
+    dataset = load_split(features, split)
+    column = [frames[path] for path in dataset.data.column("path").to_pylist()]
+    # a fingerprint given: datasets would otherwise hash the whole column to make one
+    dataset = dataset.add_column("content_frames", column, new_fingerprint=f"{features.key}-{split}-content-frames")
+    return dataset.with_format("torch", columns=["input_values", "content_frames", "label"])
+
+
+# --- training --------------------------------------------------------------------------------------------------
+
+class MaskedPatchTrainer(Trainer):
+    """HF Trainer that also logs the training InfoNCE, MSE, total and masked-patch accuracy with its loss.
+
+    Trainer logs only the loss; these figures are pooled over every masked patch since the last log
+    (an epoch here) from the per-clip sums the model returns. Evaluation restarts the evaluation
+    masks first, so every epoch scores the same masked patches.
+    """
+
+    def __init__(self, *args, generative_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generative_weight = generative_weight
+        self.train_stats: torch.Tensor | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            stats = outputs.clip_stats.sum(dim=0)
+            self.train_stats = stats if self.train_stats is None else self.train_stats + stats
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.train_stats is not None:  # a training log (evaluation logs eval_loss)
+            logs = {**logs, **summarise(self.train_stats, self.generative_weight)}
+            self.train_stats = None
+        super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        self.accelerator.unwrap_model(self.model).reset_eval_masks()
+        return super().evaluate(*args, **kwargs)
+
+
+def masked_patch_metrics(generative_weight: float) -> Callable[[EvalPrediction], dict[str, float | None]]:
+    """compute_metrics: the clips' stats (lib.model.masked_patches.STATS columns) pooled into nce, mse, total, accuracy
+    (None: not measured, see summarise) and the count of masked patches scored."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float | None]:
+        stats = torch.as_tensor(prediction.predictions).reshape(-1, len(STATS)).sum(dim=0)
+        return summarise(stats, generative_weight) | {"masked_patches": float(stats[STATS.index("nce_patches")])}
+
+    return compute
+
+
+class PretrainOutcome(BaseModel):
+    """What a pretraining run left: the final model, its epochs, how the run went."""
+
+    work_dir: str
+    model_dir: str
+    train_log: str
+    resumed_from: str | None
+    epochs: list[EpochRecord]
+    optimizer_steps: int
+    precision: str
+    device: str
+    speed: SpeedSettings
+    parameters: dict[str, int]
+
+
+def resume_key(plan: PretrainPlan, features: FeatureCacheRef) -> str:
+    """What must match for a work dir's checkpoints to be resumed: config, clips and features, architecture."""
+    return f"{plan.fingerprint}-{features.key}-{digest(plan.encoder, 12)}"
+
+
+def pretrain_encoder(
+    plan: PretrainPlan,
+    manifest: Manifest,
+    features: FeatureCacheRef,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> PretrainOutcome:
+    """Train a fresh encoder and SSAST's heads on the features' train split, scored on validation each epoch.
+
+    on_epoch(record) runs after each epoch's validation (e.g. to report progress); extra_callbacks observe the run."""
+    config, training = plan.config, plan.config.training
+    # seed -> model
+    seed_everything(training.seed, training.deterministic)
+    objective = config.objective
+    model = MaskedPatchModel(
+        plan.encoder_config, objective.mask_ratio, objective.masking, objective.generative_weight, eval_seed=training.seed,
+    )
+    # data
+    train, validation = (pretraining_split(features, manifest, split) for split in SPLITS)
+    frequency, time = plan.grid
+    logger.info(
+        "pretraining %s (%s): %d train / %d validation clips, %d x %d patches of %dx%d, %s masking of %.4g "
+        "(%d patches of a full clip), loss = InfoNCE + %g x MSE",
+        config.name, plan.encoder_source, len(train), len(validation), frequency, time, plan.encoder["patch_size"],
+        plan.encoder["patch_size"], objective.masking, objective.mask_ratio, plan.masked_per_clip,
+        objective.generative_weight,
+    )
+    # train (resuming the work dir's last checkpoint of this same run)
+    work_dir = plan.work_dir
+    resume_from = prepare_work_dir(work_dir, resume_key(plan, features), plan.owner)
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    train_log = work_dir / f"train_log{config.name}.txt"
+    every = training.checkpoint_every_steps
+    trainer = MaskedPatchTrainer(
+        generative_weight=objective.generative_weight,
+        model=model,
+        args=trainer_arguments(
+            training, work_dir, plan.runtime,
+            **({"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "epoch"}),
+            label_names=["labels"],  # the pseudo-class: present so that evaluation calls compute_metrics
+        ),
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=make_feature_extractor(features.params),  # saved beside each checkpoint
+        data_collator=default_data_collator,
+        compute_metrics=masked_patch_metrics(objective.generative_weight),
+        callbacks=run_callbacks(training, work_dir, train_log, on_epoch, extra_callbacks, train_keys=METRICS),
+    )
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingOutOfMemory(
+            f"GPU out of memory pretraining {config.name} (batch size {training.batch_size}, "
+            f"{plan.feature_params.max_frames} frames, {plan.runtime.precision}). Lower training.batch_size "
+            "(--batch-size) and raise gradient_accumulation_steps, or cut features.max_frames. Finished "
+            "checkpoints are kept: re-running the same config resumes from them."
+        ) from error
+    # the final weights (SSAST keeps its last epoch: masked-patch scores choose no epoch)
+    model_dir = work_dir / FINAL_MODEL_DIR
+    trainer.save_model(str(model_dir))
+    (work_dir / LOG_HISTORY_FILE).write_text(json.dumps(trainer.state.log_history, indent=2))
+    return PretrainOutcome(
+        work_dir=str(work_dir),
+        model_dir=str(model_dir),
+        train_log=str(train_log),
+        resumed_from=resume_from,
+        epochs=read_epoch_records(work_dir),
+        optimizer_steps=trainer.state.global_step,
+        precision=plan.runtime.precision,
+        device=plan.runtime.device,
+        speed=speed_settings(training, plan.runtime, attention_implementation(model)),
+        parameters={
+            "encoder": sum(p.numel() for p in model.encoder.parameters()),
+            "heads": sum(p.numel() for name, p in model.named_parameters() if not name.startswith("encoder.")),
+        },
+    )
+
+
+# --- publish ---------------------------------------------------------------------------------------------------
+
+def epoch_table(records: list[EpochRecord]) -> list[dict]:
+    """pretrain.json's epochs: train and validation nce, mse, total, accuracy (and Trainer's mean batch loss; None:
+    not measured), and the optimizer steps the train figures cover: all of the epoch's, or after a mid-epoch
+    resume (resumed_mid_epoch) only those after the checkpoint it resumed from."""
+    table, previous = [], 0
+    for record in records:
+        first = previous + 1 if record.resumed_at_step is None else record.resumed_at_step + 1
+        table.append({
+            "epoch": record.epoch,
+            "step": record.step,
+            "train": {"loss": record.train_loss, **record.train_metrics},
+            "train_steps": [first, record.step],
+            "resumed_mid_epoch": record.resumed_at_step is not None,
+            "validation": record.metrics,
+            "seconds": round(record.seconds, 2),
+        })
+        previous = record.step
+    return table
+
+
+def pretrain_record(
+    plan: PretrainPlan, features: FeatureCacheRef, outcome: PretrainOutcome, flow_run_id: str | None = None
+) -> dict:
+    """pretrain.json: the objective, per-epoch losses and masked-patch accuracy, data, config and runtime."""
+    config, objective = plan.config, plan.config.objective
+    epochs = epoch_table(outcome.epochs)
+    frequency, time = plan.grid
+    return {
+        "name": config.name,
+        "objective": {
+            "method": "SSAST joint discriminative and generative masked patch modelling (Gong et al., AAAI 2022)",
+            "loss": f"InfoNCE + {objective.generative_weight:g} x MSE",
+            "masking": objective.masking,
+            "mask_ratio": objective.mask_ratio,
+            "patch_grid": [frequency, time],
+            "masked_patches_of_a_full_clip": plan.masked_per_clip,
+            "heads": "projector (InfoNCE) and decoder (MSE): Linear(hidden, hidden), ReLU, Linear(hidden, 256)",
+        },
+        "accuracy_on": (
+            f"the clips of data.validation_dir ({config.data.validation_dir})" if config.data.validation_dir
+            else f"a held-out {config.data.holdout_fraction:g} of the clips of data.data_dirs (by a hash of each path)"
+        ),
+        "epochs": epochs,
+        "final": epochs[-1]["validation"] if epochs else {},
+        "encoder_config": plan.encoder,
+        "encoder_source": plan.encoder_source,
+        "feature_params": features.params.model_dump(),
+        "feature_cache_key": features.key,
+        "clips": features.num_clips,
+        "skipped_files": features.skipped,
+        "training": outcome.model_dump(exclude={"epochs"}),
+        "config": config.model_dump(mode="json"),
+        "run_fingerprint": plan.fingerprint,
+        "trained_by": trained_by(flow_run_id),
+    }
+
+
+def publish_encoder(
+    plan: PretrainPlan, features: FeatureCacheRef, outcome: PretrainOutcome, flow_run_id: str | None = None
+) -> Path:
+    """Publish the final model to <output_dir>/ssl/<name>/ with one rename: the SSL checkpoint, its config,
+    the feature extractor's parameters, pretrain.json, the train log and the curves."""
+    name, model_dir = plan.config.name, Path(outcome.model_dir)
+    check_finite_folder(model_dir, f"encoder {name}", f"not published; {plan.ssl_root / name} is left as it was")
+    history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
+    curves = training_curves(history, "accuracy", None, Path(outcome.work_dir) / PRETRAIN_CURVES_FILE)
+    sources = {"": model_dir, Path(outcome.train_log).name: Path(outcome.train_log), PRETRAIN_CURVES_FILE: curves}
+    record = pretrain_record(plan, features, outcome, flow_run_id)
+    return publish_member(plan.ssl_root, name, sources, {PRETRAIN_FILE: record}, kind="encoder")
