@@ -62,7 +62,8 @@ from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifie
 from lib.data.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.config import TrainingConfig  # noqa: E402
 from lib.core.runtime import apply_tf32, resolve_runtime, seed_everything  # noqa: E402
-from lib.train.engine import speed_settings, train_classifier  # noqa: E402
+from lib.train.arguments import speed_settings
+from lib.train.engine import train_classifier  # noqa: E402
 from lib.model.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to

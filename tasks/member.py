@@ -30,7 +30,7 @@ from lib.core.layout import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE
 from lib.evaluate.plots import png_data_uri
 from lib.publish.folder import publish_trained_member
 from lib.data.scan import TEST_SPLIT
-from lib.train.engine import EpochRecord
+from lib.train.epochs import EpochRecord
 
 
 def artifact_key(kind: str, name: str) -> str:

@@ -22,7 +22,9 @@ from lib.data.features import load_split, make_feature_extractor
 from lib.evaluate.metrics import compute_metrics
 from lib.model.classifier import build_classifier
 from lib.core.runtime import seed_everything
-from lib.train.engine import EpochBatchSizeTrainer, build_training_arguments, train_classifier
+from lib.train.arguments import build_training_arguments
+from lib.train.engine import train_classifier
+from lib.train.schedule import EpochBatchSizeTrainer
 from tests.helpers import CPU, StopAfterEpoch, random_features, small_config
 
 

@@ -41,7 +41,7 @@ from lib.recipes.pretrain import (
 )
 from lib.core.errors import ScanError
 from lib.data.unlabeled import scan_unlabeled
-from lib.train.engine import EpochRecord
+from lib.train.epochs import EpochRecord
 from tests.helpers import StopAfterEpoch, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
@@ -458,7 +458,7 @@ def test_the_plan_names_what_pretraining_writes_and_refuses_a_folder_astft_did_n
 
 
 def test_a_fine_tune_work_dir_is_refused_to_pretraining_before_any_work(tmp_path, dataset_dirs):
-    from lib.train.engine import RunOwner, prepare_work_dir
+    from lib.train.workdir import RunOwner, prepare_work_dir
 
     fine_tune = tmp_path / "out" / "runs" / "ft-mine"
     prepare_work_dir(fine_tune, "fp", RunOwner(kind="finetune", name="ft-mine"))

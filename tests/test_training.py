@@ -13,14 +13,9 @@ from lib.evaluate.evaluation import evaluate_model
 from lib.data.features import load_split, make_feature_extractor
 from lib.model.classifier import apply_freezing, build_classifier
 from lib.core.runtime import Runtime, resolve_runtime, seed_everything
-from lib.train.engine import (
-    build_training_arguments,
-    dataloader_workers,
-    epoch_batch_sizes,
-    optimizer_steps_per_epoch,
-    train_classifier,
-    training_arguments,
-)
+from lib.train.arguments import build_training_arguments, dataloader_workers, training_arguments
+from lib.train.engine import train_classifier
+from lib.train.schedule import epoch_batch_sizes, optimizer_steps_per_epoch
 from tests.helpers import CPU, random_features, small_config
 
 
@@ -144,7 +139,7 @@ def test_a_run_with_the_same_config_resumes_and_another_config_starts_fresh(feat
 
 
 def test_a_checkpoint_interrupted_while_saving_is_not_resumed(tmp_path):
-    from lib.train.engine import prepare_work_dir
+    from lib.train.workdir import prepare_work_dir
 
     for step, complete in ((10, True), (20, True), (30, False)):
         folder = tmp_path / f"checkpoint-{step}"
@@ -264,7 +259,7 @@ def test_gradient_accumulation_averages_like_one_big_batch(tmp_path):
 
 
 def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
-    from lib.train.engine import prepare_work_dir
+    from lib.train.workdir import prepare_work_dir
 
     (tmp_path / "run.json").write_text('{"fingerprint": "old"}')
     (tmp_path / "train_logm.txt").write_text("epoch 1/5 of the old config\n")
@@ -287,7 +282,7 @@ def test_resume_key_changes_with_the_data_and_the_encoder():
 def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch):
     from transformers import Trainer
 
-    from lib.train.engine import check_schedule_supported, schedule_hooks_problem
+    from lib.train.schedule import check_schedule_supported, schedule_hooks_problem
 
     assert schedule_hooks_problem() is None  # the pinned transformers: all hooks as expected
 
@@ -319,7 +314,7 @@ def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch)
 
 
 def test_a_work_dir_astft_did_not_make_is_refused_and_left_alone(tmp_path):
-    from lib.train.engine import prepare_work_dir
+    from lib.train.workdir import prepare_work_dir
 
     ssl_run = tmp_path / "ssl-run"  # e.g. the SSL run whose checkpoint-N is --ssl-checkpoint
     (ssl_run / "checkpoint-33297").mkdir(parents=True)
@@ -345,7 +340,7 @@ def test_a_work_dir_astft_did_not_make_is_refused_and_left_alone(tmp_path):
 
 
 def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_path):
-    from lib.train.engine import claim_work_dir, prepare_work_dir
+    from lib.train.workdir import claim_work_dir, prepare_work_dir
 
     work = tmp_path / "output" / "runs" / "m"  # the default <output_dir>/runs/<name>, made by the run
     claim_work_dir(work)
@@ -368,7 +363,7 @@ def test_a_new_or_empty_work_dir_is_marked_then_resumed_and_cleared_as_ours(tmp_
 
 
 def test_a_work_dir_is_refused_to_another_kind_of_run_or_name_and_resumed_or_cleared_for_its_own(tmp_path):
-    from lib.train.engine import RunOwner, prepare_work_dir
+    from lib.train.workdir import RunOwner, prepare_work_dir
 
     work = tmp_path / "out" / "runs" / "ft-mine"
     mine = RunOwner(kind="finetune", name="ft-mine")
@@ -405,7 +400,8 @@ def test_a_work_dir_is_refused_to_another_kind_of_run_or_name_and_resumed_or_cle
 
 def test_a_resume_forgets_the_epochs_logged_after_its_checkpoint_which_it_trains_again(tmp_path):
     from lib.core.layout import EPOCHS_FILE
-    from lib.train.engine import EpochRecord, prepare_work_dir, read_epoch_records
+    from lib.train.epochs import EpochRecord, read_epoch_records
+    from lib.train.workdir import prepare_work_dir
 
     # killed after epoch 2 was evaluated and logged, before its checkpoint was saved
     (tmp_path / "run.json").write_text('{"fingerprint": "fp", "kind": "finetune"}')

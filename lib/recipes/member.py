@@ -24,14 +24,9 @@ from lib.data.features import FeatureCacheRef, make_feature_extractor
 from lib.model.classifier import apply_freezing, build_classifier
 from lib.recipes.plan import RunPlan
 from lib.core.runtime import apply_tf32, seed_everything
-from lib.train.engine import (
-    EpochRecord,
-    TrainResult,
-    claim_work_dir,
-    prepare_work_dir,
-    read_epoch_records,
-    train_classifier,
-)
+from lib.train.engine import TrainResult, train_classifier
+from lib.train.epochs import EpochRecord, read_epoch_records
+from lib.train.workdir import claim_work_dir, prepare_work_dir
 from lib.model.trunk import TrunkCacheInfo, training_inputs
 from lib.core.errors import TrainingOutOfMemory
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -14,10 +13,11 @@ from lib.core.layout import WEIGHTS_FILE
 from lib.model.checkpoint import config_for_frames, resolve_encoder_config
 from lib.config import EncoderConfig, EnsembleConfig, FeatureConfig, FinetuneConfig
 from lib.core.errors import ConfigError
-from lib.core.layout import MEMBER_FILE, PRETRAIN_FILE
 from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.core.runtime import Runtime, check_portable, resolve_runtime
-from lib.train.engine import RunOwner, check_schedule_supported, check_tensorboard_installed, check_work_dir
+from lib.train.arguments import check_tensorboard_installed
+from lib.train.schedule import check_schedule_supported
+from lib.train.workdir import RunOwner, check_work_dir
 from lib.core.layout import check_member_destination
 
 DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # test_dir is optional (None)

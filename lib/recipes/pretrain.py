@@ -41,18 +41,16 @@ from lib.core.errors import ScanError
 from lib.data.scan import Clip, Manifest, SPLITS
 from lib.data.unlabeled import check_unlabeled_roots, unlabeled_roots
 from lib.core.layout import LOG_HISTORY_FILE
-from lib.train.engine import (
-    EpochRecord,
-    RunOwner,
+from lib.train.arguments import (
     SpeedSettings,
     attention_implementation,
     check_tensorboard_installed,
-    prepare_work_dir,
-    read_epoch_records,
     run_callbacks,
     speed_settings,
     trainer_arguments,
 )
+from lib.train.epochs import EpochRecord, read_epoch_records
+from lib.train.workdir import RunOwner, prepare_work_dir
 from lib.core.layout import FINAL_MODEL_DIR, PRETRAIN_CURVES_FILE, SSL_FOLDER
 
 logger = logging.getLogger(__name__)

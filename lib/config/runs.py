@@ -1,0 +1,210 @@
+"""Whole-run configs, one per flow (a flow's one argument): fine-tune, ensemble, pretrain, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from lib.config.base import (
+    Location,
+    MemberName,
+    OptionalLocation,
+    PublishedLocation,
+    RunConfig,
+    Section,
+)
+from lib.config.sections import (
+    DataConfig,
+    EncoderConfig,
+    FeatureConfig,
+    Freezing,
+    ModelConfig,
+    ObjectiveConfig,
+    PretrainDataConfig,
+    PretrainModelConfig,
+    PretrainTrainingConfig,
+    TrainingConfig,
+)
+from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER
+
+
+class FinetuneConfig(RunConfig):
+    name: MemberName = Field(
+        description="Member name (the notebook's postfix): published to OUTPUT_DIR/best/NAME/.",
+    )
+    output_dir: Location = Field(Path("ensemble"), description="Root of published members (OUTPUT_DIR/best/).")
+    work_dir: OptionalLocation = Field(
+        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/runs/NAME/."
+    )
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @property
+    def member_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.output_dir / RUNS_FOLDER / self.name
+
+
+class MemberVariant(Freezing):
+    """One ensemble member: a freezing variant plus optional training overrides."""
+
+    name: MemberName = Field(description="Member name (folder under best/).")
+    learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")
+    epochs: int | None = Field(None, ge=1, le=100_000, description="Override training.epochs.")
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Override training.batch_size (a constant size: replaces batch_sizes)."
+    )
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
+    weight: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description=(
+            "Fixed weight of this member in the soft vote. When any member sets one, these weights replace "
+            "the selection (members without one weigh 1); unset everywhere: ensemble.selection decides."
+        ),
+    )
+
+
+class EnsembleConfig(Section):
+    output_dir: Location = Field(Path("ensemble"), description="Members go to OUTPUT_DIR/best/MEMBER/.")
+    data: DataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: EncoderConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    members: list[MemberVariant] = Field(
+        default_factory=list, max_length=256, description="The variants to train (sweep_last_n and seeds add more)."
+    )
+    sweep_last_n: list[Annotated[int, Field(ge=0, le=512)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "One member per value N, named last-N: 0 trains the head only, N the last N encoder layers and the "
+            "head, and the encoder's layer count L the full network (e.g. 0,2,4,6,12 for AST-base, L = 12). "
+            "Checked against the encoder's layer count before any work."
+        ),
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            "Train every member that sets no seed of its own once per seed, named NAME-sSEED (e.g. last-4-s2). "
+            "Empty: each member trains once, with training.seed."
+        ),
+    )
+    selection: Literal["all", "greedy"] = Field(
+        "greedy",
+        description=(
+            "How members are weighted in the soft vote of temperature-calibrated probabilities: 'all' equally; "
+            "'greedy' by forward selection with replacement on validation NLL (Caruana et al., 2004), the "
+            "counts becoming the weights. Member weights given in the config replace either."
+        ),
+    )
+    dispatch: Literal["in_process", "deployments"] = Field(
+        "in_process",
+        description=(
+            "'in_process' trains members one after another in this flow run; 'deployments' starts each "
+            "member as a run of member_deployment on the work pool, in parallel across its workers."
+        ),
+    )
+    member_deployment: str = Field(
+        "astft-finetune/member", description="Deployment (flow-name/deployment-name) that trains one member."
+    )
+
+    @model_validator(mode="after")
+    def _unique_member_names(self) -> EnsembleConfig:
+        names = [variant.name for variant in self.variants()]
+        if not names:
+            raise ValueError("members: no member to train; list members, or give sweep_last_n (--sweep-last-n)")
+        if len(names) > 256:
+            raise ValueError(
+                f"members: {len(names)} members after expanding sweep_last_n and seeds, more than 256; "
+                "sweep fewer values or seeds"
+            )
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(
+                f"members: names must be unique (they are folder names), repeated: {duplicates} "
+                "(after expanding sweep_last_n into last-N and seeds into NAME-sSEED)"
+            )
+        return self
+
+    def variants(self, num_layers: int | None = None) -> list[MemberVariant]:
+        """Every member to train: the listed ones, then last-N per sweep value, each once per seed.
+
+        Sweep value 0 is head only and num_layers (the encoder's layer count) full fine-tuning; without
+        num_layers a sweep value is taken as last-N (lib.recipes.plan.plan_ensemble passes it, after checking the bound).
+        """
+        swept = [
+            MemberVariant(name=f"last-{n}", head_only=n == 0, train_last_n_layers=0 if n in (0, num_layers) else n)
+            for n in self.sweep_last_n
+        ]
+        expanded = []
+        for variant in [*self.members, *swept]:
+            if not self.seeds or variant.seed is not None:
+                expanded.append(variant)
+                continue
+            expanded += [  # validated: the derived name must be a valid member name too
+                MemberVariant.model_validate({**variant.model_dump(), "name": f"{variant.name}-s{seed}", "seed": seed})
+                for seed in self.seeds
+            ]
+        return expanded
+
+    def member_config(self, variant: MemberVariant) -> FinetuneConfig:
+        overrides = {
+            key: getattr(variant, key)
+            for key in ("learning_rate", "epochs", "batch_size", "seed")
+            if getattr(variant, key) is not None
+        }
+        if variant.batch_size is not None:
+            overrides["batch_sizes"] = None  # the member asked for one constant size
+        return FinetuneConfig(
+            name=variant.name,
+            output_dir=self.output_dir,
+            data=self.data,
+            features=self.features,
+            model=ModelConfig(**self.model.model_dump(), **variant.model_dump(include=set(Freezing.model_fields))),
+            training=self.training.model_copy(update=overrides),
+        )
+
+    @property
+    def weights(self) -> dict[str, float] | None:
+        """Soft-vote weights given in the config (members without one weigh 1), or None: none given."""
+        variants = self.variants()
+        if all(variant.weight is None for variant in variants):
+            return None
+        return {variant.name: 1.0 if variant.weight is None else variant.weight for variant in variants}
+
+
+class PretrainConfig(RunConfig):
+    name: MemberName = Field(description="Encoder name: published to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint to fine-tune from.")
+    output_dir: Location = Field(
+        Path("ensemble"), description="Root of published encoders (OUTPUT_DIR/ssl/), beside the members' best/."
+    )
+    work_dir: OptionalLocation = Field(
+        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/ssl-runs/NAME/."
+    )
+    data: PretrainDataConfig
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: PretrainModelConfig = Field(default_factory=PretrainModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    training: PretrainTrainingConfig = Field(default_factory=PretrainTrainingConfig)
+
+    @property
+    def run_work_dir(self) -> Path:
+        return self.work_dir if self.work_dir is not None else self.output_dir / SSL_RUNS_FOLDER / self.name
+
+
+class PredictConfig(Section):
+    model_path: PublishedLocation = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
+    input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
+    output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
+    skip_bad_files: bool = Field(False, description="Skip unreadable clips (logged) instead of stopping.")
