@@ -30,8 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere: lib/ lives in the repository root
     sys.path.insert(0, str(REPO))
 
-from lib.model.checkpoint import export_encoder  # noqa: E402
-from lib.config import DataConfig, FinetuneConfig, ModelConfig, PretrainConfig, TrainingConfig  # noqa: E402
+from lib.config import (  # noqa: E402
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    TrainingConfig,
+)
+from lib.core.runtime import seed_everything  # noqa: E402
+from lib.data.features import build_feature_cache, load_split  # noqa: E402
+from lib.data.scan import TEST_SPLIT, scan_dataset
+from lib.data.unlabeled import scan_unlabeled  # noqa: E402
 from lib.evaluate.evaluation import evaluate_model  # noqa: E402
 from lib.example import (  # noqa: E402
     make_example_dataset,
@@ -39,14 +48,13 @@ from lib.example import (  # noqa: E402
     make_unlabeled_clips,
     tiny_ast_config,
 )
-from lib.data.features import build_feature_cache, load_split  # noqa: E402
+from lib.model.checkpoint import export_encoder  # noqa: E402
 from lib.model.masked_patches import MaskedPatchModel  # noqa: E402
-from lib.recipes.member import train_member_in_process  # noqa: E402
-from lib.recipes.plan import plan_run  # noqa: E402
+from lib.recipes.finetune import (
+    plan_run,  # noqa: E402
+    train_member_in_process,  # noqa: E402
+)
 from lib.recipes.pretrain import plan_pretrain, pretrain_encoder, publish_encoder  # noqa: E402
-from lib.core.runtime import seed_everything  # noqa: E402
-from lib.data.scan import TEST_SPLIT, scan_dataset
-from lib.data.unlabeled import scan_unlabeled  # noqa: E402
 
 TINY = {key: getattr(tiny_ast_config(), key)
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}

@@ -77,7 +77,12 @@ def cpu_seconds() -> float:
 def run_stage(stage: str, root: Path, workers: int) -> dict:
     """One stage in this (fresh) process; returns seconds and the process's peak RSS."""
     from lib.config import FeatureConfig
-    from lib.data.features import FeatureParams, build_feature_cache, build_workers, load_split
+    from lib.data.features import (
+        FeatureParams,
+        build_feature_cache,
+        build_workers,
+        load_split,
+    )
     from lib.data.scan import scan_dataset
 
     load = os.getloadavg()[0]

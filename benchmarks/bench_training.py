@@ -20,7 +20,7 @@ Prints, side by side on the same synthetic clips (lib/example.py):
   sample = 6 * parameters * tokens + 12 * layers * hidden * tokens^2 (weights: 2 forward + 4
   backward FLOPs per parameter per token; attention scores and values: the same 3x on
   4 * hidden * tokens^2 per layer), over the GPU's dense bf16/fp16 peak (--peak-tflops to override).
-- whole-epoch throughput at the crop's frame count: samples/s of a real train_classifier run (HF
+- whole-epoch throughput at the crop's frame count: samples/s of a real fine-tuning Trainer run (HF
   Trainer with the project's speed defaults: its DataLoader, workers and pinned memory, optimizer
   step, gradient clipping, scheduler and logging), timed from each epoch's start to its end (median
   of --epoch-epochs epochs after the first), beside the model step's samples/s and the ratio of the
@@ -55,16 +55,28 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import ASTConfig, ASTModel, TrainerCallback  # noqa: E402
 
-from lib.model.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config  # noqa: E402
-from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
-from lib.data.features import FeatureCacheRef, FeatureParams, build_feature_cache, load_split  # noqa: E402
-from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
-from lib.data.scan import SPLITS, scan_dataset  # noqa: E402
 from lib.config import TrainingConfig  # noqa: E402
 from lib.core.runtime import apply_tf32, resolve_runtime, seed_everything  # noqa: E402
-from lib.train.arguments import speed_settings
-from lib.train.engine import train_classifier  # noqa: E402
+from lib.data.features import (  # noqa: E402
+    FeatureCacheRef,
+    FeatureParams,
+    build_feature_cache,
+    load_split,
+)
+from lib.data.scan import SPLITS, scan_dataset  # noqa: E402
+from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
+from lib.model.checkpoint import (  # noqa: E402
+    BUNDLED_CONFIG,
+    architecture_dict,
+    patch_grid,
+    read_ast_config,
+)
+from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.model.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
+from lib.train.arguments import speed_settings
+from lib.recipes.finetune import classifier_trainer_setup  # noqa: E402
+from lib.train.arguments import attention_implementation  # noqa: E402
+from lib.train.engine import run_trainer  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to
 DEFAULT_FRAMES = 128  # features.max_frames default
@@ -240,10 +252,9 @@ def measure_accuracy(job: dict) -> dict:
         warmup_steps=0.1, save_total_limit=1,
     )
     work = Path(job["work_dir"])
-    outcome = train_classifier(
-        model, load_split(cache, "train"), load_split(cache, "validation"), None, config, work,
-        work / "log.txt", "bench", runtime,
-    )
+    outcome = run_trainer(classifier_trainer_setup(
+        model, load_split(cache, "train"), load_split(cache, "validation"), config, work, runtime, "bench",
+    ))
     return {"max_frames": job["max_frames"], "best_accuracy": outcome.best_metric, "epochs": job["epochs"]}
 
 
@@ -266,7 +277,7 @@ class EpochTimer(TrainerCallback):
 
 
 def measure_epoch(job: dict) -> dict:
-    """Run in a fresh process: samples/s of whole training epochs of train_classifier at job['max_frames'].
+    """Run in a fresh process: samples/s of whole training epochs of the fine-tuning Trainer at job['max_frames'].
 
     Everything the flow's training does per step is in: Trainer's DataLoader (with the default
     workers and pinned memory on CUDA), autocast, the optimizer step, gradient clipping, the LR
@@ -286,8 +297,9 @@ def measure_epoch(job: dict) -> dict:
     work = Path(job["work_dir"])
     train = load_split(cache, "train")
     start = time.perf_counter()
-    outcome = train_classifier(model, train, load_split(cache, "validation"), None, config, work, work / "log.txt",
-                               "bench-epoch", runtime, extra_callbacks=[timer])
+    run_trainer(classifier_trainer_setup(
+        model, train, load_split(cache, "validation"), config, work, runtime, "bench-epoch", extra_callbacks=[timer],
+    ))
     run_seconds = time.perf_counter() - start
     timed = timer.seconds[1:] or timer.seconds
     return {
@@ -296,7 +308,8 @@ def measure_epoch(job: dict) -> dict:
         "first_epoch_samples_per_second": len(train) / timer.seconds[0],
         # the whole run: evaluation, checkpoints and the best model's reload included
         "run_samples_per_second": len(train) * job["epochs"] / run_seconds,
-        "speed": outcome.speed.model_dump(), "precision": outcome.precision,
+        "speed": speed_settings(config, runtime, attention_implementation(model)).model_dump(),
+        "precision": runtime.precision,
     }
 
 
@@ -426,7 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--last-n", type=int,
                         help="the last-N variant of the trunk-cache comparison (default 3, or layers - 1 if fewer)")
     parser.add_argument("--epoch-epochs", type=int, default=3,
-                        help="epochs of a real train_classifier run at the crop's frame count, for the whole-epoch "
+                        help="epochs of a real fine-tuning Trainer run at the crop's frame count, for the whole-epoch "
                              "throughput (median of those after the first; 0 = skip)")
     parser.add_argument("--accuracy-epochs", type=int, default=10,
                         help="epochs of a short fine-tune per frame count to compare validation accuracy (0 = skip)")
@@ -499,7 +512,7 @@ def format_epoch(epoch: dict, step: dict) -> list[str]:
     ratio = epoch["samples_per_second"] / step["samples_per_second"]
     speed = epoch["speed"]
     lines = [
-        f"whole epoch, {epoch['max_frames']} frames (train_classifier, {epoch['train_clips']} clips, median of "
+        f"whole epoch, {epoch['max_frames']} frames (Trainer, {epoch['train_clips']} clips, median of "
         f"{max(epoch['epochs'] - 1, 1)} epochs after the first; {speed['dataloader_num_workers']} DataLoader workers, "
         f"pin_memory {speed['pin_memory']}, {speed['optimizer']}, attention {speed['attention']}, tf32 {speed['tf32']})",
         f"{'':<24}{'model step':>18}{'whole epoch':>18}{'ratio':>11}",

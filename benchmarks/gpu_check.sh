@@ -36,7 +36,7 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
     || { echo "gpu_check: installing $wheels/*.whl failed (built for another Python? see docs/gpu.md)"; exit 1; }
 fi
-# the repository for lib/ (torchrun's ranks start with -m lib.recipes.member), then the carried packages
+# the repository for lib/ (torchrun's ranks start with -m lib.recipes.finetune), then the carried packages
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
@@ -60,7 +60,7 @@ print("cuda", torch.version.cuda, torch.cuda.get_device_name() if cuda else "no 
 pyarrow = tuple(int(part) for part in importlib.metadata.version("pyarrow").split(".")[:2])
 if pyarrow < (24, 0):
     sys.exit("pyarrow is older than datasets 5.2 needs (>= 24): make the wheelhouse with WITH_PYARROW=1 WITH_TRANSFORMERS=0")
-import lib.recipes.member, lib.evaluate.evaluation, lib.publish.folder  # noqa: E401,F401 - everything training and the tests import
+import lib.recipes.finetune, lib.evaluate.evaluation, lib.publish.folder  # noqa: E401,F401 - everything training and the tests import
 print("lib imports: ok")
 EOF
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1

@@ -34,7 +34,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
-from lib.config import EnsembleConfig, FinetuneConfig, Freezing, PredictConfig, PretrainConfig, TrainingConfig
+from lib.config import (
+    EnsembleConfig,
+    FinetuneConfig,
+    Freezing,
+    PredictConfig,
+    PretrainConfig,
+    TrainingConfig,
+)
 
 # The notebook-shaped short flags (README, "Command line"): field path -> extra spelling of its flag.
 # Only the spelling lives here; type, choices and help come from the field. A command gets the short
@@ -496,11 +503,8 @@ def print_pretrain_summary(summary: dict) -> None:
 def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
     """Plan the fine-tune before its flow runs: an error is one line here, not a flow run's traceback.
     Planning reads configs only, it writes nothing."""
-    from lib.recipes.plan import plan_ensemble, plan_run
-    from lib.data.scan import check_distinct_splits, split_roots
+    from lib.recipes.finetune import plan_ensemble, plan_run
 
-    data = config.resolved().data
-    check_distinct_splits(split_roots(data.train_dir, data.validation_dir, data.test_dir))
     if isinstance(config, EnsembleConfig):
         plan_ensemble(config, trains_here=config.dispatch == "in_process")
     else:
@@ -510,14 +514,17 @@ def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from lib.core.errors import CheckpointError
     from lib.config import deep_merge, load_config
-    from lib.core.errors import ConfigError
-    from lib.core.errors import EnsembleError
-    from lib.core.errors import BadAudioError, FeatureCacheCorrupt
-    from lib.core.errors import NonFiniteError
-    from lib.core.errors import TrainingOutOfMemory
-    from lib.core.errors import ScanError
+    from lib.core.errors import (
+        BadAudioError,
+        CheckpointError,
+        ConfigError,
+        EnsembleError,
+        FeatureCacheCorrupt,
+        NonFiniteError,
+        ScanError,
+        TrainingOutOfMemory,
+    )
 
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
     expected = (
@@ -537,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":
-            from flows.demo import demo_config, demo_ensemble_config, demo_pretrain_config
+            from flows.demo import (
+                demo_config,
+                demo_ensemble_config,
+                demo_pretrain_config,
+            )
 
             pretrain_config = demo_pretrain_config(args.dir, args.device, args.pretrain_epochs)
             config = (demo_ensemble_config if args.ensemble else demo_config)(args.dir, args.epochs, args.device)

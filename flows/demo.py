@@ -15,7 +15,12 @@ from lib.config import (
     PretrainConfig,
     TrainingConfig,
 )
-from lib.example import make_example_dataset, make_example_test_split, make_unlabeled_clips, tiny_ast_config
+from lib.example import (
+    make_example_dataset,
+    make_example_test_split,
+    make_unlabeled_clips,
+    tiny_ast_config,
+)
 
 DEMO_MEMBER = "demo-full"
 DEMO_ENCODER = "demo-ssl"

@@ -8,10 +8,11 @@ from prefect import flow, get_run_logger
 
 from flows.finetune import run_member, shared_inputs
 from lib.config import EnsembleConfig
-from lib.model.checkpoint import EncoderRef
+from lib.core.layout import ENSEMBLE_FILE
 from lib.data.features import FeatureCacheRef
-from lib.recipes.member import release_memory
-from lib.recipes.plan import RunPlan, plan_ensemble
+from lib.model.checkpoint import EncoderRef
+from lib.recipes.finetune import FinetunePlan, plan_ensemble
+from lib.train.launch import release_memory
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members
 
 
@@ -20,7 +21,7 @@ class EnsembleMembersFailed(RuntimeError):
 
 
 @flow(name="astft-member", log_prints=True)
-def member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> dict:
+def member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> dict:
     """Train, evaluate and publish one member on the shared features and encoder."""
     return run_member(plan, features, encoder)
 
@@ -56,7 +57,7 @@ def ensemble(config: EnsembleConfig) -> dict:
                 del state
                 release_memory()
     else:
-        futures = {name: dispatch_member.submit(plan.config, config.member_deployment) for name, plan in plans.items()}
+        futures = {name: dispatch_member.submit(plan, config.member_deployment) for name, plan in plans.items()}
         for name, future in futures.items():
             future.wait()
             if future.state.is_completed():
@@ -69,11 +70,11 @@ def ensemble(config: EnsembleConfig) -> dict:
     # ensemble: calibrated soft vote over the members that were published, selected on validation
     if not published:
         raise EnsembleMembersFailed(f"every member failed: {failed}")
-    leaderboard = evaluate_ensemble_members(published, first.best_root, failed, config.selection, config.weights)
+    leaderboard = evaluate_ensemble_members(published, first.publish_root, failed, config.selection, config.weights)
     if failed:
         raise EnsembleMembersFailed(
             f"{len(failed)} of {len(plans)} members failed ({', '.join(failed)}); the other members were published "
-            f"and evaluated in {first.best_root / 'ensemble.json'}. Reasons: {failed}"
+            f"and evaluated in {first.publish_root / ENSEMBLE_FILE}. Reasons: {failed}"
         )
     return leaderboard
 

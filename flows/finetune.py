@@ -6,29 +6,28 @@ import sys
 
 from prefect import flow
 
-from lib.model.checkpoint import EncoderRef
 from lib.config import FinetuneConfig
 from lib.data.features import FeatureCacheRef
-from lib.recipes.plan import RunPlan, plan_run
+from lib.model.checkpoint import EncoderRef
+from lib.recipes.finetune import FinetunePlan, plan_run
 from tasks.data import build_features, scan_folders
-from tasks.member import evaluate_member, prepare_encoder, publish, train_member
+from tasks.member import evaluate_member, prepare_encoder, publish_member, train_member
 
 
-def shared_inputs(plan: RunPlan) -> tuple[FeatureCacheRef, EncoderRef]:
+def shared_inputs(plan: FinetunePlan) -> tuple[FeatureCacheRef, EncoderRef]:
     """data: folder scan -> Arrow features; model: SSL checkpoint -> stripped encoder fitted to the
     feature length. Shared by every member of an ensemble."""
-    data = plan.config.data
-    manifest = scan_folders(data)
-    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files, data.feature_workers)
-    encoder = prepare_encoder(plan.config.model, data.cache_dir, plan.feature_params.max_frames)
+    manifest = scan_folders(plan)
+    features = build_features(plan, manifest)
+    encoder = prepare_encoder(plan)
     return features, encoder
 
 
-def run_member(plan: RunPlan, features, encoder) -> dict:
+def run_member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> dict:
     """The member sub-DAG shared with the ensemble flow: train -> evaluate -> publish."""
     outcome = train_member(plan, features, encoder)
     evaluation = evaluate_member(plan, features, outcome)
-    published = publish(plan, features, encoder, outcome, evaluation)
+    published = publish_member(plan, features, encoder, outcome, evaluation)
     return {
         "name": plan.config.name,
         "published": published,

@@ -9,8 +9,7 @@ from prefect import flow
 from lib.config import PretrainConfig
 from lib.recipes.pretrain import plan_pretrain
 from tasks.data import build_features
-from tasks.pretrain import pretrain as pretrain_task
-from tasks.pretrain import publish, scan_unlabeled_folders
+from tasks.pretrain import pretrain_encoder, publish_encoder, scan_unlabeled_folders
 
 
 @flow(name="astft-pretrain", log_prints=True)
@@ -19,12 +18,11 @@ def pretrain(config: PretrainConfig) -> dict:
     # validate: fail before any work on anything checkable up front
     plan = plan_pretrain(config)
     # data: folder scan (labels ignored) -> Arrow features, as fine-tuning computes them
-    data = plan.config.data
-    manifest = scan_unlabeled_folders(data)
-    features = build_features(manifest, plan.feature_params, data.cache_dir, data.skip_bad_files, data.feature_workers)
+    manifest = scan_unlabeled_folders(plan)
+    features = build_features(plan, manifest)
     # train -> publish (the SSL checkpoint layout that --ssl-checkpoint loads)
-    outcome = pretrain_task(plan, manifest, features)
-    published = publish(plan, features, outcome)
+    outcome = pretrain_encoder(plan, manifest, features)
+    published = publish_encoder(plan, features, outcome)
     last = outcome.epochs[-1] if outcome.epochs else None
     return {
         "name": plan.config.name,

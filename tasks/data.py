@@ -8,13 +8,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lib.config import DataConfig
-from lib.data.features import FeatureCacheRef, FeatureParams, build_feature_cache
-from lib.core.hashing import digest
 from lib.core.errors import ScanError
+from lib.core.hashing import digest
+from lib.data.features import FeatureCacheRef, build_feature_cache
 from lib.data.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
+from lib.recipes.finetune import FinetunePlan
+from lib.recipes.planning import Plan
 
-SCAN_CACHE_VERSION = "2"  # bump when Manifest or the scan rules change
+SCAN_CACHE_VERSION = "3"  # bump when Manifest (or its module: results are pickled) or the scan rules change
 
 
 def folder_scan_cache_key(prefix: str, listing: Callable[[], str], folders: Iterable[Path], options: str) -> str | None:
@@ -39,7 +40,7 @@ def scan_cache_key(context, parameters) -> str | None:
     Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
     (Without a test folder the key is what it was before test folders existed.)
     """
-    data: DataConfig = parameters["data"]
+    data = parameters["plan"].config.data
     return folder_scan_cache_key(
         "astft-scan-",
         lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir),
@@ -49,8 +50,9 @@ def scan_cache_key(context, parameters) -> str | None:
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
-def scan_folders(data: DataConfig) -> Manifest:
+def scan_folders(plan: FinetunePlan) -> Manifest:
     """Scan train/validation (and test) class folders into a manifest (cached while the folders are unchanged)."""
+    data = plan.config.data
     logger = get_run_logger()
     manifest = scan_dataset(
         data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint, data.test_dir
@@ -66,11 +68,12 @@ def scan_folders(data: DataConfig) -> Manifest:
 # The Arrow cache checks its own key and completeness on disk, so a Prefect cache on top would only
 # risk handing out a path that has since been deleted.
 @task(name="build-features", cache_policy=NO_CACHE)
-def build_features(
-    manifest: Manifest, params: FeatureParams, cache_dir: Path, skip_bad_files: bool = False, workers: int = 0
-) -> FeatureCacheRef:
+def build_features(plan: Plan, manifest: Manifest) -> FeatureCacheRef:
     """Compute log-mel features for every clip once, as Arrow, keyed by manifest + feature params."""
-    ref, hit = build_feature_cache(manifest, params, Path(cache_dir), skip_bad_files=skip_bad_files, workers=workers)
+    data, params = plan.config.data, plan.feature_params
+    ref, hit = build_feature_cache(
+        manifest, params, data.cache_dir, skip_bad_files=data.skip_bad_files, workers=data.feature_workers
+    )
     get_run_logger().info(
         "%s feature cache %s (%s clips, %d frames x %d mel bins, %s)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,

@@ -9,10 +9,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from lib.config import FinetuneConfig
 from lib.core.layout import ENSEMBLE_FILE
 from lib.evaluate.ensemble import evaluate_ensemble, read_member
 from lib.evaluate.plots import png_data_uri
+from lib.recipes.finetune import FinetunePlan
 
 
 class MemberRunFailed(RuntimeError):
@@ -20,8 +20,9 @@ class MemberRunFailed(RuntimeError):
 
 
 @task(name="dispatch-member", cache_policy=NO_CACHE)
-def dispatch_member(config: FinetuneConfig, deployment: str) -> str:
+def dispatch_member(plan: FinetunePlan, deployment: str) -> str:
     """Run one member as a run of the member deployment (on any worker of its pool) and wait for it."""
+    config = plan.config
     flow_run = run_deployment(
         name=deployment,
         parameters={"config": config.model_dump(mode="json")},
@@ -35,7 +36,7 @@ def dispatch_member(config: FinetuneConfig, deployment: str) -> str:
             f": {state.message if state else ''}"
         )
     get_run_logger().info("member %s trained by flow run %s", config.name, flow_run.name)
-    return str(Path(config.output_dir) / "best" / config.name)
+    return str(plan.publish_root / config.name)
 
 
 def _confusion_markdown(report: dict) -> str:

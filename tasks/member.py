@@ -19,17 +19,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run
 
-from lib.model.checkpoint import EncoderRef, export_encoder
-from lib.config import ModelConfig
-from lib.evaluate.evaluation import EvalResult, evaluate_model
+from lib.core.layout import CONFUSION_PLOT_FILE, EVALUATION_DIR, TRAINING_CURVES_FILE
 from lib.data.features import FeatureCacheRef, has_test_split, load_split
-from lib.recipes.member import TrainOutcome
-from lib.recipes.member import train_member as train_one_member
-from lib.recipes.plan import RunPlan
-from lib.core.layout import CONFUSION_PLOT_FILE, TRAINING_CURVES_FILE
-from lib.evaluate.plots import png_data_uri
-from lib.publish.folder import publish_trained_member
 from lib.data.scan import TEST_SPLIT
+from lib.evaluate.evaluation import EvalResult, evaluate_model
+from lib.evaluate.plots import png_data_uri
+from lib.model.checkpoint import EncoderRef, export_encoder
+from lib.recipes import finetune
+from lib.recipes.finetune import FinetunePlan, TrainOutcome
 from lib.train.epochs import EpochRecord
 
 
@@ -89,7 +86,7 @@ class EpochReporter:
             self.logger.warning("could not update the progress artifacts of %s %s: %s", self.kind, self.name, error)
 
 
-def member_markdown(plan: RunPlan, published: Path, outcome: TrainOutcome, evaluation: EvalResult) -> str:
+def member_markdown(plan: FinetunePlan, published: Path, outcome: TrainOutcome, evaluation: EvalResult) -> str:
     """The member-<name> artifact: where it went, its validation (and test) metrics and its two plots (data URIs)."""
     test = evaluation.test_metrics
     rows = "\n".join(
@@ -107,9 +104,12 @@ def member_markdown(plan: RunPlan, published: Path, outcome: TrainOutcome, evalu
 
 
 @task(name="prepare-encoder", cache_policy=NO_CACHE)
-def prepare_encoder(model: ModelConfig, cache_dir: Path, max_frames: int) -> EncoderRef:
+def prepare_encoder(plan: FinetunePlan) -> EncoderRef:
     """Strip the SSL checkpoint's projector/decoder and fit its grid to max_frames, once per checkpoint."""
-    ref, hit = export_encoder(model.ssl_checkpoint, model.base_config, Path(cache_dir), max_frames)
+    model = plan.config.model
+    ref, hit = export_encoder(
+        model.ssl_checkpoint, model.base_config, plan.config.data.cache_dir, plan.feature_params.max_frames
+    )
     grid = ref.report.position_grid
     get_run_logger().info(
         "%s encoder %s (config: %s; dropped SSL heads %s; patch grid %s -> %s for %d frames: %s)",
@@ -120,13 +120,13 @@ def prepare_encoder(model: ModelConfig, cache_dir: Path, max_frames: int) -> Enc
 
 
 @task(name="train-member", cache_policy=NO_CACHE)
-def train_member(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
+def train_member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
-    return train_one_member(plan, features, encoder, on_epoch=EpochReporter(plan.config.name))
+    return finetune.train_member(plan, features, encoder, on_epoch=EpochReporter(plan.config.name))
 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
-def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
+def evaluate_member(plan: FinetunePlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
     """Reload the best model, score it on validation (and test) and fit its temperature on validation."""
     result = evaluate_model(
         Path(outcome.best_model_dir),
@@ -134,7 +134,7 @@ def evaluate_member(plan: RunPlan, features: FeatureCacheRef, outcome: TrainOutc
         features.label_names,
         plan.config.training.batch_size,
         plan.runtime,
-        Path(outcome.work_dir) / "evaluation",
+        Path(outcome.work_dir) / EVALUATION_DIR,
         extra={
             "best_epoch": outcome.best_epoch,
             "metric_for_best_model": outcome.metric,
@@ -161,9 +161,11 @@ def retry_on_io_error(task, task_run, state) -> bool:
 
 
 @task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
-def publish(plan: RunPlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult) -> str:
+def publish_member(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult
+) -> str:
     """Copy model, reports, plots and run config to <output>/best/<name>/ atomically; show them in the UI."""
-    destination = publish_trained_member(
+    destination = finetune.publish_member(
         plan, features, encoder, outcome, evaluation, str(flow_run.id) if flow_run.id else None
     )
     logger = get_run_logger()

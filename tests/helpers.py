@@ -6,8 +6,10 @@ import numpy as np
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from lib.example import tiny_ast_config
 from lib.core.runtime import resolve_runtime
+from lib.example import tiny_ast_config
+from lib.recipes.finetune import classifier_trainer_setup
+from lib.train.engine import TrainerRun, run_trainer
 
 CPU = resolve_runtime("cpu", "auto")
 
@@ -37,3 +39,22 @@ class StopAfterEpoch(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if round(state.epoch) >= self.epoch:
             control.should_training_stop = True
+
+
+def train_classifier(
+    model, train, validation, processing_class, training, work_dir, train_log, resume_key, runtime,
+    extra_callbacks=(), data_collator=None, save_best=None, on_epoch=None, owner=None,
+) -> TrainerRun:
+    """Fine-tune any classifier with the recipe's Trainer (lib.recipes.finetune.classifier_trainer_setup)."""
+    return run_trainer(classifier_trainer_setup(
+        model, train, validation, training, work_dir, runtime, resume_key, owner=owner, train_log=train_log,
+        processing_class=processing_class, data_collator=data_collator, after_save=save_best, on_epoch=on_epoch,
+        extra_callbacks=extra_callbacks,
+    ))
+
+
+def plan_of(data):
+    """What a task's cache key function reads of its plan parameter: plan.config.data."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(data=data))

@@ -3,8 +3,10 @@ import math
 
 import pytest
 import torch
-from transformers import ASTModel, Trainer, TrainerCallback
+from transformers import ASTModel, Trainer, TrainerCallback, TrainingArguments
 
+from lib.config import AugmentationConfig, TrainingConfig
+from lib.core.runtime import seed_everything
 from lib.data.augment import (
     MASK_VALUE,
     AugmentingTrainerMixin,
@@ -17,15 +19,18 @@ from lib.data.augment import (
     soft_target_cross_entropy,
     spec_augment,
 )
-from lib.config import AugmentationConfig, TrainingConfig
 from lib.data.features import load_split, make_feature_extractor
 from lib.evaluate.metrics import compute_metrics
 from lib.model.classifier import build_classifier
-from lib.core.runtime import seed_everything
-from lib.train.arguments import build_training_arguments
-from lib.train.engine import train_classifier
+from lib.train.arguments import finetune_arguments
 from lib.train.schedule import EpochBatchSizeTrainer
-from tests.helpers import CPU, StopAfterEpoch, random_features, small_config
+from tests.helpers import (
+    CPU,
+    StopAfterEpoch,
+    random_features,
+    small_config,
+    train_classifier,
+)
 
 
 def bands(mask: torch.Tensor) -> list[tuple[int, int]]:
@@ -136,7 +141,7 @@ def tiny_trainer(tmp_path, augmentation: AugmentationConfig, trainer_class=Train
     model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
     config = TrainingConfig(epochs=2, batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=0)
     return augmenting_trainer(trainer_class)(
-        augmentation=augmentation, model=model, args=build_training_arguments(config, tmp_path, CPU),
+        augmentation=augmentation, model=model, args=TrainingArguments(**finetune_arguments(config, tmp_path, CPU)),
         train_dataset=random_features(12, 0), eval_dataset=random_features(6, 1), compute_metrics=compute_metrics,
         **kwargs,
     )

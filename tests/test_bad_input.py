@@ -95,15 +95,24 @@ def test_thousands_of_classes(tmp_path):
 
 
 def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoint, monkeypatch):
-    import lib.recipes.member
+    import transformers
+
+    import lib.recipes.finetune
+    from lib.config import (
+        DataConfig,
+        FeatureConfig,
+        FinetuneConfig,
+        ModelConfig,
+        TrainingConfig,
+    )
+    from lib.core.errors import TrainingOutOfMemory
     from lib.model.checkpoint import export_encoder
-    from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.recipes.plan import plan_run
+    from lib.recipes.finetune import plan_run
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(lib.recipes.member, "train_classifier", out_of_memory)
+    monkeypatch.setattr(transformers.Trainer, "train", out_of_memory)
     train_dir, validation_dir = dataset_dirs
     plan = plan_run(FinetuneConfig(
         name="oom", output_dir=tmp_path,
@@ -113,16 +122,21 @@ def test_gpu_out_of_memory_names_the_knobs(tmp_path, dataset_dirs, ssl_checkpoin
     ))
     features, _ = build_feature_cache(scan_dataset(train_dir, validation_dir), plan.feature_params, tmp_path / "c")
     encoder, _ = export_encoder(ssl_checkpoint, None, tmp_path / "c")
-    with pytest.raises(lib.recipes.member.TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
-        lib.recipes.member.train_member(plan, features, encoder)
+    with pytest.raises(TrainingOutOfMemory, match="per-device batch size 64.*--batch-size.*max_frames"):
+        lib.recipes.finetune.train_member(plan, features, encoder)
 
 
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dataset_dirs, ssl_checkpoint):
+    from lib.config import (
+        DataConfig,
+        FeatureConfig,
+        FinetuneConfig,
+        ModelConfig,
+        TrainingConfig,
+    )
     from lib.model.checkpoint import export_encoder
-    from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from lib.recipes.member import MemberSpec
-    from lib.recipes.plan import plan_run
+    from lib.recipes.finetune import MemberSpec, plan_run
 
     train_dir, validation_dir = dataset_dirs
     params = PARAMS.model_copy(update={"clip_seconds": 0.6})
@@ -147,7 +161,7 @@ def test_training_killed_mid_run_resumes_and_ends_like_a_clean_run(tmp_path, dat
 
     def start(spec: Path) -> subprocess.Popen:
         log = (spec.parent / "log.txt").open("a")
-        return subprocess.Popen([sys.executable, "-m", "lib.recipes.member", str(spec)], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "lib.recipes.finetune", str(spec)], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     killed_spec = spec_file(tmp_path / "killed")

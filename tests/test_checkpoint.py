@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from transformers import ASTModel
 from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer import (
     ASTPatchEmbeddings,
 )
 
 from lib.core.errors import CheckpointError
+from lib.example import make_ssl_checkpoint
 from lib.model.checkpoint import (
     BUNDLED_CONFIG,
     export_encoder,
@@ -18,7 +18,6 @@ from lib.model.checkpoint import (
     read_ast_config,
     resolve_encoder_config,
 )
-from lib.example import make_ssl_checkpoint
 from tests.helpers import small_config
 
 

@@ -123,7 +123,7 @@ def test_resolved_paths_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = FinetuneConfig.model_validate(BASE).resolved()
     assert config.data.train_dir == tmp_path / "t"
-    assert config.member_work_dir == tmp_path / "ensemble" / "runs" / "m1"
+    assert config.run_work_dir == tmp_path / "ensemble" / "runs" / "m1"
 
 
 def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkeypatch):
@@ -242,9 +242,12 @@ def test_member_names_that_are_not_plain_folder_names_under_best_are_refused(nam
 
 
 def test_reserved_member_names_cover_what_the_project_writes_under_best():
-    from lib.core.layout import RESERVED_MEMBER_NAMES
-    from lib.core.layout import ENSEMBLE_FILE
-    from lib.core.layout import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE
+    from lib.core.layout import (
+        ENSEMBLE_FILE,
+        LEADERBOARD_PLOT_FILE,
+        RELIABILITY_PLOT_FILE,
+        RESERVED_MEMBER_NAMES,
+    )
 
     assert {ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE} <= RESERVED_MEMBER_NAMES
 

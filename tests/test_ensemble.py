@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.evaluate.calibration import fit_temperature, softmax
 from lib.core.errors import EnsembleError
-from lib.evaluate.ensemble import evaluate_ensemble, read_member, soft_vote
 from lib.data.features import FeatureParams
+from lib.evaluate.calibration import fit_temperature, softmax
+from lib.evaluate.ensemble import evaluate_ensemble, read_member, soft_vote
 
 LABELS = ["a", "b"]
 
@@ -140,23 +140,23 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     prefect_harness, tmp_path, dataset_dirs, test_split, ssl_checkpoint, monkeypatch
 ):
     import lib.data.features
-    import lib.recipes.member
+    import lib.recipes.finetune
     from flows.ensemble import EnsembleMembersFailed, ensemble
     from lib.config import EnsembleConfig
-    from lib.evaluate.predict import predict_files
     from lib.core.runtime import resolve_runtime
+    from lib.evaluate.predict import predict_files
 
     builds = []
     real_build = lib.data.features.build_feature_cache
     monkeypatch.setattr("tasks.data.build_feature_cache", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    real_train = lib.recipes.member.train_classifier
+    real_train = lib.recipes.finetune.train_classifier
 
     def train_unless_broken(model, *args, **kwargs):
         if args[4].name == "broken":  # work_dir
             raise RuntimeError("simulated CUDA error")
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(lib.recipes.member, "train_classifier", train_unless_broken)
+    monkeypatch.setattr(lib.recipes.finetune, "train_classifier", train_unless_broken)
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),
@@ -290,8 +290,8 @@ def published(root, name):
 
 
 def predict(model, tmp_path, output=None):
-    from lib.evaluate.predict import predict_files
     from lib.core.runtime import resolve_runtime
+    from lib.evaluate.predict import predict_files
 
     return predict_files(model, one_wav(tmp_path), output or tmp_path / "out.csv", resolve_runtime("cpu"))
 

@@ -10,8 +10,8 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 
 import lib.data.features as features_module
-from lib.data.audio import load_clip
 from lib.core.errors import BadAudioError, FeatureCacheCorrupt, FeatureWorkerDied
+from lib.data.audio import load_clip
 from lib.data.features import (
     FeatureParams,
     build_feature_cache,
@@ -276,12 +276,11 @@ def test_a_test_split_is_cached_beside_the_others_and_keys_the_cache(dataset_dir
 
 @pytest.mark.train
 def test_a_float16_cache_trains_to_the_accuracy_of_float32(features, dataset_dirs, ssl_checkpoint, tmp_path):
-    from lib.model.checkpoint import load_encoder
     from lib.config import TrainingConfig
-    from lib.model.classifier import apply_freezing, build_classifier
     from lib.core.runtime import seed_everything
-    from lib.train.engine import train_classifier
-    from tests.helpers import CPU
+    from lib.model.checkpoint import load_encoder
+    from lib.model.classifier import apply_freezing, build_classifier
+    from tests.helpers import CPU, train_classifier
 
     half, _ = build_feature_cache(scan_dataset(*dataset_dirs), FLOAT16, tmp_path / "cache")
     best = {}

@@ -218,9 +218,10 @@ def test_a_diverging_run_never_replaces_the_published_member(
     assert {p.name: p.read_bytes() for p in member.iterdir()} == before
 
     # With the training and evaluation guards switched off, the publish task still refuses it.
+    from transformers import TrainerCallback
+
     import lib.evaluate.evaluation
     import lib.train.engine
-    from transformers import TrainerCallback
 
     monkeypatch.setattr(lib.train.engine, "NonFiniteLossCallback", TrainerCallback)
     monkeypatch.setattr(lib.evaluate.evaluation, "check_finite_tensors", lambda *args: None)

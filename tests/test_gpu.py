@@ -16,16 +16,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.model.checkpoint import BUNDLED_CONFIG, export_encoder, read_ast_config
-from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-from lib.evaluate.evaluation import evaluate_model
-from lib.example import EXAMPLE_CLASSES, make_example_dataset, make_ssl_checkpoint, tiny_ast_config
-from lib.data.features import build_feature_cache, load_split
-from lib.recipes.member import train_member, train_member_distributed
-from lib.recipes.plan import plan_run
+from lib.config import (
+    DataConfig,
+    FeatureConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from lib.core.runtime import usable_cores
+from lib.data.features import build_feature_cache, load_split
 from lib.data.scan import scan_dataset
+from lib.evaluate.evaluation import evaluate_model
+from lib.example import (
+    EXAMPLE_CLASSES,
+    make_example_dataset,
+    make_ssl_checkpoint,
+    tiny_ast_config,
+)
+from lib.model.checkpoint import BUNDLED_CONFIG, export_encoder, read_ast_config
 from lib.model.trunk import TrunkStates, compute_trunk
+from lib.recipes.finetune import plan_run, train_member, train_member_distributed
 
 DEVICE = os.environ.get("ASTFT_GPU_TESTS_DEVICE", "cuda")
 CUDA = DEVICE == "cuda"

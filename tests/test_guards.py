@@ -8,18 +8,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import ASTModel
 
-from lib.core.errors import CheckpointError
-from lib.model.checkpoint import load_encoder
 from lib.config import TrainingConfig
+from lib.core.errors import CheckpointError, NonFiniteError
+from lib.core.guards import (
+    NonFiniteLossCallback,
+    check_finite_folder,
+    nonfinite_in_folder,
+)
+from lib.core.runtime import seed_everything
+from lib.data.features import FeatureParams, make_feature_extractor
 from lib.evaluate.evaluation import evaluate_model
 from lib.example import make_ssl_checkpoint
-from lib.data.features import FeatureParams, make_feature_extractor
-from lib.core.errors import NonFiniteError
-from lib.core.guards import NonFiniteLossCallback, check_finite_folder, nonfinite_in_folder
+from lib.model.checkpoint import load_encoder
 from lib.model.classifier import build_classifier
-from lib.core.runtime import seed_everything
-from lib.train.engine import train_classifier
-from tests.helpers import CPU, random_features, small_config
+from tests.helpers import CPU, random_features, small_config, train_classifier
 
 
 def test_a_checkpoint_with_one_nan_weight_is_a_checkpoint_error_naming_the_tensor(tmp_path):

@@ -2,12 +2,17 @@ import json
 
 import pytest
 
-from lib.model.checkpoint import export_encoder
-from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
+from lib.config import (
+    DataConfig,
+    FeatureConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from lib.data.features import build_feature_cache
-from lib.recipes.member import train_member, train_member_distributed
-from lib.recipes.plan import plan_run
 from lib.data.scan import scan_dataset
+from lib.model.checkpoint import export_encoder
+from lib.recipes.finetune import plan_run, train_member, train_member_distributed
 
 pytestmark = pytest.mark.slow
 

@@ -82,7 +82,9 @@ def test_saved_member_reloads_in_one_line_with_identical_logits(tmp_path):
 
 
 def test_sdpa_and_eager_attention_are_what_the_layers_call_and_compute_the_same_logits(monkeypatch):
-    from transformers.models.audio_spectrogram_transformer import modeling_audio_spectrogram_transformer as ast
+    from transformers.models.audio_spectrogram_transformer import (
+        modeling_audio_spectrogram_transformer as ast,
+    )
 
     calls = {"sdpa": 0, "eager": 0}
 

@@ -6,7 +6,7 @@ import torch
 
 from lib.config import DataConfig, FeatureConfig, FinetuneConfig, ModelConfig
 from lib.core.errors import ConfigError
-from lib.recipes.plan import plan_run
+from lib.recipes.finetune import plan_run
 
 
 def make_config(dataset_dirs, ssl_checkpoint, tmp_path, **features) -> FinetuneConfig:
@@ -106,7 +106,7 @@ def test_ensemble_member_configs_get_the_same_checks(dataset_dirs, ssl_checkpoin
         "members": [{"name": "full"}],
     })
     # flows/ensemble.py validates every member with plan_ensemble: plan_run on each member's config
-    from lib.recipes.plan import plan_ensemble
+    from lib.recipes.finetune import plan_ensemble
 
     with pytest.raises(ConfigError, match=r"output_dir .* is inside data.validation_dir"):
         plan_ensemble(config)
@@ -121,7 +121,7 @@ def test_a_missing_test_folder_is_named_before_any_work(dataset_dirs, ssl_checkp
 
 def test_the_sweep_expands_against_the_encoders_layer_count(dataset_dirs, ssl_checkpoint, tmp_path):
     from lib.config import EnsembleConfig
-    from lib.recipes.plan import plan_ensemble
+    from lib.recipes.finetune import plan_ensemble
 
     train_dir, validation_dir = dataset_dirs
     raw = {
@@ -228,11 +228,12 @@ def test_a_work_dir_among_the_published_members_or_a_foreign_folder_at_the_membe
     mine = tmp_path / "best" / "plan"
     mine.mkdir(parents=True)
     (mine / "notes.txt").write_text("not a member")
-    with pytest.raises(ConfigError, match=r"best/plan is a folder without member.json, not a member astft published"):
+    with pytest.raises(ConfigError, match=r"best/plan is a plain folder, not a member astft published"):
         plan_run(config)
     assert (mine / "notes.txt").read_text() == "not a member"
-    (mine / "member.json").write_text("{}")  # a member folder of an older publish: ours to replace
-    assert plan_run(config).config.name == "plan"
+    (mine / "member.json").write_text("{}")  # even holding member.json: astft publishes links, never folders
+    with pytest.raises(ConfigError, match=r"best/plan is a plain folder"):
+        plan_run(config)
 
 
 def test_tensorboard_without_the_package_is_refused_by_plan_run(dataset_dirs, ssl_checkpoint, tmp_path, monkeypatch):

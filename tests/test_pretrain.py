@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from lib.model.checkpoint import load_encoder
-from lib.config import PretrainConfig, SSAST_MASK_RATIO
-from lib.core.errors import ConfigError
+from lib.config import SSAST_MASK_RATIO, PretrainConfig
+from lib.core.errors import ConfigError, ScanError
 from lib.data.features import FeatureParams, build_feature_cache
+from lib.data.unlabeled import scan_unlabeled
+from lib.model.checkpoint import load_encoder
 from lib.model.masked_patches import (
     MaskedPatchModel,
     cluster_masks,
@@ -39,10 +40,8 @@ from lib.recipes.pretrain import (
     pretraining_split,
     publish_encoder,
 )
-from lib.core.errors import ScanError
-from lib.data.unlabeled import scan_unlabeled
 from lib.train.epochs import EpochRecord
-from tests.helpers import StopAfterEpoch, small_config
+from tests.helpers import StopAfterEpoch, plan_of, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "num_mel_bins": 64}
@@ -394,7 +393,7 @@ def test_the_scan_cache_key_never_raises_so_the_scan_task_reports_its_own_error(
 
     def key(data_dirs, validation_dir=None):
         data = PretrainDataConfig(data_dirs=data_dirs, validation_dir=validation_dir)
-        return unlabeled_scan_cache_key(None, {"data": data})
+        return unlabeled_scan_cache_key(None, {"plan": plan_of(data)})
 
     assert key([tmp_path / "a"]).startswith("astft-scan-unlabeled-")
     # no key (the task runs uncached and raises the scan's error), where Prefect used to log a traceback
@@ -403,8 +402,8 @@ def test_the_scan_cache_key_never_raises_so_the_scan_task_reports_its_own_error(
 
 
 def test_an_empty_folder_says_what_was_ignored_in_it_and_a_link_into_validation_is_named_once(tmp_path, caplog):
-    from tasks.pretrain import unlabeled_scan_cache_key
     from lib.config import PretrainDataConfig
+    from tasks.pretrain import unlabeled_scan_cache_key
 
     (tmp_path / "mp3s" / ".cache").mkdir(parents=True)
     for name in ("a.mp3", "b.flac", ".DS_Store"):
@@ -428,7 +427,7 @@ def test_an_empty_folder_says_what_was_ignored_in_it_and_a_link_into_validation_
     (tmp_path / "unl" / "also").symlink_to(tmp_path / "val")
     data = PretrainDataConfig(data_dirs=[tmp_path / "unl"], validation_dir=tmp_path / "val")
     caplog.clear()
-    assert unlabeled_scan_cache_key(None, {"data": data}) is not None
+    assert unlabeled_scan_cache_key(None, {"plan": plan_of(data)}) is not None
     manifest = scan_unlabeled([tmp_path / "unl"], tmp_path / "val")
     assert (len(manifest.train), len(manifest.validation)) == (3, 2)
     assert manifest.ignored == {"folder_link_into_the_dataset": 1}

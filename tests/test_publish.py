@@ -6,9 +6,13 @@ import subprocess
 import pytest
 
 import lib.publish.folder as publish_module
-from lib.evaluate.ensemble import resolve_members
 from lib.data.features import FeatureParams
-from lib.publish.folder import backup_path, publish_member
+from lib.evaluate.ensemble import resolve_members
+from lib.publish.folder import PublishSpec, publish_folder
+
+
+def publish(root, name, sources, json_files, kind="member"):
+    return publish_folder(PublishSpec(root=root, name=name, kind=kind, sources=sources, json_files=json_files))
 
 
 def member_files(tmp_path, version: str):
@@ -82,8 +86,8 @@ def run_killed_at(monkeypatch, point: int | None, action, check=None) -> int:
 
 def test_publish_replaces_the_previous_member(tmp_path):
     best = tmp_path / "best"
-    publish_member(best, "m", *member_files(tmp_path, "v1"))
-    destination = publish_member(best, "m", *member_files(tmp_path, "v2"))
+    publish(best, "m", *member_files(tmp_path, "v1"))
+    destination = publish(best, "m", *member_files(tmp_path, "v2"))
     assert destination == best / "m"
     assert read_version(best) == "v2"
     assert not (destination / "training_args.bin").exists()
@@ -93,55 +97,37 @@ def test_publish_replaces_the_previous_member(tmp_path):
     assert sorted(p.name for p in best.iterdir()) == sorted(["m", os.readlink(destination)])
 
 
-@pytest.mark.parametrize("layout", ["link", "folder"])
-def test_a_kill_at_any_point_of_a_publish_leaves_the_old_or_the_new_member(tmp_path, monkeypatch, layout):
+def test_a_kill_at_any_point_of_a_publish_leaves_the_old_or_the_new_member(tmp_path, monkeypatch):
     def fresh_best(point):
         best = tmp_path / f"best-{point}"
-        if layout == "link":
-            publish_member(best, "m", *member_files(tmp_path, "v1"))
-        else:  # published by an older astft: a real folder, migrated to a link by the next publish
-            source, files = member_files(tmp_path, "v1")
-            shutil.copytree(source[""], best / "m")
-            for name, payload in files.items():
-                (best / "m" / name).write_text(json.dumps(payload))
+        publish(best, "m", *member_files(tmp_path, "v1"))
         return best
 
     best = fresh_best("clean")
-    points = run_killed_at(monkeypatch, None, lambda: publish_member(best, "m", *member_files(tmp_path, "v2")))
+    points = run_killed_at(monkeypatch, None, lambda: publish(best, "m", *member_files(tmp_path, "v2")))
     assert read_version(best) == "v2"
     assert points >= 2
 
-    after_kill, migrating_gap = set(), []
+    after_kill = set()
     for point in range(1, points + 1):
         best = fresh_best(point)
         seen = set()
-
-        def reader():
-            if layout == "folder" and not os.path.lexists(best / "m"):
-                # The one window a real folder's migration has (between two renames, once per
-                # member): the old member sits whole in its backup, which the next publish restores.
-                assert (backup_path(best / "m") / "model.safetensors").read_text() == "v1"
-                return
-            seen.add(read_version(best))
-
-        run_killed_at(monkeypatch, point, lambda: publish_member(best, "m", *member_files(tmp_path, "v2")), reader)
+        run_killed_at(
+            monkeypatch, point, lambda: publish(best, "m", *member_files(tmp_path, "v2")),
+            lambda: seen.add(read_version(best)),  # noqa: B023 - called within this iteration
+        )
         assert seen <= {"v1", "v2"} and seen
-        if os.path.lexists(best / "m"):
-            after_kill.add(read_version(best))  # what readers see after the kill, until the next publish
-        else:
-            migrating_gap.append(point)
-        # the next publish recovers and cleans up whatever the killed one left behind
-        publish_member(best, "m", *member_files(tmp_path, "v3"))
+        after_kill.add(read_version(best))  # what readers see after the kill, until the next publish
+        # the next publish cleans up whatever the killed one left behind
+        publish(best, "m", *member_files(tmp_path, "v3"))
         assert read_version(best) == "v3"
         assert sorted(p.name for p in best.iterdir()) == sorted(["m", os.readlink(best / "m")])
     assert after_kill == {"v1", "v2"}  # the kills fell before and after the switch
-    # a link is switched with no gap; a real folder's migration has one kill point that leaves no member
-    assert len(migrating_gap) == (0 if layout == "link" else 1)
 
 
 def test_a_crash_while_copying_leaves_the_previous_member_untouched(tmp_path, monkeypatch):
     best = tmp_path / "best"
-    publish_member(best, "m", *member_files(tmp_path, "v1"))
+    publish(best, "m", *member_files(tmp_path, "v1"))
     before = sorted(p.name for p in best.iterdir())
 
     def failing_copy(*args, **kwargs):
@@ -149,7 +135,7 @@ def test_a_crash_while_copying_leaves_the_previous_member_untouched(tmp_path, mo
 
     monkeypatch.setattr(publish_module.shutil, "copytree", failing_copy)
     with pytest.raises(OSError, match="disk full"):
-        publish_member(best, "m", *member_files(tmp_path, "v2"))
+        publish(best, "m", *member_files(tmp_path, "v2"))
     assert read_version(best) == "v1"
     assert sorted(p.name for p in best.iterdir()) == before
 
@@ -157,10 +143,10 @@ def test_a_crash_while_copying_leaves_the_previous_member_untouched(tmp_path, mo
 def test_versions_links_and_backups_are_never_listed_as_members(tmp_path, monkeypatch):
     best = tmp_path / "best"
     for version in ("v1", "v2"):
-        publish_member(best, "m", *member_files(tmp_path, version))
-        publish_member(best, "other", *member_files(tmp_path, version))
+        publish(best, "m", *member_files(tmp_path, version))
+        publish(best, "other", *member_files(tmp_path, version))
     # a publish of m killed after building its new version, before switching the link
-    run_killed_at(monkeypatch, 1, lambda: publish_member(best, "m", *member_files(tmp_path, "v3")))
+    run_killed_at(monkeypatch, 1, lambda: publish(best, "m", *member_files(tmp_path, "v3")))
     assert len([p for p in best.iterdir() if p.name.startswith(".m.")]) > 1
     assert visible(best) == ["m", "other"]
     assert [member.path for member in resolve_members(best)] == [str(best / "m"), str(best / "other")]
@@ -174,8 +160,8 @@ def test_a_copied_best_folder_still_works(tmp_path):
     best = tmp_path / "best"
     sources, files = member_files(tmp_path, "v1")
     ASTModel(small_config(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})).save_pretrained(sources[""])
-    publish_member(best, "m", sources, files)
-    publish_member(best, "m", sources, files)
+    publish(best, "m", sources, files)
+    publish(best, "m", sources, files)
     # readers that open the path follow the link
     assert ASTModel.from_pretrained(best / "m").config.hidden_size == small_config().hidden_size
     # `cp -r` copies the link as a link; its target is relative, so it points into the copy
@@ -186,30 +172,16 @@ def test_a_copied_best_folder_still_works(tmp_path):
     assert [member.name for member in resolve_members(tmp_path / "copy")] == ["m"]
 
 
-def test_an_interrupted_publish_of_an_older_astft_is_restored(tmp_path):
-    best = tmp_path / "best"
-    (best / ".m.previous").mkdir(parents=True)  # killed between its two renames: best/m missing
-    source, files = member_files(tmp_path, "v1")
-    shutil.copytree(source[""], best / ".m.previous", dirs_exist_ok=True)
-    for name, payload in files.items():
-        (best / ".m.previous" / name).write_text(json.dumps(payload))
-    publish_module.recover_member(best / "m")
-    assert read_version(best) == "v1"
-    publish_member(best, "m", *member_files(tmp_path, "v2"))
-    assert read_version(best) == "v2" and visible(best) == ["m"]
-    assert not backup_path(best / "m").exists()
-
-
 def test_a_failure_after_the_switch_keeps_the_new_member(tmp_path, monkeypatch):
     best = tmp_path / "best"
-    publish_member(best, "m", *member_files(tmp_path, "v1"))
+    publish(best, "m", *member_files(tmp_path, "v1"))
 
     def failing_sync(path):
         raise OSError("I/O error")
 
     monkeypatch.setattr(publish_module, "_fsync_folder", failing_sync)
     with pytest.raises(OSError, match="I/O error"):
-        publish_member(best, "m", *member_files(tmp_path, "v2"))
+        publish(best, "m", *member_files(tmp_path, "v2"))
     assert read_version(best) == "v2"
 
 
@@ -224,12 +196,12 @@ def test_a_version_another_running_publish_is_building_is_kept_until_that_proces
         building = best / f".m.v-{owner_tag(child.pid)}-0123abcd"
         building.mkdir(parents=True)
         (building / "model.safetensors").write_text("half")
-        publish_member(best, "m", *member_files(tmp_path, "v1"))
+        publish(best, "m", *member_files(tmp_path, "v1"))
         assert building.is_dir()
     finally:
         child.kill()
         child.wait()
-    publish_member(best, "m", *member_files(tmp_path, "v2"))
+    publish(best, "m", *member_files(tmp_path, "v2"))
     assert not building.exists()
     assert read_version(best) == "v2"
     assert sorted(p.name for p in best.iterdir()) == sorted(["m", os.readlink(best / "m")])
@@ -241,7 +213,7 @@ def test_publish_never_replaces_a_folder_it_did_not_publish(tmp_path):
     best = tmp_path / "best"
     (best / "m").mkdir(parents=True)
     (best / "m" / "mydata.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match=r"best/m is a folder without member.json, not a member astft published"):
-        publish_member(best, "m", *member_files(tmp_path, "v1"))
+    with pytest.raises(ConfigError, match=r"best/m is a plain folder, not a member astft published"):
+        publish(best, "m", *member_files(tmp_path, "v1"))
     assert (best / "m" / "mydata.txt").read_text() == "keep me"
     assert sorted(p.name for p in best.iterdir()) == ["m"]

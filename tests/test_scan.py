@@ -9,6 +9,7 @@ import soundfile as sf
 
 from lib.core.errors import ScanError
 from lib.data.scan import fingerprint_folders, scan_dataset
+from tests.helpers import plan_of
 
 
 def write_wav(path: Path, seconds: float = 0.1, sample_rate: int = 16000, channels: int = 1) -> Path:
@@ -275,7 +276,7 @@ def test_content_fingerprint_sees_a_same_size_same_mtime_edit(tmp_path):
             for mode in ("stat", "content")}
     before = {mode: fingerprint_folders(train, validation, mode) for mode in data}
     scanned = {mode: scan_dataset(train, validation, fingerprint=mode).fingerprint for mode in data}
-    keys = {mode: scan_cache_key(None, {"data": config}) for mode, config in data.items()}
+    keys = {mode: scan_cache_key(None, {"plan": plan_of(config)}) for mode, config in data.items()}
     assert before["stat"] != before["content"] and scanned["stat"] != scanned["content"]
 
     clip = train / "a" / "00.wav"
@@ -288,10 +289,10 @@ def test_content_fingerprint_sees_a_same_size_same_mtime_edit(tmp_path):
 
     assert fingerprint_folders(train, validation, "stat") == before["stat"]
     assert scan_dataset(train, validation, fingerprint="stat").fingerprint == scanned["stat"]
-    assert scan_cache_key(None, {"data": data["stat"]}) == keys["stat"]
+    assert scan_cache_key(None, {"plan": plan_of(data["stat"])}) == keys["stat"]
     assert fingerprint_folders(train, validation, "content") != before["content"]
     assert scan_dataset(train, validation, fingerprint="content").fingerprint != scanned["content"]
-    assert scan_cache_key(None, {"data": data["content"]}) != keys["content"]
+    assert scan_cache_key(None, {"plan": plan_of(data["content"])}) != keys["content"]
 
 
 def test_fingerprint_flag_sets_the_data_section():
@@ -348,9 +349,9 @@ def test_the_fine_tune_scan_cache_key_never_raises_so_the_scan_task_reports_its_
     from tasks.data import scan_cache_key
 
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1, "b": 1}})
-    assert scan_cache_key(None, {"data": DataConfig(train_dir=train, validation_dir=validation)}).startswith("astft-scan-")
+    assert scan_cache_key(None, {"plan": plan_of(DataConfig(train_dir=train, validation_dir=validation))}).startswith("astft-scan-")
     # no key (the task runs uncached and raises the scan's one-line error) where Prefect would log a traceback
     missing = DataConfig(train_dir=train, validation_dir=tmp_path / "missing")
-    assert scan_cache_key(None, {"data": missing}) is None
+    assert scan_cache_key(None, {"plan": plan_of(missing)}) is None
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    assert scan_cache_key(None, {"data": DataConfig(train_dir=train, validation_dir=tmp_path / "loop")}) is None
+    assert scan_cache_key(None, {"plan": plan_of(DataConfig(train_dir=train, validation_dir=tmp_path / "loop"))}) is None

@@ -6,9 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+from prefect.settings import (
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
 
-from flows import EPHEMERAL_STARTUP_TIMEOUT_SECONDS, ServerStartTimeout, prefect_server_defaults
+from flows import (
+    EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    ServerStartTimeout,
+    prefect_server_defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,12 @@ import sys
 
 import pytest
 
-from lib.core.staging import file_sizes_match, owner_tag, record_file_sizes, staged_folder
+from lib.core.staging import (
+    file_sizes_match,
+    owner_tag,
+    record_file_sizes,
+    staged_folder,
+)
 
 
 def ended_process_tag() -> str:

@@ -4,19 +4,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import ASTModel, TrainerCallback
+from transformers import ASTModel, TrainerCallback, TrainingArguments
 
-from lib.model.checkpoint import load_encoder
 from lib.config import TrainingConfig
 from lib.core.errors import ConfigError
-from lib.evaluate.evaluation import evaluate_model
-from lib.data.features import load_split, make_feature_extractor
-from lib.model.classifier import apply_freezing, build_classifier
 from lib.core.runtime import Runtime, resolve_runtime, seed_everything
-from lib.train.arguments import build_training_arguments, dataloader_workers, training_arguments
-from lib.train.engine import train_classifier
+from lib.data.features import load_split, make_feature_extractor
+from lib.evaluate.evaluation import evaluate_model
+from lib.model.checkpoint import load_encoder
+from lib.model.classifier import apply_freezing, build_classifier
+from lib.train.arguments import dataloader_workers, finetune_arguments
 from lib.train.schedule import epoch_batch_sizes, optimizer_steps_per_epoch
-from tests.helpers import CPU, random_features, small_config
+from tests.helpers import CPU, random_features, small_config, train_classifier
 
 
 def test_runtime_never_silently_ignores_mixed_precision():
@@ -48,26 +47,26 @@ CUDA = Runtime("cuda", fp16=False, bf16=True, tf32=True)  # built by hand: the G
 
 
 def test_gpu_speed_defaults_are_on_for_cuda_and_off_for_cpu(tmp_path, monkeypatch):
-    import lib.train.engine
+    import lib.train.arguments
 
-    monkeypatch.setattr(lib.train.engine, "usable_cores", lambda: 16)
+    monkeypatch.setattr(lib.train.arguments, "usable_cores", lambda: 16)
     config = TrainingConfig()
-    cuda = training_arguments(config, tmp_path, CUDA)
+    cuda = finetune_arguments(config, tmp_path, CUDA)
     assert (cuda["bf16"], cuda["tf32"], cuda["optim"], cuda["torch_compile"]) == (True, True, "adamw_torch_fused", False)
     assert (cuda["dataloader_pin_memory"], cuda["dataloader_num_workers"], cuda["dataloader_persistent_workers"]) == (
         True, 4, True)
-    cpu = training_arguments(config, tmp_path, CPU)
+    cpu = finetune_arguments(config, tmp_path, CPU)
     # tf32 None: TrainingArguments leaves the matmul mode alone (True raises where no GPU has TF32)
     assert (cpu["bf16"], cpu["tf32"], cpu["optim"], cpu["torch_compile"]) == (False, None, "adamw_torch_fused", False)
     assert (cpu["dataloader_pin_memory"], cpu["dataloader_num_workers"], cpu["dataloader_persistent_workers"]) == (
         False, 0, False)
-    args = build_training_arguments(config, tmp_path, CPU)  # what a CPU run really builds
+    args = TrainingArguments(**finetune_arguments(config, tmp_path, CPU))  # what a CPU run really builds
     assert (args.optim, args.dataloader_pin_memory, args.dataloader_num_workers, args.torch_compile) == (
         "adamw_torch_fused", False, 0, False)
     # each setting can be turned: a GPU without TF32, the multi-tensor AdamW, compile, fixed workers
     changed = TrainingConfig(tf32=False, optimizer="adamw_torch", compile=True, pin_memory=False,
                              dataloader_num_workers=2, batch_sizes=[4, 8])
-    cuda = training_arguments(changed, tmp_path, Runtime("cuda", fp16=True, bf16=False, tf32=False))
+    cuda = finetune_arguments(changed, tmp_path, Runtime("cuda", fp16=True, bf16=False, tf32=False))
     assert (cuda["fp16"], cuda["tf32"], cuda["optim"], cuda["torch_compile"]) == (True, False, "adamw_torch", True)
     # a per-epoch schedule builds a loader every epoch: no persistent workers to leave behind
     assert (cuda["dataloader_pin_memory"], cuda["dataloader_num_workers"], cuda["dataloader_persistent_workers"]) == (
@@ -76,9 +75,9 @@ def test_gpu_speed_defaults_are_on_for_cuda_and_off_for_cpu(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("cores, processes, workers", [(16, 1, 4), (4, 1, 3), (2, 1, 1), (1, 1, 0), (16, 4, 3), (8, 8, 0)])
 def test_auto_dataloader_workers_leave_a_core_per_training_process(monkeypatch, cores, processes, workers):
-    import lib.train.engine
+    import lib.train.arguments
 
-    monkeypatch.setattr(lib.train.engine, "usable_cores", lambda: cores)
+    monkeypatch.setattr(lib.train.arguments, "usable_cores", lambda: cores)
     assert dataloader_workers("auto", CUDA, processes) == workers
     assert dataloader_workers("auto", CPU, processes) == 0
     assert dataloader_workers(5, CPU, processes) == 5
@@ -271,12 +270,13 @@ def test_starting_fresh_drops_the_previous_runs_logs(tmp_path):
 def test_resume_key_changes_with_the_data_and_the_encoder():
     from types import SimpleNamespace
 
-    from lib.recipes.member import resume_key
+    from lib.recipes.finetune import member_resume_key
 
     plan = SimpleNamespace(fingerprint="cfg")
-    base = resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
-    assert base != resume_key(plan, SimpleNamespace(key="features-b"), SimpleNamespace(path="/c/encoders/enc-1"))
-    assert base != resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-2"))
+    base = member_resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-1"))
+    assert base == "cfg-features-a-enc-1"  # the layout run.json files of earlier runs hold
+    assert base != member_resume_key(plan, SimpleNamespace(key="features-b"), SimpleNamespace(path="/c/encoders/enc-1"))
+    assert base != member_resume_key(plan, SimpleNamespace(key="features-a"), SimpleNamespace(path="/c/encoders/enc-2"))
 
 
 def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch):
@@ -303,9 +303,9 @@ def test_the_schedule_checks_the_private_trainer_hooks_it_overrides(monkeypatch)
 
     assert "returns ('num_train_epochs', 'max_steps')" in schedule_hooks_problem(EightValues)
 
-    import lib.train.engine
+    import lib.train.schedule
 
-    monkeypatch.setattr(lib.train.engine, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
+    monkeypatch.setattr(lib.train.schedule, "schedule_hooks_problem", lambda: "Trainer._run_epoch does not exist")
     with pytest.raises(ConfigError, match=r"training.batch_sizes needs the private Trainer hooks of transformers 5.24.0 .*does not exist"):
         check_schedule_supported()
 
@@ -419,7 +419,7 @@ def test_plan_refuses_a_work_dir_that_holds_or_is_inside_the_checkpoint_or_the_d
     dataset_dirs, ssl_checkpoint, tmp_path, where
 ):
     from lib.config import DataConfig, FinetuneConfig, ModelConfig
-    from lib.recipes.plan import plan_run
+    from lib.recipes.finetune import plan_run
 
     train_dir, validation_dir = dataset_dirs
     work_dir, inside, field = {
@@ -442,7 +442,7 @@ def test_plan_refuses_a_work_dir_that_holds_or_is_inside_the_checkpoint_or_the_d
 
 def test_plan_refuses_a_non_empty_work_dir_it_did_not_make_before_any_work(dataset_dirs, ssl_checkpoint, tmp_path):
     from lib.config import DataConfig, FinetuneConfig, ModelConfig
-    from lib.recipes.plan import plan_run
+    from lib.recipes.finetune import plan_run
 
     foreign = tmp_path / "somebody-elses"
     foreign.mkdir()

@@ -8,18 +8,22 @@ import torch
 from safetensors.torch import load_file
 from transformers import ASTModel
 
+from lib.config import (
+    AugmentationConfig,
+    DataConfig,
+    FeatureConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TrainingConfig,
+)
+from lib.core.runtime import resolve_runtime, seed_everything
+from lib.data.features import build_feature_cache, load_split
+from lib.data.scan import scan_dataset
+from lib.evaluate.evaluation import evaluate_model
+from lib.evaluate.inference import predict_logits
 from lib.model import trunk
 from lib.model.checkpoint import export_encoder
-from lib.config import AugmentationConfig, DataConfig, FeatureConfig, FinetuneConfig, ModelConfig, TrainingConfig
-from lib.evaluate.evaluation import evaluate_model
-from lib.data.features import build_feature_cache, load_split
-from lib.evaluate.inference import predict_logits
-from lib.recipes.member import train_member
 from lib.model.classifier import ASTMeanPoolClassifier, apply_freezing, build_classifier
-from lib.recipes.plan import plan_run
-from lib.data.scan import scan_dataset
-from lib.core.runtime import resolve_runtime, seed_everything
-from lib.train.engine import train_classifier
 from lib.model.trunk import (
     TrunkStates,
     TrunkTail,
@@ -28,7 +32,8 @@ from lib.model.trunk import (
     frozen_trunk_layers,
     training_inputs,
 )
-from tests.helpers import CPU, StopAfterEpoch, small_config
+from lib.recipes.finetune import plan_run, train_member
+from tests.helpers import CPU, StopAfterEpoch, small_config, train_classifier
 
 
 def finetune_config(tmp_path: Path, train_dir=Path("train"), validation_dir=Path("validation"), ssl=Path("ssl"),
@@ -301,12 +306,12 @@ def test_a_compiled_tail_trains_saves_and_reloads_its_best_epoch_like_the_eager_
 def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatch):
     from collections import namedtuple
 
+    from transformers import ASTModel
+
     import lib.model.trunk as trunk_module
     from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
     from lib.data.features import FeatureCacheRef, FeatureParams
     from lib.model.classifier import apply_freezing, build_classifier
-    from transformers import ASTModel
-
     from tests.helpers import small_config
 
     usage = namedtuple("usage", "total used free")

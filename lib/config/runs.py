@@ -47,7 +47,7 @@ class FinetuneConfig(RunConfig):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @property
-    def member_work_dir(self) -> Path:
+    def run_work_dir(self) -> Path:
         return self.work_dir if self.work_dir is not None else self.output_dir / RUNS_FOLDER / self.name
 
 
@@ -139,7 +139,7 @@ class EnsembleConfig(Section):
         """Every member to train: the listed ones, then last-N per sweep value, each once per seed.
 
         Sweep value 0 is head only and num_layers (the encoder's layer count) full fine-tuning; without
-        num_layers a sweep value is taken as last-N (lib.recipes.plan.plan_ensemble passes it, after checking the bound).
+        num_layers a sweep value is taken as last-N (lib.recipes.finetune.plan_ensemble passes it, after checking the bound).
         """
         swept = [
             MemberVariant(name=f"last-{n}", head_only=n == 0, train_last_n_layers=0 if n in (0, num_layers) else n)

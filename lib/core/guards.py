@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
+
 from lib.core.errors import NonFiniteError
 
 SHOWN = 5  # names listed in a message; the count says how many more

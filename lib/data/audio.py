@@ -11,9 +11,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from lib.core.errors import display_path
-from lib.core.errors import AudioError
-from lib.core.errors import is_utf8
+from lib.core.errors import AudioError, display_path, is_utf8
 
 # torchaudio.functional.resample's defaults: its sinc kernel reaches this many zero crossings of
 # ROLLOFF x the lower rate's Nyquist frequency on each side of an output sample.

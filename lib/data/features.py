@@ -35,15 +35,19 @@ from datasets.table import MemoryMappedTable, concat_tables
 from pydantic import BaseModel, Field
 from transformers import ASTFeatureExtractor
 
-from lib.core.errors import AudioError
-from lib.data.audio import load_clip
 from lib.config import FeatureConfig
+from lib.core.errors import (
+    AudioError,
+    BadAudioError,
+    FeatureCacheCorrupt,
+    FeatureWorkerDied,
+)
 from lib.core.hashing import digest
-from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 from lib.core.layout import META_FILE
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
-from lib.core.errors import BadAudioError, FeatureCacheCorrupt, FeatureWorkerDied
 from lib.core.runtime import usable_cores
+from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.data.audio import load_clip
+from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 
 logger = logging.getLogger(__name__)
 

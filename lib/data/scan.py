@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lib.core.hashing import digest
 from lib.core.errors import ScanError, display_path, is_utf8
+from lib.core.hashing import digest
 from lib.data.audio import AUDIO_SUFFIXES, probe_clip
 
 logger = logging.getLogger(__name__)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
+
 from lib.core.errors import ScanError
 from lib.core.hashing import digest
-from lib.data.scan import BadFile, FingerprintMode, Manifest, fingerprint_listing, ignored_counts, list_class, no_clips_message, probe_clips, stop_or_skip
-
+from lib.data.scan import (
+    BadFile,
+    FingerprintMode,
+    Manifest,
+    fingerprint_listing,
+    ignored_counts,
+    list_class,
+    no_clips_message,
+    probe_clips,
+    stop_or_skip,
+)
 
 UNLABELED_LINK_RISK = (
     "inside another pretraining folder (a --data-dir or the --validation-dir), whose clips would be listed twice, "

@@ -11,15 +11,27 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from lib.evaluate.calibration import calibration_report, fit_temperature, greedy_selection, softmax
-from lib.core.layout import CALIBRATION_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
-from lib.evaluate.evaluation import split_report
-from lib.data.features import FeatureParams
-from lib.evaluate.metrics import summary_metrics
-from lib.core.layout import LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE
-from lib.evaluate.plots import leaderboard_plot, reliability_plot
 from lib.core.errors import EnsembleError
-from lib.core.layout import ENSEMBLE_FILE, MEMBER_FILE, PRETRAIN_FILE
+from lib.core.layout import (
+    CALIBRATION_FILE,
+    ENSEMBLE_FILE,
+    LEADERBOARD_PLOT_FILE,
+    MEMBER_FILE,
+    PREDICTIONS_FILE,
+    PRETRAIN_FILE,
+    RELIABILITY_PLOT_FILE,
+    TEST_PREDICTIONS_FILE,
+)
+from lib.data.features import FeatureParams
+from lib.evaluate.calibration import (
+    calibration_report,
+    fit_temperature,
+    greedy_selection,
+    softmax,
+)
+from lib.evaluate.evaluation import split_report
+from lib.evaluate.metrics import summary_metrics
+from lib.evaluate.plots import leaderboard_plot, reliability_plot
 
 REPUBLISH = "re-publish the member (re-run astft finetune, or astft ensemble, for it)"
 

@@ -10,14 +10,20 @@ import numpy as np
 from datasets import Dataset
 from pydantic import BaseModel
 
-from lib.evaluate.calibration import calibrate_member
 from lib.config import SUMMARY_METRICS
 from lib.core.guards import check_finite_logits, check_finite_tensors
+from lib.core.layout import (
+    CALIBRATION_FILE,
+    CONFUSION_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TEST_PREDICTIONS_FILE,
+)
+from lib.core.runtime import Runtime
+from lib.evaluate.calibration import calibrate_member
 from lib.evaluate.inference import predict_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
 from lib.model.classifier import ASTMeanPoolClassifier
-from lib.core.runtime import Runtime
-from lib.core.layout import CALIBRATION_FILE, CONFUSION_FILE, METRICS_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE
 
 
 class EvalResult(BaseModel):

@@ -10,6 +10,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+
 def summary_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """Accuracy, weighted precision/recall/F1 and balanced accuracy: lib.config.SUMMARY_METRICS."""
     precision, recall, f1, _ = precision_recall_fscore_support(

@@ -14,19 +14,24 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lib.evaluate.calibration import softmax
-from lib.core.layout import WEIGHTS_FILE
 from lib.config import PredictConfig
-from lib.core.errors import EnsembleError
-from lib.evaluate.ensemble import MemberInfo, REPUBLISH, check_compatible, resolve_members, soft_vote
-from lib.data.features import featurize, make_feature_extractor
-from lib.core.errors import NonFiniteError
+from lib.core.errors import EnsembleError, NonFiniteError
 from lib.core.guards import check_finite_tensors
-from lib.evaluate.inference import batch_logits
-from lib.model.classifier import ASTMeanPoolClassifier
+from lib.core.layout import WEIGHTS_FILE
 from lib.core.runtime import Runtime, resolve_runtime
 from lib.data.audio import AUDIO_SUFFIXES
+from lib.data.features import featurize, make_feature_extractor
 from lib.data.scan import format_bad_files
+from lib.evaluate.calibration import softmax
+from lib.evaluate.ensemble import (
+    REPUBLISH,
+    MemberInfo,
+    check_compatible,
+    resolve_members,
+    soft_vote,
+)
+from lib.evaluate.inference import batch_logits
+from lib.model.classifier import ASTMeanPoolClassifier
 
 logger = logging.getLogger(__name__)
 # An existing --output is overwritten only if it looks like an earlier CSV, never e.g. a .wav or weights.

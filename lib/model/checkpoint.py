@@ -26,12 +26,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import ASTConfig, ASTModel
 
+from lib.core.errors import CheckpointError
 from lib.core.guards import name_list, nonfinite_tensors
 from lib.core.hashing import digest
-from lib.model.classifier import SPECIAL_TOKENS
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
-from lib.core.errors import CheckpointError
 from lib.core.layout import REPORT_FILE, WEIGHTS_FILE
+from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.model.classifier import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 

@@ -34,16 +34,16 @@ from torch import nn
 from transformers import default_data_collator
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from lib.model.checkpoint import architecture_dict
 from lib.config import FinetuneConfig
-from lib.data.features import FeatureCacheRef, load_split
-from lib.core.hashing import digest
-from lib.model.classifier import ASTMeanPoolClassifier
-from lib.core.runtime import Runtime
-from lib.data.scan import SPLITS
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
 from lib.core.errors import TrunkOverflow
+from lib.core.hashing import digest
 from lib.core.layout import TRUNK_DIR
+from lib.core.runtime import Runtime
+from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.data.features import FeatureCacheRef, load_split
+from lib.data.scan import SPLITS
+from lib.model.checkpoint import architecture_dict
+from lib.model.classifier import ASTMeanPoolClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def training_inputs(
 ) -> TrainingInputs:
     """The tail on a (possibly new) trunk cache when eligible, else the classifier on the features; logged."""
     layers, reason = frozen_trunk_layers(config, classifier.config)
-    if layers is None:  # lib.recipes.member logs the outcome (used, or why not) once
+    if layers is None:  # lib.recipes.finetune logs the outcome (used, or why not) once
         return TrainingInputs(
             classifier, load_split(features, "train"), load_split(features, "validation"),
             TrunkCacheInfo(used=False, reason=reason),

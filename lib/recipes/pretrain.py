@@ -15,73 +15,93 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
-from pydantic import BaseModel, ConfigDict
-from transformers import ASTConfig, EvalPrediction, Trainer, TrainerCallback, default_data_collator
+from pydantic import BaseModel
+from transformers import (
+    ASTConfig,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+)
 
-from lib.data.audio import source_frames
-from lib.core.errors import CheckpointError
-from lib.model.checkpoint import BUNDLED_CONFIG, architecture_dict, patch_grid, read_ast_config
 from lib.config import PretrainConfig, PretrainModelConfig
-from lib.core.errors import ConfigError
-from lib.data.features import FRAME_SHIFT_MS, FeatureCacheRef, FeatureParams, fbank_frames, load_split, make_feature_extractor
-from lib.core.layout import PRETRAIN_FILE
-from lib.core.guards import check_finite_folder
+from lib.core.errors import CheckpointError, ConfigError, ScanError
 from lib.core.hashing import digest
-from lib.model.masked_patches import STATS, MaskedPatchModel, maskable_patches, masked_counts, summarise
-from lib.core.errors import TrainingOutOfMemory
-from lib.core.layout import check_member_destination
-from lib.recipes.plan import check_clip_fits, check_output_folders, check_work_dir_apart
-from lib.evaluate.plots import training_curves
-from lib.publish.folder import publish_member, trained_by
+from lib.core.layout import (
+    BEST_FOLDER,
+    FINAL_MODEL_DIR,
+    LOG_HISTORY_FILE,
+    PRETRAIN_CURVES_FILE,
+    PRETRAIN_FILE,
+    SSL_FOLDER,
+    check_member_destination,
+)
 from lib.core.runtime import Runtime, resolve_runtime, seed_everything
-from lib.core.errors import ScanError
-from lib.data.scan import Clip, Manifest, SPLITS
+from lib.data.audio import source_frames
+from lib.data.features import (
+    FRAME_SHIFT_MS,
+    FeatureCacheRef,
+    FeatureParams,
+    fbank_frames,
+    load_split,
+    make_feature_extractor,
+)
+from lib.data.scan import SPLITS, Clip, Manifest
 from lib.data.unlabeled import check_unlabeled_roots, unlabeled_roots
-from lib.core.layout import LOG_HISTORY_FILE
+from lib.evaluate.plots import training_curves
+from lib.model.checkpoint import (
+    BUNDLED_CONFIG,
+    architecture_dict,
+    patch_grid,
+    read_ast_config,
+)
+from lib.model.masked_patches import (
+    STATS,
+    MaskedPatchModel,
+    maskable_patches,
+    masked_counts,
+    summarise,
+)
+from lib.publish.folder import PublishSpec, publish_folder, trained_by
+from lib.recipes.planning import (
+    Plan,
+    check_clip_fits,
+    check_output_folders,
+    check_work_dir_apart,
+)
 from lib.train.arguments import (
     SpeedSettings,
     attention_implementation,
     check_tensorboard_installed,
+    log_speed_settings,
+    pretrain_arguments,
     run_callbacks,
     speed_settings,
-    trainer_arguments,
 )
+from lib.train.engine import TrainerSetup, resume_key, run_trainer
 from lib.train.epochs import EpochRecord, read_epoch_records
-from lib.train.workdir import RunOwner, prepare_work_dir
-from lib.core.layout import FINAL_MODEL_DIR, PRETRAIN_CURVES_FILE, SSL_FOLDER
+from lib.train.workdir import RunKind, RunOwner
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("nce", "mse", "total", "accuracy")  # what lib.model.masked_patches.summarise reports, per epoch
 
 
-class PretrainPlan(BaseModel):
-    """A checked PretrainConfig and what the stages need from it."""
+class PretrainPlan(Plan):
+    """A checked PretrainConfig: the encoder's architecture (strides = patch size, max_length = frames) and the
+    feature parameters fitted to it, the runtime, the fingerprint."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    kind: ClassVar[RunKind] = "pretrain"
+    published_folder: ClassVar[str] = SSL_FOLDER
 
     config: PretrainConfig
-    encoder: dict  # architecture_dict of the encoder's ASTConfig (strides = patch size, max_length = frames)
-    encoder_source: str
-    feature_params: FeatureParams
     runtime: Runtime
-    fingerprint: str
-
-    @property
-    def work_dir(self) -> Path:
-        return self.config.run_work_dir
-
-    @property
-    def owner(self) -> RunOwner:
-        """Whose work dir it is (run.json): a fine-tune's, or another encoder's, is refused."""
-        return RunOwner(kind="pretrain", name=self.config.name)
-
-    @property
-    def ssl_root(self) -> Path:
-        return self.config.output_dir / SSL_FOLDER
+    encoder: dict  # architecture_dict of the encoder's ASTConfig
+    encoder_source: str
 
     @property
     def encoder_config(self) -> ASTConfig:
@@ -136,9 +156,9 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
         config.run_work_dir,
         config.work_dir is not None,
         {**folders, "the published encoders, output_dir/ssl": config.output_dir / SSL_FOLDER,
-         "the published members, output_dir/best": config.output_dir / "best"},
+         "the published members, output_dir/best": config.output_dir / BEST_FOLDER},
         "<output_dir>/ssl-runs/<name>",
-        RunOwner(kind="pretrain", name=config.name),
+        RunOwner(kind=PretrainPlan.kind, name=config.name),
     )
     encoder, source = encoder_config(config.model, config.features.max_frames)
     check_clip_fits(config.features, encoder.max_length)
@@ -296,9 +316,9 @@ class PretrainOutcome(BaseModel):
     parameters: dict[str, int]
 
 
-def resume_key(plan: PretrainPlan, features: FeatureCacheRef) -> str:
-    """What must match for a work dir's checkpoints to be resumed: config, clips and features, architecture."""
-    return f"{plan.fingerprint}-{features.key}-{digest(plan.encoder, 12)}"
+def encoder_resume_key(plan: PretrainPlan, features: FeatureCacheRef) -> str:
+    """The resume key of a pretraining run: its config, its features and the encoder's architecture."""
+    return resume_key(plan.fingerprint, features.key, digest(plan.encoder, 12))
 
 
 def pretrain_encoder(
@@ -328,51 +348,40 @@ def pretrain_encoder(
         plan.encoder["patch_size"], objective.masking, objective.mask_ratio, plan.masked_per_clip,
         objective.generative_weight,
     )
-    # train (resuming the work dir's last checkpoint of this same run)
-    work_dir = plan.work_dir
-    resume_from = prepare_work_dir(work_dir, resume_key(plan, features), plan.owner)
-    if resume_from:
-        logger.info("resuming from %s", resume_from)
-    train_log = work_dir / f"train_log{config.name}.txt"
-    every = training.checkpoint_every_steps
-    trainer = MaskedPatchTrainer(
-        generative_weight=objective.generative_weight,
+    # train (resuming the work dir's last checkpoint of this same run); SSAST keeps the last epoch
+    train_log = plan.work_dir / f"train_log{config.name}.txt"
+    run = run_trainer(TrainerSetup(
+        trainer_class=MaskedPatchTrainer,
+        trainer_options={"generative_weight": objective.generative_weight},
         model=model,
-        args=trainer_arguments(
-            training, work_dir, plan.runtime,
-            **({"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "epoch"}),
-            label_names=["labels"],  # the pseudo-class: present so that evaluation calls compute_metrics
-        ),
+        arguments=pretrain_arguments(training, plan.work_dir, plan.runtime),
         train_dataset=train,
         eval_dataset=validation,
+        work_dir=plan.work_dir,
+        resume_key=encoder_resume_key(plan, features),
+        owner=plan.owner,
+        model_dir=plan.work_dir / FINAL_MODEL_DIR,
+        describe=(
+            f"encoder {config.name} (per-device batch size {training.batch_size}, "
+            f"{plan.feature_params.max_frames} frames, {plan.runtime.precision})"
+        ),
         processing_class=make_feature_extractor(features.params),  # saved beside each checkpoint
         data_collator=default_data_collator,
         compute_metrics=masked_patch_metrics(objective.generative_weight),
-        callbacks=run_callbacks(training, work_dir, train_log, on_epoch, extra_callbacks, train_keys=METRICS),
-    )
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except torch.cuda.OutOfMemoryError as error:
-        raise TrainingOutOfMemory(
-            f"GPU out of memory pretraining {config.name} (batch size {training.batch_size}, "
-            f"{plan.feature_params.max_frames} frames, {plan.runtime.precision}). Lower training.batch_size "
-            "(--batch-size) and raise gradient_accumulation_steps, or cut features.max_frames. Finished "
-            "checkpoints are kept: re-running the same config resumes from them."
-        ) from error
-    # the final weights (SSAST keeps its last epoch: masked-patch scores choose no epoch)
-    model_dir = work_dir / FINAL_MODEL_DIR
-    trainer.save_model(str(model_dir))
-    (work_dir / LOG_HISTORY_FILE).write_text(json.dumps(trainer.state.log_history, indent=2))
+        callbacks=run_callbacks(training, plan.work_dir, train_log, on_epoch, extra_callbacks, train_keys=METRICS),
+    ))
+    speed = speed_settings(training, plan.runtime, attention_implementation(model))
+    log_speed_settings(speed)
     return PretrainOutcome(
-        work_dir=str(work_dir),
-        model_dir=str(model_dir),
+        work_dir=run.work_dir,
+        model_dir=run.model_dir,
         train_log=str(train_log),
-        resumed_from=resume_from,
-        epochs=read_epoch_records(work_dir),
-        optimizer_steps=trainer.state.global_step,
+        resumed_from=run.resumed_from,
+        epochs=read_epoch_records(plan.work_dir),
+        optimizer_steps=run.optimizer_steps,
         precision=plan.runtime.precision,
         device=plan.runtime.device,
-        speed=speed_settings(training, plan.runtime, attention_implementation(model)),
+        speed=speed,
         parameters={
             "encoder": sum(p.numel() for p in model.encoder.parameters()),
             "heads": sum(p.numel() for name, p in model.named_parameters() if not name.startswith("encoder.")),
@@ -444,10 +453,14 @@ def publish_encoder(
 ) -> Path:
     """Publish the final model to <output_dir>/ssl/<name>/ with one rename: the SSL checkpoint, its config,
     the feature extractor's parameters, pretrain.json, the train log and the curves."""
-    name, model_dir = plan.config.name, Path(outcome.model_dir)
-    check_finite_folder(model_dir, f"encoder {name}", f"not published; {plan.ssl_root / name} is left as it was")
-    history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
-    curves = training_curves(history, "accuracy", None, Path(outcome.work_dir) / PRETRAIN_CURVES_FILE)
-    sources = {"": model_dir, Path(outcome.train_log).name: Path(outcome.train_log), PRETRAIN_CURVES_FILE: curves}
-    record = pretrain_record(plan, features, outcome, flow_run_id)
-    return publish_member(plan.ssl_root, name, sources, {PRETRAIN_FILE: record}, kind="encoder")
+    model_dir, work_dir = Path(outcome.model_dir), Path(outcome.work_dir)
+    history = json.loads((work_dir / LOG_HISTORY_FILE).read_text())
+    curves = training_curves(history, "accuracy", None, work_dir / PRETRAIN_CURVES_FILE)
+    return publish_folder(PublishSpec(
+        root=plan.publish_root,
+        name=plan.config.name,
+        kind="encoder",
+        sources={"": model_dir, Path(outcome.train_log).name: Path(outcome.train_log), PRETRAIN_CURVES_FILE: curves},
+        json_files={PRETRAIN_FILE: pretrain_record(plan, features, outcome, flow_run_id)},
+        finite=(model_dir,),
+    ))

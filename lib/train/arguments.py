@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel
-from transformers import PretrainedConfig, TrainerCallback, TrainingArguments
+from transformers import PretrainedConfig, TrainerCallback
 
-from lib.config import PretrainTrainingConfig, TrainingConfig
+from lib.config import PretrainTrainingConfig, TrainingConfig, TrainingSettings
 from lib.core.errors import ConfigError
 from lib.core.guards import NonFiniteLossCallback
-from lib.core.runtime import Runtime, usable_cores
 from lib.core.layout import EPOCHS_FILE
+from lib.core.runtime import Runtime, usable_cores
 from lib.train.epochs import EpochLogCallback, EpochRecord
 from lib.train.schedule import epoch_batch_sizes
 
@@ -54,62 +54,68 @@ def attention_implementation(model: torch.nn.Module) -> str | None:
     )
 
 
-def speed_settings(config: TrainingConfig | PretrainTrainingConfig, runtime: Runtime, attention: str | None = None) -> SpeedSettings:
-    """The speed settings of config on this runtime: the GPU-only ones are off on CPU."""
+def speed_settings(
+    settings: TrainingSettings, runtime: Runtime, attention: str | None = None, num_processes: int = 1
+) -> SpeedSettings:
+    """The speed settings of a training section on this runtime: the GPU-only ones are off on CPU."""
     return SpeedSettings(
         attention=attention,
         tf32=runtime.tf32,
         # transformers' own default since torch 2.8, on CPU too; named here so it never depends on its version
-        optimizer="adamw_torch_fused" if config.optimizer == "auto" else config.optimizer,
-        compile=config.compile,
-        pin_memory=config.pin_memory and runtime.device == "cuda",
-        dataloader_num_workers=dataloader_workers(config.dataloader_num_workers, runtime, getattr(config, "num_processes", 1)),
+        optimizer="adamw_torch_fused" if settings.optimizer == "auto" else settings.optimizer,
+        compile=settings.compile,
+        pin_memory=settings.pin_memory and runtime.device == "cuda",
+        dataloader_num_workers=dataloader_workers(settings.dataloader_num_workers, runtime, num_processes),
     )
 
 
-def training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> dict:
-    """TrainingArguments' keyword arguments for fine-tuning this config on this runtime.
-
-    A plain dict: what a CUDA runtime gets can be checked on a CPU, where TrainingArguments itself
-    refuses tf32 (it probes the GPU).
-    """
+def finetune_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> dict:
+    """TrainingArguments' keyword arguments for fine-tuning: a checkpoint per epoch, the best epoch by the chosen
+    metric loaded back at the end, the first epoch's batch size (EpochBatchSizeTrainer sets the later ones)."""
     metric = config.metric_for_best_model
-    return trainer_kwargs(
-        config,
-        work_dir,
-        runtime,
-        save_strategy="epoch",
-        load_best_model_at_end=True,
-        metric_for_best_model=metric,
-        greater_is_better=metric != "loss",
-        per_device_train_batch_size=epoch_batch_sizes(config)[0],  # later epochs: EpochBatchSizeTrainer
-    )
+    arguments = shared_arguments(config, work_dir, runtime, config.num_processes)
+    return arguments | {
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric,
+        "greater_is_better": metric != "loss",
+        "per_device_train_batch_size": epoch_batch_sizes(config)[0],
+        # the schedule builds a new train loader every epoch, whose workers would otherwise linger
+        "dataloader_persistent_workers": arguments["dataloader_persistent_workers"] and not config.batch_sizes,
+    }
 
 
-def build_training_arguments(config: TrainingConfig, work_dir: Path, runtime: Runtime) -> TrainingArguments:
-    return TrainingArguments(**training_arguments(config, work_dir, runtime))
+def pretrain_arguments(config: PretrainTrainingConfig, work_dir: Path, runtime: Runtime) -> dict:
+    """TrainingArguments' keyword arguments for pretraining: checkpoints per epoch or every N steps, the last
+    epoch kept (SSAST's choice: masked-patch scores choose no epoch)."""
+    every = config.checkpoint_every_steps
+    return shared_arguments(config, work_dir, runtime) | {
+        **({"save_strategy": "steps", "save_steps": every} if every else {"save_strategy": "epoch"}),
+        "label_names": ["labels"],  # the pseudo-class: present so that evaluation calls compute_metrics
+    }
 
 
-def trainer_kwargs(
-    config: TrainingConfig | PretrainTrainingConfig, work_dir: Path, runtime: Runtime, **overrides
-) -> dict:
-    """What every run here shares (fine-tuning and pretraining): per-epoch evaluation and logging, cosine LR
-    with warmup, the runtime's device and precision, the speed settings, no NaN filtering; `overrides` add
-    or replace arguments."""
-    speed = speed_settings(config, runtime)
+def shared_arguments(settings: TrainingSettings, work_dir: Path, runtime: Runtime, num_processes: int = 1) -> dict:
+    """What every run shares: per-epoch evaluation and logging, cosine LR with warmup, the runtime's device and
+    precision, the speed settings, no NaN filtering.
+
+    A plain dict: what a CUDA runtime gets can be checked on a CPU, where TrainingArguments itself refuses tf32
+    (it probes the GPU).
+    """
+    speed = speed_settings(settings, runtime, num_processes=num_processes)
     return {
         "output_dir": str(work_dir),
         "eval_strategy": "epoch",
         "logging_strategy": "epoch",
-        "save_total_limit": config.save_total_limit,
-        "num_train_epochs": config.epochs,
-        "per_device_train_batch_size": config.batch_size,
-        "per_device_eval_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "learning_rate": config.learning_rate,
-        "weight_decay": config.weight_decay,
+        "save_total_limit": settings.save_total_limit,
+        "num_train_epochs": settings.epochs,
+        "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "learning_rate": settings.learning_rate,
+        "weight_decay": settings.weight_decay,
         "lr_scheduler_type": "cosine",
-        "warmup_steps": config.warmup_steps,
+        "warmup_steps": settings.warmup_steps,
         "fp16": runtime.fp16,
         "bf16": runtime.bf16,
         "use_cpu": runtime.device == "cpu",
@@ -117,27 +123,18 @@ def trainer_kwargs(
         "tf32": runtime.tf32 if runtime.device == "cuda" else None,
         "optim": speed.optimizer,
         "torch_compile": speed.compile,
-        "seed": config.seed,
+        "seed": settings.seed,
         "dataloader_num_workers": speed.dataloader_num_workers,
         "dataloader_pin_memory": speed.pin_memory,
-        # workers kept between epochs and evaluations; the per-epoch batch-size schedule builds a new
-        # train loader every epoch, whose workers would otherwise linger until it is collected
-        "dataloader_persistent_workers": speed.dataloader_num_workers > 0 and not getattr(config, "batch_sizes", None),
+        "dataloader_persistent_workers": speed.dataloader_num_workers > 0,  # kept between epochs and evaluations
         "report_to": "none",  # TensorBoard is added explicitly (run_callbacks), with its own log dir
         "logging_nan_inf_filter": False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
         "disable_tqdm": False,
-        **overrides,
     }
 
 
-def trainer_arguments(
-    config: TrainingConfig | PretrainTrainingConfig, work_dir: Path, runtime: Runtime, **overrides
-) -> TrainingArguments:
-    return TrainingArguments(**trainer_kwargs(config, work_dir, runtime, **overrides))
-
-
 def run_callbacks(
-    config: TrainingConfig | PretrainTrainingConfig,
+    settings: TrainingSettings,
     work_dir: Path,
     train_log: Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -148,10 +145,10 @@ def run_callbacks(
     extra_callbacks, and TensorBoard when asked for."""
     callbacks: list[TrainerCallback] = [
         NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
-        EpochLogCallback(train_log, config.epochs, Path(work_dir) / EPOCHS_FILE, on_epoch, train_keys),
+        EpochLogCallback(train_log, settings.epochs, Path(work_dir) / EPOCHS_FILE, on_epoch, train_keys),
         *extra_callbacks,
     ]
-    if config.tensorboard:
+    if settings.tensorboard:
         callbacks.append(_tensorboard_callback(Path(work_dir)))
     return callbacks
 
@@ -177,3 +174,12 @@ def _tensorboard_callback(work_dir: Path) -> TrainerCallback:
     from transformers.integrations import TensorBoardCallback
 
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(work_dir / "tensorboard")))
+
+
+def log_speed_settings(speed: SpeedSettings) -> None:
+    """One log line: what a run's speed settings resolved to on its device."""
+    logger.info(
+        "speed settings: attention %s, tf32 %s, %s, compile %s, pin_memory %s, %d DataLoader workers",
+        speed.attention, "on" if speed.tf32 else "off", speed.optimizer, "on" if speed.compile else "off",
+        "on" if speed.pin_memory else "off", speed.dataloader_num_workers,
+    )

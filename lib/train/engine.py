@@ -1,125 +1,129 @@
-"""Trainer assembly: TrainingArguments, batch-size schedule, callbacks, work-dir ownership, resume."""
+"""run_trainer: the one HF Trainer loop both recipes use (work dir, resume, train, out-of-memory message, save).
+
+A recipe (lib.recipes.finetune, lib.recipes.pretrain) describes its run as a TrainerSetup: the Trainer
+class and what it is built with, where the work dir is and what must match to resume from it. run_trainer
+claims the work dir, resumes this same run's last checkpoint or starts fresh, trains, saves the model to
+setup.model_dir and writes Trainer's log history beside it, and returns a TrainerRun.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
 from pydantic import BaseModel
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from lib.data.augment import augmenting_trainer
-from lib.config import TrainingConfig
-from lib.evaluate.metrics import compute_metrics
-from lib.core.runtime import Runtime
-from lib.core.layout import BEST_MODEL_DIR, LOG_HISTORY_FILE
-from lib.train.arguments import SpeedSettings, attention_implementation, build_training_arguments, run_callbacks, speed_settings
-from lib.train.epochs import EpochRecord
-from lib.train.schedule import EpochBatchSizeTrainer, epoch_batch_sizes
+from lib.core.errors import TrainingOutOfMemory
+from lib.core.layout import LOG_HISTORY_FILE
 from lib.train.workdir import RunOwner, prepare_work_dir
 
 logger = logging.getLogger(__name__)
 
 
-class TrainResult(BaseModel):
-    """What a Trainer run left: where the best model is, how it was chosen, how the run went."""
+def resume_key(run_fingerprint: str, features_key: str, model_key: str) -> str:
+    """What must match for a work dir's checkpoints to be resumed: the config's fingerprint, the exact clips
+    and features (the feature cache key covers the scan fingerprint), and the model it started from."""
+    return f"{run_fingerprint}-{features_key}-{model_key}"
+
+
+@dataclass
+class TrainerSetup:
+    """One Trainer run as a recipe describes it; run_trainer builds the Trainer from it and runs it."""
+
+    trainer_class: type[Trainer]
+    model: torch.nn.Module
+    arguments: dict[str, Any]  # TrainingArguments' keyword arguments (lib.train.arguments)
+    train_dataset: Dataset
+    eval_dataset: Dataset
+    work_dir: Path
+    resume_key: str
+    owner: RunOwner  # whose work dir it is (run.json)
+    model_dir: Path  # where the trained model is saved when training ends
+    # what trains, as the out-of-memory message names it: "member x (per-device batch size 8, 128 frames, ...)"
+    describe: str
+    memory_fixes: Sequence[str] = ()  # fixes for running out of GPU memory besides the batch size and max_frames
+    processing_class: Any = None  # saved beside each checkpoint (the feature extractor)
+    data_collator: Callable | None = None
+    compute_metrics: Callable | None = None
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+    trainer_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of trainer_class's own
+    after_save: Callable[[Path], None] | None = None  # e.g. save another form of the model into model_dir
+
+
+class TrainerRun(BaseModel):
+    """What a Trainer run left: the saved model, where it resumed from, and Trainer's state at the end."""
 
     work_dir: str
-    best_model_dir: str
-    best_checkpoint: str | None
-    metric: str
+    model_dir: str
+    resumed_from: str | None
+    optimizer_steps: int
+    epochs_run: float
+    best_checkpoint: str | None  # with load_best_model_at_end: the checkpoint whose weights model_dir holds
     best_metric: float | None
     best_epoch: float | None
-    epochs_run: float
-    resumed_from: str | None
-    train_log: str
-    precision: str
-    device: str
-    batch_sizes: list[int]  # train batch size of each epoch
-    optimizer_steps: int
-    speed: SpeedSettings
 
 
-def train_classifier(
-    model: torch.nn.Module,
-    train_dataset: Dataset,
-    eval_dataset: Dataset,
-    processing_class,
-    config: TrainingConfig,
-    work_dir: Path,
-    train_log: Path,
-    run_fingerprint: str,
-    runtime: Runtime,
-    extra_callbacks: Sequence[TrainerCallback] = (),
-    data_collator: Callable | None = None,
-    save_best: Callable[[Path], None] | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    owner: RunOwner | None = None,
-) -> TrainResult:
-    """Fine-tune with HF Trainer, keep the best epoch by the chosen metric, save it to work_dir/best-model.
-
-    The train batch size follows config.batch_sizes per epoch; extra_callbacks observe the run.
-    data_collator replaces Trainer's (the feature extractor's padding collator, which expects
-    input_values); save_best(best_dir) runs after the best model is saved there, e.g. to save
-    another form of it (lib.model.trunk.TrunkTail saves its full classifier); on_epoch(record) runs after
-    each epoch's validation (e.g. to report progress); owner is whose work dir it is (prepare_work_dir).
-    """
-    work_dir = Path(work_dir)
-    resume_from = prepare_work_dir(work_dir, run_fingerprint, owner)
+def run_trainer(setup: TrainerSetup) -> TrainerRun:
+    """Claim the work dir, resume or start fresh, train, save the model and the log history."""
+    work_dir = Path(setup.work_dir)
+    resume_from = prepare_work_dir(work_dir, setup.resume_key, setup.owner)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    callbacks = run_callbacks(config, work_dir, train_log, on_epoch, extra_callbacks)
-    # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also
-    # covers torchrun/DDP, which the schedule does not.
-    schedule = {"epoch_batch_sizes": epoch_batch_sizes(config)} if config.batch_sizes else {}
-    trainer_class = EpochBatchSizeTrainer if config.batch_sizes else Trainer
-    # Unaugmented runs keep the plain classes, so they train exactly as before augmentation existed.
-    augment = {"augmentation": config.augmentation} if config.augmentation.enabled else {}
-    trainer_class = augmenting_trainer(trainer_class) if augment else trainer_class
-    trainer = trainer_class(
-        **schedule,
-        **augment,
-        model=model,
-        args=build_training_arguments(config, work_dir, runtime),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=processing_class,
-        data_collator=data_collator,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
+    trainer = setup.trainer_class(
+        **setup.trainer_options,
+        model=setup.model,
+        args=TrainingArguments(**setup.arguments),
+        train_dataset=setup.train_dataset,
+        eval_dataset=setup.eval_dataset,
+        processing_class=setup.processing_class,
+        data_collator=setup.data_collator,
+        compute_metrics=setup.compute_metrics,
+        callbacks=setup.callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
-
-    best_dir = work_dir / BEST_MODEL_DIR
-    trainer.save_model(str(best_dir))  # load_best_model_at_end put the best epoch's weights back
-    if save_best is not None:
-        save_best(best_dir)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.cuda.OutOfMemoryError as error:
+        raise out_of_memory(setup) from error
+    trainer.save_model(str(setup.model_dir))  # with load_best_model_at_end: the best epoch's weights
+    if setup.after_save is not None:
+        setup.after_save(Path(setup.model_dir))
     state = trainer.state
     (work_dir / LOG_HISTORY_FILE).write_text(json.dumps(state.log_history, indent=2))
-    best_epoch = None
-    if state.best_model_checkpoint:
-        best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
-        best_epoch = next(
-            (entry["epoch"] for entry in state.log_history if entry.get("step") == best_step and "eval_loss" in entry),
-            None,
-        )
-    return TrainResult(
+    return TrainerRun(
         work_dir=str(work_dir),
-        best_model_dir=str(best_dir),
-        best_checkpoint=state.best_model_checkpoint,
-        metric=config.metric_for_best_model,
-        best_metric=state.best_metric,
-        best_epoch=best_epoch,
-        epochs_run=state.epoch or 0.0,
+        model_dir=str(setup.model_dir),
         resumed_from=resume_from,
-        train_log=str(train_log),
-        precision=runtime.precision,
-        device=runtime.device,
-        batch_sizes=epoch_batch_sizes(config),
         optimizer_steps=state.global_step,
-        speed=speed_settings(config, runtime, attention_implementation(model)),
+        epochs_run=state.epoch or 0.0,
+        best_checkpoint=state.best_model_checkpoint,
+        best_metric=state.best_metric,
+        best_epoch=best_epoch(state.best_model_checkpoint, state.log_history),
+    )
+
+
+def best_epoch(best_checkpoint: str | None, log_history: list[dict]) -> float | None:
+    """The epoch of the checkpoint load_best_model_at_end chose, from the evaluation logged at its step."""
+    if not best_checkpoint:
+        return None
+    step = int(Path(best_checkpoint).name.split("-")[-1])
+    return next((entry["epoch"] for entry in log_history if entry.get("step") == step and "eval_loss" in entry), None)
+
+
+def out_of_memory(setup: TrainerSetup) -> TrainingOutOfMemory:
+    """The one out-of-memory message: what was training, and the knobs that lower its memory."""
+    fixes = [
+        "lower training.batch_size (--batch-size) and raise gradient_accumulation_steps to keep the effective batch",
+        *setup.memory_fixes,
+        "cut features.max_frames (--max-frames)",
+    ]
+    return TrainingOutOfMemory(
+        f"GPU out of memory training {setup.describe}. To fit: {'; or '.join(fixes)}. Checkpoints already saved "
+        "are kept: re-running the same config resumes from them."
     )

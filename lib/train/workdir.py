@@ -11,7 +11,13 @@ from typing import Literal
 from pydantic import BaseModel
 
 from lib.core.errors import ConfigError
-from lib.core.layout import BEST_MODEL_DIR, EPOCHS_FILE, LOG_HISTORY_FILE, PARTIAL_RUN_FILE, RUN_FILE
+from lib.core.layout import (
+    BEST_MODEL_DIR,
+    EPOCHS_FILE,
+    LOG_HISTORY_FILE,
+    PARTIAL_RUN_FILE,
+    RUN_FILE,
+)
 from lib.train.epochs import read_epoch_records
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,499 @@
+"""Fine-tuning recipe: one member from an SSL checkpoint, read top to bottom as transformers' run_audio_classification.
+
+plan:     plan_run checks a FinetuneConfig before any work (plan_ensemble: each member of an ensemble)
+train:    train_member builds the classifier from the stripped encoder, freezes per variant, and runs the
+          shared Trainer loop (lib.train.engine) on the features or the frozen-trunk cache; in this process,
+          or on N processes under torchrun (`python -m lib.recipes.finetune SPEC.json` on every rank)
+publish:  publish_member puts the best model, its reports and manifest under <output_dir>/best/<name>
+
+Longer than 400 lines on purpose: the three stages read as one recipe, as transformers' example does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from datasets import Dataset
+from transformers import ASTConfig, ASTModel, Trainer, TrainerCallback
+
+from lib.config import EncoderConfig, EnsembleConfig, FinetuneConfig, TrainingConfig
+from lib.core.errors import CheckpointError, ConfigError, ScanError
+from lib.core.layout import (
+    BEST_FOLDER,
+    BEST_MODEL_DIR,
+    CONFUSION_FILE,
+    CONFUSION_PLOT_FILE,
+    LABEL_MAP_FILE,
+    LOG_HISTORY_FILE,
+    MEMBER_FILE,
+    REPORT_FILES,
+    RUN_CONFIG_FILE,
+    TRAINING_CURVES_FILE,
+    WEIGHTS_FILE,
+    check_member_destination,
+)
+from lib.core.runtime import Runtime, apply_tf32, check_portable, resolve_runtime, seed_everything
+from lib.data.augment import augmenting_trainer
+from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
+from lib.data.scan import check_distinct_splits, split_roots
+from lib.evaluate.evaluation import EvalResult
+from lib.evaluate.metrics import compute_metrics
+from lib.evaluate.plots import confusion_matrix_plot, training_curves
+from lib.model.checkpoint import EncoderRef, config_for_frames, resolve_encoder_config
+from lib.model.classifier import apply_freezing, build_classifier
+from lib.model.trunk import TrainingInputs, TrunkCacheInfo, training_inputs
+from lib.publish.folder import PublishSpec, publish_folder, trained_by
+from lib.recipes.planning import (
+    Plan,
+    check_clip_fills_one_window,
+    check_clip_fits,
+    check_output_folders,
+    check_work_dir_apart,
+)
+from lib.train.arguments import (
+    SpeedSettings,
+    attention_implementation,
+    check_tensorboard_installed,
+    finetune_arguments,
+    log_speed_settings,
+    run_callbacks,
+    speed_settings,
+)
+from lib.train.engine import TrainerSetup, resume_key, run_trainer
+from lib.train.epochs import EpochRecord
+from lib.train.launch import launch_ranks
+from lib.train.schedule import EpochBatchSizeTrainer, check_schedule_supported, epoch_batch_sizes
+from lib.train.workdir import RunKind, RunOwner, claim_work_dir, prepare_work_dir
+
+logger = logging.getLogger(__name__)
+
+EpochHook = Callable[[EpochRecord], None]
+
+
+# --- plan ------------------------------------------------------------------------------------------------------
+
+DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # test_dir is optional (None)
+
+
+class FinetunePlan(Plan):
+    """A checked FinetuneConfig: the feature parameters fitted to the encoder, the runtime, the fingerprint."""
+
+    kind: ClassVar[RunKind] = "finetune"
+    published_folder: ClassVar[str] = BEST_FOLDER
+
+    config: FinetuneConfig
+
+
+def check_work_dir_location(config: FinetuneConfig) -> None:
+    """The work dir must neither hold, nor be, nor lie inside the SSL checkpoint or the data, and be ours.
+
+    A run deletes checkpoint-* folders in its work dir (another config's, or ones interrupted while
+    saving), and the SSL checkpoint is typically such a folder of the SSL run.
+    """
+    protected = {
+        "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
+        "data.train_dir (--train-dir)": config.data.train_dir,
+        "data.validation_dir (--validation-dir)": config.data.validation_dir,
+        "data.test_dir (--test-dir)": config.data.test_dir,
+        # published members: a link there could pass for an incomplete checkpoint-N and be removed
+        "the published members, output_dir/best": config.output_dir / BEST_FOLDER,
+    }
+    check_work_dir_apart(
+        config.run_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>",
+        RunOwner(kind=FinetunePlan.kind, name=config.name),
+    )
+
+
+def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
+    """Fail fast on anything checkable without touching audio or weights; errors name the parameter.
+
+    trains_here=False plans a run that another machine trains (a scale-out member): only what holds
+    everywhere is checked, and the plan has no Runtime.
+    """
+    config = config.resolved()
+    _check_checkpoint(config.model.ssl_checkpoint)
+    for field in DATA_FOLDERS:
+        folder = getattr(config.data, field)
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
+    try:  # CLI, UI and deployment runs alike: a split that is another split measures nothing
+        check_distinct_splits(split_roots(config.data.train_dir, config.data.validation_dir, config.data.test_dir))
+    except ScanError as error:
+        raise ConfigError(str(error)) from error
+    check_output_folders(
+        {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
+        {f"data.{field} (--{field.replace('_', '-')})": getattr(config.data, field) for field in DATA_FOLDERS},
+    )
+    check_member_destination(config.output_dir / BEST_FOLDER / config.name)
+    check_work_dir_location(config)
+    check_clip_fills_one_window(config.features)
+    encoder_config, source = _encoder_config(config.model, config.features.max_frames)
+    check_clip_fits(config.features, encoder_config.max_length)
+    layers = encoder_config.num_hidden_layers
+    if config.model.train_last_n_layers > layers:
+        raise ConfigError(
+            f"model.train_last_n_layers (--train-last-n-layers) is {config.model.train_last_n_layers} "
+            f"but the encoder ({source}) has {layers} layers; use 1..{layers}, or 0 for full fine-tuning"
+        )
+    masks = config.training.augmentation
+    mel_bins, frames = encoder_config.num_mel_bins, encoder_config.max_length
+    if masks.freq_mask_bins > mel_bins or masks.time_mask_frames > frames:
+        raise ConfigError(
+            f"training.augmentation: freq_mask_bins={masks.freq_mask_bins} and time_mask_frames="
+            f"{masks.time_mask_frames} must not exceed the features' {mel_bins} mel bins and {frames} frames "
+            "(features.max_frames); narrow the masks"
+        )
+    # Device and precision are facts of the machine that trains: resolved here only if that is this one.
+    if trains_here:
+        runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
+    else:
+        check_portable(config.training.device, config.training.precision)
+        runtime = None
+    processes = config.training.num_processes
+    if processes > 1 and config.training.batch_sizes:
+        raise ConfigError(
+            "training.batch_sizes (a per-epoch schedule) works with one training process only; "
+            "drop it or set training.num_processes (--num-processes) to 1"
+        )
+    if config.training.batch_sizes:
+        check_schedule_supported()
+    if config.training.tensorboard:
+        check_tensorboard_installed()
+    if runtime is not None and runtime.device == "cuda" and processes > torch.cuda.device_count():
+        raise ConfigError(
+            f"training.num_processes is {processes} but only {torch.cuda.device_count()} CUDA devices are "
+            "visible; lower it (one process per GPU) or check CUDA_VISIBLE_DEVICES"
+        )
+    # Features are exactly as long as the (fitted) positional embeddings expect.
+    fitted = {"max_frames": encoder_config.max_length, "num_mel_bins": encoder_config.num_mel_bins}
+    return FinetunePlan(
+        config=config,
+        feature_params=FeatureParams(**config.features.model_dump() | fitted),
+        runtime=runtime,
+        fingerprint=config.fingerprint(),
+    )
+
+
+def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str, FinetunePlan]:
+    """Every member's plan, the sweep expanded against the encoder's layer count; before any work.
+
+    trains_here=False: the members train elsewhere (scale-out), see plan_run."""
+    num_layers = None
+    if config.sweep_last_n:
+        encoder_config, source = _encoder_config(config.model.resolved(), config.features.max_frames)
+        num_layers = encoder_config.num_hidden_layers
+        too_deep = sorted({n for n in config.sweep_last_n if n > num_layers})
+        if too_deep:
+            raise ConfigError(
+                f"sweep_last_n (--sweep-last-n) has {too_deep} but the encoder ({source}) has {num_layers} layers; "
+                f"use 0 (head only) to {num_layers} (full fine-tuning)"
+            )
+    return {
+        variant.name: plan_run(config.member_config(variant), trains_here) for variant in config.variants(num_layers)
+    }
+
+
+def _encoder_config(model: EncoderConfig, max_frames: int | None) -> tuple[ASTConfig, str]:
+    """The encoder's config fitted to max_frames, and where it came from (a missing checkpoint is named first)."""
+    _check_checkpoint(model.ssl_checkpoint)
+    try:
+        checkpoint_config, source = resolve_encoder_config(model.ssl_checkpoint, model.base_config)
+        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
+        return config_for_frames(checkpoint_config, max_frames), source
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise ConfigError(
+            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
+            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
+        )
+
+
+# --- train -----------------------------------------------------------------------------------------------------
+
+class TrainOutcome(BaseModel):
+    """A member's training: where its best model is, how it was chosen, how the run went, what trained."""
+
+    work_dir: str
+    best_model_dir: str
+    best_checkpoint: str | None
+    metric: str
+    best_metric: float | None
+    best_epoch: float | None
+    epochs_run: float
+    resumed_from: str | None
+    train_log: str
+    precision: str
+    device: str
+    batch_sizes: list[int]  # train batch size of each epoch
+    optimizer_steps: int
+    speed: SpeedSettings
+    parameters: dict[str, int]  # trainable, total, frozen
+    trunk_cache: TrunkCacheInfo
+
+
+class MemberSpec(BaseModel):
+    """What each torchrun rank needs to train a member (written to a file by the launching process)."""
+
+    plan: FinetunePlan
+    features: FeatureCacheRef
+    encoder: EncoderRef
+    outcome_file: str
+
+
+def member_resume_key(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> str:
+    """The resume key of a member: its config, its features and the stripped encoder's cache key."""
+    return resume_key(plan.fingerprint, features.key, Path(encoder.path).name)
+
+
+def train_member(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, on_epoch: EpochHook | None = None
+) -> TrainOutcome:
+    """Train one member on training.num_processes processes (torchrun), or in this one; log how it went.
+
+    on_epoch(record) is called in this process after each epoch's validation, either way.
+    """
+    config = plan.config
+    processes = config.training.num_processes
+    if processes > 1:
+        logger.info("training member %s on %d processes with torchrun", config.name, processes)
+        outcome = train_member_distributed(plan, features, encoder, processes, on_epoch)
+    else:
+        outcome = train_member_in_process(plan, features, encoder, on_epoch)
+    counts, trunk = outcome.parameters, outcome.trunk_cache
+    logger.info(
+        "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
+        config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
+        outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
+    )
+    logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
+                else "not used", trunk.reason)
+    log_speed_settings(outcome.speed)
+    return outcome
+
+
+def train_member_distributed(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, num_processes: int,
+    on_epoch: EpochHook | None = None,
+) -> TrainOutcome:
+    """train_member_in_process on num_processes torchrun ranks (this module's main); rank 0's outcome."""
+    # resume-or-fresh decided once, before the ranks start, so they never race on the work dir
+    prepare_work_dir(plan.work_dir, member_resume_key(plan, features, encoder), plan.owner)
+    spec = MemberSpec(plan=plan, features=features, encoder=encoder, outcome_file="")
+    outcome = launch_ranks(__name__, spec, num_processes, plan.work_dir, f"member {plan.config.name}", on_epoch)
+    return TrainOutcome.model_validate_json(outcome)
+
+
+def train_member_in_process(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, on_epoch: EpochHook | None = None
+) -> TrainOutcome:
+    """seed -> model (classifier from the stripped encoder, frozen per variant) -> data -> Trainer."""
+    config, training = plan.config, plan.config.training
+    # seed -> model
+    seed_everything(training.seed, training.deterministic)
+    model = build_classifier(
+        ASTModel.from_pretrained(encoder.path),
+        features.label_names,
+        pooling=config.model.pooling,
+        classifier_dropout=config.model.classifier_dropout,
+        attention=training.attention,
+    )
+    counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
+    claim_work_dir(plan.work_dir, plan.owner)  # before the trunk cache is built: a work dir we did not make is refused first
+    apply_tf32(plan.runtime)  # the trunk cache is computed before Trainer would set it
+    # data: the features, or (frozen, deterministic leading layers) their cached outputs with only the tail training
+    inputs = training_inputs(model, config, features, plan.runtime)
+    # train
+    run = run_trainer(member_trainer_setup(plan, features, encoder, inputs, on_epoch))
+    return TrainOutcome(
+        work_dir=run.work_dir,
+        best_model_dir=run.model_dir,
+        best_checkpoint=run.best_checkpoint,
+        metric=training.metric_for_best_model,
+        best_metric=run.best_metric,
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        resumed_from=run.resumed_from,
+        train_log=str(member_train_log(plan)),
+        precision=plan.runtime.precision,
+        device=plan.runtime.device,
+        batch_sizes=epoch_batch_sizes(training),
+        optimizer_steps=run.optimizer_steps,
+        speed=speed_settings(training, plan.runtime, attention_implementation(inputs.model), training.num_processes),
+        parameters=counts,
+        trunk_cache=inputs.trunk,
+    )
+
+
+def member_train_log(plan: FinetunePlan) -> Path:
+    return plan.work_dir / f"train_log{plan.config.name}.txt"
+
+
+def member_trainer_setup(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, inputs: TrainingInputs,
+    on_epoch: EpochHook | None = None,
+) -> TrainerSetup:
+    """A member's Trainer: the classifier (or its tail on the trunk cache) on this plan's work dir and features."""
+    config, training = plan.config, plan.config.training
+    return classifier_trainer_setup(
+        inputs.model, inputs.train, inputs.validation, training, plan.work_dir, plan.runtime,
+        # tail checkpoints hold the tail's state dict: never resumed as the classifier's, or back
+        member_resume_key(plan, features, encoder) + inputs.fingerprint_suffix,
+        owner=plan.owner,
+        train_log=member_train_log(plan),
+        describe=(
+            f"member {config.name} (per-device batch size {training.batch_sizes or training.batch_size}, "
+            f"{features.params.max_frames} frames, variant {config.model.freezing}, {plan.runtime.precision})"
+        ),
+        processing_class=make_feature_extractor(features.params),
+        data_collator=inputs.data_collator,  # the trunk cache's; else Trainer's default
+        after_save=inputs.save_best,  # a trunk tail also saves its full classifier
+        on_epoch=on_epoch,
+    )
+
+
+def classifier_trainer_setup(
+    model: torch.nn.Module,
+    train: Dataset,
+    validation: Dataset,
+    training: TrainingConfig,
+    work_dir: Path,
+    runtime: Runtime,
+    resume_key: str,
+    owner: RunOwner | None = None,
+    train_log: Path | None = None,
+    describe: str = "a classifier",
+    processing_class: Any = None,
+    data_collator: Callable | None = None,
+    after_save: Callable[[Path], None] | None = None,
+    on_epoch: EpochHook | None = None,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> TrainerSetup:
+    """Fine-tuning's Trainer for any classifier: a checkpoint per epoch, the best by the chosen metric saved to
+    work_dir/best-model, the per-epoch batch-size schedule and augmentation when asked for (unaugmented runs keep
+    the plain Trainer). extra_callbacks observe the run."""
+    # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also covers
+    # torchrun/DDP, which the schedule does not.
+    trainer_class: type[Trainer] = EpochBatchSizeTrainer if training.batch_sizes else Trainer
+    options: dict[str, Any] = {"epoch_batch_sizes": epoch_batch_sizes(training)} if training.batch_sizes else {}
+    if training.augmentation.enabled:
+        trainer_class = augmenting_trainer(trainer_class)
+        options["augmentation"] = training.augmentation
+    work_dir = Path(work_dir)
+    return TrainerSetup(
+        trainer_class=trainer_class,
+        trainer_options=options,
+        model=model,
+        arguments=finetune_arguments(training, work_dir, runtime),
+        train_dataset=train,
+        eval_dataset=validation,
+        work_dir=work_dir,
+        resume_key=resume_key,
+        owner=owner or RunOwner(),
+        model_dir=work_dir / BEST_MODEL_DIR,
+        describe=describe,
+        memory_fixes=(
+            "start a per-epoch batch-size schedule small (--batch-sizes)",
+            "train fewer layers (--train-last-n-layers / --head-only)",
+        ),
+        processing_class=processing_class,
+        data_collator=data_collator,
+        compute_metrics=compute_metrics,
+        callbacks=run_callbacks(training, work_dir, train_log or work_dir / "train_log.txt", on_epoch, extra_callbacks),
+        after_save=after_save,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One torchrun rank: train the member of the spec file; rank 0 writes the outcome."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = MemberSpec.model_validate_json(Path(argv[0]).read_text())
+    outcome = train_member_in_process(spec.plan, spec.features, spec.encoder)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(spec.outcome_file).write_text(outcome.model_dump_json())
+    return 0
+
+
+# --- publish ---------------------------------------------------------------------------------------------------
+
+def publish_member(
+    plan: FinetunePlan,
+    features: FeatureCacheRef,
+    encoder: EncoderRef,
+    outcome: TrainOutcome,
+    evaluation: EvalResult,
+    flow_run_id: str | None = None,
+) -> Path:
+    """Publish the best model, its evaluation reports, train log, plots and manifest to <output_dir>/best/<name>."""
+    report_dir = Path(evaluation.report_dir)
+    sources = {
+        "": Path(outcome.best_model_dir),
+        **{report: report_dir / report for report in REPORT_FILES if (report_dir / report).is_file()},
+        Path(outcome.train_log).name: Path(outcome.train_log),
+        **member_plots(outcome, report_dir),
+    }
+    return publish_folder(PublishSpec(
+        root=plan.publish_root,
+        name=plan.config.name,
+        kind="member",
+        sources=sources,
+        json_files=member_manifest(plan, features, encoder, outcome, flow_run_id),
+        finite=(Path(outcome.best_model_dir), report_dir),
+    ))
+
+
+def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
+    """training_curves.png (from the work dir's log_history.json) and confusion_matrix.png, written into report_dir."""
+    history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
+    confusion = json.loads((Path(report_dir) / CONFUSION_FILE).read_text())
+    return {
+        TRAINING_CURVES_FILE: training_curves(
+            history, outcome.metric, outcome.best_epoch, Path(report_dir) / TRAINING_CURVES_FILE
+        ),
+        CONFUSION_PLOT_FILE: confusion_matrix_plot(
+            confusion["matrix"], confusion["labels"], Path(report_dir) / CONFUSION_PLOT_FILE
+        ),
+    }
+
+
+def member_manifest(
+    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, flow_run_id: str | None
+) -> dict[str, dict]:
+    """The JSON files a member describes itself with: run config, label map, and member.json (how it was made)."""
+    config, labels = plan.config, features.label_names
+    return {
+        RUN_CONFIG_FILE: config.model_dump(mode="json"),
+        LABEL_MAP_FILE: {
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+        },
+        MEMBER_FILE: {
+            "name": config.name,
+            "freezing": config.model.freezing,
+            "parameters": outcome.parameters,
+            "feature_params": features.params.model_dump(),
+            "feature_cache_key": features.key,
+            "skipped_files": features.skipped,
+            "encoder": encoder.report.model_dump(),
+            # what the checkpoint held, by content (its files' stats), since its folder may be re-published
+            "encoder_cache_key": Path(encoder.path).name,
+            "training": outcome.model_dump(exclude={"parameters"}),
+            "run_fingerprint": plan.fingerprint,
+            "trained_by": trained_by(flow_run_id),
+        },
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Plan-time checks both recipes make before any work: output folders, the work dir's place, a clip's frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from lib.config import FeatureConfig, FinetuneConfig, PretrainConfig
+from lib.core.errors import ConfigError
+from lib.core.runtime import Runtime
+from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
+from lib.train.workdir import RunKind, RunOwner, check_work_dir
+
+
+class Plan(BaseModel):
+    """A checked run config and what its stages derive from it; every task of a run takes its plan first.
+
+    Subclasses (lib.recipes.finetune.FinetunePlan, lib.recipes.pretrain.PretrainPlan) narrow config and
+    set the kind of run (whose work dirs it may take) and the folder under output_dir it publishes to.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    kind: ClassVar[RunKind]
+    published_folder: ClassVar[str]
+
+    config: FinetuneConfig | PretrainConfig
+    feature_params: FeatureParams  # the features as the encoder takes them (frames, mel bins fitted)
+    # None when planned for another machine (the parent of a scale-out): the member's own run resolves it
+    runtime: Runtime | None
+    fingerprint: str  # of the settings that change the weights: part of the resume key
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.run_work_dir
+
+    @property
+    def publish_root(self) -> Path:
+        """<output_dir>/best for members, <output_dir>/ssl for encoders."""
+        return self.config.output_dir / self.published_folder
+
+    @property
+    def owner(self) -> RunOwner:
+        """Whose work dir it is (run.json): another kind of run's, or another name's, is refused."""
+        return RunOwner(kind=self.kind, name=self.config.name)
+
+
+def check_work_dir_apart(
+    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner
+) -> None:
+    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's.
+
+    given: whether --work-dir was passed (else it is `default`, and the fix is another --output-dir)."""
+    work_dir = work_dir.resolve()
+    for field, path in protected.items():
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        relation = (
+            "is" if work_dir == path
+            else "is inside" if work_dir.is_relative_to(path)
+            else "contains" if path.is_relative_to(work_dir)
+            else None
+        )
+        if relation:
+            fix = (
+                f"leave it unset for {default}" if given
+                else f"the default, {default}, lies there: pass --output-dir or --work-dir elsewhere"
+            )
+            raise ConfigError(
+                f"work_dir (--work-dir) {work_dir} {relation} {field} ({path}); a run removes checkpoint-* "
+                "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
+                f"checkpoint, the data and the published models, or {fix}"
+            )
+    check_work_dir(work_dir, owner)
+
+
+def check_output_folders(
+    outputs: dict[str, Path], data_folders: dict[str, Path | None], written: str = "best/, runs/, features/"
+) -> None:
+    """The output folders (label -> path) must be (or become) folders, outside what the folder scan reads.
+
+    written: the folders a run puts there, as the error names them (pretraining: ssl/, ssl-runs/, features/)."""
+    for label, path in outputs.items():
+        _check_can_be_folder(label, path)
+        for data_label, data_dir in data_folders.items():
+            if data_dir is not None and _seen_by_scan(path, data_dir):
+                raise ConfigError(
+                    f"{label} {path} is inside {data_label} {data_dir}: the next scan would read the folders "
+                    f"written there ({written}) as part of the data; choose a folder outside the data folders"
+                )
+
+
+def _check_can_be_folder(label: str, path: Path) -> None:
+    """The path is a folder, or its nearest existing parent is one (mkdir creates the rest)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == path:
+        raise ConfigError(f"{label} {path} is a file, not a folder; pass a folder (it is created if missing)")
+    raise ConfigError(
+        f"{label} {path}: {existing} is a file, not a folder, so nothing can be created below it; "
+        "pass a path whose parents are folders"
+    )
+
+
+def _seen_by_scan(path: Path, data_dir: Path) -> bool:
+    """Whether the folder scan of data_dir would list path: inside it, with no hidden folder on the way."""
+    if not path.is_relative_to(data_dir):
+        return False
+    return not any(part.startswith(".") for part in path.relative_to(data_dir).parts)
+
+
+def check_clip_fits(features: FeatureConfig, max_frames: int) -> None:
+    """A clip makes at least one fbank frame, and no more than max_frames (the encoder's input length)."""
+    check_clip_fills_one_window(features)
+    clip_frames = fbank_frames(features.sample_rate_hz, features.clip_seconds)
+    if clip_frames > max_frames:
+        raise ConfigError(
+            f"features.clip_seconds={features.clip_seconds} makes {clip_frames} frames but "
+            f"features.max_frames is {max_frames}, which would cut the end of every clip; "
+            f"set features.max_frames (--max-frames) to at least {clip_frames}, or shorten clip_seconds"
+        )
+
+
+def check_clip_fills_one_window(features: FeatureConfig) -> None:
+    """A clip shorter than one fbank window makes no frame at all: its features would be all padding."""
+    if fbank_frames(features.sample_rate_hz, features.clip_seconds) > 0:
+        return
+    rate = features.sample_rate_hz
+    samples = int(round(rate * features.clip_seconds))
+    window = int(rate * FRAME_LENGTH_MS * 0.001)
+    raise ConfigError(
+        f"features.clip_seconds={features.clip_seconds} is {samples} samples at {rate} Hz, fewer than one "
+        f"{FRAME_LENGTH_MS:g} ms fbank window ({window} samples); use at least {window / rate:g}"
+    )
