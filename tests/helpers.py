@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -9,7 +11,9 @@ from transformers import TrainerCallback
 from lib.core.runtime import resolve_runtime
 from lib.example import tiny_ast_config
 from lib.recipes.finetune import classifier_trainer_setup
-from lib.train.engine import TrainerRun, run_trainer
+from lib.train.arguments import attention_implementation, speed_settings
+from lib.train.engine import run_trainer
+from lib.train.schedule import epoch_batch_sizes
 
 CPU = resolve_runtime("cpu", "auto")
 
@@ -44,17 +48,20 @@ class StopAfterEpoch(TrainerCallback):
 def train_classifier(
     model, train, validation, processing_class, training, work_dir, train_log, resume_key, runtime,
     extra_callbacks=(), data_collator=None, save_best=None, on_epoch=None, owner=None,
-) -> TrainerRun:
-    """Fine-tune any classifier with the recipe's Trainer (lib.recipes.finetune.classifier_trainer_setup)."""
-    return run_trainer(classifier_trainer_setup(
+) -> SimpleNamespace:
+    """Fine-tune any classifier with the recipe's Trainer (lib.recipes.finetune.classifier_trainer_setup): the
+    TrainerRun's fields, plus best_model_dir, the schedule's batch sizes and the resolved speed settings."""
+    run = run_trainer(classifier_trainer_setup(
         model, train, validation, training, work_dir, runtime, resume_key, owner=owner, train_log=train_log,
         processing_class=processing_class, data_collator=data_collator, after_save=save_best, on_epoch=on_epoch,
         extra_callbacks=extra_callbacks,
     ))
+    return SimpleNamespace(
+        **run.model_dump(), best_model_dir=run.model_dir, batch_sizes=epoch_batch_sizes(training),
+        speed=speed_settings(training, runtime, attention_implementation(model)),
+    )
 
 
 def plan_of(data):
     """What a task's cache key function reads of its plan parameter: plan.config.data."""
-    from types import SimpleNamespace
-
     return SimpleNamespace(config=SimpleNamespace(data=data))

@@ -9,7 +9,7 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
 )
 
 from lib.core.errors import CheckpointError
-from lib.example import make_ssl_checkpoint
+from tests.factories import make_ssl_checkpoint
 from lib.model.checkpoint import (
     BUNDLED_CONFIG,
     export_encoder,

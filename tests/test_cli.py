@@ -268,7 +268,7 @@ def test_help_is_grouped_by_section_and_imports_no_torch():
 def test_demo_takes_set_overrides_and_fine_tunes_from_what_it_pretrains(tmp_path, capsys, monkeypatch):
     import flows.finetune
     import flows.pretrain
-    from lib.example import make_ssl_checkpoint
+    from tests.factories import make_ssl_checkpoint
 
     seen = {}
 

@@ -149,14 +149,14 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     builds = []
     real_build = lib.data.features.build_feature_cache
     monkeypatch.setattr("tasks.data.build_feature_cache", lambda *a, **k: builds.append(1) or real_build(*a, **k))
-    real_train = lib.recipes.finetune.train_classifier
+    real_train = lib.recipes.finetune.run_trainer
 
-    def train_unless_broken(model, *args, **kwargs):
-        if args[4].name == "broken":  # work_dir
+    def train_unless_broken(setup):
+        if setup.work_dir.name == "broken":
             raise RuntimeError("simulated CUDA error")
-        return real_train(model, *args, **kwargs)
+        return real_train(setup)
 
-    monkeypatch.setattr(lib.recipes.finetune, "train_classifier", train_unless_broken)
+    monkeypatch.setattr(lib.recipes.finetune, "run_trainer", train_unless_broken)
     train_dir, validation_dir = dataset_dirs
     config = EnsembleConfig.model_validate({
         "output_dir": str(tmp_path / "out"),

@@ -80,7 +80,7 @@ def test_finetune_flow_publishes_a_member_that_reloads_and_reuses_caches(
     assert summary["published"] == str(member)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "metrics.json",
                  "confusion_matrix.json", "label_map.json", "run_config.json", "member.json",
-                 "train_logtiny_last1.txt", "model.py", "calibration.json", "validation_logits.npz", "test_logits.npz"):
+                 "train_logtiny_last1.txt", "classifier.py", "calibration.json", "validation_logits.npz", "test_logits.npz"):
         assert (member / name).is_file(), name
     metrics = json.loads((member / "metrics.json").read_text())
     assert {"accuracy", "precision", "recall", "f1", "balanced_accuracy"} <= metrics.keys()
@@ -221,9 +221,9 @@ def test_a_diverging_run_never_replaces_the_published_member(
     from transformers import TrainerCallback
 
     import lib.evaluate.evaluation
-    import lib.train.engine
+    import lib.train.arguments
 
-    monkeypatch.setattr(lib.train.engine, "NonFiniteLossCallback", TrainerCallback)
+    monkeypatch.setattr(lib.train.arguments, "NonFiniteLossCallback", TrainerCallback)
     monkeypatch.setattr(lib.evaluate.evaluation, "check_finite_tensors", lambda *args: None)
     monkeypatch.setattr(lib.evaluate.evaluation, "check_finite_logits", lambda *args: None)
     with pytest.raises(NonFiniteError, match=r"member tiny_last1: .* hold NaN or inf .*not published; .*tiny_last1 is left as it was"):

@@ -27,10 +27,10 @@ from lib.core.runtime import usable_cores
 from lib.data.features import build_feature_cache, load_split
 from lib.data.scan import scan_dataset
 from lib.evaluate.evaluation import evaluate_model
+from tests.factories import make_ssl_checkpoint  # noqa: E402
 from lib.example import (
     EXAMPLE_CLASSES,
     make_example_dataset,
-    make_ssl_checkpoint,
     tiny_ast_config,
 )
 from lib.model.checkpoint import BUNDLED_CONFIG, export_encoder, read_ast_config

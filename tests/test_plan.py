@@ -150,7 +150,7 @@ def wrong_own_config(tmp_path):
     """A checkpoint whose own config.json says 4 layers, and a --base-config with the right 2."""
     import json
 
-    from lib.example import make_ssl_checkpoint
+    from tests.factories import make_ssl_checkpoint
     from tests.helpers import small_config
 
     folder, reference = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=4)
