@@ -5,7 +5,7 @@
 #
 # 1. installs the wheels in wheels/ (benchmarks/make_wheelhouse.sh, made on a connected machine)
 #    offline into a private folder put first on PYTHONPATH: the system's packages are never changed;
-# 2. `pytest -m gpu` (tests/test_gpu.py): small and AST-base fine-tunes in bf16, the trunk cache on
+# 2. `pytest -m gpu` (tests/gpu/test_gpu.py): small and AST-base fine-tunes in bf16, the trunk cache on
 #    the GPU, a one-process torchrun member, torch.compile;
 # 3. benchmarks/bench_training.py on CUDA with AST-base: the model step's samples/s and MFU, the
 #    whole epoch's samples/s and its ratio to the step (the targets: MFU >= 40%, ratio >= 80%).
@@ -67,7 +67,7 @@ EOF
 
 status=0
 if [ "$stage" = all ] || [ "$stage" = tests ]; then
-  timeout "${TESTS_TIMEOUT:-330}" "$python" -m pytest -m gpu tests/test_gpu.py "${select[@]}" -p no:cacheprovider -q \
+  timeout "${TESTS_TIMEOUT:-330}" "$python" -m pytest -m gpu tests/gpu/test_gpu.py "${select[@]}" -p no:cacheprovider -q \
     -rA --junitxml "$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi

@@ -5,16 +5,11 @@ Used by `astft demo`, the benchmarks and the tests. Everything is deterministic 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-from safetensors.torch import save_file
-from transformers import ASTConfig, ASTModel
-
-from lib.model.checkpoint import architecture_dict
+from transformers import ASTConfig
 
 EXAMPLE_CLASSES = ("chirp", "noise_burst", "tone_high", "tone_low")
 

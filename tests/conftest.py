@@ -20,11 +20,11 @@ import pytest  # noqa: E402
 
 from lib.data.features import FeatureParams, build_feature_cache  # noqa: E402
 from lib.data.scan import scan_dataset  # noqa: E402
-from tests.factories import make_ssl_checkpoint  # noqa: E402
 from lib.example import (  # noqa: E402
     make_example_dataset,
     make_example_test_split,
 )
+from tests.factories import make_ssl_checkpoint  # noqa: E402
 from tests.helpers import small_config  # noqa: E402
 
 TEST_CLASSES = ("noise_burst", "tone_high", "tone_low")

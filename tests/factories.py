@@ -13,7 +13,6 @@ from transformers import ASTConfig, ASTModel
 from lib.example import tiny_ast_config
 from lib.model.checkpoint import architecture_dict
 
-
 # transformers 5 name -> transformers 4.x name, for writing checkpoints the way real SSL runs saved them.
 _V4_RENAMES = (
     ("layers.", "encoder.layer."),

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel
 from datasets import Dataset
+from pydantic import BaseModel
 from transformers import ASTConfig, ASTModel, Trainer, TrainerCallback
 
 from lib.config import EncoderConfig, EnsembleConfig, FinetuneConfig, TrainingConfig

@@ -7,7 +7,7 @@ import yaml
 
 from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig, PretrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_CLASSES = {
     "flows/finetune.py:finetune": FinetuneConfig,
     "flows/ensemble.py:ensemble": EnsembleConfig,

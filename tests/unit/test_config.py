@@ -167,7 +167,7 @@ def test_resolved_keeps_a_published_link_by_name_and_resolves_every_other_link(t
 
 
 def test_notebook_preset_is_valid_and_mirrors_the_notebook():
-    preset = Path(__file__).parents[1] / "deployments" / "presets" / "notebook.yaml"
+    preset = Path(__file__).parents[2] / "deployments" / "presets" / "notebook.yaml"
     config = load_config(FinetuneConfig, preset)
     assert config.model.train_last_n_layers == 3 and not config.model.head_only
     assert (config.training.epochs, config.training.batch_size, config.training.gradient_accumulation_steps) == (50, 1, 4)

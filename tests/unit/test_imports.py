@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-LIB = Path(__file__).resolve().parents[1] / "lib"
+LIB = Path(__file__).resolve().parents[2] / "lib"
 
 # lib/'s layers, lowest first: a module may import from its own layer and the ones before it, never after.
 # (README's "Architecture" and docs/decisions.md say what each holds and why the order is this one.)

@@ -27,7 +27,6 @@ from lib.core.runtime import usable_cores
 from lib.data.features import build_feature_cache, load_split
 from lib.data.scan import scan_dataset
 from lib.evaluate.evaluation import evaluate_model
-from tests.factories import make_ssl_checkpoint  # noqa: E402
 from lib.example import (
     EXAMPLE_CLASSES,
     make_example_dataset,
@@ -36,6 +35,7 @@ from lib.example import (
 from lib.model.checkpoint import BUNDLED_CONFIG, export_encoder, read_ast_config
 from lib.model.trunk import TrunkStates, compute_trunk
 from lib.recipes.finetune import plan_run, train_member, train_member_distributed
+from tests.factories import make_ssl_checkpoint  # noqa: E402
 
 DEVICE = os.environ.get("ASTFT_GPU_TESTS_DEVICE", "cuda")
 CUDA = DEVICE == "cuda"

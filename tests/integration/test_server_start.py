@@ -17,7 +17,7 @@ from flows import (
     prefect_server_defaults,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_flows_wait_longer_for_the_temporary_server_by_default():

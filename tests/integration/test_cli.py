@@ -249,7 +249,7 @@ def test_help_is_grouped_by_section_and_imports_no_torch():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     script = (
         "import sys\nfrom flows.cli import main\n"
         "try:\n    main(['finetune', '--help'])\nexcept SystemExit:\n    pass\n"

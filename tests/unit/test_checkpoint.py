@@ -9,7 +9,6 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
 )
 
 from lib.core.errors import CheckpointError
-from tests.factories import make_ssl_checkpoint
 from lib.model.checkpoint import (
     BUNDLED_CONFIG,
     export_encoder,
@@ -18,6 +17,7 @@ from lib.model.checkpoint import (
     read_ast_config,
     resolve_encoder_config,
 )
+from tests.factories import make_ssl_checkpoint
 from tests.helpers import small_config
 
 

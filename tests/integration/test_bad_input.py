@@ -21,7 +21,7 @@ from lib.data.features import FeatureParams, build_feature_cache, load_split
 from lib.data.scan import scan_dataset
 
 PARAMS = FeatureParams(num_mel_bins=64, max_frames=64)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wav(path: Path, data, rate=16000, subtype="PCM_16") -> Path:

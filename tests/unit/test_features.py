@@ -133,7 +133,7 @@ features.build_feature_cache(manifest, features.FeatureParams(num_mel_bins=64, m
 """
     (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                              cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     workers: set[int] = set()
     while len(workers) < 2:  # both are computing
         line = parent.stdout.readline()

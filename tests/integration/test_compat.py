@@ -23,7 +23,7 @@ from lib.model.checkpoint import export_encoder
 from lib.recipes.finetune import member_resume_key, plan_run, train_member
 from tests.helpers import CPU
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "v0_1_0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "v0_1_0"
 FIXED_MTIME_NS = 1_700_000_000 * 10**9  # what make_fixtures.py set: the scan fingerprint holds each clip's mtime
 
 

@@ -18,9 +18,9 @@ from lib.core.guards import (
 from lib.core.runtime import seed_everything
 from lib.data.features import FeatureParams, make_feature_extractor
 from lib.evaluate.evaluation import evaluate_model
-from tests.factories import make_ssl_checkpoint
 from lib.model.checkpoint import load_encoder
 from lib.model.classifier import build_classifier
+from tests.factories import make_ssl_checkpoint
 from tests.helpers import CPU, random_features, small_config, train_classifier
 
 
