@@ -28,7 +28,7 @@ class ServerStartTimeout(RuntimeError):
 
 @contextmanager
 def prefect_server_defaults():
-    """Run flows with a longer ephemeral-server start-up timeout by default, and a one-line error if it still times out."""
+    """Run flows with a longer ephemeral-server start-up timeout, and a one-line error if it still times out."""
     from prefect.settings import (
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,

@@ -214,7 +214,8 @@ def config_sections(
     """(section path, section model, its fields as (dotted path, field)): the top level ('') first, then
     every nested section, depth first, in declaration order."""
     fields = model.model_fields.items()
-    yield prefix.rstrip("."), model, [(prefix + name, field) for name, field in fields if not _is_section(field.annotation)]
+    own = [(prefix + name, field) for name, field in fields if not _is_section(field.annotation)]
+    yield prefix.rstrip("."), model, own
     for name, field in fields:
         if _is_section(field.annotation):
             yield from config_sections(field.annotation, f"{prefix}{name}.")
@@ -266,7 +267,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if isinstance(action, argparse.BooleanOptionalAction):
-            return ", ".join(f"--[no-]{option[2:]}" for option in action.option_strings if not option.startswith("--no-"))
+            options = (option for option in action.option_strings if not option.startswith("--no-"))
+            return ", ".join(f"--[no-]{option[2:]}" for option in options)
         if not action.option_strings or action.nargs == 0:
             return super()._format_action_invocation(action)
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
@@ -411,16 +413,21 @@ example:
   astft ensemble --config ensemble.yaml --member head=head_only --member last2=last_2 --member full=full""",
     )
     add_preset_command(
-        commands, "pretrain", PretrainConfig, help="pretrain an encoder on unlabeled clips (SSAST masked patches)",
+        commands,
+        "pretrain",
+        PretrainConfig,
+        help="pretrain an encoder on unlabeled clips (SSAST masked patches)",
         description="Pretrain an AST encoder on folders of unlabeled clips with SSAST's joint discriminative and "
         "generative masked patch objective, and publish it to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint that "
         "finetune and ensemble take.",
-        epilog=VALUES_HELP + """
+        epilog=VALUES_HELP
+        + """
 examples:
   astft pretrain --data-dir unlabeled/,data/train --name my-ssl --epochs 10
   astft pretrain --data-dir unlabeled/ --validation-dir data/validation --name my-ssl --masking cluster \\
       --set model.hidden_size=192 --set model.num_attention_heads=3 --set model.intermediate_size=768  # SSAST-tiny
-  astft finetune --ssl-checkpoint ensemble/ssl/my-ssl --train-dir data/train --validation-dir data/validation --name m""",
+  astft finetune --ssl-checkpoint ensemble/ssl/my-ssl --train-dir data/train \\
+      --validation-dir data/validation --name m""",
     )
     predict = commands.add_parser(
         "predict", help="predict wav files with a member or an ensemble",
@@ -606,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
 def print_leaderboard(leaderboard: dict) -> None:
     splits = [split for split in ("validation", "test") if split in leaderboard["ensemble"]]
     short = {"validation": "val", "test": "test"}
-    print(f"\n{'':<32} {'weight':>6}" + "".join(f" {short[split] + ' acc':>9} {short[split] + ' NLL':>9}" for split in splits))
+    columns = "".join(f" {short[split] + ' acc':>9} {short[split] + ' NLL':>9}" for split in splits)
+    print(f"\n{'':<32} {'weight':>6}" + columns)
     for row in leaderboard["leaderboard"]:
         weight = "" if row["weight"] is None else f"{row['weight']:g}"
         scores = "".join(

@@ -28,7 +28,9 @@ def tiny_ast_config(**overrides) -> ASTConfig:
     return ASTConfig(**values)
 
 
-def synth_clip(class_name: str, rng: np.random.Generator, sample_rate_hz: int = 16000, seconds: float = 1.0) -> np.ndarray:
+def synth_clip(
+    class_name: str, rng: np.random.Generator, sample_rate_hz: int = 16000, seconds: float = 1.0
+) -> np.ndarray:
     """One clip of a class; classes differ in spectral shape, clips in pitch, level, timing and noise."""
     t = np.arange(int(sample_rate_hz * seconds)) / sample_rate_hz
     amplitude = rng.uniform(0.2, 0.7)

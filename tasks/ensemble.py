@@ -42,7 +42,10 @@ def dispatch_member(plan: FinetunePlan, deployment: str) -> str:
 def _confusion_markdown(report: dict) -> str:
     labels, matrix = report["confusion_matrix"]["labels"], report["confusion_matrix"]["matrix"]
     header = "| true \\ predicted | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-    rows = "".join(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |\n" for label, row in zip(labels, matrix))
+    rows = "".join(
+        f"| **{label}** | " + " | ".join(str(v) for v in row) + " |\n"
+        for label, row in zip(labels, matrix, strict=True)
+    )
     return header + rows
 
 
@@ -55,8 +58,10 @@ def _table_row(row: dict, splits: list[str]) -> dict:
         cells |= {f"{split} {key}": round(scores[key], 4) for key in ("accuracy", "balanced_accuracy", "f1")}
         gain = row.get("gain_over_best_member", {}).get(split)
         cells[f"{split} accuracy gain over best member"] = None if gain is None else round(gain["accuracy"], 4)
-        cells |= {f"{split} {key} (before -> after)": f"{calibration['before'][key]:.4f} -> {calibration['after'][key]:.4f}"
-                  for key in ("nll", "brier", "ece")}
+        cells |= {
+            f"{split} {key} (before -> after)": f"{calibration['before'][key]:.4f} -> {calibration['after'][key]:.4f}"
+            for key in ("nll", "brier", "ece")
+        }
     return cells
 
 

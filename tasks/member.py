@@ -90,7 +90,8 @@ def member_markdown(plan: FinetunePlan, published: Path, outcome: TrainOutcome, 
     """The member-<name> artifact: where it went, its validation (and test) metrics and its two plots (data URIs)."""
     test = evaluation.test_metrics
     rows = "\n".join(
-        f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "") for key, value in evaluation.metrics.items()
+        f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "")
+        for key, value in evaluation.metrics.items()
     )
     return (
         f"## Member `{plan.config.name}` ({plan.config.model.freezing})\n\n"
@@ -160,7 +161,9 @@ def retry_on_io_error(task, task_run, state) -> bool:
     return False
 
 
-@task(name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
+@task(
+    name="publish-member", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error
+)
 def publish_member(
     plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult
 ) -> str:

@@ -50,7 +50,13 @@ def pretrain_encoder(plan: PretrainPlan, manifest: Manifest, features: FeatureCa
     return pretrain.pretrain_encoder(plan, manifest, features, on_epoch=reporter)
 
 
-@task(name="publish-encoder", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
+@task(
+    name="publish-encoder",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_io_error,
+)
 def publish_encoder(plan: PretrainPlan, features: FeatureCacheRef, outcome: PretrainOutcome) -> str:
     """Put the encoder's SSL checkpoint, config and pretrain.json under <output>/ssl/<name>/ atomically."""
     destination = pretrain.publish_encoder(plan, features, outcome, str(flow_run.id) if flow_run.id else None)

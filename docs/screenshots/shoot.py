@@ -57,20 +57,25 @@ try:
                     return message.get("result", {})
 
         call("Page.enable")
-        call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, deviceScaleFactor=1, mobile=False)
+        screen = {"deviceScaleFactor": 1, "mobile": False}
+        call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, **screen)
         call("Page.navigate", url=args.url)
         time.sleep(args.wait)
         if args.click:
-            script = ("(() => { const el = [...document.querySelectorAll('button, a, [role=tab], li, span')]"
-                      f".find(e => e.textContent.trim() === {json.dumps(args.click)}); if (el) {{ el.click(); return true; }} return false; }})()")
+            script = (
+                "(() => { const el = [...document.querySelectorAll('button, a, [role=tab], li, span')]"
+                f".find(e => e.textContent.trim() === {json.dumps(args.click)}); "
+                "if (el) { el.click(); return true; } return false; })()"
+            )
             print("clicked:", call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"))
             time.sleep(args.wait)
         for script in args.js:
             print("js:", call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value"))
             time.sleep(args.wait)
         if args.full:
-            height = call("Runtime.evaluate", expression="document.documentElement.scrollHeight", returnByValue=True)["result"]["value"]
-            call("Emulation.setDeviceMetricsOverride", width=args.width, height=max(height, args.height), deviceScaleFactor=1, mobile=False)
+            scroll = call("Runtime.evaluate", expression="document.documentElement.scrollHeight", returnByValue=True)
+            height = scroll["result"]["value"]
+            call("Emulation.setDeviceMetricsOverride", width=args.width, height=max(height, args.height), **screen)
             time.sleep(1)
         shot = call("Page.captureScreenshot", format="png")
         image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")

@@ -1,4 +1,5 @@
-"""What every config section shares: strict validation, location tags (resolved, left out of fingerprints), field types used by several sections."""
+"""What every config section shares: strict validation, location tags (resolved, left out of fingerprints),
+field types used by several sections."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
 
 
-# What lib.evaluate.metrics.summary_metrics reports for every validation pass; any of them, or the loss, picks the best epoch.
+# What lib.evaluate.metrics.summary_metrics reports for every validation pass; any of them, or the loss,
+# picks the best epoch.
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")
 
 
@@ -47,10 +49,7 @@ def _not_reserved(name: str) -> str:
 MemberName = Annotated[str, Field(pattern=MEMBER_NAME_PATTERN, max_length=128), AfterValidator(_not_reserved)]
 
 
-# Field tags (Annotated metadata), so that resolved() and fingerprint() never list fields by name.
-# Where something is, not what it is: resolved() makes it absolute, and fingerprint() leaves it out,
-# since what lies there is identified by content (the feature cache and encoder keys that resume_key
-# adds to the fingerprint), so a moved cache, dataset or checkpoint is still the same run.
+# Field tags (Annotated metadata). Why: docs/decisions.md, "Locations are not part of the fingerprint".
 LOCATION = "location"
 
 
@@ -61,10 +60,7 @@ NO_EFFECT_ON_WEIGHTS = "no effect on weights"
 Location = Annotated[Path, LOCATION]
 
 
-# A location that may be a published link (<output_dir>/best/<name>, <output_dir>/ssl/<name>): resolved()
-# keeps its last component, so what a run records (member.json, run_config.json) is the stable name, not
-# the version folder behind it, which the next publish deletes. Content is still identified by the
-# files' own stats (lib.model.checkpoint.checkpoint_fingerprint follows the link).
+# A location that may be a published link. Why: docs/decisions.md, "Published links are recorded by name".
 KEEP_LINK = "keep link"
 
 
@@ -99,8 +95,7 @@ def _bounds_in_descriptions(schema: dict) -> None:
 
 
 class Section(BaseModel):
-    # A typo in a preset must fail loudly instead of silently keeping a default; a NaN or infinite
-    # float (YAML's .nan / .inf) would pass most bounds and e.g. turn every normalised feature into NaN.
+    # why: docs/decisions.md, "Configs refuse unknown keys and non-finite floats"
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, allow_inf_nan=False, json_schema_extra=_bounds_in_descriptions
     )
@@ -132,16 +127,18 @@ class RunConfig(Section):
     """A whole run's parameters (a flow's one argument), whose fingerprint keys its checkpoints."""
 
     def fingerprint(self) -> str:
-        """Hash of the settings that can change the trained weights (every field but LOCATION and NO_EFFECT_ON_WEIGHTS)."""
+        """Hash of the settings that can change the trained weights (all but LOCATION and NO_EFFECT_ON_WEIGHTS)."""
         payload = self.model_dump(mode="json")
         for *sections, name in tagged(type(self), LOCATION, NO_EFFECT_ON_WEIGHTS):
             del reduce(getitem, sections, payload)[name]
         return digest(payload, 16)
 
 
-# Fields that several sections share, declared once: each section still lists them in its own order,
-# with its own default (so the CLI help and the UI form read as before).
-SkipBadFiles = Annotated[bool, Field(description="Skip unreadable or invalid clips (logged and counted) instead of stopping.")]
+# Field types that several sections share; why: docs/decisions.md, "Shared field types and default sources".
+SkipBadFiles = Annotated[bool, Field(description=(
+    "Skip unreadable or invalid clips (logged and counted) instead of stopping (default false: ours, so that no "
+    "clip is left out unnoticed)."
+))]
 
 
 ScanFingerprint = Annotated[
@@ -150,7 +147,8 @@ ScanFingerprint = Annotated[
     Field(
         description=(
             "How the folder scan notices changed clips: 'stat' compares each clip's size and mtime (cheap), "
-            "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset)."
+            "'content' also hashes every clip's bytes, catching edits that keep both (reads the whole dataset). "
+            "Default 'stat': ours, cheap enough for every run."
         ),
     ),
 ]
@@ -158,85 +156,102 @@ ScanFingerprint = Annotated[
 
 # In data, not features: FeatureParams (every features field) is the feature cache's key.
 FeatureWorkers = Annotated[int, NO_EFFECT_ON_WEIGHTS, Field(ge=0, le=1024, description=(
-    "Processes that compute the feature cache; 0: one per usable CPU core. Datasets under 256 clips are built in "
-    "one process (at most one worker per 128 clips). The cache is the same whatever the count."
+    "Processes that compute the feature cache, which is the same whatever the count; 0: one per usable CPU core "
+    "(default 0: ours). Datasets under 256 clips are built in one process (at most one worker per 128 clips)."
 ))]
 
 
-CacheDir = Annotated[Path, LOCATION, Field(description="Where folder scans, Arrow feature caches and stripped encoders are kept.")]
+CacheDir = Annotated[Path, LOCATION, Field(description=(
+    "Where folder scans, Arrow feature caches and stripped encoders are kept (default .astft-cache: ours, a "
+    "hidden folder in the working directory)."
+))]
 
 
-Epochs = Annotated[int, Field(ge=1, le=100_000, description="Number of training epochs.")]
+# Bounds only: fine-tuning and pretraining default these differently, so each field describes itself.
+Epochs = Annotated[int, Field(ge=1, le=100_000)]
 
 
-LearningRate = Annotated[float, Field(gt=0, le=1, description="Peak learning rate (cosine schedule).")]
+LearningRate = Annotated[float, Field(gt=0, le=1)]
 
 
-WeightDecay = Annotated[float, Field(ge=0, le=1, description="AdamW weight decay.")]
+WeightDecay = Annotated[float, Field(ge=0, le=1)]
 
 
-WarmupSteps = Annotated[float, Field(ge=0, description="Warmup optimizer steps; a value below 1 is a fraction of all steps.")]
+WarmupSteps = Annotated[float, Field(ge=0)]
 
 
-GradientAccumulation = Annotated[int, Field(ge=1, le=4096, description="Batches per optimizer step.")]
+GradientAccumulation = Annotated[int, Field(ge=1, le=4096)]
 
 
-Precision = Annotated[
-    Literal["auto", "fp32", "fp16", "bf16"], Field(description="'auto': bf16 (or fp16) mixed precision on CUDA, fp32 on CPU.")
-]
+Precision = Annotated[Literal["auto", "fp32", "fp16", "bf16"], Field(description=(
+    "'auto': bf16 (or fp16) mixed precision on CUDA, fp32 on CPU (default 'auto': ours; the notebook forced "
+    "fp16, which transformers ignores on CPU)."
+))]
 
 
-Device = Annotated[Literal["auto", "cpu", "cuda"], Field(description="'auto' uses CUDA when available.")]
+Device = Annotated[Literal["auto", "cpu", "cuda"], Field(description=(
+    "'auto' uses CUDA when available (default 'auto': as the notebook's Trainer did)."
+))]
 
 
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed for weight init, shuffling, dropout (and pretraining's masks).")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description=(
+    "Seed for weight init, shuffling, dropout and pretraining's masks (default 42: the notebook's random_seed)."
+))]
 
 
-Deterministic = Annotated[bool, Field(description="Deterministic cuDNN kernels (slower, reproducible).")]
+Deterministic = Annotated[bool, Field(description=(
+    "Deterministic cuDNN kernels, slower but reproducible (default true: the notebook's cudnn.deterministic)."
+))]
 
 
-# How the steps are computed and fed: the speed settings users of HF Trainer expect on a GPU. Each
-# costs nothing on CPU (it is off there, or the same as before), and member.json / pretrain.json record
-# what each resolved to (lib.train.engine.SpeedSettings). attention, tf32, optimizer and compile change which
-# kernels do the arithmetic, so the weights differ by rounding: they stay in the fingerprint, and a
-# run is never resumed under other kernels. pin_memory and the worker count only change how batches
-# reach the device (workers load rows; the sampler and augmentation draw in the main process).
+# Speed settings. Why some are in the fingerprint: docs/decisions.md, "Speed settings and the fingerprint".
 Attention = Annotated[Literal["sdpa", "eager"], Field(description=(
     "Attention kernel: 'sdpa' (torch's scaled_dot_product_attention, which picks a flash or memory-efficient "
-    "kernel on CUDA) or 'eager' (matmul, softmax, matmul). Same function, different rounding."
+    "kernel on CUDA) or 'eager' (matmul, softmax, matmul). Same function, different rounding (default 'sdpa': "
+    "transformers' default for AST)."
 ))]
 
 
 TF32 = Annotated[bool, Field(description=(
     "TF32 tensor-core matmuls for the float32 work on CUDA GPUs of the Ampere generation or newer; off on CPU "
-    "and older GPUs whatever this says."
+    "and older GPUs whatever this says (default true: ours, the GPU speed-up HF Trainer users expect)."
 ))]
 
 
 Optimizer = Annotated[Literal["auto", "adamw_torch_fused", "adamw_torch"], Field(description=(
-    "AdamW implementation: 'auto' is the fused kernel (one launch per step on CUDA; torch has it on CPU too, "
-    "and it is transformers' own default there); 'adamw_torch' the multi-tensor one."
+    "AdamW implementation: 'auto' is the fused kernel (one launch per step on CUDA; torch has it on CPU too), "
+    "'adamw_torch' the multi-tensor one (default 'auto': transformers' own default since torch 2.8, pinned here)."
 ))]
 
 
 Compile = Annotated[bool, Field(description=(
     "torch.compile the model (Trainer's torch_compile): faster steps on a GPU after a compile of a minute or "
-    "more, worth it for long runs."
+    "more, worth it for long runs (default false: Trainer's default)."
 ))]
 
 
-PinMemory = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(
-    description="Page-locked DataLoader batches on CUDA, for faster copies to the GPU; off on CPU."
-)]
-
-
-DataloaderWorkers = Annotated[Annotated[int, Field(ge=0, le=64)] | Literal["auto"], NO_EFFECT_ON_WEIGHTS, Field(description=(
-    "DataLoader worker processes per training process. 'auto': none on CPU (training uses every core), on "
-    "CUDA up to 4, one core per process left for the training loop."
+PinMemory = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description=(
+    "Page-locked DataLoader batches on CUDA, for faster copies to the GPU; off on CPU (default true: Trainer's "
+    "dataloader_pin_memory default)."
 ))]
 
 
-SaveTotalLimit = Annotated[int, Field(ge=1, le=1000, description="Trainer checkpoints kept in the work dir.")]
+DataloaderWorkers = Annotated[
+    Annotated[int, Field(ge=0, le=64)] | Literal["auto"],
+    NO_EFFECT_ON_WEIGHTS,
+    Field(description=(
+        "DataLoader worker processes per training process. 'auto': none on CPU (training uses every core), on "
+        "CUDA up to 4, one core per process left for the training loop (default 'auto': ours; the notebook "
+        "used 4)."
+    )),
+]
 
 
-Tensorboard = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description="Write TensorBoard logs (needs the 'tensorboard' extra).")]
+SaveTotalLimit = Annotated[int, Field(ge=1, le=1000, description=(
+    "Trainer checkpoints kept in the work dir (default 2: the notebook's save_total_limit)."
+))]
+
+
+Tensorboard = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description=(
+    "Write TensorBoard logs, which need the 'tensorboard' extra (default false: the notebook's report_to='none')."
+))]

@@ -31,13 +31,17 @@ def read_preset(path: Path) -> dict[str, Any]:
     """Read a YAML (or JSON) preset into a plain dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file; pass a YAML preset such as deployments/presets/notebook.yaml")
+        raise ConfigError(
+            f"--config {path}: no such file; pass a YAML preset such as deployments/presets/notebook.yaml"
+        )
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"--config {path}: not valid YAML ({error})") from error
     if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+        raise ConfigError(
+            f"--config {path}: expected a mapping of sections at the top level, got {type(loaded).__name__}"
+        )
     return loaded
 
 

@@ -37,9 +37,12 @@ class FinetuneConfig(RunConfig):
     name: MemberName = Field(
         description="Member name (the notebook's postfix): published to OUTPUT_DIR/best/NAME/.",
     )
-    output_dir: Location = Field(Path("ensemble"), description="Root of published members (OUTPUT_DIR/best/).")
+    output_dir: Location = Field(
+        Path("ensemble"),
+        description="Root of published members, OUTPUT_DIR/best/ (default ensemble: the notebook's output_path).",
+    )
     work_dir: OptionalLocation = Field(
-        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/runs/NAME/."
+        None, description="Trainer checkpoints and logs (default null: ours, OUTPUT_DIR/runs/NAME/)."
     )
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -55,47 +58,64 @@ class MemberVariant(Freezing):
     """One ensemble member: a freezing variant plus optional training overrides."""
 
     name: MemberName = Field(description="Member name (folder under best/).")
-    learning_rate: float | None = Field(None, gt=0, le=1, description="Override training.learning_rate.")
-    epochs: int | None = Field(None, ge=1, le=100_000, description="Override training.epochs.")
-    batch_size: int | None = Field(
-        None, ge=1, le=65_536, description="Override training.batch_size (a constant size: replaces batch_sizes)."
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Override training.learning_rate (default null: the ensemble's)."
     )
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Override training.seed.")
+    epochs: int | None = Field(
+        None, ge=1, le=100_000, description="Override training.epochs (default null: the ensemble's)."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description=(
+            "Override training.batch_size with a constant size that replaces batch_sizes (default null: the "
+            "ensemble's)."
+        ),
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Override training.seed (default null: the ensemble's, or its seeds)."
+    )
     weight: float | None = Field(
         None,
         gt=0,
         le=1000,
         description=(
-            "Fixed weight of this member in the soft vote. When any member sets one, these weights replace "
-            "the selection (members without one weigh 1); unset everywhere: ensemble.selection decides."
+            "Fixed weight of this member in the soft vote: when any member sets one, these weights replace the "
+            "selection, members without one weighing 1 (default null: ensemble.selection decides)."
         ),
     )
 
 
 class EnsembleConfig(Section):
-    output_dir: Location = Field(Path("ensemble"), description="Members go to OUTPUT_DIR/best/MEMBER/.")
+    output_dir: Location = Field(
+        Path("ensemble"),
+        description="Members go to OUTPUT_DIR/best/MEMBER/ (default ensemble: the notebook's output_path).",
+    )
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     members: list[MemberVariant] = Field(
-        default_factory=list, max_length=256, description="The variants to train (sweep_last_n and seeds add more)."
+        default_factory=list,
+        max_length=256,
+        description=(
+            "The variants to train; sweep_last_n and seeds add more (default empty: ours, list members here or "
+            "give sweep_last_n)."
+        ),
     )
     sweep_last_n: list[Annotated[int, Field(ge=0, le=512)]] = Field(
         default_factory=list,
         max_length=256,
         description=(
             "One member per value N, named last-N: 0 trains the head only, N the last N encoder layers and the "
-            "head, and the encoder's layer count L the full network (e.g. 0,2,4,6,12 for AST-base, L = 12). "
-            "Checked against the encoder's layer count before any work."
+            "head, and the encoder's layer count L the full network (e.g. 0,2,4,6,12 for AST-base, L = 12), "
+            "checked before any work (default empty: ours, no sweep)."
         ),
     )
     seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
         default_factory=list,
         max_length=256,
         description=(
-            "Train every member that sets no seed of its own once per seed, named NAME-sSEED (e.g. last-4-s2). "
-            "Empty: each member trains once, with training.seed."
+            "Train every member that sets no seed of its own once per seed, named NAME-sSEED (e.g. last-4-s2) "
+            "(default empty: ours, each member trains once, with training.seed)."
         ),
     )
     selection: Literal["all", "greedy"] = Field(
@@ -103,18 +123,23 @@ class EnsembleConfig(Section):
         description=(
             "How members are weighted in the soft vote of temperature-calibrated probabilities: 'all' equally; "
             "'greedy' by forward selection with replacement on validation NLL (Caruana et al., 2004), the "
-            "counts becoming the weights. Member weights given in the config replace either."
+            "counts becoming the weights; member weights given in the config replace either (default 'greedy': "
+            "ours, so a member that does not lower the NLL gets no weight)."
         ),
     )
     dispatch: Literal["in_process", "deployments"] = Field(
         "in_process",
         description=(
             "'in_process' trains members one after another in this flow run; 'deployments' starts each "
-            "member as a run of member_deployment on the work pool, in parallel across its workers."
+            "member as a run of member_deployment on the work pool, in parallel across its workers (default "
+            "'in_process': ours, it needs no deployed member flow)."
         ),
     )
     member_deployment: str = Field(
-        "astft-finetune/member", description="Deployment (flow-name/deployment-name) that trains one member."
+        "astft-finetune/member", description=(
+            "Deployment (flow-name/deployment-name) that trains one member (default: the member deployment of "
+            "deployments/prefect.yaml)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -139,7 +164,8 @@ class EnsembleConfig(Section):
         """Every member to train: the listed ones, then last-N per sweep value, each once per seed.
 
         Sweep value 0 is head only and num_layers (the encoder's layer count) full fine-tuning; without
-        num_layers a sweep value is taken as last-N (lib.recipes.finetune.plan_ensemble passes it, after checking the bound).
+        num_layers a sweep value is taken as last-N (lib.recipes.finetune.plan_ensemble passes it, after checking
+        the bound).
         """
         swept = [
             MemberVariant(name=f"last-{n}", head_only=n == 0, train_last_n_layers=0 if n in (0, num_layers) else n)
@@ -183,12 +209,17 @@ class EnsembleConfig(Section):
 
 
 class PretrainConfig(RunConfig):
-    name: MemberName = Field(description="Encoder name: published to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint to fine-tune from.")
+    name: MemberName = Field(
+        description="Encoder name: published to OUTPUT_DIR/ssl/NAME/, the --ssl-checkpoint to fine-tune from."
+    )
     output_dir: Location = Field(
-        Path("ensemble"), description="Root of published encoders (OUTPUT_DIR/ssl/), beside the members' best/."
+        Path("ensemble"), description=(
+            "Root of published encoders, OUTPUT_DIR/ssl/ (default ensemble: ours, the fine-tuning default, so "
+            "encoders sit beside the members' best/)."
+        ),
     )
     work_dir: OptionalLocation = Field(
-        None, description="Trainer checkpoints and logs; default OUTPUT_DIR/ssl-runs/NAME/."
+        None, description="Trainer checkpoints and logs (default null: ours, OUTPUT_DIR/ssl-runs/NAME/)."
     )
     data: PretrainDataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -202,9 +233,23 @@ class PretrainConfig(RunConfig):
 
 
 class PredictConfig(Section):
-    model_path: PublishedLocation = Field(description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/).")
+    model_path: PublishedLocation = Field(
+        description="A published member folder, or an ensemble folder (OUTPUT_DIR/best/)."
+    )
     input_path: Location = Field(description="A .wav file, or a folder searched recursively for .wav files.")
-    output_csv: Location = Field(Path("predictions.csv"), description="Where to write the predictions.")
-    batch_size: int = Field(32, ge=1, le=65_536, description="Clips per forward pass.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
-    skip_bad_files: bool = Field(False, description="Skip unreadable clips (logged) instead of stopping.")
+    output_csv: Location = Field(
+        Path("predictions.csv"),
+        description="Where to write the predictions (default predictions.csv: ours, in the working directory).",
+    )
+    batch_size: int = Field(
+        32, ge=1, le=65_536, description="Clips per forward pass (default 32: project default, reason not recorded)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses CUDA when available (default 'auto': ours, as training.device's)."
+    )
+    skip_bad_files: bool = Field(
+        False, description=(
+            "Skip unreadable clips (logged) instead of stopping (default false: ours, so that no clip goes "
+            "unpredicted unnoticed)."
+        ),
+    )

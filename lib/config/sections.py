@@ -1,4 +1,5 @@
-"""The sections of a run config: data, features, model (encoder + freezing), augmentation, training, pretraining's own."""
+"""The sections of a run config: data, features, model (encoder + freezing), augmentation, training, and
+pretraining's own. Each default's description says where it comes from."""
 
 from __future__ import annotations
 
@@ -47,12 +48,13 @@ class DataConfig(Section):
         None,
         description=(
             "Optional held-out folder with the same layout: every member and the ensemble are also scored on it. "
-            "Only reported: validation alone chooses epochs, temperatures, members and weights."
+            "Only reported: validation alone chooses epochs, temperatures, members and weights (default null: no "
+            "test set, as the notebook)."
         ),
     )
     quick_subsample: bool = Field(
         False,
-        description="Keep every 10th clip of each class (the notebook's b_just_test) for a dry run.",
+        description="Keep every 10th clip of each class for a dry run (default false: the notebook's b_just_test).",
     )
     skip_bad_files: SkipBadFiles = False
     fingerprint: ScanFingerprint = "stat"
@@ -61,32 +63,44 @@ class DataConfig(Section):
 
 
 class FeatureConfig(Section):
+    """How clips become log-mel features; sample_rate_hz's default 16000 is the notebook's and AST/SSAST's rate."""
+
     sample_rate_hz: int = Field(16000, ge=8000, le=192000, description="Clips are resampled to this rate.")
-    clip_seconds: float = Field(1.0, gt=0, le=60, description="Clips are trimmed or zero-padded to this length.")
-    normalize: bool = Field(True, description="Normalise log-mel features with mean/std (as AST does).")
-    # Log-mel values lie within about -20..20: statistics far outside that are a typo, and would
-    # overflow the normalised features (then blamed on the clips).
+    clip_seconds: float = Field(
+        1.0, gt=0, le=60,
+        description="Clips are trimmed or zero-padded to this length (default 1.0: the notebook's 1 s clips).",
+    )
+    normalize: bool = Field(
+        True,
+        description="Normalise log-mel features with mean/std (default true: as AST, and the notebook's processor).",
+    )
+    # Bounds: log-mel values lie within about -20..20, so statistics far outside are a typo (and would overflow).
     mean: float = Field(
-        AUDIOSET_MEAN, ge=-1000, le=1000, description="Feature mean for normalisation (AudioSet default)."
+        AUDIOSET_MEAN, ge=-1000, le=1000, description=(
+            "Feature mean for normalisation (default -4.2677393: AST's AudioSet mean, ASTFeatureExtractor's default)."
+        ),
     )
     std: float = Field(
-        AUDIOSET_STD, ge=0.001, le=1000, description="Feature std for normalisation (AudioSet default)."
+        AUDIOSET_STD, ge=0.001, le=1000, description=(
+            "Feature std for normalisation (default 4.5689974: AST's AudioSet std, ASTFeatureExtractor's default)."
+        ),
     )
     max_frames: int | None = Field(
         128,
         ge=1,
         le=100_000,
         description=(
-            "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98). The encoder's positional "
-            "embeddings are cut or interpolated to fit. 1024 reproduces the notebook (AST-base's length); "
-            "null uses the encoder config's max_length."
+            "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98), its positional embeddings cut or "
+            "interpolated to fit; null: the encoder config's max_length. Default 128: ours, a 1 s clip without the "
+            "notebook's padding to AST-base's 1024 (presets/notebook.yaml sets 1024)."
         ),
     )
     storage_dtype: Literal["float32", "float16"] = Field(
         "float32",
         description=(
-            "How the feature cache stores values: float16 halves it on disk (the model still gets float32); "
-            "values round to about 3 significant digits, and a clip whose features exceed float16's range is a bad file."
+            "How the feature cache stores values: float16 halves it on disk (the model still gets float32), values "
+            "round to about 3 significant digits and a clip beyond float16's range is a bad file (default 'float32': "
+            "ours, exact)."
         ),
     )
 
@@ -99,26 +113,39 @@ class EncoderConfig(Section):
         None,
         description=(
             "AST config.json describing the encoder; when set it takes precedence over the checkpoint folder's "
-            "config.json. Unset: the folder's config.json, else the bundled "
-            "MIT/ast-finetuned-audioset-10-10-0.4593 architecture."
+            "config.json (default null: the folder's config.json, else the bundled architecture of "
+            "MIT/ast-finetuned-audioset-10-10-0.4593, the notebook's base model)."
         ),
     )
     pooling: Literal["mean", "mean_patches"] = Field(
         "mean",
-        description="'mean' averages all tokens (as the notebook); 'mean_patches' skips the cls/dist tokens.",
+        description=(
+            "'mean' averages all tokens; 'mean_patches' skips the cls/dist tokens (default 'mean': the notebook's "
+            "x.mean(dim=1))."
+        ),
     )
-    classifier_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the linear head.")
+    classifier_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout before the linear head (default 0: the notebook's head had none)."
+    )
 
 
 class Freezing(Section):
     """Which part of the network trains: the head, the last N encoder layers and the head, or all of it."""
 
-    head_only: bool = Field(False, description="Train only the classifier head (and final layernorm).")
+    head_only: bool = Field(
+        False,
+        description=(
+            "Train only the classifier head and final layernorm (default false: the notebook's b_train_just_last)."
+        ),
+    )
     train_last_n_layers: int = Field(
         0,
         ge=0,
         le=512,
-        description="Train the last N encoder layers plus the head; 0 trains the full network.",
+        description=(
+            "Train the last N encoder layers plus the head; 0 trains the full network (default 0: ours, full "
+            "fine-tuning as AST and SSAST; the notebook's trainNlayers 3 is in presets/notebook.yaml)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -147,29 +174,39 @@ class AugmentationConfig(Section):
     freq_mask_bins: int = Field(
         0, ge=0, le=128,
         description=(
-            "SpecAugment: one frequency mask per sample, width uniform in 0..N-1 mel bins (AST AudioSet: 48; 0 = off)."
+            "SpecAugment: one frequency mask per sample, width uniform in 0..N-1 mel bins; 0 = off (default 0: "
+            "the notebook had none; AST uses 48)."
         ),
     )
     time_mask_frames: int = Field(
         0, ge=0, le=1024,
         description=(
-            "SpecAugment: one time mask per sample, width uniform in 0..N-1 frames (AST AudioSet: 192 of 1024; 0 = off)."
+            "SpecAugment: one time mask per sample, width uniform in 0..N-1 frames; 0 = off (default 0: the "
+            "notebook had none; AST uses 192 of 1024 on AudioSet, 48 on Speech Commands)."
         ),
     )
     mixup_probability: float = Field(
         0.0, ge=0, le=1,
         description=(
-            "Chance that a training sample is mixed with another of its batch, with soft targets (AST: 0.5; 0 = off)."
+            "Chance that a training sample is mixed with another of its batch, with soft targets; 0 = off (default "
+            "0: the notebook had none; AST uses 0.5 on AudioSet, 0.6 on Speech Commands)."
         ),
     )
     mixup_alpha: float = Field(
-        10.0, gt=0, le=100, description="Each mixed sample's weight is drawn from Beta(alpha, alpha) (AST: 10)."
+        10.0, gt=0, le=100,
+        description="Each mixed sample's weight is drawn from Beta(alpha, alpha) (default 10: AST's Beta(10, 10)).",
     )
     noise_std: float = Field(
-        0.0, ge=0, le=1, description="Std of zero-mean Gaussian noise added to the normalised features (0 = off)."
+        0.0, ge=0, le=1, description=(
+            "Std of zero-mean Gaussian noise added to the normalised features; 0 = off (default 0: the notebook had "
+            "none)."
+        ),
     )
     time_roll: bool = Field(
-        False, description="Roll each sample by a random -10..9 frames along time, wrapping around (AST, with its noise)."
+        False, description=(
+            "Roll each sample by a random -10..9 frames along time, wrapping around, as AST does with its noise "
+            "(default false: the notebook had none)."
+        ),
     )
 
     @property
@@ -181,19 +218,31 @@ class AugmentationConfig(Section):
 
 class TrainingSettings(Section):
     """What fine-tuning and pretraining train with alike: the schedule, device and precision, and the speed settings.
+    Defaults are fine-tuning's; PretrainTrainingConfig re-declares six with SSAST's."""
 
-    Defaults are fine-tuning's (the notebook's); PretrainTrainingConfig re-declares the six whose SSAST defaults
-    differ, which keeps their place in the form.
-    """
-
-    epochs: Epochs = 50
+    # The shared types' descriptions (base.py) name the sources of the defaults from precision on.
+    epochs: Epochs = Field(50, description="Number of training epochs (default 50: the notebook's epoch_num).")
     batch_size: int = Field(
-        8, ge=1, le=65_536, description="Per-device eval batch size, and train batch size unless batch_sizes is set."
+        8, ge=1, le=65_536, description=(
+            "Per-device eval batch size, and train batch size unless batch_sizes is set (default 8: transformers' "
+            "per_device_train_batch_size default; the notebook's 1 is in presets/notebook.yaml)."
+        ),
     )
-    learning_rate: LearningRate = 5e-5
-    weight_decay: WeightDecay = 0.0
-    warmup_steps: WarmupSteps = 3
-    gradient_accumulation_steps: GradientAccumulation = 4
+    learning_rate: LearningRate = Field(
+        5e-5, description="Peak learning rate of the cosine schedule (default 5e-5: the notebook's learning_rate)."
+    )
+    weight_decay: WeightDecay = Field(
+        0.0, description="AdamW weight decay (default 0: the notebook's, which kept TrainingArguments' default)."
+    )
+    warmup_steps: WarmupSteps = Field(
+        3, description=(
+            "Warmup optimizer steps; a value below 1 is a fraction of all steps (default 3: the notebook's "
+            "warmup_steps)."
+        ),
+    )
+    gradient_accumulation_steps: GradientAccumulation = Field(
+        4, description="Batches per optimizer step (default 4: the notebook's gradient_accumulation_steps)."
+    )
     precision: Precision = "auto"
     device: Device = "auto"
     seed: Seed = 42
@@ -216,22 +265,29 @@ class TrainingConfig(TrainingSettings):
         None,
         min_length=1,
         description=(
-            "Per-epoch train batch sizes (the notebook's batch_sizes), e.g. [8, 16, 32]: epoch i uses entry i; "
-            "epochs past the end of the list repeat its last entry. null: batch_size every epoch."
+            "Per-epoch train batch sizes (the notebook's batch_sizes), e.g. [8, 16, 32]: epoch i uses entry i, "
+            "the last entry repeats. Default null: batch_size every epoch, as the notebook in effect trained (its "
+            "schedule never reached the dataloader)."
         ),
     )
     metric_for_best_model: MetricName = Field(
-        "accuracy", description="Validation metric that picks the best epoch ('loss' is minimised)."
+        "accuracy", description=(
+            "Validation metric that picks the best epoch, 'loss' minimised (default 'accuracy': the notebook's "
+            "metric_for_best_model)."
+        ),
     )
     num_processes: int = Field(
-        1, ge=1, le=64, description="Processes (one per GPU) that train one member together, via torchrun."
+        1, ge=1, le=64, description=(
+            "Processes (one per GPU) that train one member together, via torchrun (default 1: ours, one process as "
+            "the notebook)."
+        ),
     )
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     trunk_cache: bool = Field(
         True,
         description=(
-            "Compute the frozen leading encoder layers once and train the rest on their cached outputs; "
-            "used only when those layers are deterministic (no dropout) and augmentation is off."
+            "Compute the frozen leading encoder layers once and train the rest on their cached outputs; used only "
+            "when those layers are deterministic (no dropout) and augmentation is off (default true: ours, for speed)."
         ),
     )
 
@@ -252,8 +308,8 @@ class PretrainDataConfig(Section):
     validation_dir: OptionalLocation = Field(
         None,
         description=(
-            "Held-out clips (any depth) that score the masked-patch accuracy after each epoch, never trained on. "
-            "Unset: holdout_fraction of the clips of data_dirs is held out instead."
+            "Held-out clips (any depth) that score the masked-patch accuracy after each epoch, never trained on "
+            "(default null: ours, holdout_fraction of the clips of data_dirs is held out instead)."
         ),
     )
     holdout_fraction: float = Field(
@@ -262,7 +318,7 @@ class PretrainDataConfig(Section):
         le=0.5,
         description=(
             "Without validation_dir: the share of clips held out for the masked-patch accuracy, chosen by a hash "
-            "of each clip's path (a clip keeps its side when others are added)."
+            "of each clip's path so a clip keeps its side (default 0.1: project default, reason not recorded)."
         ),
     )
     skip_bad_files: SkipBadFiles = False
@@ -277,18 +333,29 @@ class PretrainModelConfig(Section):
     base_config: OptionalLocation = Field(
         None,
         description=(
-            "AST config.json to take the architecture from (hidden size, layers, heads, mel bins, patch size); "
-            "unset: the bundled AST-base (MIT/ast-finetuned-audioset-10-10-0.4593). The fields below override it."
+            "AST config.json to take the architecture from (hidden size, layers, heads, mel bins, patch size), "
+            "which the fields below override (default null: the bundled AST-base of "
+            "MIT/ast-finetuned-audioset-10-10-0.4593, the notebook's base model)."
         ),
     )
-    hidden_size: int | None = Field(None, ge=8, le=8192, description="Override the token width (AST-base: 768).")
-    num_hidden_layers: int | None = Field(None, ge=1, le=128, description="Override the layer count (AST-base: 12).")
-    num_attention_heads: int | None = Field(
-        None, ge=1, le=128, description="Override the attention heads; must divide hidden_size (AST-base: 12)."
+    hidden_size: int | None = Field(
+        None, ge=8, le=8192, description="Override the token width (default null: base_config's; AST-base: 768)."
     )
-    intermediate_size: int | None = Field(None, ge=8, le=32768, description="Override the MLP width (AST-base: 3072).")
+    num_hidden_layers: int | None = Field(
+        None, ge=1, le=128, description="Override the layer count (default null: base_config's; AST-base: 12)."
+    )
+    num_attention_heads: int | None = Field(
+        None, ge=1, le=128, description=(
+            "Override the attention heads; must divide hidden_size (default null: base_config's; AST-base: 12)."
+        ),
+    )
+    intermediate_size: int | None = Field(
+        None, ge=8, le=32768, description="Override the MLP width (default null: base_config's; AST-base: 3072)."
+    )
     num_mel_bins: int | None = Field(
-        None, ge=16, le=1024, description="Override the fbank's mel bins (AST-base: 128); fine-tuning uses the same."
+        None, ge=16, le=1024, description=(
+            "Override the fbank's mel bins, used by fine-tuning too (default null: base_config's; AST-base: 128)."
+        ),
     )
 
 
@@ -301,40 +368,55 @@ class ObjectiveConfig(Section):
         lt=1,
         description=(
             "Share of each clip's patches that are masked, counted over the patches that hold audio (patches wholly "
-            "in the zero-padding of a short clip are never masked). Default 0.78125: SSAST's 400 of 512."
+            "in the zero-padding of a short clip are never masked). Default 0.78125: SSAST's 400 of 512 patches."
         ),
     )
     masking: Literal["random", "cluster"] = Field(
         "random",
         description=(
             "'random': masked patches drawn uniformly; 'cluster': SSAST's cluster masking, squares of 3x3 to 5x5 "
-            "neighbouring patches (SSAST's choice for 16x16 patches)."
+            "neighbouring patches (default 'random': project default, reason not recorded; SSAST uses 'cluster')."
         ),
     )
     generative_weight: float = Field(
         10.0,
         ge=0,
         le=1000,
-        description="lambda in loss = InfoNCE + lambda * MSE (SSAST: 10); 0 trains the discriminative head alone.",
+        description=(
+            "lambda in loss = InfoNCE + lambda * MSE; 0 trains the discriminative head alone (default 10: SSAST's "
+            "weight)."
+        ),
     )
 
 
 class PretrainTrainingConfig(TrainingSettings):
     """Pretraining's training section: SSAST's defaults where they differ, and step checkpoints."""
 
-    epochs: Epochs = 10
-    batch_size: int = Field(24, ge=1, le=65_536, description="Per-device train and eval batch size (SSAST: 24).")
-    learning_rate: LearningRate = 1e-4
-    weight_decay: WeightDecay = 5e-7
-    warmup_steps: WarmupSteps = 1000
-    gradient_accumulation_steps: GradientAccumulation = 1
+    epochs: Epochs = Field(10, description="Number of training epochs (default 10: SSAST's pretraining epochs).")
+    batch_size: int = Field(
+        24, ge=1, le=65_536, description="Per-device train and eval batch size (default 24: SSAST's pretraining batch)."
+    )
+    learning_rate: LearningRate = Field(
+        1e-4, description="Peak learning rate of the cosine schedule (default 1e-4: SSAST's pretraining lr)."
+    )
+    weight_decay: WeightDecay = Field(
+        5e-7, description="AdamW weight decay (default 5e-7: SSAST's pretraining weight decay)."
+    )
+    warmup_steps: WarmupSteps = Field(
+        1000, description=(
+            "Warmup optimizer steps; a value below 1 is a fraction of all steps (default 1000: SSAST's warm-up)."
+        ),
+    )
+    gradient_accumulation_steps: GradientAccumulation = Field(
+        1, description="Batches per optimizer step (default 1: SSAST steps after every batch)."
+    )
     checkpoint_every_steps: int = Field(
         0,
         ge=0,
         le=10_000_000,
         description=(
             "Save a Trainer checkpoint (what a killed run resumes from) every N optimizer steps; 0: at the end of "
-            "each epoch."
+            "each epoch (default 0: ours, as fine-tuning and the notebook's save_strategy 'epoch')."
         ),
     )
 

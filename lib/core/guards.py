@@ -37,7 +37,9 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, 
     ]
 
 
-def check_finite_tensors(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], what: str, fix: str) -> None:
+def check_finite_tensors(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], what: str, fix: str
+) -> None:
     bad = nonfinite_tensors(tensors)
     if bad:
         raise NonFiniteError(f"{what}: {len(bad)} tensors hold NaN or inf ({name_list(bad)}); {fix}")
@@ -58,7 +60,8 @@ def nonfinite_in_folder(folder: Path) -> list[str]:
     bad: list[str] = []
     for path in sorted(Path(folder).rglob("*.safetensors")):
         with safe_open(str(path), framework="pt") as weights:
-            bad += [f"{path.name}: {key}" for key in nonfinite_tensors((key, weights.get_tensor(key)) for key in weights.keys())]
+            tensors = ((key, weights.get_tensor(key)) for key in weights.keys())
+            bad += [f"{path.name}: {key}" for key in nonfinite_tensors(tensors)]
     for path in sorted(Path(folder).rglob("*.npz")):
         with np.load(path) as arrays:
             bad += [
@@ -95,8 +98,8 @@ class NonFiniteLossCallback(TrainerCallback):
         raise NonFiniteError(
             f"the {which} became {value} in epoch {epoch} (optimizer steps {self.last_step + 1}-{state.global_step}); "
             "the model diverged. Lower --learning-rate, raise --warmup-steps, or use --precision fp32 "
-            "(fp16 overflows more easily than bf16). If it diverges from the first epoch whatever you change, the inputs "
-            "are bad: a clip with extreme values, or a corrupt cache (delete <cache_dir>/features and "
+            "(fp16 overflows more easily than bf16). If it diverges from the first epoch whatever you change, the "
+            "inputs are bad: a clip with extreme values, or a corrupt cache (delete <cache_dir>/features and "
             "<cache_dir>/encoders to rebuild them). The checkpoints "
             "of earlier epochs are kept in the work dir; nothing was published"
         )

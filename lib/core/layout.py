@@ -61,7 +61,9 @@ LEADERBOARD_PLOT_FILE = "leaderboard.png"
 RELIABILITY_PLOT_FILE = "reliability.png"
 # A member of one of these names would overwrite that file, or be overwritten; compared without case,
 # since macOS and Windows folders are case-insensitive.
-RESERVED_MEMBER_NAMES = frozenset(name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE))
+RESERVED_MEMBER_NAMES = frozenset(
+    name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE)
+)
 
 
 def check_member_destination(destination: Path, kind: str = "member") -> None:

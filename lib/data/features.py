@@ -196,10 +196,11 @@ def featurize(
         else:
             peak = float(np.abs(waveforms[index]).max())
             reason = (
-                f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow the fbank)"
+                f"its features are not finite (peak sample {peak:.3g}; samples this far outside [-1, 1] overflow "
+                "the fbank)"
             )
         bad[str(paths[kept[index]])] = reason
-    return values[finite].astype(np.float32, copy=False), [index for index, ok in zip(kept, finite) if ok]
+    return values[finite].astype(np.float32, copy=False), [index for index, ok in zip(kept, finite, strict=True) if ok]
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,9 @@ def shard_bounds(clips: int) -> list[tuple[int, int]]:
     return [(clips * index // count, clips * (index + 1) // count) for index in range(count)]
 
 
-def write_shard(shard: Shard, folder: str, params: FeatureParams, label_names: list[str], batch_size: int) -> ShardResult:
+def write_shard(
+    shard: Shard, folder: str, params: FeatureParams, label_names: list[str], batch_size: int
+) -> ShardResult:
     """Compute one shard's features batch by batch, streaming them to folder/<shard file> (Arrow)."""
     # Headers were checked by the scan; clips whose samples turn out unusable are left out here.
     extractor = make_feature_extractor(params)
@@ -303,7 +306,8 @@ def compute_shards(
             progress(index, write_shard(shard, str(folder), params, label_names, batch_size))
     else:
         context = multiprocessing.get_context(START_METHOD)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+        pool_options = {"mp_context": context, "initializer": _init_worker, "initargs": (os.getpid(),)}
+        with ProcessPoolExecutor(workers, **pool_options) as pool:
             # Largest first (a small split's single shard can be twice the others): the last shards
             # to finish are then short ones, and the workers finish together.
             order = sorted(range(len(shards)), key=lambda index: -len(shards[index].paths))
@@ -376,7 +380,7 @@ def build_feature_cache(
         results = compute_shards(shards, staging, params, manifest.label_names, batch_size, workers)
         num_clips = {split: 0 for split in manifest.splits}
         bad, notes = {}, {}
-        for shard, result in zip(shards, results):
+        for shard, result in zip(shards, results, strict=True):
             num_clips[shard.split] += result.rows
             bad |= result.bad
             notes |= result.notes

@@ -205,7 +205,7 @@ def fingerprint_listing(
 
     # A split absent from the listing adds nothing: a run without a test folder keeps its fingerprint.
     for split in (split for split in (*SPLITS, TEST_SPLIT) if split in listing):
-        for class_name, paths in sorted(listing[split].items()):
+        for _, paths in sorted(listing[split].items()):
             for path in paths:
                 relative = path.relative_to(roots[split]).as_posix()
                 try:
@@ -309,7 +309,8 @@ def scan_dataset(
     for split in roots:
         clips[split] = []
         for class_name, paths in listing[split].items():
-            clips[split] += probe_clips(paths[::SUBSAMPLE_EVERY] if quick_subsample else paths, label2id[class_name], bad)
+            kept = paths[::SUBSAMPLE_EVERY] if quick_subsample else paths
+            clips[split] += probe_clips(kept, label2id[class_name], bad)
     stop_or_skip(bad, skip_bad_files)
     for split in roots:
         if not clips[split]:
@@ -324,7 +325,9 @@ def scan_dataset(
         test_dir=str(roots[TEST_SPLIT]) if TEST_SPLIT in roots else None,
         test=clips.get(TEST_SPLIT, []),
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
-        fingerprint=digest(f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64),
+        fingerprint=digest(
+            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64
+        ),
         ignored={key: count for key, count in ignored_total.items() if count},
         skipped=bad,
     )

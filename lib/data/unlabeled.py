@@ -1,4 +1,4 @@
-"""Unlabeled folders -> Manifest for pretraining: clips at any depth, one pseudo-class, a held-out share by path hash."""
+"""Unlabeled folders -> Manifest for pretraining: clips at any depth, one pseudo-class, a held-out share by hash."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ UNLABELED_LINK_RISK = (
 
 def unlabeled_roots(data_dirs: list[Path], validation_dir: Path | None = None) -> dict[str, Path]:
     """Flag-style name -> folder: data_dirs[i] for each pretraining folder, validation_dir if given."""
-    roots = {f"--data-dir {index + 1} (data.data_dirs[{index}])": Path(folder) for index, folder in enumerate(data_dirs)}
-    return roots | ({"--validation-dir (data.validation_dir)": Path(validation_dir)} if validation_dir is not None else {})
+    roots = {
+        f"--data-dir {index + 1} (data.data_dirs[{index}])": Path(folder) for index, folder in enumerate(data_dirs)
+    }
+    if validation_dir is not None:
+        roots["--validation-dir (data.validation_dir)"] = Path(validation_dir)
+    return roots
 
 
 def check_unlabeled_roots(roots: dict[str, Path]) -> None:

@@ -175,10 +175,25 @@ def evaluate_ensemble(
     best = member_rows[0]
     votes = {split: weighted_mean(calibrated[split], chosen) for split in splits}
     ensemble_rows = [
-        {"name": label, "kind": kind, "freezing": None, "weight": None, "temperature": None,
-         **{split: _scores(weighted_mean(calibrated[split], vote_weights), weighted_mean(raw[split], vote_weights),
-                           labels[split]) for split in splits}}
-        for label, kind, vote_weights in (("mean of all members", "mean", equal), (f"ensemble ({method})", "ensemble", chosen))
+        {
+            "name": label,
+            "kind": kind,
+            "freezing": None,
+            "weight": None,
+            "temperature": None,
+            **{
+                split: _scores(
+                    weighted_mean(calibrated[split], vote_weights),
+                    weighted_mean(raw[split], vote_weights),
+                    labels[split],
+                )
+                for split in splits
+            },
+        }
+        for label, kind, vote_weights in (
+            ("mean of all members", "mean", equal),
+            (f"ensemble ({method})", "ensemble", chosen),
+        )
     ]
     for row in ensemble_rows:  # against the member with the best validation accuracy, on every split
         row["gain_over_best_member"] = {

@@ -34,7 +34,7 @@ def training_curves(log_history: list[dict], metric: str, best_epoch: float | No
     evals = [entry for entry in log_history if "eval_loss" in entry]
     figure, (losses, score) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        losses.plot(*zip(*train), marker="o", label="train loss")
+        losses.plot(*zip(*train, strict=True), marker="o", label="train loss")
     if evals:
         losses.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", label="validation loss")
     losses.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -42,7 +42,7 @@ def training_curves(log_history: list[dict], metric: str, best_epoch: float | No
     key = f"eval_{metric}"
     points = [(e["epoch"], e[key]) for e in evals if e.get(key) is not None]  # None: not measured that epoch
     if points:
-        score.plot(*zip(*points), marker="o", color="tab:green", label=f"validation {metric}")
+        score.plot(*zip(*points, strict=True), marker="o", color="tab:green", label=f"validation {metric}")
     score.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
     if best_epoch is not None:
         for axis in (losses, score):
@@ -60,7 +60,8 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     figure, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     annotate = len(labels) <= 30  # beyond that the numbers are unreadable; the colours still tell
     named = len(labels) <= 60  # likewise the class names on the axes
-    for axis, values, title, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}")):
+    panels = ((axes[0], counts, "counts", "{:.0f}"), (axes[1], normalised, "row-normalised", "{:.2f}"))
+    for axis, values, title, fmt in panels:
         image = axis.imshow(values, cmap="Blues", vmin=0)
         figure.colorbar(image, ax=axis, fraction=0.046)
         if named:
@@ -106,13 +107,13 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = 
 
 
 def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 15) -> Path:
-    """Accuracy against confidence per bin for each named (probabilities, labels); the diagonal is perfect calibration."""
+    """Accuracy against confidence per bin for each named (probabilities, labels); the diagonal is calibrated."""
     figure, axis = plt.subplots(figsize=(5.5, 5))
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for name, (probabilities, labels) in curves.items():
         points = [(b["confidence"], b["accuracy"]) for b in reliability_bins(probabilities, labels, bins) if b["count"]]
         if points:
-            axis.plot(*zip(*points), marker="o", label=name)
+            axis.plot(*zip(*points, strict=True), marker="o", label=name)
     axis.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
              title=f"reliability ({bins} bins)")
     axis.legend(fontsize=8)

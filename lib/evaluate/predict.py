@@ -67,7 +67,7 @@ def predict_files(
     _check_output_is_not_read(output_csv, model_path, input_path, files)
     models = [_load_member_model(member).to(runtime.device).eval() for member in members]
     keys = [member.feature_params.model_dump_json() for member in members]  # members sharing features share a key
-    extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members)}
+    extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members, strict=True)}
     probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
     readable = np.ones(len(files), dtype=bool)
     bad: dict[str, str] = {}
@@ -75,7 +75,7 @@ def predict_files(
         batch = files[start : start + batch_size]
         # Each clip is featurised once per distinct feature parameters, however many members share them.
         features: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
-        for member, key, model, member_probabilities in zip(members, keys, models, probabilities):
+        for member, key, model, member_probabilities in zip(members, keys, models, probabilities, strict=True):
             if key not in features:
                 values, kept = featurize(batch, member.feature_params, extractors[key], bad)
                 readable[start : start + len(batch)] &= np.isin(np.arange(len(batch)), kept)
@@ -85,13 +85,15 @@ def predict_files(
                 # calibrated: the member's temperature (1 for members published before calibration)
                 member_probabilities[rows] = softmax(batch_logits(model, values, runtime), member.temperature or 1.0)
     if bad and not skip_bad_files:
-        raise EnsembleError(format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files"))
+        raise EnsembleError(
+            format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files")
+        )
     voted = soft_vote(probabilities, [member.weight for member in members])
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "predicted_label", *[f"prob_{name}" for name in label_names]])
-        for index, row in zip(np.flatnonzero(readable), voted[readable]):
+        for index, row in zip(np.flatnonzero(readable), voted[readable], strict=True):
             writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
     for path, reason in bad.items():
         logger.warning("skipped %s: %s", path, reason)
@@ -111,8 +113,11 @@ def list_inputs(input_path: Path) -> list[Path]:
     if not input_path.is_dir():
         raise EnsembleError(f"--input (input_path) {input_path}: no such file or folder")
     files = sorted(
-        p for p in input_path.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
+        p
+        for p in input_path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in AUDIO_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
     )
     if not files:
         raise EnsembleError(f"--input (input_path) {input_path}: no .wav files found")

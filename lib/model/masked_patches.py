@@ -55,7 +55,9 @@ def masked_counts(maskable: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.minimum(torch.clamp(torch.round(available * ratio).long(), min=1), available)
 
 
-def random_masks(maskable: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_masks(
+    maskable: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Exactly counts[i] of clip i's maskable patches, drawn uniformly without replacement (SSAST gen_maskid_frame)."""
     scores = torch.rand(maskable.shape, generator=generator)
     scores[~maskable.cpu()] = 2.0  # after every drawn score: ranked last, never among the first counts[i]
@@ -231,7 +233,11 @@ class MaskedPatchModel(ASTPreTrainedModel):
         embeddings = self.encoder.embeddings
         batch = patch_tokens.shape[0]
         hidden = torch.cat(
-            (embeddings.cls_token.expand(batch, -1, -1), embeddings.distillation_token.expand(batch, -1, -1), patch_tokens),
+            (
+                embeddings.cls_token.expand(batch, -1, -1),
+                embeddings.distillation_token.expand(batch, -1, -1),
+                patch_tokens,
+            ),
             dim=1,
         )
         hidden = embeddings.dropout(hidden + embeddings.position_embeddings)
@@ -266,7 +272,8 @@ class MaskedPatchModel(ASTPreTrainedModel):
         with torch.autocast(input_values.device.type, enabled=False):  # the losses in float32 under mixed precision
             nce_sum, nce_patches, correct = info_nce(projected, targets, valid)
             error_sum, mse_patches = squared_error(decoded, targets, valid)
-        stats = torch.stack([column.float() for column in (nce_sum, nce_patches, correct, error_sum, mse_patches)], dim=1)
+        columns = (nce_sum, nce_patches, correct, error_sum, mse_patches)
+        stats = torch.stack([column.float() for column in columns], dim=1)
         nce = nce_sum.sum() / nce_patches.sum().clamp(min=1)
         mse = error_sum.sum() / mse_patches.sum().clamp(min=1)
         return MaskedPatchOutput(loss=nce + self.generative_weight * mse, clip_stats=stats.detach())

@@ -85,7 +85,9 @@ def frozen_trunk_layers(config: FinetuneConfig, encoder_config) -> tuple[int | N
         return None, f"the encoder config has dropout ({found}): the frozen layers are not deterministic in training"
     trunk = layers if model.head_only else layers - model.train_last_n_layers
     if trunk == 0:
-        return None, f"train_last_n_layers={model.train_last_n_layers} trains every layer: only the patch embedding is frozen"
+        return None, (
+            f"train_last_n_layers={model.train_last_n_layers} trains every layer: only the patch embedding is frozen"
+        )
     variant = "head only" if model.head_only else f"last {model.train_last_n_layers} of {layers} layers trained"
     return trunk, f"{variant}: embeddings and layers[:{trunk}] are frozen and deterministic"
 
@@ -156,7 +158,8 @@ def _build(encoder, features: FeatureCacheRef, layers: int, dtype: str, root: Pa
            runtime: Runtime, batch_size: int) -> Path:
     with staged_folder(root, key, file_sizes_match, "trunk cache") as staging:
         shapes = {
-            split: _write_split(encoder, features, split, layers, dtype, staging, runtime, batch_size) for split in SPLITS
+            split: _write_split(encoder, features, split, layers, dtype, staging, runtime, batch_size)
+            for split in SPLITS
         }
         record_file_sizes(staging, key, {**meta, "dtype": dtype, "shapes": shapes})  # last: marks the cache complete
     return root / key

@@ -1,6 +1,7 @@
-"""publish_folder: put a model folder under <root>/<name> (members: best/, encoders: ssl/), replacing an earlier one atomically.
+"""publish_folder: a model folder to <root>/<name> (members: best/, encoders: ssl/), replacing the last one atomically.
 
-What goes in (a PublishSpec) is each recipe's: lib.recipes.finetune.publish_member, lib.recipes.pretrain.publish_encoder.
+What goes in (a PublishSpec) is each recipe's: lib.recipes.finetune.publish_member and
+lib.recipes.pretrain.publish_encoder.
 
 best/<name> is a symbolic link to a version folder beside it, .<name>.v-<owner>-<token>/. The
 new member is assembled completely in a new version folder, then the link is switched to it with

@@ -310,7 +310,8 @@ def train_member_in_process(
         attention=training.attention,
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
-    claim_work_dir(plan.work_dir, plan.owner)  # before the trunk cache is built: a work dir we did not make is refused first
+    # before the trunk cache is built: a work dir we did not make is refused first
+    claim_work_dir(plan.work_dir, plan.owner)
     apply_tf32(plan.runtime)  # the trunk cache is computed before Trainer would set it
     # data: the features, or (frozen, deterministic leading layers) their cached outputs with only the tail training
     inputs = training_inputs(model, config, features, plan.runtime)

@@ -336,7 +336,11 @@ def pretrain_encoder(
     seed_everything(training.seed, training.deterministic)
     objective = config.objective
     model = MaskedPatchModel(
-        plan.encoder_config, objective.mask_ratio, objective.masking, objective.generative_weight, eval_seed=training.seed,
+        plan.encoder_config,
+        objective.mask_ratio,
+        objective.masking,
+        objective.generative_weight,
+        eval_seed=training.seed,
     )
     # data
     train, validation = (pretraining_split(features, manifest, split) for split in SPLITS)

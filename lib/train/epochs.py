@@ -114,7 +114,7 @@ class EpochLogCallback(TrainerCallback):
 
 
 def read_epoch_records(work_dir: Path, skip: int = 0) -> list[EpochRecord]:
-    """The complete records in work_dir's epochs file after the first `skip` (a line being written is left for later)."""
+    """The complete records in work_dir's epochs file after the first `skip` (a line being written waits)."""
     try:
         lines = (Path(work_dir) / EPOCHS_FILE).read_text().split("\n")[:-1]
     except FileNotFoundError:

@@ -74,7 +74,8 @@ def schedule_hooks_problem(trainer_class: type = Trainer) -> str | None:
     doc = inspect.getdoc(trainer_class.set_initial_training_values) or ""
     listed = tuple(re.findall(r"^- `(\w+)`", doc, flags=re.MULTILINE))
     if listed != INITIAL_VALUES:
-        return f"Trainer.set_initial_training_values returns {listed or 'undocumented values'}, expected {INITIAL_VALUES}"
+        found = listed or "undocumented values"
+        return f"Trainer.set_initial_training_values returns {found}, expected {INITIAL_VALUES}"
     return None
 
 
