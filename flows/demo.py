@@ -37,7 +37,6 @@ def _demo_inputs(directory: Path, epochs: int, device: str) -> dict:
     data_root = directory / "data"
     if not (data_root / "validation").is_dir():
         make_example_dataset(data_root)
-    if not (data_root / "test").is_dir():  # also for demo folders made before the test split existed
         make_example_test_split(data_root)
     if not (directory / "unlabeled").is_dir():
         make_unlabeled_clips(directory / "unlabeled", DEMO_UNLABELED_CLIPS)

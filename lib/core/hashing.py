@@ -1,4 +1,8 @@
-"""The one way cache keys and fingerprints are made: sha256 of a string, or of sorted-key JSON."""
+"""digest: the sha256 that keys and fingerprints of small payloads use (a string, or sorted-key JSON).
+
+What is too large to hold as one string is hashed as a stream where it is read: clip bytes and folder
+listings (lib.data.scan) and encoder weights (lib.model.trunk).
+"""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def owner_state(tag: str) -> str:
 
     Only "gone" proves a folder abandoned. Another host's processes cannot be seen from here, so
     their folders are "unknown" and left for that host's next run to clean (shared storage); so
-    are names without a tag (made by an older astft) and processes we may not inspect.
+    are names that hold no tag and processes we may not inspect.
     """
     match = _OWNER.fullmatch(tag)
     if match is None or match["host"] != _host():

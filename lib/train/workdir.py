@@ -22,10 +22,7 @@ from lib.train.epochs import read_epoch_records
 
 logger = logging.getLogger(__name__)
 
-
 RunKind = Literal["finetune", "pretrain"]
-
-
 RUN_KINDS = {"finetune": "fine-tune run (astft finetune / ensemble)", "pretrain": "pretraining run (astft pretrain)"}
 
 
@@ -40,12 +37,14 @@ class RunOwner(BaseModel):
 
 
 def _marker(work_dir: Path) -> dict | None:
-    """run.json's content if it marks work_dir as an astft run's own: a JSON object with a fingerprint."""
+    """run.json's content if it marks work_dir as an astft run's own: a JSON object with a fingerprint and the
+    kind of run that wrote it (anything else is not provably ours, and is left alone)."""
     try:
         marker = json.loads((Path(work_dir) / RUN_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return marker if isinstance(marker, dict) and "fingerprint" in marker else None
+    ours = isinstance(marker, dict) and "fingerprint" in marker and marker.get("kind") in RUN_KINDS
+    return marker if ours else None
 
 
 def _write_marker(work_dir: Path, run_fingerprint: str | None, owner: RunOwner | None = None) -> None:
@@ -64,8 +63,8 @@ def check_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
     """Refuse a work dir that is not provably this run's: a run deletes checkpoints and logs in it.
 
     Ours is a folder that does not exist yet, an empty one, or one marked by run.json (written by
-    claim_work_dir / prepare_work_dir) for the owner's kind of run and name; a run.json that records
-    no kind (astft before pretraining) is a fine-tune's, one without a name takes any name.
+    claim_work_dir / prepare_work_dir) for the owner's kind of run and name; one without a name (written by
+    a caller below the flows) takes any name.
     Reads only; plan_run and plan_pretrain call it before any work.
     """
     work_dir = Path(work_dir)
@@ -83,10 +82,10 @@ def check_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
         )
     if marker is None or owner is None:
         return
-    kind, name = marker.get("kind", "finetune"), marker.get("name")
+    kind, name = marker["kind"], marker.get("name")
     if kind == owner.kind and (name is None or owner.name is None or name == owner.name):
         return
-    made_by = f"{RUN_KINDS.get(kind, kind)}" + (f" {name!r}" if name else "")
+    made_by = RUN_KINDS[kind] + (f" {name!r}" if name else "")
     this = f"{RUN_KINDS[owner.kind]}" + (f" {owner.name!r}" if owner.name else "")
     raise ConfigError(
         f"work_dir (--work-dir) {work_dir} belongs to another run: its {RUN_FILE} says the {made_by} made it, not "
