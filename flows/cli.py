@@ -1,6 +1,6 @@
 """`astft` command line: finetune, ensemble, pretrain, predict, demo.
 
-Every flag of finetune, ensemble, pretrain and predict is generated from the pydantic config in lib/config.py:
+Every flag of finetune, ensemble, pretrain and predict is generated from the pydantic configs in lib/config/:
 `--section.field VALUE` for each field (help from its description, choices from its type), plus the
 notebook-shaped short flags of SHORT_FLAGS. Precedence: defaults < `--config` preset < flags < `--set`.
 """

@@ -3,7 +3,7 @@
 <output_dir>/best/<name>    a published member: a link to a hidden version folder .<name>.v-* beside it
 <output_dir>/ssl/<name>     a published encoder (astft pretrain), the same way
 <output_dir>/runs/<name>    a member's work dir (Trainer checkpoints, logs); ssl-runs/<name> an encoder's
-<cache_dir>/features/<key>  Arrow feature caches; encoders/<key> stripped encoders (with trunk/ caches)
+<cache_dir>/features/<key>  Arrow feature caches; encoders/<key> stripped encoders; trunk/<key> frozen-trunk outputs
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SSL_RUNS_FOLDER = "ssl-runs"  # pretraining work dirs
 # <cache_dir>/...
 FEATURES_FOLDER = "features"
 ENCODERS_FOLDER = "encoders"
-TRUNK_DIR = "trunk"  # inside an encoder's cache folder: frozen-trunk outputs
+TRUNK_DIR = "trunk"  # <cache_dir>/trunk/<key>: frozen-trunk outputs
 META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole (lib.core.staging)
 
 # a work dir

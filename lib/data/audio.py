@@ -1,4 +1,4 @@
-"""Waveform loading: decode (soundfile), down-mix to mono, resample (torchaudio), trim/pad."""
+"""Waveforms: WAV header probing (sample rate, truncation), decode (soundfile), mono down-mix, resample, trim/pad."""
 
 from __future__ import annotations
 

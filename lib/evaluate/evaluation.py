@@ -1,5 +1,6 @@
-"""Evaluate a saved member on the validation (and test) features, fit its temperature on validation,
-and write its reports beside it."""
+"""Evaluate a saved member on validation (and test), fit its temperature on validation, write its reports.
+
+The reports are written beside the model, where publishing copies them from."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Predict wav files with a published member or an ensemble to a CSV: every path checked before a
-model is loaded, clips featurised as for training, logits under the runtime's autocast, calibrated by
-each member's temperature, soft vote with the ensemble's weights."""
+"""Predict wav files with a published member or an ensemble, to a CSV.
+
+Every path is checked before a model is loaded; clips are featurised as for training, logits computed under
+the runtime's autocast, calibrated by each member's temperature and soft-voted with the ensemble's weights.
+"""
 
 from __future__ import annotations
 

@@ -289,7 +289,7 @@ class TrunkTail(nn.Module):
 
 @dataclass
 class TrainingInputs:
-    """What train_classifier trains (the classifier on features, or its tail on cached trunk outputs), and how."""
+    """What a member's Trainer trains (the classifier on features, or its tail on cached trunk outputs), and how."""
 
     model: nn.Module
     train: torch.utils.data.Dataset

@@ -1,4 +1,4 @@
-"""Plan-time checks both recipes make before any work: output folders, the work dir's place, a clip's frames."""
+"""The Plan every task of a run takes first, and the plan-time checks both recipes make before any work."""
 
 from __future__ import annotations
 
