@@ -1,4 +1,5 @@
-"""The built-in example: a small learnable audio dataset, unlabeled clips and a tiny AST config, made offline.
+"""The built-in example: a small learnable audio dataset, unlabeled clips, a tiny AST config and the demo's
+run configs (pretrain, then fine-tune or an ensemble), all made offline.
 
 Used by `astft demo`, the benchmarks and the tests. Everything is deterministic for a given seed.
 """
@@ -10,6 +11,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from transformers import ASTConfig
+
+from lib.config import (
+    DataConfig,
+    EncoderConfig,
+    EnsembleConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PretrainConfig,
+    TrainingConfig,
+)
+from lib.core.layout import SSL_FOLDER
 
 EXAMPLE_CLASSES = ("chirp", "noise_burst", "tone_high", "tone_low")
 
@@ -113,3 +125,87 @@ def make_unlabeled_clips(
     return Path(folder)
 
 
+# --- the demo: write_demo_inputs writes the clips once; the config builders only describe runs over them ---
+
+DEMO_MEMBER = "demo-full"
+DEMO_ENCODER = "demo-ssl"
+DEMO_UNLABELED_CLIPS = 96  # beside the 96 train clips: pretraining sees 192, fine-tuning the 96 labelled
+DEMO_PRETRAIN_EPOCHS = 10
+# The example encoder has 2 layers: last-1 trains its top layer and the head, last-2 all of it; two
+# seeds each make the 4 variants the ensemble chooses from.
+DEMO_SWEEP_LAST_N = [1, 2]
+DEMO_SEEDS = [1, 2]
+
+
+def write_demo_inputs(directory: Path) -> None:
+    """Synthesise the demo's clips under `directory` (data/train, validation, test and unlabeled/), once."""
+    directory = Path(directory)
+    if not (directory / "data" / "validation").is_dir():
+        make_example_dataset(directory / "data")
+        make_example_test_split(directory / "data")
+    if not (directory / "unlabeled").is_dir():
+        make_unlabeled_clips(directory / "unlabeled", DEMO_UNLABELED_CLIPS)
+
+
+def _demo_data(directory: Path) -> DataConfig:
+    data_root = Path(directory) / "data"
+    return DataConfig(
+        train_dir=data_root / "train",
+        validation_dir=data_root / "validation",
+        test_dir=data_root / "test",
+        cache_dir=Path(directory) / "cache",
+    )
+
+
+def _demo_training(epochs: int, device: str) -> TrainingConfig:
+    # The example encoder is tiny and only briefly pretrained: a higher learning rate than the notebook's and no
+    # accumulation make it learn in seconds.
+    return TrainingConfig(
+        epochs=epochs, batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3, warmup_steps=0.1, device=device
+    )
+
+
+def demo_pretrain_config(directory: Path, device: str = "auto", epochs: int = DEMO_PRETRAIN_EPOCHS) -> PretrainConfig:
+    """Pretraining of the example's tiny encoder (64 wide, 2 layers) on the train clips and the unlabeled
+    ones; the validation clips score its masked-patch accuracy."""
+    data = _demo_data(directory)
+    tiny = tiny_ast_config()
+    return PretrainConfig(
+        name=DEMO_ENCODER,
+        output_dir=Path(directory) / "ensemble",
+        data={
+            "data_dirs": [data.train_dir, Path(directory) / "unlabeled"],
+            "validation_dir": data.validation_dir,
+            "cache_dir": data.cache_dir,
+        },
+        model={key: getattr(tiny, key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                    "intermediate_size")},
+        # SSAST's 1e-4 and 1000 warmup steps suit millions of steps; a few hundred clips want more, sooner
+        training={"epochs": epochs, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 0.1,
+                  "device": device},
+    )
+
+
+def demo_config(directory: Path, epochs: int = 20, device: str = "auto") -> FinetuneConfig:
+    """The single-member demo: full fine-tuning of the pretrained example encoder."""
+    output_dir = Path(directory) / "ensemble"
+    return FinetuneConfig(
+        name=DEMO_MEMBER,
+        output_dir=output_dir,
+        data=_demo_data(directory),
+        model=ModelConfig(ssl_checkpoint=output_dir / SSL_FOLDER / DEMO_ENCODER),  # what pretraining publishes
+        training=_demo_training(epochs, device),
+    )
+
+
+def demo_ensemble_config(directory: Path, epochs: int = 20, device: str = "auto") -> EnsembleConfig:
+    """The ensemble demo: last-1 and last-2 (full) with seeds 1 and 2, greedy selection."""
+    output_dir = Path(directory) / "ensemble"
+    return EnsembleConfig(
+        output_dir=output_dir,
+        data=_demo_data(directory),
+        model=EncoderConfig(ssl_checkpoint=output_dir / SSL_FOLDER / DEMO_ENCODER),
+        training=_demo_training(epochs, device),
+        sweep_last_n=DEMO_SWEEP_LAST_N,
+        seeds=DEMO_SEEDS,
+    )
