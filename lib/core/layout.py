@@ -27,6 +27,7 @@ META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole 
 # a work dir
 RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
 PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
+LOCK_FILE = ".astft.lock"  # held (fcntl.flock) by the run using the work dir: lib.core.locks
 EPOCHS_FILE = "epochs.jsonl"  # one EpochRecord per line, beside the train log: what a watcher of a torchrun run reads
 LOG_HISTORY_FILE = "log_history.json"  # Trainer's state.log_history of the run, written when it ends
 BEST_MODEL_DIR = "best-model"  # a fine-tune's best epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import ClassVar
 
@@ -9,9 +10,10 @@ from pydantic import BaseModel, ConfigDict
 
 from lib.config import FeatureConfig, FinetuneConfig, PretrainConfig
 from lib.core.errors import ConfigError
+from lib.core.locks import check_unlocked, folder_lock
 from lib.core.runtime import Runtime
 from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
-from lib.train.workdir import RunKind, RunOwner, check_work_dir
+from lib.train.workdir import RUN_KINDS, RunKind, RunOwner, check_work_dir
 
 
 class Plan(BaseModel):
@@ -45,6 +47,10 @@ class Plan(BaseModel):
         """Whose work dir it is (run.json): another kind of run's, or another name's, is refused."""
         return RunOwner(kind=self.kind, name=self.config.name)
 
+    def work_dir_lock(self, wait: bool = False) -> AbstractContextManager[None]:
+        """Hold the work dir's lock (a flow holds it from training to publishing): a second run on it is refused."""
+        return folder_lock(self.work_dir, f"the {RUN_KINDS[self.kind]} {self.config.name!r}", wait)
+
 
 def check_work_dir_apart(
     work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner
@@ -74,6 +80,7 @@ def check_work_dir_apart(
                 f"checkpoint, the data and the published models, or {fix}"
             )
     check_work_dir(work_dir, owner)
+    check_unlocked(work_dir)  # another run is using it now
 
 
 def check_output_folders(

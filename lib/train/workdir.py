@@ -14,6 +14,7 @@ from lib.core.errors import ConfigError
 from lib.core.layout import (
     BEST_MODEL_DIR,
     EPOCHS_FILE,
+    LOCK_FILE,
     LOG_HISTORY_FILE,
     PARTIAL_RUN_FILE,
     RUN_FILE,
@@ -73,7 +74,7 @@ def check_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
     if not work_dir.is_dir():
         raise ConfigError(f"work_dir (--work-dir) {work_dir} is a file; pass a folder (a new one is created)")
     marker = _marker(work_dir)
-    if marker is None and any(entry.name != PARTIAL_RUN_FILE for entry in work_dir.iterdir()):
+    if marker is None and any(entry.name not in (PARTIAL_RUN_FILE, LOCK_FILE) for entry in work_dir.iterdir()):
         raise ConfigError(
             f"work_dir (--work-dir) {work_dir} is not empty and has no {RUN_FILE} marking it as an astft run's "
             "work dir; a run removes the checkpoint-* folders, best-model/ and training logs of its work dir, so "

@@ -1,0 +1,102 @@
+"""One run per work dir: a held lock refuses a second run, naming the holder; a killed holder frees it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.core.errors import ConfigError
+from lib.core.locks import check_unlocked, folder_lock
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def hold_in_another_process(folder: Path) -> subprocess.Popen:
+    """A process that takes folder's lock, says so, and sleeps until killed."""
+    script = (
+        "import sys, time\n"
+        "from lib.core.locks import folder_lock\n"
+        f"with folder_lock({str(folder)!r}, 'the fine-tune run \\'first\\''):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_lock_on_a_held_folder_is_refused_naming_the_holder(tmp_path):
+    holder = hold_in_another_process(tmp_path / "work")
+    try:
+        with pytest.raises(ConfigError, match=rf"in use by the fine-tune run 'first' \(pid {holder.pid} on "):
+            check_unlocked(tmp_path / "work")
+        with pytest.raises(ConfigError, match=r"would delete each other's checkpoints"), folder_lock(
+            tmp_path / "work", "the fine-tune run 'second'"
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_holder_killed_outright_leaves_the_folder_free(tmp_path):
+    holder = hold_in_another_process(tmp_path / "work")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    check_unlocked(tmp_path / "work")
+    with folder_lock(tmp_path / "work", "the fine-tune run 'second'"):
+        assert "the fine-tune run 'second'" in (tmp_path / "work" / ".astft.lock").read_text()
+
+
+def test_the_same_process_cannot_take_a_folder_twice(tmp_path):
+    with folder_lock(tmp_path, "first"), pytest.raises(ConfigError, match="in use by first"), folder_lock(
+        tmp_path, "second"
+    ):
+        pass
+    with folder_lock(tmp_path, "third"):  # released when its block ended
+        pass
+
+
+def test_a_waiting_lock_takes_the_folder_once_its_holder_ends(tmp_path):
+    holder = hold_in_another_process(tmp_path / "work")
+    try:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c",
+             f"from lib.core.locks import folder_lock\nwith folder_lock({str(tmp_path / 'work')!r}, 'w', wait=True):\n"
+             "    print('got it', flush=True)\n"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(timeout=2)  # queued behind the holder
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiter.stdout.readline().strip() == "got it"
+    assert waiter.wait(timeout=30) == 0
+
+
+def test_a_fine_tune_whose_work_dir_another_run_holds_is_refused_at_plan_time(tmp_path, dataset_dirs, ssl_checkpoint):
+    from lib.config import FinetuneConfig
+    from lib.recipes.finetune import plan_run
+
+    train_dir, validation_dir = dataset_dirs
+    config = FinetuneConfig.model_validate({
+        "name": "dup", "output_dir": str(tmp_path / "out"),
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir)},
+        "model": {"ssl_checkpoint": str(ssl_checkpoint)},
+        "features": {"max_frames": None, "clip_seconds": 0.6},
+    })
+    plan = plan_run(config)
+    holder = hold_in_another_process(plan.work_dir)
+    try:
+        with pytest.raises(ConfigError, match=rf"runs/dup is in use by the fine-tune run 'first' \(pid {holder.pid}"):
+            plan_run(config)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert plan_run(config).work_dir == plan.work_dir
