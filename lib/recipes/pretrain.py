@@ -6,6 +6,8 @@ killed run from its last checkpoint; publish_encoder puts the final weights unde
 <output_dir>/ssl/<name>/ with one rename (lib.publish.folder), in the SSL checkpoint layout that
 ``--ssl-checkpoint`` takes unchanged: ``encoder.*`` (an ASTModel) beside ``projector.*``,
 ``decoder.*`` and ``mask_embedding``, plus ``config.json`` and ``pretrain.json``.
+
+Over 400 lines on purpose, as lib.recipes.finetune: plan -> data -> train -> publish read as one recipe.
 """
 
 from __future__ import annotations
