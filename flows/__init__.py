@@ -16,9 +16,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 if logging.getLogger("lib").level == logging.NOTSET:
     logging.getLogger("lib").setLevel(logging.INFO)
 
-# Prefect waits 20 s for the temporary (ephemeral) API server a run without PREFECT_API_URL starts;
-# a first run on a busy 2-core machine took longer. The user's own setting (environment, profile,
-# prefect.toml) still wins: this only changes the default.
+# why 120 s: docs/decisions.md, "A 120 s start timeout for Prefect's temporary server"
 EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 
 

@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
-        # Pre-flight: the flow plans again as its first step, but an error raised inside a flow run comes
-        # with Prefect's traceback; here it is one line. (The demo's fine-tune is planned once its
-        # pretraining has made the checkpoint it starts from.)
+        # Pre-flight (why: docs/decisions.md, "The CLI plans before it starts a flow")
         if pretrain_config is not None:
             from lib.recipes.pretrain import plan_pretrain
 

@@ -2,7 +2,8 @@
 its description, choices and parsing from its type), the notebook's short flags (SHORT_FLAGS) and `--set`.
 
 Precedence: defaults < `--config` preset < flags < `--set`; a flag left out never overrides the preset.
-Why argparse over the config models rather than pydantic-settings' CLI: docs/decisions.md.
+Why argparse over the config models rather than pydantic-settings' CLI: docs/decisions.md, "The CLI is argparse,
+not pydantic-settings".
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def field_help(field: FieldInfo, preset: bool) -> str:
     if field.is_required():
         return f"{text} (required{', here or in the --config preset' if preset else ''})"
     default = field.default
-    if field.default_factory is not None or default is None:
+    if field.default_factory is not None or default is None or "(default " in text:  # the description says it
         return text
     shown = str(default).lower() if isinstance(default, bool) else str(default)
     return f"{text} (default: {','.join(map(str, default)) if isinstance(default, list) else shown})"

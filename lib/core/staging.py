@@ -26,15 +26,7 @@ from lib.core.layout import META_FILE
 logger = logging.getLogger(__name__)
 
 
-# Owner of a staging folder: host, pid and the process's start time (seconds since the epoch).
-# A folder is abandoned once the process that made it has ended: nothing else will finish or
-# remove it. That, not its age, is the test, since a feature or trunk build can take hours and a
-# folder's mtime does not change while a file inside it grows. The pid alone would do if pids were
-# never reused; the start time tells a reused pid (a later, unrelated process) from the creator.
-# The host is part of the tag because pids mean nothing across the machines that share a cache or
-# output folder (it assumes, as Docker and Kubernetes do by default, that containers sharing one
-# have their own host names). It is hashed so that the tag has a fixed form (host names may hold
-# dots and dashes) and callers can match it after any prefix.
+# Owner tag: hashed host, pid, start time (why: docs/decisions.md, "Abandoned folders: judged by owner, not age").
 OWNER_PATTERN = r"(?P<owner>[0-9a-f]{8}-\d+-\d+)-[0-9a-f]{8}"
 _OWNER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)")
 # psutil derives the start time from boot time + ticks; allow for rounding between two readings.
@@ -146,9 +138,7 @@ def staged_folder(root: Path, key: str, is_complete: Callable[[Path, str], bool]
         logger.warning("%s %s is incomplete or corrupt; rebuilding it", what, final)
         shutil.rmtree(final, ignore_errors=True)
     Path(root).mkdir(parents=True, exist_ok=True)
-    # A killed build leaves its staging folder behind (no finally runs). Its name says which process
-    # built it: once that process has ended, nothing will finish it, so it goes; a live builder's
-    # (this or another run, building now) stays. Swept here, when a build is needed anyway.
+    # Sweep abandoned staging folders (why: docs/decisions.md, "Abandoned folders: judged by owner, not age").
     remove_abandoned(root, rf"\..+\.tmp-{OWNER_PATTERN}")
     staging = Path(root) / owned_name(f".{key}.tmp-")
     staging.mkdir()

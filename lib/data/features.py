@@ -54,9 +54,7 @@ from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 
 logger = logging.getLogger(__name__)
 
-# Bump when the feature computation changes, to invalidate old caches. 2: clips whose features are not
-# finite are bad files (version 1 stored their NaN rows), and meta.json records suspicious clips.
-# 3: each split is stored as shard files (version 2 had one <split>.arrow), params hold storage_dtype.
+# Bump when the feature computation changes; history: docs/decisions.md, "Feature cache versions".
 FEATURES_VERSION = "3"
 # torchaudio's Kaldi fbank defaults, which ASTFeatureExtractor keeps: 25 ms windows every 10 ms.
 FRAME_LENGTH_MS = 25.0
@@ -71,20 +69,10 @@ class FeatureParams(FeatureConfig):
     max_frames: int = Field(128, ge=1, le=100_000, description="Frames per clip (the fitted encoder's max_length).")
 
 
-# A shard is one worker's unit of work and one file. SHARD_CLIPS is the fewest clips a shard holds
-# (a split of fewer than 2 x SHARD_CLIPS clips is one shard), so that a shard's fixed cost (an
-# extractor, an Arrow file, a task hand-off: milliseconds) stays small against its fbanks (about
-# 0.1 s), and it is also the clips per worker process: a dataset of fewer than 2 x SHARD_CLIPS
-# clips is built in this process, where starting workers would cost more than they save. At most
-# MAX_SHARDS per split keeps 100,000 clips to a few hundred files while leaving several shards per
-# worker on machines of up to about 64 cores, so that a worker slowed by other load does not hold
-# up the end (workers take the next shard when they finish one).
+# Shard sizing, why: docs/decisions.md, "Feature shard sizes".
 SHARD_CLIPS = 128
 MAX_SHARDS = 256
-# Workers are forked, as torch's DataLoader and datasets' map(num_proc) do on Linux: a forked
-# worker starts in milliseconds with lib/ already imported, where a spawned one re-imports torch
-# and transformers (about 3 s each on the 2-core CI machine, longer than a 2,000-clip build).
-# Other systems spawn (forking is unsafe on macOS).
+# Fork on Linux, why: docs/decisions.md, "Feature workers are forked on Linux".
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 # How often a long build logs its progress.
 PROGRESS_EVERY_S = 30.0
@@ -184,9 +172,7 @@ def featurize(
         computed = extractor(waveforms, sampling_rate=params.sample_rate_hz, return_tensors="np")["input_values"]
     with np.errstate(over="ignore"):  # values beyond float16's range become inf, caught just below
         values = computed.astype(params.storage_dtype, copy=False)
-    # Finite samples can still overflow the fbank's power spectrum in float32 (a float clip holding
-    # 1e30), and finite features float16's range: such rows would train as NaN or inf, so those
-    # clips are bad files too. Checked after the cast to the stored dtype, so neither gets through.
+    # Non-finite after the cast: a bad file (why: docs/decisions.md, "Clips with non-finite features are bad files").
     finite = np.isfinite(values).all(axis=(1, 2))
     for index in np.flatnonzero(~finite):
         if np.isfinite(computed[index]).all():
@@ -267,9 +253,7 @@ def _init_worker(parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not each
     # print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A parent killed outright (kill -9, the OOM killer) cannot stop its pool: on Linux the kernel then
-    # ends each worker too, instead of leaving it computing into a staging folder the next build sweeps.
-    # (multiprocessing has no option for this; prctl is one libc call.)
+    # End with the parent (why: docs/decisions.md, "Feature workers die with their parent").
     if sys.platform == "linux":
         import ctypes
 

@@ -42,9 +42,7 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
     """The notebook's AST_Classifier as a PreTrainedModel, so it saves and loads the ordinary way."""
 
     config_class = ASTMeanPoolConfig
-    # forward takes **kwargs (Trainer passes extras) but computes a plain mean loss; without this,
-    # Trainer assumes the loss is already normalised by num_items_in_batch and never divides it by
-    # gradient_accumulation_steps, so gradients and the logged loss would grow with accumulation.
+    # why: docs/decisions.md, "The classifier does not accept loss kwargs"
     accepts_loss_kwargs = False
 
     def __init__(self, config: ASTMeanPoolConfig):
@@ -56,9 +54,7 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
         self.post_init()
 
     def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
-        # transformers 5 saves AST weights under their 4.x names by default, but Trainer reloads
-        # its checkpoints (best model at end, resume) with a plain load_state_dict that does not
-        # rename them back, silently leaving the encoder layers unloaded. Keep today's names.
+        # why: docs/decisions.md, "Members are saved under transformers 5 weight names"
         return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
 
     @property

@@ -125,9 +125,7 @@ def publish_folder(spec: PublishSpec) -> Path:
     finally:
         if _target(destination) != version.name:  # failed before the switch: nobody can see it
             shutil.rmtree(version, ignore_errors=True)
-    # What earlier publishes of this name left (killed ones, or one that failed after its switch):
-    # versions and links of this process or of ended ones, never the live version, nor one that
-    # another running publish may still be building. Another host's wait for that host's next publish.
+    # Earlier publishes' leftovers (why: docs/decisions.md, "Abandoned folders: judged by owner, not age").
     remove_abandoned(
         root,
         rf"\.{re.escape(name)}\.(?:v|link)-{OWNER_PATTERN}",
