@@ -1,4 +1,4 @@
-"""`astft` command line: finetune, ensemble, pretrain, predict, demo.
+"""astft command line: finetune, ensemble, pretrain, predict, demo.
 
 Every flag of finetune, ensemble, pretrain and predict is generated from the pydantic configs in lib/config/
 (flows.flags); this module declares the commands, plans a run before its flow starts (so a bad value is
@@ -82,7 +82,9 @@ examples:
         "--pretrain-epochs), then fine-tune one member from it (astft-finetune, --epochs and --set), or with "
         "--ensemble four (the ensemble flow).",
     )
-    demo.add_argument("--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go")
+    demo.add_argument(
+        "--dir", type=Path, default=Path("demo-run"), help="where example data and outputs go (default: demo-run)"
+    )
     # 10: lib.example.DEMO_PRETRAIN_EPOCHS (not imported here: it would load torch for --help)
     demo.add_argument("--pretrain-epochs", type=int, default=10, metavar="N",
                       help="training.epochs of the demo's pretraining (default: 10)")

@@ -372,10 +372,16 @@ def add_preset_command(commands: argparse._SubParsersAction, name: str, model: t
     parser.add_argument(
         "--set", dest="assignments", action="append", type=assignment_parser(field_types(model)),
         metavar="FIELD=VALUE", default=argparse.SUPPRESS,
-        help="set any field by its dotted name, e.g. training.epochs=3 or training.augmentation.noise_std=0.02 "
+        help=f"set any field by its dotted name, e.g. {example_assignment(field_types(model))} "
         "(repeatable; the value reads as the field's flag reads it)",
     )
     add_shorthands(model, add_config_flags(parser, model, preset=True))
+
+
+def example_assignment(fields: dict[str, ValueType]) -> str:
+    """An example --set for a config that has these fields (pretraining has no augmentation section)."""
+    examples = ("training.epochs=3", "training.augmentation.noise_std=0.02", "objective.mask_ratio=0.5")
+    return " or ".join(example for example in examples if example.split("=")[0] in fields)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

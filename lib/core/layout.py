@@ -21,7 +21,7 @@ SSL_RUNS_FOLDER = "ssl-runs"  # pretraining work dirs
 # <cache_dir>/...
 FEATURES_FOLDER = "features"
 ENCODERS_FOLDER = "encoders"
-TRUNK_DIR = "trunk"  # <cache_dir>/trunk/<key>: frozen-trunk outputs
+TRUNK_FOLDER = "trunk"  # <cache_dir>/trunk/<key>: frozen-trunk outputs
 META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole (lib.core.staging)
 
 # a work dir
@@ -33,6 +33,12 @@ LOG_HISTORY_FILE = "log_history.json"  # Trainer's state.log_history of the run,
 BEST_MODEL_DIR = "best-model"  # a fine-tune's best epoch
 FINAL_MODEL_DIR = "final-model"  # pretraining's last epoch
 EVALUATION_DIR = "evaluation"  # a member's reports before publishing
+
+
+def train_log_name(run_name: str) -> str:
+    """train_log<name>.txt: the per-epoch log of a run (the notebook's name), in its work dir and published."""
+    return f"train_log{run_name}.txt"
+
 
 # a model folder (checkpoint, member or encoder)
 WEIGHTS_FILE = "model.safetensors"
@@ -67,7 +73,7 @@ RESERVED_MEMBER_NAMES = frozenset(
 )
 
 
-def check_member_destination(destination: Path, kind: str = "member") -> None:
+def check_publish_destination(destination: Path, kind: str = "member") -> None:
     """best/<name> (ssl/<name> for an encoder) may be replaced only if it is ours: a link to a version folder."""
     destination = Path(destination)
     if destination.is_symlink() or not os.path.lexists(destination):

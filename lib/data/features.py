@@ -46,7 +46,7 @@ from lib.core.errors import (
     FeatureWorkerDied,
 )
 from lib.core.hashing import digest
-from lib.core.layout import META_FILE
+from lib.core.layout import FEATURES_FOLDER, META_FILE
 from lib.core.runtime import usable_cores
 from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
 from lib.data.audio import load_clip
@@ -335,7 +335,7 @@ def build_feature_cache(
     clips; the cache is the same whatever their number.
     """
     key = cache_key(manifest.fingerprint, params)
-    root = Path(cache_dir) / "features"
+    root = Path(cache_dir) / FEATURES_FOLDER
     final = root / key
     ref = FeatureCacheRef(
         path=str(final),

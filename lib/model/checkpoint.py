@@ -29,7 +29,7 @@ from transformers import ASTConfig, ASTModel
 from lib.core.errors import CheckpointError
 from lib.core.guards import name_list, nonfinite_tensors
 from lib.core.hashing import digest
-from lib.core.layout import REPORT_FILE, WEIGHTS_FILE
+from lib.core.layout import ENCODERS_FOLDER, REPORT_FILE, WEIGHTS_FILE
 from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
 from lib.model.classifier import SPECIAL_TOKENS
 
@@ -372,7 +372,7 @@ def export_encoder(
     """
     source = checkpoint_fingerprint(checkpoint_dir, base_config)
     key = digest(f"{source}|max_frames={max_frames}")
-    root = Path(cache_dir) / "encoders"
+    root = Path(cache_dir) / ENCODERS_FOLDER
     final = root / key
     report_file = final / REPORT_FILE
     if file_sizes_match(final, key):

@@ -37,7 +37,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from lib.config import FinetuneConfig
 from lib.core.errors import TrunkOverflow
 from lib.core.hashing import digest
-from lib.core.layout import TRUNK_DIR
+from lib.core.layout import TRUNK_FOLDER, WEIGHTS_FILE
 from lib.core.runtime import Runtime
 from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
 from lib.data.features import FeatureCacheRef, load_split
@@ -185,7 +185,7 @@ def build_trunk_cache(
         raise ValueError(f"dtypes must be taken from {STORAGE_DTYPES}, got {dtypes!r}")
     encoder = classifier.encoder
     trunk = trunk_digest(encoder, layers)
-    root = Path(cache_dir) / TRUNK_DIR
+    root = Path(cache_dir) / TRUNK_FOLDER
     attention = encoder.config._attn_implementation
     keys = {
         dtype: trunk_cache_key(features.key, trunk, layers, dtype, runtime.precision, attention, runtime.tf32)
@@ -283,7 +283,7 @@ class TrunkTail(nn.Module):
 
     def save_classifier(self, directory: Path) -> None:
         """Replace the tail's state dict Trainer saved in `directory` with the full classifier."""
-        (Path(directory) / "model.safetensors").unlink(missing_ok=True)
+        (Path(directory) / WEIGHTS_FILE).unlink(missing_ok=True)
         self.full_model.save_pretrained(str(directory))
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.core.guards import check_finite_folder
-from lib.core.layout import check_member_destination
+from lib.core.layout import check_publish_destination
 from lib.core.staging import OWNER_PATTERN, owned_name, remove_abandoned
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def publish_folder(spec: PublishSpec) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     destination = root / name
     # also in plan_run / plan_pretrain; re-checked: the folder may have appeared since
-    check_member_destination(destination, kind)
+    check_publish_destination(destination, kind)
 
     version = root / owned_name(f".{name}.v-")
     try:

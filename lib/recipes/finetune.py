@@ -38,7 +38,8 @@ from lib.core.layout import (
     RUN_CONFIG_FILE,
     TRAINING_CURVES_FILE,
     WEIGHTS_FILE,
-    check_member_destination,
+    check_publish_destination,
+    train_log_name,
 )
 from lib.core.runtime import Runtime, apply_tf32, check_portable, resolve_runtime, seed_everything
 from lib.data.augment import augmenting_trainer
@@ -132,7 +133,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
         {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
         {f"data.{field} (--{field.replace('_', '-')})": getattr(config.data, field) for field in DATA_FOLDERS},
     )
-    check_member_destination(config.output_dir / BEST_FOLDER / config.name)
+    check_publish_destination(config.output_dir / BEST_FOLDER / config.name)
     check_work_dir_location(config)
     check_clip_fills_one_window(config.features)
     encoder_config, source = _encoder_config(config.model, config.features.max_frames)
@@ -338,7 +339,7 @@ def train_member_in_process(
 
 
 def member_train_log(plan: FinetunePlan) -> Path:
-    return plan.work_dir / f"train_log{plan.config.name}.txt"
+    return plan.work_dir / train_log_name(plan.config.name)
 
 
 def member_trainer_setup(
@@ -411,7 +412,9 @@ def classifier_trainer_setup(
         processing_class=processing_class,
         data_collator=data_collator,
         compute_metrics=compute_metrics,
-        callbacks=run_callbacks(training, work_dir, train_log or work_dir / "train_log.txt", on_epoch, extra_callbacks),
+        callbacks=run_callbacks(
+            training, work_dir, train_log or work_dir / train_log_name(""), on_epoch, extra_callbacks
+        ),
         after_save=after_save,
     )
 

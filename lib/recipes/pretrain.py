@@ -40,7 +40,8 @@ from lib.core.layout import (
     PRETRAIN_CURVES_FILE,
     PRETRAIN_FILE,
     SSL_FOLDER,
-    check_member_destination,
+    check_publish_destination,
+    train_log_name,
 )
 from lib.core.runtime import Runtime, resolve_runtime, seed_everything
 from lib.data.audio import source_frames
@@ -153,7 +154,7 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
         folders,
         written="ssl/, ssl-runs/, features/",
     )
-    check_member_destination(config.output_dir / SSL_FOLDER / config.name, "encoder")
+    check_publish_destination(config.output_dir / SSL_FOLDER / config.name, "encoder")
     check_work_dir_apart(
         config.run_work_dir,
         config.work_dir is not None,
@@ -355,7 +356,7 @@ def pretrain_encoder(
         objective.generative_weight,
     )
     # train (resuming the work dir's last checkpoint of this same run); SSAST keeps the last epoch
-    train_log = plan.work_dir / f"train_log{config.name}.txt"
+    train_log = plan.work_dir / train_log_name(config.name)
     run = run_trainer(TrainerSetup(
         trainer_class=MaskedPatchTrainer,
         trainer_options={"generative_weight": objective.generative_weight},
