@@ -39,7 +39,7 @@ from lib.config import (  # noqa: E402
 )
 from lib.core.runtime import seed_everything  # noqa: E402
 from lib.data.features import build_feature_cache, load_split  # noqa: E402
-from lib.data.scan import TEST_SPLIT, scan_dataset
+from lib.data.scan import TEST_SPLIT, scan_dataset  # noqa: E402
 from lib.data.unlabeled import scan_unlabeled  # noqa: E402
 from lib.evaluate.evaluation import evaluate_model  # noqa: E402
 from lib.example import (  # noqa: E402
@@ -50,9 +50,9 @@ from lib.example import (  # noqa: E402
 )
 from lib.model.checkpoint import export_encoder  # noqa: E402
 from lib.model.masked_patches import MaskedPatchModel  # noqa: E402
-from lib.recipes.finetune import (
-    plan_run,  # noqa: E402
-    train_member_in_process,  # noqa: E402
+from lib.recipes.finetune import (  # noqa: E402
+    plan_run,
+    train_member_in_process,
 )
 from lib.recipes.pretrain import plan_pretrain, pretrain_encoder, publish_encoder  # noqa: E402
 
@@ -103,7 +103,7 @@ def pretrain(root: Path, args: argparse.Namespace) -> tuple[Path, Path, list[dic
 
 
 def finetune(root: Path, checkpoint: Path, start: str, variant: str, seed: int, args: argparse.Namespace) -> dict:
-    """Fine-tune the labelled clips from `checkpoint`; best-epoch validation accuracy, and test accuracy of that model."""
+    """Fine-tune the labelled clips from `checkpoint`; best-epoch validation accuracy and that model's test accuracy."""
     head_only = VARIANTS[variant].get("head_only", False)
     name = f"{start}-{'probe' if head_only else 'full'}-s{seed}"
     config = FinetuneConfig(
@@ -140,7 +140,8 @@ def format_report(figures: dict) -> str:
         lines.append(f"  {epoch['epoch']:>5}  {train['accuracy']:>9.3f}  {held_out['accuracy']:>12.3f}  "
                      f"{held_out['nce']:>12.3f}  {held_out['mse']:>12.4f}")
     seeds = figures["seeds"]
-    lines += ["", f"fine-tuning {figures['train_clips']} labelled clips (4 classes), {figures['finetune_epochs']} epochs, "
+    lines += ["", f"fine-tuning {figures['train_clips']} labelled clips (4 classes), "
+              f"{figures['finetune_epochs']} epochs, "
               f"seeds {seeds}; accuracy on {figures['eval_clips']} validation / {figures['eval_clips']} test clips",
               f"  {'start':<12} {'variant':<15} " + " ".join(f"{'s' + str(s) + ' val/test':>14}" for s in seeds)
               + f" {'mean val':>9} {'mean test':>9}"]

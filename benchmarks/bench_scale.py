@@ -132,9 +132,11 @@ def run_stage(stage: str, root: Path, workers: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, nargs="+", default=[2000], help="dataset sizes N (default 2000)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write clips and caches (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to write clips and caches (default: a temp dir)")
     parser.add_argument("--workers", type=int, default=0,
-                        help="processes of the parallel builds (default 0: one per usable core, data.feature_workers)")
+                        help="processes of the parallel builds "
+                             "(default 0: one per usable core, data.feature_workers)")
     parser.add_argument("--stage", choices=("synth", *STAGES), help=argparse.SUPPRESS)  # internal: one stage
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         started = time.perf_counter()
         # Every stage, synthesis included, runs in its own process: Linux keeps a process's peak RSS
         # across fork and exec, so this parent must stay small for the children's figures to be theirs.
-        subprocess.run([sys.executable, __file__, "--stage", "synth", "--root", str(root), "--clips", str(clips)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--stage", "synth", "--root", str(root), "--clips", str(clips)], check=True
+        )
         print(f"# N={clips}: synthesised in {time.perf_counter() - started:.1f} s", flush=True)
         for stage in STAGES:
             output = subprocess.run(
@@ -167,10 +171,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ).stdout
             result = json.loads(output.strip().splitlines()[-1])
             rows.append({"N": clips, "stage": stage, **result})
-            disk = (f"  cache {result['disk_mb']:.0f} MB, {result['disk_bytes'] / result['clips'] / 1024:.1f} KB/clip"
+            disk = (f"  cache {result['disk_mb']:.0f} MB, "
+                    f"{result['disk_bytes'] / result['clips'] / 1024:.1f} KB/clip"
                     if "disk_bytes" in result else "")
-            print(f"  {stage:<9} {result['seconds']:8.2f} s  {result['clips'] / max(result['seconds'], 1e-9):9.0f} clips/s"
-                  f"  CPU {result['cpu_seconds']:7.2f} s  peak RSS {result['peak_rss_mb']:5.0f} MB, workers {result['worker_peak_mb']:5.0f} MB"
+            print(f"  {stage:<9} {result['seconds']:8.2f} s  "
+                  f"{result['clips'] / max(result['seconds'], 1e-9):9.0f} clips/s"
+                  f"  CPU {result['cpu_seconds']:7.2f} s  peak RSS {result['peak_rss_mb']:5.0f} MB, "
+                  f"workers {result['worker_peak_mb']:5.0f} MB"
                   f"  load {result['load_average']:.2f}{disk}", flush=True)
             if stage == "build-1":  # only its figures were needed: free the disk for the next cache
                 shutil.rmtree(root / CACHES[stage], ignore_errors=True)
@@ -181,14 +188,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     smallest = min(args.clips)
     first = {row["stage"]: row for row in rows if row["N"] == smallest}
-    print(f"\n{'N':>7} {'stage':<9} {'seconds':>9} {'clips/s':>9} {'CPU s':>8} {'peak MB':>8} {'worker MB':>9} {'anon MB':>8} "
-          f"{'file MB':>8} {'load':>5} {'time x':>7} {'RSS x':>6}  "
+    print(f"\n{'N':>7} {'stage':<9} {'seconds':>9} {'clips/s':>9} {'CPU s':>8} {'peak MB':>8} {'worker MB':>9} "
+          f"{'anon MB':>8} {'file MB':>8} {'load':>5} {'time x':>7} {'RSS x':>6}  "
           f"(x: vs N={smallest}; worker: largest worker's peak; anon/file: resident at the end of the stage)")
     for row in rows:
         ref = first[row["stage"]]
-        print(f"{row['N']:>7} {row['stage']:<9} {row['seconds']:>9.2f} {row['clips'] / max(row['seconds'], 1e-9):>9.0f} "
-              f"{row['cpu_seconds']:>8.2f} {row['peak_rss_mb']:>8.0f} {row['worker_peak_mb']:>9.0f} {row.get('anon_mb', 0):>8.0f} "
-              f"{row.get('file_mb', 0):>8.0f} {row['load_average']:>5.2f} "
+        print(f"{row['N']:>7} {row['stage']:<9} {row['seconds']:>9.2f} "
+              f"{row['clips'] / max(row['seconds'], 1e-9):>9.0f} "
+              f"{row['cpu_seconds']:>8.2f} {row['peak_rss_mb']:>8.0f} {row['worker_peak_mb']:>9.0f} "
+              f"{row.get('anon_mb', 0):>8.0f} {row.get('file_mb', 0):>8.0f} {row['load_average']:>5.2f} "
               f"{row['seconds'] / max(ref['seconds'], 1e-9):>7.2f} "
               f"{row['peak_rss_mb'] / ref['peak_rss_mb']:>6.2f}")
     return rows

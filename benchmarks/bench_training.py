@@ -74,8 +74,8 @@ from lib.model.checkpoint import (  # noqa: E402
 from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.model.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
 from lib.recipes.finetune import classifier_trainer_setup  # noqa: E402
-from lib.train.arguments import (
-    attention_implementation,  # noqa: E402
+from lib.train.arguments import (  # noqa: E402
+    attention_implementation,
     speed_settings,
 )
 from lib.train.engine import run_trainer  # noqa: E402
@@ -451,7 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     layers = encoder_config(args.config, DEFAULT_FRAMES).num_hidden_layers
     if args.last_n is not None and not 1 <= args.last_n < layers:
-        parser.error(f"--last-n must be 1..{layers - 1} for --config {args.config} ({layers} layers), got {args.last_n}")
+        parser.error(
+            f"--last-n must be 1..{layers - 1} for --config {args.config} ({layers} layers), got {args.last_n}"
+        )
     for name in ("batch_size", "steps", "clips", "trunk_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -515,8 +517,9 @@ def format_epoch(epoch: dict, step: dict) -> list[str]:
     speed = epoch["speed"]
     lines = [
         f"whole epoch, {epoch['max_frames']} frames (Trainer, {epoch['train_clips']} clips, median of "
-        f"{max(epoch['epochs'] - 1, 1)} epochs after the first; {speed['dataloader_num_workers']} DataLoader workers, "
-        f"pin_memory {speed['pin_memory']}, {speed['optimizer']}, attention {speed['attention']}, tf32 {speed['tf32']})",
+        f"{max(epoch['epochs'] - 1, 1)} epochs after the first; "
+        f"{speed['dataloader_num_workers']} DataLoader workers, pin_memory {speed['pin_memory']}, "
+        f"{speed['optimizer']}, attention {speed['attention']}, tf32 {speed['tf32']})",
         f"{'':<24}{'model step':>18}{'whole epoch':>18}{'ratio':>11}",
         f"{'train samples/s':<24}{step['samples_per_second']:>18.1f}{epoch['samples_per_second']:>18.1f}{ratio:>10.0%}",
     ]

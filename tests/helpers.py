@@ -1,4 +1,5 @@
-"""Helpers shared by test modules (fixtures live in conftest.py): tiny configs, random features, callbacks."""
+"""Helpers shared by test modules (fixtures live in conftest.py): tiny configs, random features, callbacks, a flow
+run's logs and artifacts as the Prefect UI shows them."""
 
 from __future__ import annotations
 
@@ -31,7 +32,38 @@ def random_features(count: int, seed: int, poison_rows: tuple[int, ...] = ()) ->
     values = rng.standard_normal((count, 64, 64)).astype(np.float32)
     for row in poison_rows:
         values[row] = 1e30
-    return Dataset.from_dict({"input_values": values, "label": [index % 3 for index in range(count)]}).with_format("torch")
+    labels = [index % 3 for index in range(count)]
+    return Dataset.from_dict({"input_values": values, "label": labels}).with_format("torch")
+
+
+def run_logs(flow_run_id) -> list[str]:
+    """Every log line of a flow run and its task runs, as the UI shows them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    lines = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(lines),
+            sort=LogSort.TIMESTAMP_ASC,
+        ):
+            lines += [log.message for log in page]
+    return lines
+
+
+def run_artifacts(flow_run_id) -> dict:
+    """The flow run's artifacts by key: (type, data)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: (artifact.type, artifact.data) for artifact in artifacts}
 
 
 class StopAfterEpoch(TrainerCallback):

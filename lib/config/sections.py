@@ -63,9 +63,12 @@ class DataConfig(Section):
 
 
 class FeatureConfig(Section):
-    """How clips become log-mel features; sample_rate_hz's default 16000 is the notebook's and AST/SSAST's rate."""
+    """How clips become log-mel features (the feature cache's key, with the clips)."""
 
-    sample_rate_hz: int = Field(16000, ge=8000, le=192000, description="Clips are resampled to this rate.")
+    sample_rate_hz: int = Field(
+        16000, ge=8000, le=192000,
+        description="Clips are resampled to this rate (default 16000: the notebook's and AST/SSAST's sample rate).",
+    )
     clip_seconds: float = Field(
         1.0, gt=0, le=60,
         description="Clips are trimmed or zero-padded to this length (default 1.0: the notebook's 1 s clips).",

@@ -94,7 +94,9 @@ def check_runtime_and_speed(outcome) -> None:
 def check_best_model_reloads(outcome, features, plan, report_dir: Path) -> None:
     """best-model/ reloads and scores, under the same autocast, what Trainer scored for the best epoch."""
     validation = load_split(features, "validation")
-    result = evaluate_model(Path(outcome.best_model_dir), validation, features.label_names, 16, plan.runtime, report_dir)
+    result = evaluate_model(
+        Path(outcome.best_model_dir), validation, features.label_names, 16, plan.runtime, report_dir
+    )
     one_clip = 1 / len(validation)
     assert result.metrics["accuracy"] == pytest.approx(outcome.best_metric, abs=one_clip + 1e-9)
 

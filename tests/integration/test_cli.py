@@ -1,7 +1,7 @@
 import pytest
 
 from flows.cli import build_parser, main, overrides_from_args
-from flows.demo import DEMO_PRETRAIN_EPOCHS
+from lib.example import DEMO_PRETRAIN_EPOCHS
 
 
 def test_flags_map_onto_the_nested_config():
@@ -107,7 +107,7 @@ def option_actions(command):
 
 def sample_argv(flag, action):
     """Command-line words that set the field behind `action`, and the value they should give it."""
-    from flows.cli import SCALARS
+    from flows.flags import SCALARS
 
     if action.nargs == 0:  # a switch
         return [flag], True
@@ -115,13 +115,16 @@ def sample_argv(flag, action):
         choice = action.metavar.split("|")[0].strip("{}").split(",")[-1]
         return [flag, choice], choice
     samples = {"N": ("3", 3), "X": ("0.5", 0.5), "TEXT": ("abc", "abc"), "PATH": ("some/dir", "some/dir"),
-               "N,...": ("8,16", [8, 16]), "PATH,...": ("a,b/c", ["a", "b/c"]), "YAML": ("[{name: a}]", [{"name": "a"}])}
+               "N,...": ("8,16", [8, 16]), "PATH,...": ("a,b/c", ["a", "b/c"]),
+               "YAML": ("[{name: a}]", [{"name": "a"}])}
     assert set(samples) >= {value.metavar for value in SCALARS.values()}
     text, value = samples[action.metavar.removesuffix("|null")]
     return [flag, text], value
 
 
-CONFIGS = {"finetune": "FinetuneConfig", "ensemble": "EnsembleConfig", "pretrain": "PretrainConfig", "predict": "PredictConfig"}
+CONFIGS = {
+    "finetune": "FinetuneConfig", "ensemble": "EnsembleConfig", "pretrain": "PretrainConfig", "predict": "PredictConfig"
+}
 
 
 @pytest.mark.parametrize("command", CONFIGS)
@@ -158,7 +161,7 @@ def test_every_config_field_has_a_flag_with_its_description_and_choices(command)
 
 
 def test_the_notebook_short_flags_still_work():
-    from flows.cli import SHORT_FLAGS
+    from flows.flags import SHORT_FLAGS
 
     argv = [
         "finetune", "--name", "n", "--output-dir", "o", "--work-dir", "w", "--train-dir", "t", "--validation-dir", "v",
@@ -331,7 +334,8 @@ def test_pretrain_flags_build_the_config(tmp_path, monkeypatch, capsys):
     args = build_parser().parse_args(arguments)
     config = PretrainConfig.model_validate(overrides_from_args(args))
     assert config.data.data_dirs == [tmp_path / "a", tmp_path / "b"] and config.name == "ssl1"
-    assert (config.training.epochs, config.objective.masking, config.training.checkpoint_every_steps) == (3, "cluster", 50)
+    assert config.training.epochs == 3 and config.training.checkpoint_every_steps == 50
+    assert config.objective.masking == "cluster"
     assert config.model.hidden_size == 64 and config.objective.mask_ratio == 400 / 512
     # a bad plan is one line before any flow runs: 5 heads do not divide 64
     code = main([*arguments, "--set", "model.num_attention_heads=5"])
@@ -340,10 +344,11 @@ def test_pretrain_flags_build_the_config(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_ensemble_trains_four_variants_with_a_test_folder(tmp_path):
-    from flows.demo import demo_config, demo_ensemble_config
+    from lib.example import demo_config, demo_ensemble_config, write_demo_inputs
 
     args = build_parser().parse_args(["demo", "--ensemble", "--dir", str(tmp_path), "--epochs", "2"])
     assert args.ensemble
+    write_demo_inputs(args.dir)
     config = demo_ensemble_config(args.dir, args.epochs, "cpu")
     assert [v.name for v in config.variants()] == ["last-1-s1", "last-1-s2", "last-2-s1", "last-2-s2"]
     assert config.selection == "greedy" and config.data.test_dir == tmp_path / "data" / "test"

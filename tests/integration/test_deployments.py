@@ -56,7 +56,8 @@ def test_flow_parameter_schema_renders_a_typed_form():
     # sweeps, seeds and the selection are form fields too, and a member's weight is optional
     properties = ensemble_schema["definitions"]["EnsembleConfig"]["properties"]
     assert properties["selection"]["enum"] == ["all", "greedy"] and properties["selection"]["default"] == "greedy"
-    assert properties["sweep_last_n"]["items"]["minimum"] == 0 and "head only" in properties["sweep_last_n"]["description"]
+    assert properties["sweep_last_n"]["items"]["minimum"] == 0
+    assert "head only" in properties["sweep_last_n"]["description"]
     assert properties["seeds"]["type"] == "array"
     assert ensemble_schema["definitions"]["MemberVariant"]["properties"]["weight"].get("default") is None
     assert "test_dir" in ensemble_schema["definitions"]["DataConfig"]["properties"]
@@ -70,7 +71,8 @@ def test_pretrain_form_is_typed_and_the_demo_deployments_fine_tune_from_what_it_
     schema = parameter_schema(pretrain).model_dump_for_openapi()["definitions"]
     data = schema["PretrainDataConfig"]["properties"]
     assert data["data_dirs"]["type"] == "array" and data["data_dirs"]["minItems"] == 1
-    assert data["holdout_fraction"]["maximum"] == 0.5 and "Allowed: above 0, at most 0.5." in data["holdout_fraction"]["description"]
+    assert data["holdout_fraction"]["maximum"] == 0.5
+    assert "Allowed: above 0, at most 0.5." in data["holdout_fraction"]["description"]
     objective = schema["ObjectiveConfig"]["properties"]
     assert objective["masking"]["enum"] == ["random", "cluster"] and objective["mask_ratio"]["default"] == 400 / 512
     assert objective["generative_weight"]["default"] == 10

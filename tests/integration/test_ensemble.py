@@ -20,7 +20,8 @@ def fake_member(root, name, logits, labels, label_names=LABELS, cache_key="k1", 
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"id2label": {str(i): n for i, n in enumerate(label_names)}}))
     (folder / "member.json").write_text(json.dumps({
-        "name": name, "freezing": "full", "feature_params": FeatureParams().model_dump(), "feature_cache_key": cache_key,
+        "name": name, "freezing": "full", "feature_params": FeatureParams().model_dump(),
+        "feature_cache_key": cache_key,
     }))
     np.savez(folder / "validation_logits.npz", logits=np.asarray(logits, np.float32), labels=np.asarray(labels))
     if test is not None:
@@ -122,7 +123,8 @@ def test_validation_alone_chooses_temperatures_and_weights(tmp_path):
     # test is reported, apart from validation, and the corruption shows there only
     assert honest["ensemble"]["test"]["accuracy"] != corrupted["ensemble"]["test"]["accuracy"]
     assert honest["ensemble"]["validation"] == corrupted["ensemble"]["validation"]
-    assert honest["ensemble"]["verdict"].startswith("the ensemble (greedy)") and "test accuracy" in honest["ensemble"]["verdict"]
+    assert honest["ensemble"]["verdict"].startswith("the ensemble (greedy)")
+    assert "test accuracy" in honest["ensemble"]["verdict"]
 
 
 def test_members_with_other_labels_or_validation_sets_are_refused(tmp_path):
@@ -199,7 +201,8 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     assert json.loads((best / "last-2" / "member.json").read_text())["freezing"] == "full"
     # temperatures are the members' own (fitted on their validation logits); weights are greedy counts
     for member in board["members"]:
-        assert member["temperature"] == json.loads((best / member["name"] / "calibration.json").read_text())["temperature"]
+        calibration = json.loads((best / member["name"] / "calibration.json").read_text())
+        assert member["temperature"] == calibration["temperature"]
     weights = board["ensemble"]["weights"]
     assert weights and all(float(w).is_integer() for w in weights.values())
     assert [m["name"] for m in board["members"]] == [n for n in names if n in weights]
@@ -208,7 +211,9 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     for split, file in (("validation", "validation_logits.npz"), ("test", "test_logits.npz")):
         stored = {m["name"]: np.load(best / m["name"] / file) for m in board["members"]}
         labels = next(iter(stored.values()))["labels"]
-        vote[split] = sum(m["weight"] * softmax(stored[m["name"]]["logits"], m["temperature"]) for m in board["members"])
+        vote[split] = sum(
+            m["weight"] * softmax(stored[m["name"]]["logits"], m["temperature"]) for m in board["members"]
+        )
         assert board["ensemble"][split]["accuracy"] == pytest.approx(float((vote[split].argmax(1) == labels).mean()))
         assert board["ensemble"][split]["num_samples"] == 18
     assert board["ensemble"]["validation"]["accuracy"] > 0.6
@@ -218,9 +223,12 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    keys = ["ensemble-leaderboard", "ensemble-confusion-matrix", "ensemble-leaderboard-plot", "ensemble-reliability-plot"]
+    keys = [
+        "ensemble-leaderboard", "ensemble-confusion-matrix", "ensemble-leaderboard-plot", "ensemble-reliability-plot"
+    ]
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))}
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        artifacts = {a.key: a for a in found}
     assert set(artifacts) == set(keys)
     assert verdict in artifacts["ensemble-confusion-matrix"].data
     for key in ("ensemble-leaderboard-plot", "ensemble-reliability-plot"):
@@ -242,7 +250,7 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
         for row in rows:
             assert sum(float(row[k]) for k in row if k.startswith("prob_")) == pytest.approx(1, abs=1e-5)
         truth = [Path(row["file"]).parent.name for row in rows]
-        accuracy = np.mean([row["predicted_label"] == label for row, label in zip(rows, truth)])
+        accuracy = np.mean([row["predicted_label"] == label for row, label in zip(rows, truth, strict=True)])
         assert accuracy == board["ensemble"][split]["accuracy"]
         # and its probabilities are the calibrated vote (files are listed in the cache's order)
         probabilities = np.array([[float(row[f"prob_{name}"]) for name in board["label_names"]] for row in rows])
@@ -339,7 +347,9 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-dir is a folder; pass a file name such as"):
         predict(member, tmp_path, tmp_path / "a-dir")
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*a-file/p.csv: .*a-file is a file, not a folder"):
+    with pytest.raises(
+        EnsembleError, match=r"--output \(output_csv\) .*a-file/p.csv: .*a-file is a file, not a folder"
+    ):
         predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) /proc/p.csv: cannot write in /proc"):
         predict(member, tmp_path, "/proc/p.csv")  # a real probe: os.access says root may write there
@@ -348,8 +358,11 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(lib.evaluate.predict.tempfile, "TemporaryFile", read_only)  # tests run as root: fake a read-only dir
-    with pytest.raises(EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .* \(Permission denied\)"):
+    # tests run as root: fake a read-only dir
+    monkeypatch.setattr(lib.evaluate.predict.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(
+        EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .* \(Permission denied\)"
+    ):
         predict(member, tmp_path, tmp_path / "new" / "p.csv")
 
 
@@ -378,7 +391,9 @@ def test_predict_refuses_a_member_with_a_nan_weight(tmp_path):
     model.classifier.bias.data[0] = float("nan")
     folder = fake_member(tmp_path / "best", "m", [[0.0, 1.0]], [1])
     model.save_pretrained(str(folder))
-    with pytest.raises(EnsembleError, match=r"member m \(.*\): 1 tensors hold NaN or inf \(classifier.bias\); re-publish"):
+    with pytest.raises(
+        EnsembleError, match=r"member m \(.*\): 1 tensors hold NaN or inf \(classifier.bias\); re-publish"
+    ):
         predict(folder, tmp_path)
 
 

@@ -40,7 +40,8 @@ def test_one_member_trains_on_two_processes_under_torchrun(tmp_path, dataset_dir
     assert max(entry["step"] for entry in history) == 6
     assert outcome.epochs_run == 2 and outcome.best_metric is not None
     assert (plan.work_dir / "best-model" / "model.safetensors").is_file()
-    log_lines = [l for l in (plan.work_dir / "train_logddp.txt").read_text().splitlines() if l.startswith("epoch")]
+    log_lines = [line for line in (plan.work_dir / "train_logddp.txt").read_text().splitlines()
+                 if line.startswith("epoch")]
     assert len(log_lines) == 2  # written by rank 0 only
     # ... and passed on to this process's on_epoch while the ranks trained (rank 0's records)
     assert [(r.epoch, r.epochs, r.step, r.batch_size) for r in records] == [(1, 2, 3, 8), (2, 2, 6, 8)]

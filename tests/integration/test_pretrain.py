@@ -41,10 +41,12 @@ from lib.recipes.pretrain import (
     publish_encoder,
 )
 from lib.train.epochs import EpochRecord
-from tests.helpers import StopAfterEpoch, plan_of, small_config
+from tests.helpers import StopAfterEpoch, plan_of, run_artifacts, run_logs, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "num_mel_bins": 64}
+TINY = {
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "num_mel_bins": 64
+}
 
 
 def tiny_pretrain_config(tmp_path: Path, data_dirs, validation_dir=None, **training) -> PretrainConfig:
@@ -201,7 +203,7 @@ def test_content_frames_end_where_the_features_padding_starts(tmp_path):
     dataset = pretraining_split(ref, manifest, "train")
     assert len(dataset) == 3
     seen = {}
-    for row, path in zip(dataset, dataset.data.column("path").to_pylist()):
+    for row, path in zip(dataset, dataset.data.column("path").to_pylist(), strict=True):
         values, audio = row["input_values"].numpy(), int(row["content_frames"])
         seen[Path(path).relative_to(tmp_path / "clips").as_posix()] = audio
         silent = values[audio:98]  # zero samples: every mel bin at log(eps), the same in every frame
@@ -241,7 +243,9 @@ def test_unlabeled_scan_lists_any_depth_holds_out_by_path_and_names_bad_files(tm
         scan_unlabeled([tmp_path / "a", tmp_path / "a" / "deep"])
     # bad files: named, or skipped and counted
     (tmp_path / "a" / "deep" / "broken.wav").write_bytes(b"RIFF nonsense")
-    with pytest.raises(ScanError, match=r"(?s)1 bad audio file.*broken\.wav: not a readable audio file.*--skip-bad-files"):
+    with pytest.raises(
+        ScanError, match=r"(?s)1 bad audio file.*broken\.wav: not a readable audio file.*--skip-bad-files"
+    ):
         scan_unlabeled([tmp_path / "a"])
     skipped = scan_unlabeled([tmp_path / "a"], skip_bad_files=True)
     assert [Path(item.path).name for item in skipped.skipped] == ["broken.wav"]
@@ -262,7 +266,8 @@ def test_plan_names_the_parameter_and_the_fix(tmp_path, dataset_dirs):
     with pytest.raises(ConfigError, match=r"clip_seconds=1.0 makes 98 frames but features.max_frames is 64"):
         plan_pretrain(config.model_copy(update={"features": config.features.model_copy(update={"clip_seconds": 1.0})}))
     with pytest.raises(ConfigError, match=r"--data-dir 2 \(data.data_dirs\[1\]\) .*nowhere: no such folder"):
-        plan_pretrain(config.model_copy(update={"data": config.data.model_copy(update={"data_dirs": [train_dir, tmp_path / "nowhere"]})}))
+        data = config.data.model_copy(update={"data_dirs": [train_dir, tmp_path / "nowhere"]})
+        plan_pretrain(config.model_copy(update={"data": data}))
     with pytest.raises(ConfigError, match=r"work_dir \(--work-dir\) .* is inside --data-dir 1"):
         plan_pretrain(config.model_copy(update={"work_dir": train_dir / "runs"}))
 
@@ -509,7 +514,8 @@ def test_the_checkpoint_layout_loads_as_an_ssl_checkpoint_with_the_same_encoder_
     assert "encoder.layers.1.attention.q_proj.weight" in state  # transformers 5 names
     assert state["projector.2.weight"].shape == state["decoder.2.weight"].shape == (256, 32)
     config = json.loads((tmp_path / "ssl" / "config.json").read_text())
-    assert (config["model_type"], config["frequency_stride"], config["time_stride"]) == ("audio-spectrogram-transformer", 16, 16)
+    assert config["model_type"] == "audio-spectrogram-transformer"
+    assert (config["frequency_stride"], config["time_stride"]) == (16, 16)
     encoder, report = load_encoder(tmp_path / "ssl")
     assert report.prefix == "encoder." and report.dropped == {"projector": 4, "decoder": 4, "mask_embedding": 1}
     assert report.position_grid.checkpoint == (4, 4) and report.position_grid.adaptation == "none"
@@ -526,7 +532,8 @@ def test_a_run_killed_after_epoch_one_resumes_to_the_weights_of_an_uninterrupted
     manifest = scan_unlabeled([train_dir], validation_dir)
 
     def run(work: str, *callbacks):
-        config = tiny_pretrain_config(tmp_path, [train_dir], validation_dir).model_copy(update={"work_dir": tmp_path / work})
+        config = tiny_pretrain_config(tmp_path, [train_dir], validation_dir)
+        config = config.model_copy(update={"work_dir": tmp_path / work})
         plan = plan_pretrain(config)
         features, _ = build_feature_cache(manifest, plan.feature_params, tmp_path / "cache")
         return plan, features, pretrain_encoder(plan, manifest, features, extra_callbacks=callbacks)
@@ -543,7 +550,8 @@ def test_a_run_killed_after_epoch_one_resumes_to_the_weights_of_an_uninterrupted
     # the epochs' figures agree too (masks and data order are restored with the checkpoint)
     assert [r.metrics for r in resumed.epochs] == [r.metrics for r in clean.epochs]
     epoch = clean.epochs[1]
-    assert set(epoch.train_metrics) == set(epoch.metrics) - {"loss", "masked_patches"} == {"nce", "mse", "total", "accuracy"}
+    assert set(epoch.train_metrics) == set(epoch.metrics) - {"loss", "masked_patches"}
+    assert set(epoch.train_metrics) == {"nce", "mse", "total", "accuracy"}
     assert epoch.metrics["masked_patches"] == 18 * 12  # 18 validation clips, 12 of their 16 patches each
     assert epoch.metrics["total"] == pytest.approx(epoch.metrics["nce"] + 10 * epoch.metrics["mse"])
     # published: the SSL checkpoint, pretrain.json with both epochs, and nothing non-finite
@@ -628,7 +636,6 @@ def test_pretrain_flow_publishes_an_encoder_that_finetune_loads_and_publishes_a_
     from flows.finetune import finetune
     from flows.pretrain import pretrain
     from lib.config import DataConfig, FinetuneConfig, ModelConfig, TrainingConfig
-    from tests.test_flow import run_artifacts, run_logs
 
     train_dir, validation_dir = dataset_dirs
     state = pretrain(tiny_pretrain_config(tmp_path, [train_dir], validation_dir), return_state=True)
@@ -662,7 +669,8 @@ def test_pretrain_flow_publishes_an_encoder_that_finetune_loads_and_publishes_a_
                                                 "adaptation": "none"}
     # recorded by its published name, which outlives the version folder behind it, and by content
     assert info["encoder"]["checkpoint"] == str(ssl.resolve().parent.parent / "ssl" / "tiny-ssl")
-    assert json.loads((published / "run_config.json").read_text())["model"]["ssl_checkpoint"] == info["encoder"]["checkpoint"]
+    run_config = json.loads((published / "run_config.json").read_text())
+    assert run_config["model"]["ssl_checkpoint"] == info["encoder"]["checkpoint"]
     assert len(info["encoder_cache_key"]) >= 16
     assert json.loads((published / "config.json").read_text())["time_stride"] == 16
     assert 0 <= member["metrics"]["accuracy"] <= 1

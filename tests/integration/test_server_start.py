@@ -35,7 +35,9 @@ def test_a_users_own_timeout_wins():
 
 
 def test_only_the_start_up_timeout_becomes_a_one_line_error():
-    with pytest.raises(ServerStartTimeout, match=r"did not start within 120 s .*PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT"):
+    with pytest.raises(
+        ServerStartTimeout, match=r"did not start within 120 s .*PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT"
+    ):
         with prefect_server_defaults():
             raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stdout: ...")
     with pytest.raises(RuntimeError, match="something else"):

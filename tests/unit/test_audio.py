@@ -117,4 +117,6 @@ def test_a_truncated_wav_is_refused_where_no_scan_came_first(tmp_path):
     path.write_bytes(path.read_bytes()[:16022])
     with pytest.raises(AudioError) as error:
         load_clip(path, 16000, 1.0)
-    assert error.value.reason.startswith("truncated: the header promises 32000 bytes of samples but the file holds 15978")
+    assert error.value.reason.startswith(
+        "truncated: the header promises 32000 bytes of samples but the file holds 15978"
+    )

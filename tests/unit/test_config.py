@@ -68,8 +68,8 @@ def test_fingerprint_ignores_moved_data_cache_and_checkpoint_and_how_the_run_is_
     # what lies at those places is identified by the feature cache and encoder keys (lib.launch.resume_key)
     moved = FinetuneConfig.model_validate({
         **BASE,
-        "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache", "fingerprint": "content",
-                 "feature_workers": 7},
+        "data": {"train_dir": "/new/t", "validation_dir": "/new/v", "cache_dir": "/big-disk/cache",
+                 "fingerprint": "content", "feature_workers": 7},
         "model": {"ssl_checkpoint": "/new/ckpt", "base_config": "/new/config.json"},
         "training": {"dataloader_num_workers": 4, "tensorboard": True, "pin_memory": False},
     })
@@ -170,7 +170,8 @@ def test_notebook_preset_is_valid_and_mirrors_the_notebook():
     preset = Path(__file__).parents[2] / "deployments" / "presets" / "notebook.yaml"
     config = load_config(FinetuneConfig, preset)
     assert config.model.train_last_n_layers == 3 and not config.model.head_only
-    assert (config.training.epochs, config.training.batch_size, config.training.gradient_accumulation_steps) == (50, 1, 4)
+    training = config.training
+    assert (training.epochs, training.batch_size, training.gradient_accumulation_steps) == (50, 1, 4)
     assert (config.training.learning_rate, config.training.warmup_steps, config.training.seed) == (5e-5, 3, 42)
 
 
@@ -181,9 +182,11 @@ def test_ensemble_member_names_must_be_unique_and_variants_valid():
     with pytest.raises(ConfigError, match=r"repeated: \['full'\]"):
         load_config(EnsembleConfig, None, {**base, "members": [{"name": "full"}, {"name": "full"}]})
     with pytest.raises(ConfigError, match="members.0.*exclusive"):
-        load_config(EnsembleConfig, None, {**base, "members": [{"name": "x", "head_only": True, "train_last_n_layers": 2}]})
-    config = load_config(EnsembleConfig, None, {**base, "training": {"epochs": 9},
-                                                 "members": [{"name": "h", "head_only": True, "epochs": 3}, {"name": "f"}]})
+        load_config(
+            EnsembleConfig, None, {**base, "members": [{"name": "x", "head_only": True, "train_last_n_layers": 2}]}
+        )
+    members = [{"name": "h", "head_only": True, "epochs": 3}, {"name": "f"}]
+    config = load_config(EnsembleConfig, None, {**base, "training": {"epochs": 9}, "members": members})
     assert [config.member_config(m).training.epochs for m in config.members] == [3, 9]
     assert config.member_config(config.members[0]).model.freezing == "head_only"
 
@@ -225,7 +228,8 @@ def test_non_finite_floats_in_a_preset_are_refused(tmp_path, yaml_line, named):
 
 def test_every_config_model_refuses_inf_and_nan():
     models = config_models()
-    assert {model.__name__ for model in models} >= {"FeatureConfig", "TrainingConfig", "EnsembleConfig", "PredictConfig"}
+    names = {model.__name__ for model in models}
+    assert names >= {"FeatureConfig", "TrainingConfig", "EnsembleConfig", "PredictConfig"}
     for model in models:
         assert model.model_config.get("allow_inf_nan") is False, model.__name__
 
@@ -283,10 +287,13 @@ def test_form_descriptions_name_the_bounds():
     # The run form shows descriptions, not minimum/maximum: the bounds are written into them.
     schema = FinetuneConfig.model_json_schema()["$defs"]
     assert schema["FeatureConfig"]["properties"]["sample_rate_hz"]["description"] == (
-        "Clips are resampled to this rate. Allowed: at least 8000, at most 192000."
+        "Clips are resampled to this rate (default 16000: the notebook's and AST/SSAST's sample rate). "
+        "Allowed: at least 8000, at most 192000."
     )
-    assert schema["FeatureConfig"]["properties"]["max_frames"]["description"].endswith("Allowed: at least 1, at most 100000.")
-    assert schema["TrainingConfig"]["properties"]["learning_rate"]["description"].endswith("Allowed: above 0, at most 1.")
+    max_frames = schema["FeatureConfig"]["properties"]["max_frames"]["description"]
+    assert max_frames.endswith("Allowed: at least 1, at most 100000.")
+    learning_rate = schema["TrainingConfig"]["properties"]["learning_rate"]["description"]
+    assert learning_rate.endswith("Allowed: above 0, at most 1.")
     assert PredictConfig.model_json_schema()["properties"]["batch_size"]["description"].endswith("at most 65536.")
     assert "Allowed" not in FinetuneConfig.model_fields["name"].description  # the fields themselves are unchanged
 
@@ -313,7 +320,8 @@ def test_sweeps_and_seeds_expand_into_named_members():
     with pytest.raises(ConfigError, match=r"repeated: \['last-4'\]"):
         load_config(EnsembleConfig, None, {**base, "members": [{"name": "last-4"}], "sweep_last_n": [4]})
     with pytest.raises(ConfigError, match=r"repeated: \['a-s1'\]"):
-        load_config(EnsembleConfig, None, {**base, "members": [{"name": "a"}, {"name": "a-s1", "seed": 5}], "seeds": [1]})
+        members = [{"name": "a"}, {"name": "a-s1", "seed": 5}]
+        load_config(EnsembleConfig, None, {**base, "members": members, "seeds": [1]})
     with pytest.raises(ConfigError, match=r"no member to train; list members, or give sweep_last_n"):
         load_config(EnsembleConfig, None, base)
     with pytest.raises(ConfigError, match=r"selection"):
@@ -324,6 +332,7 @@ def test_a_value_every_member_of_a_union_refuses_is_one_line_naming_the_field():
     with pytest.raises(ConfigError) as error:
         load_config(FinetuneConfig, None, {**BASE, "training": {"dataloader_num_workers": -1, "batch_sizes": [8, 0]}})
     assert str(error.value).splitlines()[1:] == [
-        "  - training.dataloader_num_workers: Input should be greater than or equal to 0, or Input should be 'auto' (got -1)",
+        "  - training.dataloader_num_workers: Input should be greater than or equal to 0, "
+        "or Input should be 'auto' (got -1)",
         "  - training.batch_sizes.1: Input should be greater than or equal to 1 (got 0)",
     ]

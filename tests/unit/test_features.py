@@ -82,7 +82,7 @@ def test_shards_depend_only_on_the_clip_count():
     assert shard_bounds(1000) == [(0, 142), (142, 285), (285, 428), (428, 571), (571, 714), (714, 857), (857, 1000)]
     bounds = shard_bounds(105_829)  # Speech Commands v2: capped at MAX_SHARDS, sizes within one of each other
     assert len(bounds) == 256 and bounds[0][0] == 0 and bounds[-1][1] == 105_829
-    assert all(end == start for (_, end), (start, _) in zip(bounds, bounds[1:]))
+    assert all(end == start for (_, end), (start, _) in zip(bounds, bounds[1:], strict=False))
     assert {end - start for start, end in bounds} == {413, 414}
 
 
@@ -125,15 +125,16 @@ from lib.data.scan import Manifest
 manifest = Manifest.model_validate_json(open({str(tmp_path / 'manifest.json')!r}).read())
 features.SHARD_CLIPS = 8
 def slow(*args, **kwargs):
-    print(os.getpid(), flush=True)
+    os.write(1, f"{{os.getpid()}}\\n".encode())  # one write: the two workers' lines never interleave
     time.sleep(600)
 features.featurize = slow
 features.build_feature_cache(manifest, features.FeatureParams(num_mel_bins=64, max_frames=64, clip_seconds=0.6),
                              {str(tmp_path)!r}, workers=2)
 """
     (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
+    repo = Path(__file__).parents[2]
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+                              cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     workers: set[int] = set()
     while len(workers) < 2:  # both are computing
         line = parent.stdout.readline()
@@ -150,7 +151,9 @@ features.build_feature_cache(manifest, features.FeatureParams(num_mel_bins=64, m
     assert alive == set()
 
 
-def test_a_split_left_empty_by_skipping_says_so_instead_of_suggesting_the_flag_already_given(manifest, tmp_path, monkeypatch):
+def test_a_split_left_empty_by_skipping_says_so_instead_of_suggesting_the_flag_already_given(
+    manifest, tmp_path, monkeypatch
+):
     real = features_module.featurize
 
     def validation_all_bad(paths, params, extractor, bad, notes=None):
@@ -218,7 +221,8 @@ def test_a_same_size_corrupt_cache_file_is_a_clear_error_naming_the_folder_to_de
     good = arrow.read_bytes()
     arrow.write_bytes(bytes(160) + good[160:])  # same size: meta.json cannot tell
     with pytest.raises(
-        FeatureCacheCorrupt, match=rf"feature cache .*{ref.key}/train-00000-of-00001.arrow cannot be read .*delete the folder"
+        FeatureCacheCorrupt,
+        match=rf"feature cache .*{ref.key}/train-00000-of-00001.arrow cannot be read .*delete the folder",
     ):
         load_split(ref, "train")
     arrow.unlink()

@@ -31,7 +31,10 @@ def test_a_checkpoint_with_one_nan_weight_is_a_checkpoint_error_naming_the_tenso
     state[key][0, 0] = float("nan")
     state["decoder.weight"] = torch.full((2, 2), float("inf"))  # a dropped head: does not matter
     save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"NaN or inf values in 1 encoder tensors \(encoder\.layers\.1\.attention\.q_proj\.weight\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"NaN or inf values in 1 encoder tensors \(encoder\.layers\.1\.attention\.q_proj\.weight\)",
+    ):
         load_encoder(folder)
 
 

@@ -90,7 +90,9 @@ def test_lib_modules_import_each_other_without_a_cycle():
 
 
 def test_lib_never_imports_prefect():
-    assert [module for module, path in MODULES.items() if any(n.split(".")[0] == "prefect" for n in imported(path))] == []
+    assert [
+        module for module, path in MODULES.items() if any(n.split(".")[0] == "prefect" for n in imported(path))
+    ] == []
 
 
 def test_prediction_and_evaluation_do_not_import_training_code():

@@ -23,6 +23,8 @@ def test_summary_metrics_on_a_hand_checked_case():
 
 def test_detailed_report_has_every_class_and_the_confusion_matrix():
     report = detailed_report(np.array([0, 0, 1]), np.array([0, 1, 1]), ["a", "b", "never_seen"])
-    assert report["confusion_matrix"] == {"labels": ["a", "b", "never_seen"], "matrix": [[1, 1, 0], [0, 1, 0], [0, 0, 0]]}
+    assert report["confusion_matrix"] == {
+        "labels": ["a", "b", "never_seen"], "matrix": [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    }
     assert report["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert report["per_class"]["never_seen"]["support"] == 0

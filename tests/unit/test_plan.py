@@ -92,7 +92,8 @@ def test_clips_shorter_than_one_fbank_window_are_rejected(dataset_dirs, ssl_chec
     with pytest.raises(ConfigError, match=r"features.clip_seconds=0.02 is 320 samples at 16000 Hz, fewer than one "
                                           r"25 ms fbank window \(400 samples\); use at least 0.025"):
         plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=0.02))
-    assert plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=0.025)).feature_params.clip_seconds == 0.025
+    plan = plan_run(make_config(dataset_dirs, ssl_checkpoint, tmp_path, clip_seconds=0.025))
+    assert plan.feature_params.clip_seconds == 0.025
 
 
 def test_ensemble_member_configs_get_the_same_checks(dataset_dirs, ssl_checkpoint, tmp_path):

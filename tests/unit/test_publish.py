@@ -113,8 +113,8 @@ def test_a_kill_at_any_point_of_a_publish_leaves_the_old_or_the_new_member(tmp_p
         best = fresh_best(point)
         seen = set()
         run_killed_at(
-            monkeypatch, point, lambda: publish(best, "m", *member_files(tmp_path, "v2")),
-            lambda: seen.add(read_version(best)),  # noqa: B023 - called within this iteration
+            monkeypatch, point, lambda best=best: publish(best, "m", *member_files(tmp_path, "v2")),
+            lambda best=best, seen=seen: seen.add(read_version(best)),
         )
         assert seen <= {"v1", "v2"} and seen
         after_kill.add(read_version(best))  # what readers see after the kill, until the next publish

@@ -349,9 +349,11 @@ def test_the_fine_tune_scan_cache_key_never_raises_so_the_scan_task_reports_its_
     from tasks.data import scan_cache_key
 
     train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1, "b": 1}})
-    assert scan_cache_key(None, {"plan": plan_of(DataConfig(train_dir=train, validation_dir=validation))}).startswith("astft-scan-")
+    key = scan_cache_key(None, {"plan": plan_of(DataConfig(train_dir=train, validation_dir=validation))})
+    assert key.startswith("astft-scan-")
     # no key (the task runs uncached and raises the scan's one-line error) where Prefect would log a traceback
     missing = DataConfig(train_dir=train, validation_dir=tmp_path / "missing")
     assert scan_cache_key(None, {"plan": plan_of(missing)}) is None
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    assert scan_cache_key(None, {"plan": plan_of(DataConfig(train_dir=train, validation_dir=tmp_path / "loop"))}) is None
+    looping = plan_of(DataConfig(train_dir=train, validation_dir=tmp_path / "loop"))
+    assert scan_cache_key(None, {"plan": looping}) is None

@@ -55,7 +55,10 @@ def finetune_config(tmp_path: Path, train_dir=Path("train"), validation_dir=Path
         ({"train_last_n_layers": 2}, {}, {}, None, "trains every layer: only the patch embedding is frozen"),
         ({}, {}, {}, None, "full fine-tuning"),
         ({"head_only": True}, {}, {"hidden_dropout_prob": 0.1}, None, "dropout (hidden_dropout_prob=0.1"),
-        ({"train_last_n_layers": 1}, {}, {"attention_probs_dropout_prob": 0.1}, None, "attention_probs_dropout_prob=0.1)"),
+        (
+            {"train_last_n_layers": 1}, {}, {"attention_probs_dropout_prob": 0.1}, None,
+            "attention_probs_dropout_prob=0.1)",
+        ),
         ({"head_only": True}, {"augmentation": AugmentationConfig(noise_std=0.1)}, {}, None, "augmentation is on"),
         ({"head_only": True}, {"augmentation": AugmentationConfig(time_roll=True)}, {}, None, "augmentation is on"),
         ({"head_only": True}, {"trunk_cache": False}, {}, None, "training.trunk_cache is false"),
@@ -115,7 +118,8 @@ def test_cached_states_are_the_trunk_output_in_float16(prepared, tmp_path):
         cached = TrunkStates(folder, split)
         assert len(cached) == features.num_clips[split]
         states = torch.stack([cached[index]["hidden_states"] for index in range(len(cached))])
-        assert states.dtype == torch.float16 and states.shape == (len(cached), 2 + 5 * 5, 32)  # 64 bins x 64 frames, stride 10
+        # 64 bins x 64 frames, stride 10
+        assert states.dtype == torch.float16 and states.shape == (len(cached), 2 + 5 * 5, 32)
         expected = trunk_outputs(model, features, split, 1)
         torch.testing.assert_close(states.float(), expected, rtol=2e-3, atol=2e-3)  # fp16 rounding only
         labels = load_split(features, split).with_format("numpy", columns=["label"])[:]["label"]
@@ -123,7 +127,9 @@ def test_cached_states_are_the_trunk_output_in_float16(prepared, tmp_path):
     # what DataLoader workers receive: the file's path, not a copy of its data
     pickled = pickle.dumps(TrunkStates(folder, "train"))
     assert len(pickled) < states[0].numel() * 2
-    torch.testing.assert_close(pickle.loads(pickled)[3]["hidden_states"], TrunkStates(folder, "train")[3]["hidden_states"])
+    torch.testing.assert_close(
+        pickle.loads(pickled)[3]["hidden_states"], TrunkStates(folder, "train")[3]["hidden_states"]
+    )
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["layers"], meta["dtype"], meta["feature_cache_key"]) == (1, "float16", features.key)
     assert (meta["precision"], meta["attention"], meta["tf32"]) == ("fp32", "sdpa", False)  # as training computes
@@ -222,7 +228,7 @@ def test_training_on_the_trunk_cache_matches_training_without_it(prepared, datas
     one_clip = 1 / features.num_clips["validation"]
     cached_epochs, plain_epochs = eval_history(with_cache.work_dir), eval_history(without.work_dir)
     assert len(cached_epochs) == len(plain_epochs) == 6
-    for a, b in zip(cached_epochs, plain_epochs):
+    for a, b in zip(cached_epochs, plain_epochs, strict=True):
         assert abs(a["eval_accuracy"] - b["eval_accuracy"]) <= one_clip + 1e-9
         assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-3)
     assert with_cache.best_metric == pytest.approx(without.best_metric, abs=one_clip + 1e-9)
@@ -322,8 +328,10 @@ def test_trunk_cache_is_skipped_when_it_would_fill_the_disk(tmp_path, monkeypatc
         name="x", data=DataConfig(train_dir=tmp_path, validation_dir=tmp_path, cache_dir=tmp_path / "c"),
         model=ModelConfig(ssl_checkpoint=tmp_path, head_only=True), training=TrainingConfig(device="cpu"),
     )
-    features = FeatureCacheRef(path=str(tmp_path / "missing"), key="k", params=FeatureParams(num_mel_bins=64, max_frames=64),
-                               label_names=["a", "b"], num_clips={"train": 100, "validation": 10})
+    features = FeatureCacheRef(
+        path=str(tmp_path / "missing"), key="k", params=FeatureParams(num_mel_bins=64, max_frames=64),
+        label_names=["a", "b"], num_clips={"train": 100, "validation": 10},
+    )
     monkeypatch.setattr(trunk_module, "load_split", lambda ref, split: split)
     inputs = trunk_module.training_inputs(classifier, config, features, resolve_runtime("cpu"))
     assert not inputs.trunk.used and "more than half" in inputs.trunk.reason
