@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.
-            from lib.evaluate.predict import predict
+            from lib.evaluate.predict import predict_to_csv
 
             predict_config = load_config(PredictConfig, None, overrides_from_args(args))
-            summary = predict(predict_config)
+            summary = predict_to_csv(predict_config)
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from lib.config import PredictConfig
-from lib.evaluate.predict import predict as predict_clips
+from lib.evaluate.predict import predict_to_csv
 
 
 @flow(name="astft-predict", log_prints=True)
@@ -16,7 +16,7 @@ def predict(config: PredictConfig) -> dict:
     """Write a CSV of file, predicted label and per-class probabilities."""
     logger = get_run_logger()
     logger.info("predicting %s with the model(s) in %s on %s", config.input_path, config.model_path, config.device)
-    summary = predict_clips(config)
+    summary = predict_to_csv(config)
     logger.info(
         "wrote %d predictions to %s with members %s; %d clips skipped",
         summary["predicted"], summary["csv"], ", ".join(summary["members"]), summary["skipped"],

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 
 
-def predict(config: PredictConfig) -> dict:
+def predict_to_csv(config: PredictConfig) -> dict:
     """What `astft predict` and the astft-predict flow run: predict_files on the config's device."""
     return predict_files(
         config.model_path, config.input_path, config.output_csv,
