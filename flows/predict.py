@@ -17,6 +17,8 @@ def predict(config: PredictConfig) -> dict:
     logger = get_run_logger()
     logger.info("predicting %s with the model(s) in %s on %s", config.input_path, config.model_path, config.device)
     summary = predict_to_csv(config)
+    for warning in summary["warnings"]:  # lib logs them too, but outside the flow run's logger
+        logger.warning("%s", warning)
     logger.info(
         "wrote %d predictions to %s with members %s; %d clips skipped",
         summary["predicted"], summary["csv"], ", ".join(summary["members"]), summary["skipped"],

@@ -7,7 +7,9 @@ the runtime's autocast, calibrated by each member's temperature and soft-voted w
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +38,23 @@ from lib.evaluate.inference import batch_logits
 from lib.model.classifier import ASTMeanPoolClassifier
 
 logger = logging.getLogger(__name__)
-# An existing --output is overwritten only if it looks like an earlier CSV, never e.g. a .wav or weights.
+# An existing --output is overwritten only if it is a predictions CSV astft wrote (a .csv, .tsv or .txt whose
+# first line is the header below, as every astft version wrote it), or empty; never e.g. notes, a .wav or weights.
 OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
+CSV_HEADER_START = ("file", "predicted_label")
+CSV_PROBABILITY_PREFIX = "prob_"
+# A member whose calibrated probabilities all lie this close to 1 / classes says nothing about the clips.
+CHANCE_TOLERANCE = 1e-3
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# preprocessor_config.json's ASTFeatureExtractor key -> member.json's feature_params key (what predict uses)
+PREPROCESSOR_KEYS = {
+    "sampling_rate": "sample_rate_hz",
+    "num_mel_bins": "num_mel_bins",
+    "max_length": "max_frames",
+    "do_normalize": "normalize",
+    "mean": "mean",
+    "std": "std",
+}
 
 
 def predict_to_csv(config: PredictConfig) -> dict:
@@ -67,6 +84,7 @@ def predict_files(
     output_csv = Path(output_csv)
     _check_output_csv(output_csv)
     _check_output_is_not_read(output_csv, model_path, input_path, files)
+    warnings = [warning for member in members for warning in _preprocessor_disagreement(member)]
     models = [_load_member_model(member).to(runtime.device).eval() for member in members]
     keys = [member.feature_params.model_dump_json() for member in members]  # members sharing features share a key
     extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members, strict=True)}
@@ -90,11 +108,13 @@ def predict_files(
         raise EnsembleError(
             format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files")
         )
+    for member, member_probabilities in zip(members, probabilities, strict=True):
+        warnings += _at_chance(member, member_probabilities[readable])
     voted = soft_vote(probabilities, [member.weight for member in members])
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "predicted_label", *[f"prob_{name}" for name in label_names]])
+        writer.writerow([*CSV_HEADER_START, *[f"{CSV_PROBABILITY_PREFIX}{name}" for name in label_names]])
         for index, row in zip(np.flatnonzero(readable), voted[readable], strict=True):
             writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
     for path, reason in bad.items():
@@ -104,6 +124,7 @@ def predict_files(
         "members": [member.name for member in members],
         "weights": {member.name: member.weight for member in members},
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
+        "warnings": warnings,
     }
 
 
@@ -180,7 +201,8 @@ def _check_output_csv(output_csv: Path) -> None:
 
 
 def _check_output_is_not_read(output_csv: Path, model_path: Path, input_path: Path, files: list[Path]) -> None:
-    """The CSV must not overwrite what predict reads (a member's files, an input clip) or any non-CSV file."""
+    """The CSV must not overwrite what predict reads (a member's files, an input clip) or any file but an empty one
+    or a predictions CSV astft wrote."""
     target = output_csv.resolve()
     if Path(model_path).is_dir() and target.is_relative_to(Path(model_path).resolve()):
         raise EnsembleError(
@@ -189,11 +211,104 @@ def _check_output_is_not_read(output_csv: Path, model_path: Path, input_path: Pa
         )
     if any(target == Path(path).resolve() for path in files):
         raise EnsembleError(f"--output (output_csv) {output_csv} is an input clip; pass another file name")
-    if output_csv.exists() and output_csv.suffix.lower() not in OUTPUT_SUFFIXES:
+    if not output_csv.exists():
+        return
+    if output_csv.suffix.lower() not in OUTPUT_SUFFIXES:
         raise EnsembleError(
             f"--output (output_csv) {output_csv} exists and is not a CSV ({output_csv.suffix or 'no suffix'}); "
-            "predict would overwrite it: pass a new file name ending in .csv"
+            "predict would overwrite it: pass a new file name ending in .csv, or delete the file first"
         )
+    found = _first_line(output_csv)
+    if found is not None:
+        raise EnsembleError(
+            f"--output (output_csv) {output_csv} exists and is not a predictions CSV astft wrote ({found}); "
+            "predict overwrites only its own CSVs: choose another --output, or delete the file first"
+        )
+
+
+def _first_line(path: Path) -> str | None:
+    """None if the file is empty or astft's predictions CSV (first line: file,predicted_label,prob_...);
+    else what its first line is, for the error."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(65536)
+    except OSError as error:
+        return f"it cannot be read: {error.strerror or error}"
+    if not head:
+        return None  # nothing to lose
+    try:
+        line = head.decode("utf-8").splitlines()[0]
+    except (UnicodeDecodeError, IndexError):
+        return "it is not UTF-8 text"
+    cells = next(csv.reader([line]), [])
+    if (
+        tuple(cells[:2]) == CSV_HEADER_START
+        and len(cells) > 2
+        and all(cell.startswith(CSV_PROBABILITY_PREFIX) for cell in cells[2:])
+    ):
+        return None
+    shown = line if len(line) <= 60 else line[:57] + "..."
+    return f"its first line is {shown!r}, not file,predicted_label,prob_..."
+
+
+# --- warnings: what predict uses although it looks wrong ----------------------------------------
+
+
+def _preprocessor_disagreement(member: MemberInfo) -> list[str]:
+    """A warning if the member's preprocessor_config.json contradicts member.json's feature_params.
+
+    predict featurises with member.json's feature_params (the features the member was trained and evaluated on);
+    preprocessor_config.json is only what other tools (transformers' pipelines) would read.
+    """
+    path = Path(member.path) / PREPROCESSOR_FILE
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return [_warn(
+            f"member {member.name} ({member.path}): {PREPROCESSOR_FILE} cannot be read ({error}); predict uses "
+            "member.json's feature_params; re-publish the member to rewrite it"
+        )]
+    if not isinstance(saved, dict):
+        return []
+    used = member.feature_params.model_dump()
+    disagreeing = [
+        f"{key} {saved[key]!r} vs {ours} {used[ours]!r}"
+        for key, ours in PREPROCESSOR_KEYS.items()
+        if key in saved and not _same(saved[key], used[ours])
+    ]
+    if not disagreeing:
+        return []
+    return [_warn(
+        f"member {member.name} ({member.path}): {PREPROCESSOR_FILE} disagrees with member.json's feature_params "
+        f"({'; '.join(disagreeing)}); predict uses member.json's, the features the member was trained on: "
+        f"re-publish the member if {PREPROCESSOR_FILE} is the one that is right"
+    )]
+
+
+def _same(saved: object, used: object) -> bool:
+    if isinstance(saved, bool) or isinstance(used, bool):
+        return saved == used
+    if isinstance(saved, int | float) and isinstance(used, int | float):
+        return math.isclose(saved, used, rel_tol=1e-6, abs_tol=1e-9)
+    return saved == used
+
+
+def _at_chance(member: MemberInfo, probabilities: np.ndarray) -> list[str]:
+    """A warning if the member's calibrated probabilities are uniform on every clip predicted."""
+    if not len(probabilities) or np.abs(probabilities - 1 / probabilities.shape[1]).max() > CHANCE_TOLERANCE:
+        return []
+    return [_warn(
+        f"member {member.name} is at chance on these clips (temperature {member.temperature or 1.0:g}): every "
+        f"probability is 1/{probabilities.shape[1]} within {CHANCE_TOLERANCE:g}, so its labels are ties broken "
+        "arbitrarily and its probabilities carry no information; retrain or drop it"
+    )]
+
+
+def _warn(message: str) -> str:
+    logger.warning("%s", message)
+    return message
 
 
 def _load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
