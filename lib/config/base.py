@@ -11,8 +11,11 @@ from typing import Annotated, Literal, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
 )
 
 from lib.core.hashing import digest
@@ -57,17 +60,38 @@ LOCATION = "location"
 NO_EFFECT_ON_WEIGHTS = "no effect on weights"
 
 
-Location = Annotated[Path, LOCATION]
+def _empty_location_message(field: str | None) -> str:
+    return (
+        f"{field or 'a location'} must not be empty; pass a folder (or file) path: an empty one would silently "
+        "mean the current folder"
+    )
+
+
+def _not_empty(value: object, info: ValidationInfo) -> object:
+    """Refuse '' and whitespace, which Path() would take for the current folder ('--set data.train_dir=')."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(_empty_location_message(info.field_name))
+    return value
+
+
+NOT_EMPTY = BeforeValidator(_not_empty)
+
+
+Location = Annotated[Path, LOCATION, NOT_EMPTY]
 
 
 # A location that may be a published link. Why: docs/decisions.md, "Published links are recorded by name".
 KEEP_LINK = "keep link"
 
 
-PublishedLocation = Annotated[Path, LOCATION, KEEP_LINK]
+PublishedLocation = Annotated[Path, LOCATION, KEEP_LINK, NOT_EMPTY]
 
 
-OptionalLocation = Annotated[Path | None, LOCATION]
+OptionalLocation = Annotated[Path | None, LOCATION, NOT_EMPTY]
+
+
+# A list of locations (pretraining's data.data_dirs); Section also refuses empty items in any LOCATION list.
+Locations = Annotated[list[Annotated[Path, NOT_EMPTY]], LOCATION]
 
 
 def tagged(model: type[BaseModel], *tags: str) -> list[tuple[str, ...]]:
@@ -99,6 +123,17 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, allow_inf_nan=False, json_schema_extra=_bounds_in_descriptions
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_location_in_lists(cls, value: object, info: ValidationInfo) -> object:
+        """An empty item of a LOCATION list (data.data_dirs) is refused as the single locations are (NOT_EMPTY)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and LOCATION in field.metadata and isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                if isinstance(item, str) and not item.strip():
+                    raise ValueError(_empty_location_message(f"{info.field_name}[{index}]"))
+        return value
 
     def resolved(self) -> Self:
         """Same config with every LOCATION field made absolute, so tasks and caches agree on them."""
@@ -161,7 +196,7 @@ FeatureWorkers = Annotated[int, NO_EFFECT_ON_WEIGHTS, Field(ge=0, le=1024, descr
 ))]
 
 
-CacheDir = Annotated[Path, LOCATION, Field(description=(
+CacheDir = Annotated[Path, LOCATION, NOT_EMPTY, Field(description=(
     "Where folder scans, Arrow feature caches and stripped encoders are kept (default .astft-cache: ours, a "
     "hidden folder in the working directory)."
 ))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from itertools import combinations
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from lib.data.scan import (
     probe_clips,
     stop_or_skip,
 )
+
+logger = logging.getLogger(__name__)
+
+# Fewer held-out clips than this make the per-epoch masked-patch accuracy (which picks the best epoch) noisy.
+MIN_HELD_OUT_CLIPS = 8
+
 
 UNLABELED_LINK_RISK = (
     "inside another pretraining folder (a --data-dir or the --validation-dir), whose clips would be listed twice, "
@@ -123,6 +130,14 @@ def scan_unlabeled(
             (validation if validation_name is None and held_out(relative, holdout_fraction) else train).append(clip)
     if validation_name is None and not validation and len(train) > 1:
         validation.append(train.pop())  # too few clips for the fraction to pick one: hold out the last
+    if validation_name is None and 0 < len(validation) < MIN_HELD_OUT_CLIPS:
+        total = len(train) + len(validation)
+        logger.warning(
+            "data.holdout_fraction=%g holds out only %d of %d clips (%.0f%%) for validation; fewer than %d make the "
+            "masked-patch accuracy that picks the best epoch noisy, and these clips are not trained on: add clips, "
+            "or pass --validation-dir (data.validation_dir) with a folder of held-out clips",
+            holdout_fraction, len(validation), total, 100 * len(validation) / total, MIN_HELD_OUT_CLIPS,
+        )
     for split, found in (("train", train), ("validation", validation)):
         if not found:
             raise ScanError(

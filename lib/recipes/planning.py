@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import ClassVar
@@ -79,6 +80,7 @@ def check_work_dir_apart(
                 "folders and logs in its work dir and writes its own there. Pass a --work-dir outside the SSL "
                 f"checkpoint, the data and the published models, or {fix}"
             )
+    check_writable("work_dir (--work-dir)", work_dir)
     check_work_dir(work_dir, owner)
     check_unlocked(work_dir)  # another run is using it now
 
@@ -91,6 +93,7 @@ def check_output_folders(
     written: the folders a run puts there, as the error names them (pretraining: ssl/, ssl-runs/, features/)."""
     for label, path in outputs.items():
         _check_can_be_folder(label, path)
+        check_writable(label, path)
         for data_label, data_dir in data_folders.items():
             if data_dir is not None and _seen_by_scan(path, data_dir):
                 raise ConfigError(
@@ -110,6 +113,27 @@ def _check_can_be_folder(label: str, path: Path) -> None:
         f"{label} {path}: {existing} is a file, not a folder, so nothing can be created below it; "
         "pass a path whose parents are folders"
     )
+
+
+def check_writable(label: str, path: Path) -> None:
+    """The folder, or its nearest existing parent (where mkdir creates the rest), can be written to: else the run
+    would stop late with a raw OSError (errno 30 on a read-only mount). Free space is not checked here: what the
+    caches take depends on the clip count, which only the scan knows."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+        return  # access() reports EROFS for a read-only mount even for root
+    where = f"{path}" if existing == path else f"{path}: its nearest existing parent {existing}"
+    raise ConfigError(
+        f"{label} {where} is not writable ({_why_not_writable(existing)}): pass a folder you can write to"
+    )
+
+
+def _why_not_writable(folder: Path) -> str:
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows) or it failed: say both
+        return "read-only file system or no permission"
+    return "read-only file system" if read_only else "no write permission"
 
 
 def _seen_by_scan(path: Path, data_dir: Path) -> bool:
