@@ -66,6 +66,7 @@ SHORT_FLAGS: dict[str, str] = {
     "model_path": "--model",
     "input_path": "--input",
     "output_csv": "--output",
+    "wait_for_work_dir": "--wait",
 }
 
 

@@ -287,6 +287,10 @@ SaveTotalLimit = Annotated[int, Field(ge=1, le=1000, description=(
 ))]
 
 
+WaitForWorkDir = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description=(
+    "If another run is using this run's work dir (the same name), wait for it to end and then go on, instead of "
+    "stopping with an error naming that run (default false: ours, a clash is usually a mistake)."
+))]
 Tensorboard = Annotated[bool, NO_EFFECT_ON_WEIGHTS, Field(description=(
     "Write TensorBoard logs, which need the 'tensorboard' extra (default false: the notebook's report_to='none')."
 ))]

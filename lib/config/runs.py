@@ -17,6 +17,7 @@ from lib.config.base import (
     PublishedLocation,
     RunConfig,
     Section,
+    WaitForWorkDir,
 )
 from lib.config.sections import (
     DataConfig,
@@ -44,6 +45,7 @@ class FinetuneConfig(RunConfig):
     work_dir: OptionalLocation = Field(
         None, description="Trainer checkpoints and logs (default null: ours, OUTPUT_DIR/runs/NAME/)."
     )
+    wait_for_work_dir: WaitForWorkDir = False
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig
@@ -221,6 +223,7 @@ class PretrainConfig(RunConfig):
     work_dir: OptionalLocation = Field(
         None, description="Trainer checkpoints and logs (default null: ours, OUTPUT_DIR/ssl-runs/NAME/)."
     )
+    wait_for_work_dir: WaitForWorkDir = False
     data: PretrainDataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: PretrainModelConfig = Field(default_factory=PretrainModelConfig)

@@ -71,5 +71,6 @@ def check_unlocked(folder: Path) -> None:
 def in_use(folder: Path) -> ConfigError:
     return ConfigError(
         f"{folder} is in use by {holder(Path(folder) / LOCK_FILE)}: two runs on one work dir would delete each "
-        "other's checkpoints. Wait for that run to end, or give this run another --name or --work-dir"
+        "other's checkpoints. Wait for that run to end (--wait queues this run behind it), or give this run another "
+        "--name or --work-dir"
     )

@@ -110,6 +110,7 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
     check_work_dir_apart(
         config.run_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>",
         RunOwner(kind=FinetunePlan.kind, name=config.name),
+        wait=config.wait_for_work_dir,
     )
 
 

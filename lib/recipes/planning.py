@@ -50,13 +50,15 @@ class Plan(BaseModel):
 
     def work_dir_lock(self, wait: bool = False) -> AbstractContextManager[None]:
         """Hold the work dir's lock (a flow holds it from training to publishing): a second run on it is refused."""
+        wait = wait or self.config.wait_for_work_dir
         return folder_lock(self.work_dir, f"the {RUN_KINDS[self.kind]} {self.config.name!r}", wait)
 
 
 def check_work_dir_apart(
-    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner
+    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner, wait: bool = False
 ) -> None:
-    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's.
+    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's,
+    and no other run is using it now (unless this run will wait for it: --wait).
 
     given: whether --work-dir was passed (else it is `default`, and the fix is another --output-dir)."""
     work_dir = work_dir.resolve()
@@ -82,7 +84,8 @@ def check_work_dir_apart(
             )
     check_writable("work_dir (--work-dir)", work_dir)
     check_work_dir(work_dir, owner)
-    check_unlocked(work_dir)  # another run is using it now
+    if not wait:
+        check_unlocked(work_dir)  # another run is using it now
 
 
 def check_output_folders(

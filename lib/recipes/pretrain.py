@@ -162,6 +162,7 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
          "the published members, output_dir/best": config.output_dir / BEST_FOLDER},
         "<output_dir>/ssl-runs/<name>",
         RunOwner(kind=PretrainPlan.kind, name=config.name),
+        wait=config.wait_for_work_dir,
     )
     encoder, source = encoder_config(config.model, config.features.max_frames)
     check_clip_fits(config.features, encoder.max_length)

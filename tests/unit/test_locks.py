@@ -100,3 +100,39 @@ def test_a_fine_tune_whose_work_dir_another_run_holds_is_refused_at_plan_time(tm
         holder.kill()
         holder.wait()
     assert plan_run(config).work_dir == plan.work_dir
+
+
+def test_a_run_that_waits_for_its_work_dir_passes_plan_and_queues_behind_the_holder(
+    tmp_path, dataset_dirs, ssl_checkpoint
+):
+    from lib.config import FinetuneConfig
+    from lib.recipes.finetune import plan_run
+
+    train_dir, validation_dir = dataset_dirs
+    config = FinetuneConfig.model_validate({
+        "name": "queued", "output_dir": str(tmp_path / "out"), "wait_for_work_dir": True,
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir)},
+        "model": {"ssl_checkpoint": str(ssl_checkpoint)},
+        "features": {"max_frames": None, "clip_seconds": 0.6},
+    })
+    holder = hold_in_another_process(tmp_path / "out" / "runs" / "queued")
+    try:
+        plan = plan_run(config)  # refused without wait_for_work_dir (--wait)
+        assert plan.config.wait_for_work_dir
+        with pytest.raises(ConfigError, match=r"--wait queues this run behind it"):
+            plan_run(config.model_copy(update={"wait_for_work_dir": False}))
+    finally:
+        holder.kill()
+        holder.wait()
+    with plan.work_dir_lock():  # the holder has ended: the queued run takes the work dir
+        pass
+
+
+def test_waiting_is_not_part_of_the_run_fingerprint():
+    from lib.config import FinetuneConfig
+
+    base = {"name": "m", "data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"}}
+    assert (
+        FinetuneConfig.model_validate(base).fingerprint()
+        == FinetuneConfig.model_validate({**base, "wait_for_work_dir": True}).fingerprint()
+    )
