@@ -14,6 +14,7 @@ SSAST reference code does when fine-tuning on clips of another length.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -156,15 +157,27 @@ def read_checkpoint(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_fingerprint(checkpoint_dir: Path, base_config: Path | None) -> str:
-    """Size and mtime of the weights and of the config that shapes them (the one actually used)."""
+    """The bytes of the weights and of the config that shapes them (the one actually used): the same checkpoint
+    moved, copied or published again keeps its key (why: docs/decisions.md, "The encoder cache key")."""
+    config_file = encoder_config_file(checkpoint_dir, base_config)
+    parts = []
+    for path in (Path(checkpoint_dir) / WEIGHTS_FILE, config_file):
+        if path is not None and Path(path).is_file():
+            with open(path, "rb") as handle:  # streamed: an AST-base encoder is ~350 MB, about a second
+                parts.append(hashlib.file_digest(handle, "sha256").hexdigest())
+    parts.append(f"config={'bundled' if config_file is None else 'file'};config-precedence=base-first;content")
+    return digest("|".join(parts))
+
+
+def stat_fingerprint(checkpoint_dir: Path, base_config: Path | None) -> str:
+    """The key astft 0.1.0 gave a checkpoint (resolved path, size and mtime of its files): only to resume work
+    dirs that 0.1.0 started (EncoderRef.legacy_key)."""
     config_file = encoder_config_file(checkpoint_dir, base_config)
     parts = []
     for path in (Path(checkpoint_dir) / WEIGHTS_FILE, config_file):
         if path is not None and Path(path).is_file():
             stat = Path(path).stat()
             parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
-    # Before --base-config took precedence, a key over the same files could stand for an encoder built
-    # from the folder's config.json; the tag keeps such caches from being reused.
     parts.append(f"config={'bundled' if config_file is None else 'file'};config-precedence=base-first")
     return digest("|".join(parts))
 
@@ -355,8 +368,9 @@ def load_encoder(
 class EncoderRef(BaseModel):
     """A stripped encoder saved with save_pretrained; the hand-off to the training task."""
 
-    path: str
+    path: str  # <cache_dir>/encoders/<key>: its name is the encoder's key
     report: EncoderLoadReport
+    legacy_key: str | None = None  # the key astft 0.1.0 gave the same checkpoint at the same place
 
 
 def export_encoder(
@@ -372,14 +386,16 @@ def export_encoder(
     """
     source = checkpoint_fingerprint(checkpoint_dir, base_config)
     key = digest(f"{source}|max_frames={max_frames}")
+    legacy_key = digest(f"{stat_fingerprint(checkpoint_dir, base_config)}|max_frames={max_frames}")
     root = Path(cache_dir) / ENCODERS_FOLDER
     final = root / key
     report_file = final / REPORT_FILE
     if file_sizes_match(final, key):
-        return EncoderRef(path=str(final), report=EncoderLoadReport.model_validate_json(report_file.read_text())), True
+        report = EncoderLoadReport.model_validate_json(report_file.read_text())
+        return EncoderRef(path=str(final), report=report, legacy_key=legacy_key), True
     encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
     with staged_folder(root, key, file_sizes_match, "encoder cache") as staging:
         encoder.save_pretrained(str(staging), save_original_format=False)
         (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))
         record_file_sizes(staging, key)  # last: marks the cache complete
-    return EncoderRef(path=str(final), report=report), False
+    return EncoderRef(path=str(final), report=report, legacy_key=legacy_key), False

@@ -259,6 +259,11 @@ def member_resume_key(plan: FinetunePlan, features: FeatureCacheRef, encoder: En
     return resume_key(plan.fingerprint, features.key, Path(encoder.path).name)
 
 
+def earlier_member_resume_keys(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> tuple[str, ...]:
+    """The resume key astft 0.1.0 recorded for this member (its encoder keyed by path and mtime)."""
+    return (resume_key(plan.fingerprint, features.key, encoder.legacy_key),) if encoder.legacy_key else ()
+
+
 def train_member(
     plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, on_epoch: EpochHook | None = None
 ) -> TrainOutcome:
@@ -291,7 +296,10 @@ def train_member_distributed(
 ) -> TrainOutcome:
     """train_member_in_process on num_processes torchrun ranks (this module's main); rank 0's outcome."""
     # resume-or-fresh decided once, before the ranks start, so they never race on the work dir
-    prepare_work_dir(plan.work_dir, member_resume_key(plan, features, encoder), plan.owner)
+    prepare_work_dir(
+        plan.work_dir, member_resume_key(plan, features, encoder), plan.owner,
+        earlier_member_resume_keys(plan, features, encoder),
+    )
     spec = MemberSpec(plan=plan, features=features, encoder=encoder, outcome_file="")
     outcome = launch_ranks(__name__, spec, num_processes, plan.work_dir, f"member {plan.config.name}", on_epoch)
     return TrainOutcome.model_validate_json(outcome)
@@ -363,6 +371,9 @@ def member_trainer_setup(
         data_collator=inputs.data_collator,  # the trunk cache's; else Trainer's default
         after_save=inputs.save_best,  # a trunk tail also saves its full classifier
         on_epoch=on_epoch,
+        earlier_resume_keys=tuple(
+            key + inputs.fingerprint_suffix for key in earlier_member_resume_keys(plan, features, encoder)
+        ),
     )
 
 
@@ -382,6 +393,7 @@ def classifier_trainer_setup(
     after_save: Callable[[Path], None] | None = None,
     on_epoch: EpochHook | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
+    earlier_resume_keys: tuple[str, ...] = (),
 ) -> TrainerSetup:
     """Fine-tuning's Trainer for any classifier: a checkpoint per epoch, the best by the chosen metric saved to
     work_dir/best-model, the per-epoch batch-size schedule and augmentation when asked for (unaugmented runs keep
@@ -417,6 +429,7 @@ def classifier_trainer_setup(
             training, work_dir, train_log or work_dir / train_log_name(""), on_epoch, extra_callbacks
         ),
         after_save=after_save,
+        earlier_resume_keys=earlier_resume_keys,
     )
 
 

@@ -55,6 +55,7 @@ class TrainerSetup:
     callbacks: list[TrainerCallback] = field(default_factory=list)
     trainer_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of trainer_class's own
     after_save: Callable[[Path], None] | None = None  # e.g. save another form of the model into model_dir
+    earlier_resume_keys: tuple[str, ...] = ()  # what an earlier astft recorded for this same run
 
 
 class TrainerRun(BaseModel):
@@ -73,7 +74,7 @@ class TrainerRun(BaseModel):
 def run_trainer(setup: TrainerSetup) -> TrainerRun:
     """Claim the work dir, resume or start fresh, train, save the model and the log history."""
     work_dir = Path(setup.work_dir)
-    resume_from = prepare_work_dir(work_dir, setup.resume_key, setup.owner)
+    resume_from = prepare_work_dir(work_dir, setup.resume_key, setup.owner, setup.earlier_resume_keys)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer = setup.trainer_class(

@@ -132,8 +132,12 @@ def last_complete_checkpoint(work_dir: Path) -> str | None:
     return None
 
 
-def prepare_work_dir(work_dir: Path, run_fingerprint: str, owner: RunOwner | None = None) -> str | None:
+def prepare_work_dir(
+    work_dir: Path, run_fingerprint: str, owner: RunOwner | None = None, earlier_keys: tuple[str, ...] = ()
+) -> str | None:
     """Return the checkpoint to resume from, if the work dir holds one from this same run config.
+
+    earlier_keys: what an earlier astft recorded for this same run (run.json is then rewritten with today's).
 
     The work dir must be the owner's (claim_work_dir: new, empty or marked by run.json for the same
     kind of run and name), else ConfigError. Checkpoints left by a run with a different config are
@@ -144,8 +148,10 @@ def prepare_work_dir(work_dir: Path, run_fingerprint: str, owner: RunOwner | Non
     claim_work_dir(work_dir, owner)
     previous = _marker(work_dir)["fingerprint"]
     last = last_complete_checkpoint(work_dir)
-    if last and previous == run_fingerprint:
+    if last and (previous == run_fingerprint or previous in earlier_keys):
         _drop_epoch_records_after(work_dir, int(Path(last).name.split("-")[-1]))
+        if previous != run_fingerprint:
+            _write_marker(work_dir, run_fingerprint, owner)
         return last
     if last:
         logger.warning("work dir %s holds checkpoints of another run config; starting fresh", work_dir)

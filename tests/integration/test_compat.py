@@ -93,14 +93,16 @@ def test_a_work_dir_of_0_1_0_resumes_from_its_checkpoint(old_run):
     recorded = expected()["resume_key"]
     assert recorded.startswith(f"{plan.fingerprint}-{features.key}-")
     assert features.key == expected()["feature_cache_key"]
-    # The encoder's cache key holds the SSL checkpoint's absolute path (0.1.0's design: a moved checkpoint is
-    # stripped again), and this copy lies elsewhere: run.json is pointed at the copy's key, as if it had been
-    # trained here. Everything else in the work dir (checkpoint, epochs file, logs) is as 0.1.0 left it.
+    # 0.1.0 keyed the encoder by its checkpoint's path and mtime, and this copy lies elsewhere: run.json is
+    # pointed at the key 0.1.0 would have recorded here (EncoderRef.legacy_key). Everything else in the work dir
+    # (checkpoint, epochs file, logs) is as 0.1.0 left it.
     run_file = plan.work_dir / "run.json"
     marker = json.loads(run_file.read_text())
     assert marker == {"fingerprint": recorded, "kind": "finetune", "name": "fx"}
-    marker["fingerprint"] = member_resume_key(plan, features, encoder) + "+trunk1"
+    marker["fingerprint"] = f"{plan.fingerprint}-{features.key}-{encoder.legacy_key}+trunk1"
     run_file.write_text(json.dumps(marker))
     outcome = train_member(plan, features, encoder)
     assert Path(outcome.resumed_from).name == expected()["best_checkpoint"]
     assert outcome.optimizer_steps == 2 and outcome.epochs_run == 2
+    # accepted once: run.json now holds today's key, over the encoder's content
+    assert json.loads(run_file.read_text())["fingerprint"] == member_resume_key(plan, features, encoder) + "+trunk1"

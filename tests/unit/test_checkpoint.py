@@ -109,6 +109,29 @@ def test_export_encoder_strips_once_and_reuses(tmp_path):
     assert_same_weights(ASTModel.from_pretrained(first.path), reference)
 
 
+def test_the_same_checkpoint_moved_or_published_again_keeps_its_encoder_key(tmp_path):
+    import os
+    import shutil
+
+    folder, _ = make_ssl_checkpoint(tmp_path / "ckpt", small_config(), seed=9)
+    first, _ = export_encoder(folder, None, tmp_path / "cache")
+    again = shutil.copytree(folder, tmp_path / ".enc.v-2")  # a new version folder behind a re-published link
+    os.utime(again / "model.safetensors", (1, 1))
+    (tmp_path / "ssl").mkdir()
+    (tmp_path / "ssl" / "enc").symlink_to(again)
+    second, hit = export_encoder(tmp_path / "ssl" / "enc", None, tmp_path / "cache")
+    assert hit and second.path == first.path
+    assert second.legacy_key != first.legacy_key  # what 0.1.0 keyed by path and mtime
+
+
+def test_other_weights_get_another_encoder_key(tmp_path):
+    folder, _ = make_ssl_checkpoint(tmp_path / "a", small_config(), seed=9)
+    other, _ = make_ssl_checkpoint(tmp_path / "b", small_config(), seed=10)
+    first, _ = export_encoder(folder, None, tmp_path / "cache")
+    second, _ = export_encoder(other, None, tmp_path / "cache")
+    assert first.path != second.path
+
+
 def position_embeddings(model) -> torch.Tensor:
     return model.state_dict()["embeddings.position_embeddings"]
 
