@@ -10,14 +10,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 from lib.core.errors import ConfigError
 from lib.core.layout import LOCK_FILE
+
+logger = logging.getLogger(__name__)
 
 
 def holder(lock_file: Path) -> str:
@@ -42,10 +47,15 @@ def folder_lock(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
     handle = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise in_use(folder) from None
-        record = {"what": what, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            if not wait:
+                raise in_use(folder) from None
+            logger.warning("%s is in use by %s: waiting for it to end (--wait)", folder, holder(lock_file))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            logger.info("%s is free: %s goes on", folder, what)
+        started = psutil.Process().create_time()  # the run's own start, not the moment it took the lock
+        record = {"what": what, "pid": os.getpid(), "host": socket.gethostname(), "started": started}
         os.ftruncate(handle, 0)
         os.pwrite(handle, json.dumps(record).encode(), 0)
         yield

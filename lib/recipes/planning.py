@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import ClassVar
@@ -123,12 +124,18 @@ def check_writable(label: str, path: Path) -> None:
     would stop late with a raw OSError (errno 30 on a read-only mount). Free space is not checked here: what the
     caches take depends on the clip count, which only the scan knows."""
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
-        return  # access() reports EROFS for a read-only mount even for root
+    if existing is None or not existing.is_dir():
+        return
     where = f"{path}" if existing == path else f"{path}: its nearest existing parent {existing}"
-    raise ConfigError(
-        f"{label} {where} is not writable ({_why_not_writable(existing)}): pass a folder you can write to"
-    )
+    if not os.access(existing, os.W_OK | os.X_OK):  # access() reports EROFS for a read-only mount even for root
+        reason = _why_not_writable(existing)
+    else:  # root passes access() where the file system itself refuses (/proc, some network mounts): try it
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".astft-probe-", dir=existing))
+            return
+        except OSError as error:
+            reason = error.strerror or str(error)
+    raise ConfigError(f"{label} {where} is not writable ({reason}): pass a folder you can write to")
 
 
 def _why_not_writable(folder: Path) -> str:

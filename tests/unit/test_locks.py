@@ -69,7 +69,7 @@ def test_a_waiting_lock_takes_the_folder_once_its_holder_ends(tmp_path):
             [sys.executable, "-c",
              f"from lib.core.locks import folder_lock\nwith folder_lock({str(tmp_path / 'work')!r}, 'w', wait=True):\n"
              "    print('got it', flush=True)\n"],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         with pytest.raises(subprocess.TimeoutExpired):
             waiter.wait(timeout=2)  # queued behind the holder
@@ -78,6 +78,7 @@ def test_a_waiting_lock_takes_the_folder_once_its_holder_ends(tmp_path):
         holder.wait()
     assert waiter.stdout.readline().strip() == "got it"
     assert waiter.wait(timeout=30) == 0
+    assert f"is in use by the fine-tune run 'first' (pid {holder.pid}" in waiter.stderr.read()  # said it waited
 
 
 def test_a_fine_tune_whose_work_dir_another_run_holds_is_refused_at_plan_time(tmp_path, dataset_dirs, ssl_checkpoint):
@@ -136,3 +137,18 @@ def test_waiting_is_not_part_of_the_run_fingerprint():
         FinetuneConfig.model_validate(base).fingerprint()
         == FinetuneConfig.model_validate({**base, "wait_for_work_dir": True}).fingerprint()
     )
+
+
+def test_the_lock_file_names_the_holders_own_start_time(tmp_path):
+    import json
+
+    import psutil
+
+    holder = hold_in_another_process(tmp_path / "work")
+    try:
+        recorded = json.loads((tmp_path / "work" / ".astft.lock").read_text())
+        assert recorded["pid"] == holder.pid
+        assert recorded["started"] == pytest.approx(psutil.Process(holder.pid).create_time(), abs=1)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -205,3 +205,13 @@ def test_no_warning_with_a_validation_folder_or_enough_held_out_clips(tmp_path, 
         scan_unlabeled([tmp_path / "two"], tmp_path / "held")  # the user chose the validation clips
         assert len(scan_unlabeled([tmp_path / "many"], holdout_fraction=0.5).validation) == expected
     assert not [r for r in caplog.records if r.name == "lib.data.unlabeled"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_the_file_system_refuses_even_to_root_is_refused():
+    from lib.core.errors import ConfigError
+    from lib.recipes.planning import check_writable
+
+    with pytest.raises(ConfigError, match=r"output_dir \(--output-dir\) /proc/astft-out: its nearest existing parent "
+                                          r"/proc is not writable"):
+        check_writable("output_dir (--output-dir)", Path("/proc/astft-out"))
