@@ -73,11 +73,11 @@ from lib.model.checkpoint import (  # noqa: E402
 )
 from lib.model.classifier import SPECIAL_TOKENS, apply_freezing, build_classifier  # noqa: E402
 from lib.model.trunk import TrunkStates, TrunkTail, build_trunk_cache  # noqa: E402
-from lib.recipes.finetune import classifier_trainer_setup  # noqa: E402
 from lib.train.arguments import (  # noqa: E402
     attention_implementation,
     speed_settings,
 )
+from lib.train.classifier import classifier_trainer_setup  # noqa: E402
 from lib.train.engine import run_trainer  # noqa: E402
 
 NOTEBOOK_FRAMES = 1024  # AST-base's input length, which the notebook padded 1 s clips to

@@ -11,8 +11,8 @@ from transformers import TrainerCallback
 
 from lib.core.runtime import resolve_runtime
 from lib.example import tiny_ast_config
-from lib.recipes.finetune import classifier_trainer_setup
 from lib.train.arguments import attention_implementation, speed_settings
+from lib.train.classifier import classifier_trainer_setup
 from lib.train.engine import run_trainer
 from lib.train.schedule import epoch_batch_sizes
 
@@ -81,7 +81,7 @@ def train_classifier(
     model, train, validation, processing_class, training, work_dir, train_log, resume_key, runtime,
     extra_callbacks=(), data_collator=None, save_best=None, on_epoch=None, owner=None,
 ) -> SimpleNamespace:
-    """Fine-tune any classifier with the recipe's Trainer (lib.recipes.finetune.classifier_trainer_setup): the
+    """Fine-tune any classifier with the recipe's Trainer (lib.train.classifier.classifier_trainer_setup): the
     TrainerRun's fields, plus best_model_dir, the schedule's batch sizes and the resolved speed settings."""
     run = run_trainer(classifier_trainer_setup(
         model, train, validation, training, work_dir, runtime, resume_key, owner=owner, train_log=train_log,

@@ -5,8 +5,6 @@ train:    train_member builds the classifier from the stripped encoder, freezes 
           shared Trainer loop (lib.train.engine) on the features or the frozen-trunk cache; in this process,
           or on N processes under torchrun (`python -m lib.recipes.finetune SPEC.json` on every rank)
 publish:  publish_member puts the best model, its reports and manifest under <output_dir>/best/<name>
-
-Longer than 400 lines on purpose: the three stages read as one recipe, as transformers' example does.
 """
 
 from __future__ import annotations
@@ -15,20 +13,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-from datasets import Dataset
 from pydantic import BaseModel
-from transformers import ASTConfig, ASTModel, Trainer, TrainerCallback
+from transformers import ASTModel
 
-from lib.config import EncoderConfig, EnsembleConfig, FinetuneConfig, TrainingConfig
-from lib.core.errors import CheckpointError, ConfigError, ScanError
+from lib.config.runs import EnsembleConfig, FinetuneConfig
+from lib.core.errors import ConfigError, ScanError
 from lib.core.layout import (
     BEST_FOLDER,
-    BEST_MODEL_DIR,
     CONFUSION_FILE,
     CONFUSION_PLOT_FILE,
     LABEL_MAP_FILE,
@@ -37,18 +33,15 @@ from lib.core.layout import (
     REPORT_FILES,
     RUN_CONFIG_FILE,
     TRAINING_CURVES_FILE,
-    WEIGHTS_FILE,
     check_publish_destination,
     train_log_name,
 )
-from lib.core.runtime import Runtime, apply_tf32, check_portable, resolve_runtime, seed_everything
-from lib.data.augment import augmenting_trainer
+from lib.core.runtime import apply_tf32, check_portable, resolve_runtime, seed_everything
 from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
 from lib.data.scan import check_distinct_splits, split_roots
 from lib.evaluate.evaluation import EvalResult
-from lib.evaluate.metrics import compute_metrics
 from lib.evaluate.plots import confusion_matrix_plot, training_curves
-from lib.model.checkpoint import EncoderRef, config_for_frames, resolve_encoder_config
+from lib.model.checkpoint import EncoderRef
 from lib.model.classifier import apply_freezing, build_classifier
 from lib.model.trunk import TrainingInputs, TrunkCacheInfo, training_inputs
 from lib.publish.folder import PublishSpec, publish_folder, trained_by
@@ -57,21 +50,22 @@ from lib.recipes.planning import (
     check_clip_fills_one_window,
     check_clip_fits,
     check_output_folders,
+    check_ssl_checkpoint,
     check_work_dir_apart,
+    checkpoint_encoder_config,
 )
 from lib.train.arguments import (
     SpeedSettings,
     attention_implementation,
     check_tensorboard_installed,
-    finetune_arguments,
     log_speed_settings,
-    run_callbacks,
     speed_settings,
 )
+from lib.train.classifier import classifier_trainer_setup
 from lib.train.engine import TrainerSetup, resume_key, run_trainer
 from lib.train.epochs import EpochRecord
 from lib.train.launch import launch_ranks
-from lib.train.schedule import EpochBatchSizeTrainer, check_schedule_supported, epoch_batch_sizes
+from lib.train.schedule import check_schedule_supported, epoch_batch_sizes
 from lib.train.workdir import RunKind, RunOwner, claim_work_dir, prepare_work_dir
 
 logger = logging.getLogger(__name__)
@@ -121,7 +115,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     everywhere is checked, and the plan has no Runtime.
     """
     config = config.resolved()
-    _check_checkpoint(config.model.ssl_checkpoint)
+    check_ssl_checkpoint(config.model.ssl_checkpoint)
     for field in DATA_FOLDERS:
         folder = getattr(config.data, field)
         if folder is not None and not folder.is_dir():
@@ -137,7 +131,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     check_publish_destination(config.output_dir / BEST_FOLDER / config.name)
     check_work_dir_location(config)
     check_clip_fills_one_window(config.features)
-    encoder_config, source = _encoder_config(config.model, config.features.max_frames)
+    encoder_config, source = checkpoint_encoder_config(config.model, config.features.max_frames)
     check_clip_fits(config.features, encoder_config.max_length)
     layers = encoder_config.num_hidden_layers
     if config.model.train_last_n_layers > layers:
@@ -190,7 +184,7 @@ def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str,
     trains_here=False: the members train elsewhere (scale-out), see plan_run."""
     num_layers = None
     if config.sweep_last_n:
-        encoder_config, source = _encoder_config(config.model.resolved(), config.features.max_frames)
+        encoder_config, source = checkpoint_encoder_config(config.model.resolved(), config.features.max_frames)
         num_layers = encoder_config.num_hidden_layers
         too_deep = sorted({n for n in config.sweep_last_n if n > num_layers})
         if too_deep:
@@ -201,25 +195,6 @@ def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str,
     return {
         variant.name: plan_run(config.member_config(variant), trains_here) for variant in config.variants(num_layers)
     }
-
-
-def _encoder_config(model: EncoderConfig, max_frames: int | None) -> tuple[ASTConfig, str]:
-    """The encoder's config fitted to max_frames, and where it came from (a missing checkpoint is named first)."""
-    _check_checkpoint(model.ssl_checkpoint)
-    try:
-        checkpoint_config, source = resolve_encoder_config(model.ssl_checkpoint, model.base_config)
-        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
-        return config_for_frames(checkpoint_config, max_frames), source
-    except CheckpointError as error:
-        raise ConfigError(str(error)) from error
-
-
-def _check_checkpoint(checkpoint: Path) -> None:
-    if not (checkpoint / WEIGHTS_FILE).is_file():
-        raise ConfigError(
-            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
-            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
-        )
 
 
 # --- train -----------------------------------------------------------------------------------------------------
@@ -374,62 +349,6 @@ def member_trainer_setup(
         earlier_resume_keys=tuple(
             key + inputs.fingerprint_suffix for key in earlier_member_resume_keys(plan, features, encoder)
         ),
-    )
-
-
-def classifier_trainer_setup(
-    model: torch.nn.Module,
-    train: Dataset,
-    validation: Dataset,
-    training: TrainingConfig,
-    work_dir: Path,
-    runtime: Runtime,
-    resume_key: str,
-    owner: RunOwner | None = None,
-    train_log: Path | None = None,
-    describe: str = "a classifier",
-    processing_class: Any = None,
-    data_collator: Callable | None = None,
-    after_save: Callable[[Path], None] | None = None,
-    on_epoch: EpochHook | None = None,
-    extra_callbacks: Sequence[TrainerCallback] = (),
-    earlier_resume_keys: tuple[str, ...] = (),
-) -> TrainerSetup:
-    """Fine-tuning's Trainer for any classifier: a checkpoint per epoch, the best by the chosen metric saved to
-    work_dir/best-model, the per-epoch batch-size schedule and augmentation when asked for (unaugmented runs keep
-    the plain Trainer). extra_callbacks observe the run."""
-    # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also covers
-    # torchrun/DDP, which the schedule does not.
-    trainer_class: type[Trainer] = EpochBatchSizeTrainer if training.batch_sizes else Trainer
-    options: dict[str, Any] = {"epoch_batch_sizes": epoch_batch_sizes(training)} if training.batch_sizes else {}
-    if training.augmentation.enabled:
-        trainer_class = augmenting_trainer(trainer_class)
-        options["augmentation"] = training.augmentation
-    work_dir = Path(work_dir)
-    return TrainerSetup(
-        trainer_class=trainer_class,
-        trainer_options=options,
-        model=model,
-        arguments=finetune_arguments(training, work_dir, runtime),
-        train_dataset=train,
-        eval_dataset=validation,
-        work_dir=work_dir,
-        resume_key=resume_key,
-        owner=owner or RunOwner(),
-        model_dir=work_dir / BEST_MODEL_DIR,
-        describe=describe,
-        memory_fixes=(
-            "start a per-epoch batch-size schedule small (--batch-sizes)",
-            "train fewer layers (--train-last-n-layers / --head-only)",
-        ),
-        processing_class=processing_class,
-        data_collator=data_collator,
-        compute_metrics=compute_metrics,
-        callbacks=run_callbacks(
-            training, work_dir, train_log or work_dir / train_log_name(""), on_epoch, extra_callbacks
-        ),
-        after_save=after_save,
-        earlier_resume_keys=earlier_resume_keys,
     )
 
 

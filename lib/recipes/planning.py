@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
+from transformers import ASTConfig
 
-from lib.config import FeatureConfig, FinetuneConfig, PretrainConfig
-from lib.core.errors import ConfigError
+from lib.config.runs import FinetuneConfig, PretrainConfig
+from lib.config.sections import EncoderConfig, FeatureConfig
+from lib.core.errors import CheckpointError, ConfigError
+from lib.core.layout import WEIGHTS_FILE
 from lib.core.locks import check_unlocked, folder_lock
 from lib.core.runtime import Runtime
 from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
+from lib.model.checkpoint import config_for_frames, resolve_encoder_config
 from lib.train.workdir import RUN_KINDS, RunKind, RunOwner, check_work_dir
 
 
@@ -176,3 +180,22 @@ def check_clip_fills_one_window(features: FeatureConfig) -> None:
         f"features.clip_seconds={features.clip_seconds} is {samples} samples at {rate} Hz, fewer than one "
         f"{FRAME_LENGTH_MS:g} ms fbank window ({window} samples); use at least {window / rate:g}"
     )
+
+
+def checkpoint_encoder_config(model: EncoderConfig, max_frames: int | None) -> tuple[ASTConfig, str]:
+    """The encoder's config fitted to max_frames, and where it came from (a missing checkpoint is named first)."""
+    check_ssl_checkpoint(model.ssl_checkpoint)
+    try:
+        checkpoint_config, source = resolve_encoder_config(model.ssl_checkpoint, model.base_config)
+        # The encoder is loaded for features of max_frames frames (positional embeddings fitted).
+        return config_for_frames(checkpoint_config, max_frames), source
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from error
+
+
+def check_ssl_checkpoint(checkpoint: Path) -> None:
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise ConfigError(
+            f"model.ssl_checkpoint (--ssl-checkpoint) {checkpoint}: no {WEIGHTS_FILE} there; "
+            "point it at the SSL checkpoint folder (e.g. .../checkpoint-33297/)"
+        )

@@ -34,13 +34,13 @@ from lib.model.masked_patches import (
 from lib.recipes.pretrain import (
     content_frames,
     epoch_table,
-    masked_patch_metrics,
     plan_pretrain,
     pretrain_encoder,
     pretraining_split,
     publish_encoder,
 )
 from lib.train.epochs import EpochRecord
+from lib.train.masked import masked_patch_metrics
 from tests.helpers import StopAfterEpoch, plan_of, run_artifacts, run_logs, small_config
 
 # 64 mel bins x 64 frames at stride 16: 4 x 4 patches of 16x16
