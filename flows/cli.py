@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import get_args
 
@@ -129,21 +130,28 @@ def print_pretrain_summary(summary: dict) -> None:
     print(f"fine-tune from it: astft finetune --ssl-checkpoint {summary['published']} ...")
 
 
-def preflight(config: FinetuneConfig | EnsembleConfig) -> None:
+def preflight(config: FinetuneConfig | EnsembleConfig) -> list:
     """Plan the fine-tune before its flow runs: an error is one line here, not a flow run's traceback.
-    Planning reads configs only, it writes nothing."""
+    Planning reads configs only, it writes nothing. Returns the plans of the members that train here."""
     from lib.recipes.finetune import plan_ensemble, plan_run
 
     if isinstance(config, EnsembleConfig):
-        plan_ensemble(config, trains_here=config.dispatch == "in_process")
-    else:
-        plan_run(config)
+        trains_here = config.dispatch == "in_process"
+        plans = list(plan_ensemble(config, trains_here=trains_here).values())
+        return plans if trains_here else []  # dispatched members take their locks on their workers
+    return [plan_run(config)]
+
+
+def hold_run_locks(locks: ExitStack, plans: list) -> None:
+    """Take the work dir and publish slot of every run planned here, held until the CLI exits: a second run
+    started at the same moment is refused in one line (or queued, --wait), not in its flow with a traceback."""
+    for plan in plans:
+        locks.enter_context(plan.run_lock())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from lib.config import deep_merge, load_config
     from lib.core.errors import (
         BadAudioError,
         CheckpointError,
@@ -160,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, FeatureCacheCorrupt, NonFiniteError,
         TrainingOutOfMemory,
     )
+
+    with ExitStack() as locks:
+        return run_command(args, locks, expected)
+
+
+def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type[Exception], ...]) -> int:
+    """Plan, take the runs' locks (held in `locks` until main returns), run the flows and print their results."""
+    from lib.config import deep_merge, load_config
 
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
@@ -190,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if pretrain_config is not None:
             from lib.recipes.pretrain import plan_pretrain
 
-            plan_pretrain(pretrain_config)
+            hold_run_locks(locks, [plan_pretrain(pretrain_config)])
         else:
-            preflight(config)
+            hold_run_locks(locks, preflight(config))
     except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
@@ -208,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_pretrain_summary(pretrain(pretrain_config))
                 if config is None:
                     return 0
-                preflight(config)
+                hold_run_locks(locks, preflight(config))
             if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
                 from flows.ensemble import ensemble
 

@@ -25,7 +25,7 @@ def shared_inputs(plan: FinetunePlan) -> tuple[FeatureCacheRef, EncoderRef]:
 
 def run_member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> dict:
     """The member sub-DAG shared with the ensemble flow: train -> evaluate -> publish."""
-    with plan.work_dir_lock():  # one run per work dir, from its first checkpoint to the published member
+    with plan.run_lock():  # one run per work dir, from its first checkpoint to the published member
         outcome = train_member(plan, features, encoder)
         evaluation = evaluate_member(plan, features, outcome)
         published = publish_member(plan, features, encoder, outcome, evaluation)

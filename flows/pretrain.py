@@ -21,7 +21,7 @@ def pretrain(config: PretrainConfig) -> dict:
     manifest = scan_unlabeled_folders(plan)
     features = build_features(plan, manifest)
     # train -> publish (the SSL checkpoint layout that --ssl-checkpoint loads)
-    with plan.work_dir_lock():  # one run per work dir, from its first checkpoint to the published encoder
+    with plan.run_lock():  # one run per work dir, from its first checkpoint to the published encoder
         outcome = pretrain_encoder(plan, manifest, features)
         published = publish_encoder(plan, features, outcome)
     last = outcome.epochs[-1] if outcome.epochs else None

@@ -28,11 +28,17 @@ META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole 
 RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
 PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
 LOCK_FILE = ".astft.lock"  # held (fcntl.flock) by the run using the work dir: lib.core.locks
+LOCK_SUFFIX = ".lock"  # .<name>.lock beside a publish slot or a cache being built, held the same way
 EPOCHS_FILE = "epochs.jsonl"  # one EpochRecord per line, beside the train log: what a watcher of a torchrun run reads
 LOG_HISTORY_FILE = "log_history.json"  # Trainer's state.log_history of the run, written when it ends
 BEST_MODEL_DIR = "best-model"  # a fine-tune's best epoch
 FINAL_MODEL_DIR = "final-model"  # pretraining's last epoch
 EVALUATION_DIR = "evaluation"  # a member's reports before publishing
+
+
+def lock_file_for(folder: Path) -> Path:
+    """The lock file of a folder that is replaced whole (a publish slot, a cache): beside it, not in it."""
+    return folder.parent / f".{folder.name}{LOCK_SUFFIX}"
 
 
 def train_log_name(run_name: str) -> str:

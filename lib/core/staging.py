@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 
 from lib.core.hashing import digest
-from lib.core.layout import META_FILE
+from lib.core.layout import META_FILE, lock_file_for
+from lib.core.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,16 @@ def file_sizes_match(folder: Path, key: str) -> bool:
         if not path.is_file() or path.stat().st_size != size:
             return False
     return True
+
+
+@contextmanager
+def build_lock(final: Path, what: str) -> Iterator[None]:
+    """Hold the lock of a shared folder being built (a cache): of two runs building the same one at once, one
+    builds and the other waits here, then finds it whole and reuses it, instead of computing it twice."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_file_for(final), f"a run building the {what} {final.name}", wait=True, remove=True):
+        yield
 
 
 @contextmanager

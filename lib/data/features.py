@@ -48,7 +48,7 @@ from lib.core.errors import (
 from lib.core.hashing import digest
 from lib.core.layout import FEATURES_FOLDER, META_FILE
 from lib.core.runtime import usable_cores
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.core.staging import build_lock, file_sizes_match, record_file_sizes, staged_folder
 from lib.data.audio import load_clip
 from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 
@@ -345,14 +345,29 @@ def build_feature_cache(
         num_clips={split: len(manifest.split(split)) for split in manifest.splits},
     )
     scan_skipped = {item.path: item.reason for item in manifest.skipped}
-    if file_sizes_match(final, key):
-        meta = json.loads((final / META_FILE).read_text())
-        if meta.get("skipped") and not skip_bad_files:
-            raise bad_audio_error(meta["skipped"])  # built by a lenient run; this run asked to stop
-        skipped = {**scan_skipped, **meta.get("skipped", {})}
-        ref = ref.model_copy(update={"num_clips": meta["num_clips"], "skipped": skipped, "warnings": meta["warnings"]})
-        _log_warnings(ref)
-        return ref, True
+    with build_lock(final, "feature cache"):  # two runs building it at once: one builds, the other waits, then reuses
+        if file_sizes_match(final, key):
+            meta = json.loads((final / META_FILE).read_text())
+            if meta.get("skipped") and not skip_bad_files:
+                raise bad_audio_error(meta["skipped"])  # built by a lenient run; this run asked to stop
+            skipped = {**scan_skipped, **meta.get("skipped", {})}
+            ref = ref.model_copy(
+                update={"num_clips": meta["num_clips"], "skipped": skipped, "warnings": meta["warnings"]}
+            )
+            hit = True
+        else:
+            ref = _build(manifest, params, root, ref, scan_skipped, batch_size, skip_bad_files, workers)
+            hit = False
+    _log_warnings(ref)
+    return ref, hit
+
+
+def _build(
+    manifest: Manifest, params: FeatureParams, root: Path, ref: FeatureCacheRef, scan_skipped: dict[str, str],
+    batch_size: int, skip_bad_files: bool, workers: int,
+) -> FeatureCacheRef:
+    """Compute every split's shards into a staging folder and rename it to root/<key>; the ref it describes."""
+    key = ref.key
     with staged_folder(root, key, file_sizes_match, "feature cache") as staging:
         shards = []
         for split in manifest.splits:
@@ -393,8 +408,7 @@ def build_feature_cache(
             "manifest_fingerprint": manifest.fingerprint,
         }
         record_file_sizes(staging, key, meta)  # last: its presence (with matching sizes) marks a complete cache
-    _log_warnings(ref)
-    return ref, False
+    return ref
 
 
 def _log_warnings(ref: FeatureCacheRef) -> None:

@@ -31,7 +31,7 @@ from lib.core.errors import CheckpointError
 from lib.core.guards import name_list, nonfinite_tensors
 from lib.core.hashing import digest
 from lib.core.layout import ENCODERS_FOLDER, REPORT_FILE, WEIGHTS_FILE
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.core.staging import build_lock, file_sizes_match, record_file_sizes, staged_folder
 from lib.model.classifier import SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -390,12 +390,13 @@ def export_encoder(
     root = Path(cache_dir) / ENCODERS_FOLDER
     final = root / key
     report_file = final / REPORT_FILE
-    if file_sizes_match(final, key):
-        report = EncoderLoadReport.model_validate_json(report_file.read_text())
-        return EncoderRef(path=str(final), report=report, legacy_key=legacy_key), True
-    encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
-    with staged_folder(root, key, file_sizes_match, "encoder cache") as staging:
-        encoder.save_pretrained(str(staging), save_original_format=False)
-        (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))
-        record_file_sizes(staging, key)  # last: marks the cache complete
+    with build_lock(final, "encoder cache"):  # two runs building it at once: one builds, the other waits, then reuses
+        if file_sizes_match(final, key):
+            report = EncoderLoadReport.model_validate_json(report_file.read_text())
+            return EncoderRef(path=str(final), report=report, legacy_key=legacy_key), True
+        encoder, report = load_encoder(checkpoint_dir, base_config, max_frames)
+        with staged_folder(root, key, file_sizes_match, "encoder cache") as staging:
+            encoder.save_pretrained(str(staging), save_original_format=False)
+            (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2))
+            record_file_sizes(staging, key)  # last: marks the cache complete
     return EncoderRef(path=str(final), report=report, legacy_key=legacy_key), False

@@ -39,7 +39,7 @@ from lib.core.errors import TrunkOverflow
 from lib.core.hashing import digest
 from lib.core.layout import TRUNK_FOLDER, WEIGHTS_FILE
 from lib.core.runtime import Runtime
-from lib.core.staging import file_sizes_match, record_file_sizes, staged_folder
+from lib.core.staging import build_lock, file_sizes_match, record_file_sizes, staged_folder
 from lib.data.features import FeatureCacheRef, load_split
 from lib.data.scan import SPLITS
 from lib.model.checkpoint import architecture_dict
@@ -191,12 +191,21 @@ def build_trunk_cache(
         dtype: trunk_cache_key(features.key, trunk, layers, dtype, runtime.precision, attention, runtime.tf32)
         for dtype in dtypes
     }
-    for dtype, key in keys.items():
-        if file_sizes_match(root / key, key):
-            return root / key, dtype, True
-
     meta = {"version": TRUNK_VERSION, "layers": layers, "precision": runtime.precision, "attention": attention,
             "tf32": runtime.tf32, "feature_cache_key": features.key, "trunk_digest": trunk}
+    # two runs building it at once: one builds, the other waits, then reuses
+    with build_lock(root / keys[dtypes[0]], "trunk cache"):
+        for dtype, key in keys.items():
+            if file_sizes_match(root / key, key):
+                return root / key, dtype, True
+        return _build_first_fitting(classifier, features, layers, keys, meta, root, runtime, batch_size)
+
+
+def _build_first_fitting(classifier: ASTMeanPoolClassifier, features: FeatureCacheRef, layers: int,
+                         keys: dict[str, str], meta: dict, root: Path, runtime: Runtime,
+                         batch_size: int) -> tuple[Path, str, bool]:
+    """Build the cache in the first dtype of keys (dtype -> key) that holds the trunk's outputs."""
+    encoder, dtypes = classifier.encoder, list(keys)
     was_training, device = classifier.training, next(classifier.parameters()).device
     encoder.to(runtime.device).eval()  # eval: no dropout, whatever the config says
     try:

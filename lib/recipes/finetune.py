@@ -104,7 +104,6 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
     check_work_dir_apart(
         config.run_work_dir, config.work_dir is not None, protected, "<output_dir>/runs/<name>",
         RunOwner(kind=FinetunePlan.kind, name=config.name),
-        wait=config.wait_for_work_dir,
     )
 
 
@@ -170,12 +169,14 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
         )
     # Features are exactly as long as the (fitted) positional embeddings expect.
     fitted = {"max_frames": encoder_config.max_length, "num_mel_bins": encoder_config.num_mel_bins}
-    return FinetunePlan(
+    plan = FinetunePlan(
         config=config,
         feature_params=FeatureParams(**config.features.model_dump() | fitted),
         runtime=runtime,
         fingerprint=config.fingerprint(),
     )
+    plan.check_unlocked()  # last: no other run is using its work dir or publishing to its name now
+    return plan
 
 
 def plan_ensemble(config: EnsembleConfig, trains_here: bool = True) -> dict[str, FinetunePlan]:

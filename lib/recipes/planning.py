@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,8 +15,8 @@ from transformers import ASTConfig
 from lib.config.runs import FinetuneConfig, PretrainConfig
 from lib.config.sections import EncoderConfig, FeatureConfig
 from lib.core.errors import CheckpointError, ConfigError
-from lib.core.layout import WEIGHTS_FILE
-from lib.core.locks import check_unlocked, folder_lock
+from lib.core.layout import WEIGHTS_FILE, lock_file_for
+from lib.core.locks import check_free, check_unlocked, file_lock, folder_lock, holder
 from lib.core.runtime import Runtime
 from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.model.checkpoint import config_for_frames, resolve_encoder_config
@@ -53,17 +54,42 @@ class Plan(BaseModel):
         """Whose work dir it is (run.json): another kind of run's, or another name's, is refused."""
         return RunOwner(kind=self.kind, name=self.config.name)
 
-    def work_dir_lock(self, wait: bool = False) -> AbstractContextManager[None]:
-        """Hold the work dir's lock (a flow holds it from training to publishing): a second run on it is refused."""
+    @property
+    def publish_slot(self) -> Path:
+        """Where this run publishes: <output_dir>/best/<name> or <output_dir>/ssl/<name>."""
+        return self.publish_root / self.config.name
+
+    @contextmanager
+    def run_lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the work dir's lock and the publish slot's: a second run on either is refused (or, with wait or
+        --wait, queued). The CLI holds them from plan to exit; a flow (re)takes them from training to publishing."""
         wait = wait or self.config.wait_for_work_dir
-        return folder_lock(self.work_dir, f"the {RUN_KINDS[self.kind]} {self.config.name!r}", wait)
+        what = f"the {RUN_KINDS[self.kind]} {self.config.name!r}"
+        with folder_lock(self.work_dir, what, wait):
+            self.publish_root.mkdir(parents=True, exist_ok=True)
+            with file_lock(lock_file_for(self.publish_slot), what, wait, refusal=self._slot_in_use, remove=True):
+                yield
+
+    def check_unlocked(self) -> None:
+        """Plan time: no other run is using the work dir or publishing to this name now (unless --wait)."""
+        if self.config.wait_for_work_dir:
+            return
+        check_unlocked(self.work_dir)
+        check_free(lock_file_for(self.publish_slot), self._slot_in_use)
+
+    def _slot_in_use(self) -> ConfigError:
+        return ConfigError(
+            f"{self.publish_slot} is being made by {holder(lock_file_for(self.publish_slot))}, another run with "
+            f"this name and another work dir: the later one would replace the other's model. Give this run another "
+            "--name or --output-dir, or wait for that run to end (--wait queues this run behind it)"
+        )
 
 
 def check_work_dir_apart(
-    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner, wait: bool = False
+    work_dir: Path, given: bool, protected: dict[str, Path | None], default: str, owner: RunOwner
 ) -> None:
-    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's,
-    and no other run is using it now (unless this run will wait for it: --wait).
+    """work_dir neither is, nor holds, nor lies in any protected folder (field label -> path), and is the owner's
+    (whether another run is using it now: Plan.check_unlocked).
 
     given: whether --work-dir was passed (else it is `default`, and the fix is another --output-dir)."""
     work_dir = work_dir.resolve()
@@ -89,8 +115,6 @@ def check_work_dir_apart(
             )
     check_writable("work_dir (--work-dir)", work_dir)
     check_work_dir(work_dir, owner)
-    if not wait:
-        check_unlocked(work_dir)  # another run is using it now
 
 
 def check_output_folders(

@@ -158,7 +158,6 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
          "the published members, output_dir/best": config.output_dir / BEST_FOLDER},
         "<output_dir>/ssl-runs/<name>",
         RunOwner(kind=PretrainPlan.kind, name=config.name),
-        wait=config.wait_for_work_dir,
     )
     encoder, source = encoder_config(config.model, config.features.max_frames)
     check_clip_fits(config.features, encoder.max_length)
@@ -179,7 +178,7 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
     runtime = resolve_runtime(config.training.device, config.training.precision, config.training.tf32)
     if config.training.tensorboard:
         check_tensorboard_installed()
-    return PretrainPlan(
+    plan = PretrainPlan(
         config=config,
         encoder=architecture_dict(encoder),
         encoder_source=source,
@@ -187,6 +186,8 @@ def plan_pretrain(config: PretrainConfig) -> PretrainPlan:
         runtime=runtime,
         fingerprint=config.fingerprint(),
     )
+    plan.check_unlocked()  # last: no other run is using its work dir or publishing to its name now
+    return plan
 
 
 def longest_clip_masking(mask_ratio: float, encoder: ASTConfig, params: FeatureParams) -> tuple[int, int]:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,13 +54,18 @@ def test_a_holder_killed_outright_leaves_the_folder_free(tmp_path):
         assert "the fine-tune run 'second'" in (tmp_path / "work" / ".astft.lock").read_text()
 
 
-def test_the_same_process_cannot_take_a_folder_twice(tmp_path):
-    with folder_lock(tmp_path, "first"), pytest.raises(ConfigError, match="in use by first"), folder_lock(
-        tmp_path, "second"
-    ):
-        pass
-    with folder_lock(tmp_path, "third"):  # released when its block ended
-        pass
+def held_elsewhere(folder: Path) -> bool:
+    """Whether another process finds folder's lock held."""
+    script = f"from lib.core.locks import check_unlocked\ncheck_unlocked({str(folder)!r})"
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True).returncode != 0
+
+
+def test_the_same_process_takes_its_own_lock_again_and_keeps_it_until_the_outer_block_ends(tmp_path):
+    with folder_lock(tmp_path, "the CLI"):
+        with folder_lock(tmp_path, "its flow"):  # re-entered, not refused
+            check_unlocked(tmp_path)  # its own lock is free to it
+        assert held_elsewhere(tmp_path)  # the inner block's end did not release it
+    assert not held_elsewhere(tmp_path)
 
 
 def test_a_waiting_lock_takes_the_folder_once_its_holder_ends(tmp_path):
@@ -125,7 +131,7 @@ def test_a_run_that_waits_for_its_work_dir_passes_plan_and_queues_behind_the_hol
     finally:
         holder.kill()
         holder.wait()
-    with plan.work_dir_lock():  # the holder has ended: the queued run takes the work dir
+    with plan.run_lock():  # the holder has ended: the queued run takes the work dir
         pass
 
 
@@ -152,3 +158,60 @@ def test_the_lock_file_names_the_holders_own_start_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_publishing_the_same_name_from_another_work_dir_is_refused_at_plan_time(
+    tmp_path, dataset_dirs, ssl_checkpoint
+):
+    from lib.config import FinetuneConfig
+    from lib.core.layout import lock_file_for
+    from lib.recipes.finetune import plan_run
+
+    train_dir, validation_dir = dataset_dirs
+    base = {
+        "name": "same", "output_dir": str(tmp_path / "out"),
+        "data": {"train_dir": str(train_dir), "validation_dir": str(validation_dir)},
+        "model": {"ssl_checkpoint": str(ssl_checkpoint)},
+        "features": {"max_frames": None, "clip_seconds": 0.6},
+    }
+    first = plan_run(FinetuneConfig.model_validate({**base, "work_dir": str(tmp_path / "w1")}))
+    script = (
+        "import sys, time\nfrom lib.core.locks import file_lock\n"
+        f"with file_lock({str(lock_file_for(first.publish_slot))!r}, 'the fine-tune run \\'same\\''):\n"
+        "    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    (tmp_path / "out" / "best").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=r"best/same is being made by the fine-tune run 'same' \(pid \d+"):
+            plan_run(FinetuneConfig.model_validate({**base, "work_dir": str(tmp_path / "w2")}))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_cache_being_built_elsewhere_is_waited_for_then_found_whole(tmp_path):
+    from lib.core.staging import build_lock
+
+    final = tmp_path / "features" / "key"
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom lib.core.staging import build_lock\n"
+        f"final = Path({str(final)!r})\n"
+        "with build_lock(final, 'feature cache'):\n"
+        "    print('building', flush=True)\n    sys.stdin.readline()\n"
+        "    final.mkdir()\n    (final / 'meta.json').write_text('{}')\n"
+    )
+    builder = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert builder.stdout.readline().strip() == "building"
+    def finish() -> None:
+        builder.stdin.write("done\n")
+        builder.stdin.flush()
+
+    threading.Timer(0.5, finish).start()  # the builder finishes while this process waits for its lock below
+    with build_lock(final, "feature cache"):
+        assert (final / "meta.json").is_file()  # built by the other run before this one got the lock
+    assert builder.wait(timeout=30) == 0
+    assert sorted(p.name for p in final.parent.iterdir()) == ["key"]  # the lock file went with the build
