@@ -20,6 +20,7 @@ from flows.flags import (
     HelpFormatter,
     Parser,
     add_config_flags,
+    add_debug_flag,
     add_preset_command,
     assignment_parser,
     field_types,
@@ -99,6 +100,7 @@ examples:
         "training.augmentation.mixup_probability=0.5 (repeatable; the pretraining takes only --pretrain-epochs "
         "and --device)",
     )
+    add_debug_flag(demo)
     demo.add_argument(
         "--ensemble", action="store_true",
         help="run the ensemble flow instead: 4 variants (last 1 and 2 layers, seeds 1 and 2), greedy selection",
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         BadAudioError,
         CheckpointError,
         ConfigError,
+        DiskSpaceError,
         EnsembleError,
         FeatureCacheCorrupt,
         NonFiniteError,
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     # Errors whose message already names the file or parameter and the fix: no traceback needed.
     expected = (
         ConfigError, CheckpointError, ScanError, EnsembleError, BadAudioError, FeatureCacheCorrupt, NonFiniteError,
-        TrainingOutOfMemory,
+        TrainingOutOfMemory, DiskSpaceError,
     )
 
     with ExitStack() as locks:
@@ -176,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type[Exception], ...]) -> int:
     """Plan, take the runs' locks (held in `locks` until main returns), run the flows and print their results."""
     from lib.config import deep_merge, load_config
+    from lib.core.errors import disk_error
 
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
@@ -185,7 +189,12 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             from lib.evaluate.predict import predict_to_csv
 
             predict_config = load_config(PredictConfig, None, overrides_from_args(args))
-            summary = predict_to_csv(predict_config)
+            try:
+                summary = predict_to_csv(predict_config)
+            except OSError as error:
+                if disk_error(error) is None:
+                    raise
+                return disk_error_exit(error, {"--output-csv": predict_config.output_csv.parent})
             print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
             return 0
         if args.command == "demo":
@@ -215,7 +224,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
 
     from flows import ServerStartTimeout, prefect_server_defaults
     from flows.ensemble import EnsembleMembersFailed
+    from flows.terminal import log_to_file
 
+    first = pretrain_config or config
+    log_file = log_to_file(first.output_dir, args.debug)
+    details = f" (details: {log_file})" if log_file else ""
     try:
         with prefect_server_defaults():
             if pretrain_config is not None:
@@ -235,12 +248,34 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
 
             summary = finetune(config)
     except (*expected, EnsembleMembersFailed, ServerStartTimeout) as error:
-        print(f"astft: {error}", file=sys.stderr)
+        print(f"astft: {error}{details}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - only a full or read-only disk is caught here, the rest raised
+        if disk_error(error) is None:
+            raise
+        return disk_error_exit(error, written_folders(first, config), details)
     print_summary(summary)
     if args.command == "demo":
         print(json.dumps({"published": summary["published"], **summary["metrics"]}))
     return 0
+
+
+def written_folders(*configs) -> dict[str, Path]:
+    """Where the runs write (label -> folder): named with their free space when a disk fills up."""
+    folders = {}
+    for config in configs:
+        if config is not None:
+            folders |= {"--output-dir": config.output_dir, "--cache-dir": config.data.cache_dir,
+                        "--work-dir": config.run_work_dir}
+    return folders
+
+
+def disk_error_exit(error: Exception, folders: dict[str, Path], details: str = "") -> int:
+    """A full or read-only disk behind error (lib.core.errors.disk_error): one `astft:` line, exit code 2."""
+    from lib.core.errors import disk_error, disk_error_message
+
+    print(f"astft: {disk_error_message(disk_error(error), folders)}{details}", file=sys.stderr)
+    return 2
 
 
 def print_leaderboard(leaderboard: dict) -> None:

@@ -362,6 +362,13 @@ a --no- form (--no-skip-bad-files). Precedence: defaults < --config preset < fla
 """
 
 
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show tracebacks on the terminal too (they always go to the log file that an error names)",
+    )
+
+
 def add_preset_command(commands: argparse._SubParsersAction, name: str, model: type[BaseModel], **kwargs: Any) -> None:
     """A command that runs `model`: --config, --set, and a flag for every field."""
     parser = commands.add_parser(
@@ -370,6 +377,7 @@ def add_preset_command(commands: argparse._SubParsersAction, name: str, model: t
     )
     sections = ", ".join(field for field in model.model_fields)
     parser.add_argument("--config", type=Path, metavar="FILE", help=f"YAML preset with any of: {sections}")
+    add_debug_flag(parser)
     parser.add_argument(
         "--set", dest="assignments", action="append", type=assignment_parser(field_types(model)),
         metavar="FIELD=VALUE", default=argparse.SUPPRESS,

@@ -5,7 +5,9 @@ Each message names the file or parameter, what was found and the fix; the CLI pr
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 
@@ -78,3 +80,54 @@ class EnsembleError(ValueError):
 
 class TrainingOutOfMemory(RuntimeError):
     """The GPU ran out of memory; the message says which knobs to turn."""
+
+
+class DiskSpaceError(RuntimeError):
+    """Not enough free space for what a run is about to write; the message names the folder and the fix."""
+
+
+# A write that failed because the disk is full or read-only: the same one-line advice wherever it happens.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system"}
+
+
+def disk_error(error: BaseException) -> OSError | None:
+    """The full-disk or read-only OSError behind error (itself, its causes, or inside a shutil.Error), if any."""
+    seen = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
+            return current
+        if isinstance(current, shutil.Error) and current.args and isinstance(current.args[0], list):
+            # copytree's errors: (source, destination, str(error)); the errno survives only in the text
+            for *_, text in current.args[0]:
+                for number, words in DISK_ERRNOS.items():
+                    if f"[Errno {number}]" in str(text):
+                        return OSError(number, words)
+        pending += [current.__cause__, current.__context__]
+    return None
+
+
+def disk_error_message(error: OSError, folders: dict[str, Path]) -> str:
+    """One line for a full or read-only disk: what failed, the free space of each folder the run writes to
+    (label -> path), and the fix."""
+    where = f" writing {display_path(error.filename)}" if error.filename else ""
+    free = []
+    for label, folder in folders.items():
+        existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
+        if existing is not None:
+            free.append(f"{label} {display_path(folder)}: {shutil.disk_usage(existing).free / 1e9:.1f} GB free")
+    fix = (
+        "make the folder writable or pass --output-dir / --cache-dir on a writable disk"
+        if error.errno == errno.EROFS
+        else "free space there (old caches under <cache_dir>/features and trunk can go) or pass --output-dir / "
+        "--cache-dir on a larger disk"
+    )
+    return (
+        f"{DISK_ERRNOS[error.errno]}{where} ({'; '.join(free) or 'no folder known'}): {fix}; what was published "
+        "before is untouched, and a rerun reuses every finished cache and checkpoint"
+    )

@@ -27,6 +27,7 @@ META_FILE = "meta.json"  # beside every cache: file sizes, what proves it whole 
 # a work dir
 RUN_FILE = "run.json"  # marks a work dir as an astft run's own, with the fingerprint of its checkpoints
 PARTIAL_RUN_FILE = f".{RUN_FILE}.partial"
+LOGS_FOLDER = "logs"  # <output_dir>/logs/astft-<time>-<pid>.log: a CLI run's whole log, tracebacks included
 LOCK_FILE = ".astft.lock"  # held (fcntl.flock) by the run using the work dir: lib.core.locks
 LOCK_SUFFIX = ".lock"  # .<name>.lock beside a publish slot or a cache being built, held the same way
 EPOCHS_FILE = "epochs.jsonl"  # one EpochRecord per line, beside the train log: what a watcher of a torchrun run reads

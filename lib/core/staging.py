@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from lib.core.errors import DiskSpaceError
 from lib.core.hashing import digest
 from lib.core.layout import META_FILE, lock_file_for
 from lib.core.locks import file_lock
@@ -124,6 +125,16 @@ def file_sizes_match(folder: Path, key: str) -> bool:
         if not path.is_file() or path.stat().st_size != size:
             return False
     return True
+
+
+def check_free_space(root: Path, needed_bytes: int, what: str, setting: str) -> None:
+    """Refuse to start building what would not fit: else the disk fills part way and the build fails late."""
+    free = shutil.disk_usage(root).free
+    if needed_bytes > free:
+        raise DiskSpaceError(
+            f"the {what} needs about {needed_bytes / 1e9:.2f} GB in {root} but only {free / 1e9:.2f} GB are free "
+            f"there: free some space, or pass {setting} on a larger disk"
+        )
 
 
 @contextmanager

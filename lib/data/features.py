@@ -48,7 +48,7 @@ from lib.core.errors import (
 from lib.core.hashing import digest
 from lib.core.layout import FEATURES_FOLDER, META_FILE
 from lib.core.runtime import usable_cores
-from lib.core.staging import build_lock, file_sizes_match, record_file_sizes, staged_folder
+from lib.core.staging import build_lock, check_free_space, file_sizes_match, record_file_sizes, staged_folder
 from lib.data.audio import load_clip
 from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 
@@ -216,6 +216,12 @@ class ShardResult:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def estimated_bytes(params: FeatureParams, clips: int) -> int:
+    """What a cache of this many clips takes on disk: each row's frames x mel bins, plus its path and label."""
+    row = params.max_frames * params.num_mel_bins * np.dtype(params.storage_dtype).itemsize + 256
+    return clips * row
+
+
 def shard_bounds(clips: int) -> list[tuple[int, int]]:
     """[start, end) of each shard of a split of `clips` clips: at least SHARD_CLIPS each (one shard
     below 2 x SHARD_CLIPS), at most MAX_SHARDS, sizes differing by one at most. Depends on nothing
@@ -378,7 +384,9 @@ def _build(
                       [clip.label for clip in clips[start:end]])
                 for index, (start, end) in enumerate(bounds)
             ]
-        workers = build_workers(workers, sum(len(shard.paths) for shard in shards))
+        total = sum(len(shard.paths) for shard in shards)
+        check_free_space(root, estimated_bytes(params, total), "feature cache", "--cache-dir (data.cache_dir)")
+        workers = build_workers(workers, total)
         results = compute_shards(shards, staging, params, manifest.label_names, batch_size, workers)
         num_clips = {split: 0 for split in manifest.splits}
         bad, notes = {}, {}

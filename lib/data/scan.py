@@ -192,11 +192,13 @@ def _content_digest(path: Path) -> str:
 
 
 def fingerprint_listing(
-    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], mode: FingerprintMode = "stat"
+    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], mode: FingerprintMode = "stat",
+    digests: dict[tuple[str, Path], str] | None = None,
 ) -> str:
     """Hash of (split, relative path, size, mtime[, content hash]) for every clip: changes when any clip does.
 
-    "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it.
+    "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it
+    (and records each clip's content hash in digests, (split, path) -> hash, if given).
     """
     hasher = hashlib.sha256()  # streamed: one line per clip
 
@@ -210,13 +212,63 @@ def fingerprint_listing(
                 relative = path.relative_to(roots[split]).as_posix()
                 try:
                     stat = path.stat()
-                    content = f"\0{_content_digest(path)}" if mode == "content" else ""
+                    content = ""
+                    if mode == "content":
+                        content_digest = _content_digest(path)
+                        content = f"\0{content_digest}"
+                        if digests is not None:
+                            digests[(split, path)] = content_digest
                 except OSError:  # e.g. a dangling symlink: the scan reports it as a bad file
                     update(f"{split}\0{relative}\0unreadable\n")
                     continue
                 update(f"{split}\0{relative}\0{stat.st_size}\0{stat.st_mtime_ns}{content}\n")
         update(f"{split}-classes\0{','.join(sorted(listing[split]))}\n")
     return hasher.hexdigest()
+
+
+def cross_split_clips(
+    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path]
+) -> list[tuple[str, str]]:
+    """(path, reason) of every listed clip that is not held out: its real file lies in another split's folder,
+    or is listed in an earlier split too (two links to one file elsewhere). Each names the other path."""
+    real_roots = {split: Path(os.path.realpath(root)) for split, root in roots.items()}
+    first_listed: dict[Path, tuple[str, Path]] = {}
+    leaks = []
+    for split, classes in listing.items():
+        for path in (path for paths in classes.values() for path in paths):
+            real = Path(os.path.realpath(path))
+            homes = [other for other, root in real_roots.items() if real.is_relative_to(root)]
+            home = max(homes, key=lambda other: len(real_roots[other].parts), default=None)  # the innermost
+            if home is not None and home != split:
+                other = f"{home} clip {display_path(real)}"
+            elif real in first_listed and first_listed[real][0] != split:
+                other = f"{first_listed[real][0]} clip {display_path(first_listed[real][1])}"
+            else:
+                first_listed.setdefault(real, (split, path))
+                continue
+            leaks.append((display_path(path), (
+                f"the same file as {other} (through a link): a clip in two splits is not held out, so the "
+                "held-out metrics would flatter the model; remove the link"
+            )))
+    return leaks
+
+
+def warn_duplicate_content(digests: dict[tuple[str, Path], str]) -> None:
+    """Name clips with the same bytes in two splits ((split, path) -> content hash, which data.fingerprint: content
+    computes): copies, not links, so not refused (a stock sound can repeat by chance), but worth a look."""
+    first: dict[str, tuple[str, Path]] = {}
+    pairs = []
+    for (split, path), content in digests.items():
+        if content in first and first[content][0] != split:
+            pairs.append((first[content][1], path))
+        first.setdefault(content, (split, path))
+    if pairs:
+        shown = "; ".join(f"{display_path(a)} = {display_path(b)}" for a, b in pairs[:10])
+        more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+        logger.warning(
+            "%d clip(s) have the same bytes as a clip in another split (copies): %s%s; held-out metrics count "
+            "them as unseen, remove the copies if they are the same recording", len(pairs), shown, more,
+        )
 
 
 def split_roots(train_dir: Path, validation_dir: Path, test_dir: Path | None = None) -> dict[str, Path]:
@@ -272,7 +324,19 @@ def scan_dataset(
                 f"{split} class folder {', '.join(undecodable)} has a name that is not valid UTF-8 "
                 "(bytes shown as \\xNN); rename it (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
             )
-    listing_fingerprint = fingerprint_listing(listing, roots, fingerprint)
+    digests: dict[tuple[str, Path], str] = {}
+    listing_fingerprint = fingerprint_listing(listing, roots, fingerprint, digests)
+    # A clip whose real file lies in another split (a linked file or class folder) is not held out: refused or
+    # skipped like a bad file, before any header is read.
+    bad: list[BadFile] = [BadFile(path=path, reason=reason) for path, reason in cross_split_clips(listing, roots)]
+    if bad and not skip_bad_files:  # before the layout checks, which a class folder of links would fail first
+        stop_or_skip(bad, skip_bad_files)
+    leaked = {item.path for item in bad}
+    listing = {
+        split: {name: [p for p in paths if display_path(p) not in leaked] for name, paths in classes.items()}
+        for split, classes in listing.items()
+    }
+    warn_duplicate_content(digests)
 
     label_names = sorted(listing["train"])
     if not label_names:
@@ -305,7 +369,6 @@ def scan_dataset(
 
     label2id = {name: index for index, name in enumerate(label_names)}
     clips: dict[str, list[Clip]] = {}
-    bad: list[BadFile] = []
     for split in roots:
         clips[split] = []
         for class_name, paths in listing[split].items():

@@ -306,3 +306,26 @@ def test_a_float16_cache_trains_to_the_accuracy_of_float32(features, dataset_dir
     # float16 rounds each value by at most 1 part in 2,048: the same seed reaches the same accuracy
     # within one of the 18 validation clips
     assert abs(best["float16"] - best["float32"]) <= 1 / 18 + 1e-9, best
+
+
+def test_a_cache_too_big_for_the_free_space_is_refused_before_it_is_built(dataset_dirs, tmp_path, monkeypatch):
+    import shutil
+
+    import lib.core.staging
+    from lib.core.errors import DiskSpaceError
+
+    manifest = scan_dataset(*dataset_dirs)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(lib.core.staging.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    with pytest.raises(DiskSpaceError, match=r"feature cache needs about 0\.\d+ GB in .*features but only 0\.00 GB "
+                                             r"are free there: free some space, or pass --cache-dir"):
+        build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path)
+    assert not [p for p in (tmp_path / "features").iterdir()]  # nothing started
+
+
+def test_the_size_estimate_is_close_to_what_the_cache_takes(features):
+    from lib.data.features import estimated_bytes
+
+    written = sum(path.stat().st_size for path in Path(features.path).iterdir())
+    estimate = estimated_bytes(features.params, sum(features.num_clips.values()))
+    assert 0.9 * written <= estimate <= 1.5 * written

@@ -357,3 +357,47 @@ def test_the_fine_tune_scan_cache_key_never_raises_so_the_scan_task_reports_its_
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     looping = plan_of(DataConfig(train_dir=train, validation_dir=tmp_path / "loop"))
     assert scan_cache_key(None, {"plan": looping}) is None
+
+
+def test_a_train_class_folder_linked_to_a_validation_class_is_refused_naming_both_paths(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2}, "validation": {"a": 2, "b": 2}})
+    (train / "b").symlink_to(validation / "b")
+    with pytest.raises(ScanError, match=r"train/b/00\.wav: the same file as validation clip .*validation/b/00\.wav"):
+        scan_dataset(train, validation)
+
+
+def test_a_train_file_linked_to_a_validation_clip_is_refused_or_skipped_naming_both(tmp_path, caplog):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 2}, "validation": {"a": 2, "b": 2}})
+    (train / "a" / "leak.wav").symlink_to(validation / "a" / "01.wav")
+    with pytest.raises(ScanError, match=r"(?s)1 bad audio file.*train/a/leak\.wav: the same file as validation clip"):
+        scan_dataset(train, validation)
+    manifest = scan_dataset(train, validation, skip_bad_files=True)
+    assert sorted(Path(clip.path).name for clip in manifest.train) == ["00.wav", "00.wav", "01.wav", "01.wav"]
+    assert [item.path for item in manifest.skipped] == [str(train / "a" / "leak.wav")]
+    assert "validation/a/01.wav" in manifest.skipped[0].reason
+
+
+def test_two_splits_linking_one_file_elsewhere_are_refused(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 2}, "validation": {"a": 2, "b": 2}})
+    outside = write_wav(tmp_path / "elsewhere" / "x.wav")
+    (train / "a" / "x.wav").symlink_to(outside)
+    (validation / "a" / "x.wav").symlink_to(outside)
+    with pytest.raises(ScanError, match=r"validation/a/x\.wav: the same file as train clip .*train/a/x\.wav"):
+        scan_dataset(train, validation)
+
+
+def test_links_within_one_split_are_not_leaks(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 2}, "validation": {"a": 1, "b": 1}})
+    (train / "b" / "again.wav").symlink_to(train / "a" / "00.wav")
+    assert len(scan_dataset(train, validation).train) == 5
+
+
+def test_copies_across_splits_are_named_in_a_warning_when_content_is_hashed(tmp_path, caplog):
+    train, validation = layout(tmp_path, {"train": {"a": 1, "b": 1}, "validation": {"a": 1, "b": 1}})
+    write_wav(train / "a" / "00.wav", seconds=0.2)  # every other clip is the same 0.1 s of silence
+    caplog.set_level("WARNING", logger="lib.data.scan")
+    scan_dataset(train, validation, fingerprint="stat")
+    assert "same bytes" not in caplog.text  # stat mode reads no content
+    scan_dataset(train, validation, fingerprint="content")
+    assert "2 clip(s) have the same bytes as a clip in another split" in caplog.text
+    assert "train/b/00.wav = " in caplog.text and "validation/a/00.wav" in caplog.text

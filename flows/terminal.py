@@ -1,0 +1,70 @@
+"""What a CLI run shows in the terminal: log lines without tracebacks, which go whole to a log file instead.
+
+Prefect logs a failing task's or flow's exception with its traceback (30 lines or more each), and the CLI then
+prints the same error as one `astft:` line. For errors astft expects (their message names the fix) the
+tracebacks only bury that line, so the console handlers Prefect configured are given a formatter that leaves
+them out, and a file handler beside them keeps every line with its traceback, for a bug report. `--debug`
+keeps the tracebacks on the terminal too. Deployment runs (workers) are untouched: this is the CLI's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from lib.core.layout import LOGS_FOLDER
+
+
+class WithoutTraceback(logging.Formatter):
+    """Format as `inner` does, leaving out the exception's traceback and any stack."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None  # restored: other handlers still see them
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def console_loggers() -> list[logging.Logger]:
+    """The loggers that hold one of Prefect's console handlers (the root, and the server's uvicorn and fastapi)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    candidates = [logging.getLogger(), *(
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    )]
+    return [
+        logger for logger in candidates
+        if any(isinstance(handler, PrefectConsoleHandler) for handler in logger.handlers)
+    ]
+
+
+def log_to_file(output_dir: Path, debug: bool) -> Path | None:
+    """Send every CLI log line, tracebacks included, to <output_dir>/logs/astft-<time>-<pid>.log, and keep the
+    tracebacks off the terminal unless debug. The file's path, or None where output_dir cannot take it."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    folder = Path(output_dir) / LOGS_FOLDER
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"astft-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        file_handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    except OSError:  # a read-only or full output folder: the plan refuses the first; keep the terminal as it is
+        return None
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file_handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(file_handler)  # the root: prefect's and lib's loggers propagate to it
+    if debug:
+        return path
+    for logger in console_loggers():
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, WithoutTraceback):
+                handler.setFormatter(WithoutTraceback(handler.formatter))
+    return path
