@@ -20,8 +20,8 @@ from flows.flags import (
     HelpFormatter,
     Parser,
     add_config_flags,
-    add_debug_flag,
     add_preset_command,
+    add_run_flags,
     assignment_parser,
     field_types,
     overrides_from_args,
@@ -100,11 +100,18 @@ examples:
         "training.augmentation.mixup_probability=0.5 (repeatable; the pretraining takes only --pretrain-epochs "
         "and --device)",
     )
-    add_debug_flag(demo)
+    add_run_flags(demo)
     demo.add_argument(
         "--ensemble", action="store_true",
         help="run the ensemble flow instead: 4 variants (last 1 and 2 layers, seeds 1 and 2), greedy selection",
     )
+    server = commands.add_parser(
+        "server", help="show or stop the local Prefect server that astft runs flows on",
+        description="astft runs its flows on a local Prefect server that outlives each run (started on first use, "
+        "bound to 127.0.0.1, its database under ASTFT_HOME or ~/.astft/server), so runs stay visible in its UI; "
+        "nothing is started where PREFECT_API_URL is set.",
+    )
+    server.add_argument("action", choices=["status", "stop"])
     return parser
 
 
@@ -173,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     with ExitStack() as locks:
-        return run_command(args, locks, expected)
+        try:
+            return run_command(args, locks, expected)
+        except KeyboardInterrupt:  # while planning (the flows' own Ctrl-C is said in run_command)
+            print("astft: interrupted before any run started", file=sys.stderr)
+            return 130
 
 
 def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type[Exception], ...]) -> int:
@@ -181,6 +192,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
     from lib.config import deep_merge, load_config
     from lib.core.errors import disk_error
 
+    if args.command == "server":
+        from flows.server import server_status, stop_local_server
+
+        print(server_status() if args.action == "status" else stop_local_server())
+        return 0
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
     try:
@@ -222,41 +238,45 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         print(f"astft: {error}", file=sys.stderr)
         return 2
 
-    from flows import ServerStartTimeout, prefect_server_defaults
     from flows.ensemble import EnsembleMembersFailed
+    from flows.server import ServerStartTimeout, flow_server
     from flows.terminal import log_to_file
 
     first = pretrain_config or config
     log_file = log_to_file(first.output_dir, args.debug)
     details = f" (details: {log_file})" if log_file else ""
     try:
-        with prefect_server_defaults():
+        with flow_server(args.ephemeral) as server_url:
             if pretrain_config is not None:
                 from flows.pretrain import pretrain
 
                 print_pretrain_summary(pretrain(pretrain_config))
-                if config is None:
-                    return 0
-                hold_run_locks(locks, preflight(config))
+                if config is not None:
+                    hold_run_locks(locks, preflight(config))
             if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
                 from flows.ensemble import ensemble
 
-                leaderboard = ensemble(config)
-                print_leaderboard(leaderboard)
-                return 0
-            from flows.finetune import finetune
+                print_leaderboard(ensemble(config))
+            elif config is not None:
+                from flows.finetune import finetune
 
-            summary = finetune(config)
+                summary = finetune(config)
+                print_summary(summary)
+                if args.command == "demo":
+                    print(json.dumps({"published": summary["published"], **summary["metrics"]}))
     except (*expected, EnsembleMembersFailed, ServerStartTimeout) as error:
         print(f"astft: {error}{details}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"astft: interrupted; nothing half-written was published, and the same command resumes from the last "
+              f"checkpoint{details}", file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001 - only a full or read-only disk is caught here, the rest raised
         if disk_error(error) is None:
             raise
         return disk_error_exit(error, written_folders(first, config), details)
-    print_summary(summary)
-    if args.command == "demo":
-        print(json.dumps({"published": summary["published"], **summary["metrics"]}))
+    if server_url:
+        print(f"see the run in the Prefect UI: {server_url}/runs (the local server; astft server status)")
     return 0
 
 

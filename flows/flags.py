@@ -362,10 +362,16 @@ a --no- form (--no-skip-bad-files). Precedence: defaults < --config preset < fla
 """
 
 
-def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of how a command runs, outside the run config: --debug and --ephemeral."""
     parser.add_argument(
         "--debug", action="store_true",
         help="show tracebacks on the terminal too (they always go to the log file that an error names)",
+    )
+    parser.add_argument(
+        "--ephemeral", action="store_true",
+        help="run on a temporary Prefect server of this run's own, gone when it ends, instead of the local server "
+        "that astft keeps (without PREFECT_API_URL set; see astft server status)",
     )
 
 
@@ -377,7 +383,7 @@ def add_preset_command(commands: argparse._SubParsersAction, name: str, model: t
     )
     sections = ", ".join(field for field in model.model_fields)
     parser.add_argument("--config", type=Path, metavar="FILE", help=f"YAML preset with any of: {sections}")
-    add_debug_flag(parser)
+    add_run_flags(parser)
     parser.add_argument(
         "--set", dest="assignments", action="append", type=assignment_parser(field_types(model)),
         metavar="FIELD=VALUE", default=argparse.SUPPRESS,

@@ -13,6 +13,8 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_PREFECT_TMP / "storage")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
+# A CLI run without PREFECT_API_URL starts astft's local Prefect server there (stopped when the session ends).
+os.environ["ASTFT_HOME"] = str(_PREFECT_TMP / "astft-home")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -56,6 +58,16 @@ def features(dataset_dirs, tmp_path_factory):
     manifest = scan_dataset(*dataset_dirs)
     ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path_factory.mktemp("c"))
     return ref
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_local_prefect_server():
+    """No server outlives the tests: stop the local server a CLI run of theirs may have started in ASTFT_HOME."""
+    yield
+    from flows.server import running_state, server_folder, stop_local_server
+
+    if running_state(server_folder()) is not None:
+        stop_local_server()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,260 @@
+"""The Prefect server the CLI's flows report to: the user's own, or a local one astft starts and keeps.
+
+Where PREFECT_API_URL is set (a user's server, Prefect Cloud, the test harness), flows report there and
+nothing is started. Otherwise the CLI uses a local server that outlives the run: started on first use in
+the background (its own session, so a Ctrl-C in the terminal does not reach it), bound to 127.0.0.1, its
+database under ASTFT_HOME (default ~/.astft/server/), and reused by every later run, so runs, logs and
+artifacts stay in its UI after the run ends and no run pays the server's start-up (about 11 s) again.
+`astft server status|stop` shows or stops it. `--ephemeral` keeps Prefect's old behaviour instead: a
+server of the run's own, with a temporary database, stopped when the run ends and killed with it on Linux
+(a `kill -9` of the run leaves no server behind).
+
+Hand-written because Prefect's own temporary server (prefect.server.api.server.SubprocessASGIServer) runs
+in the terminal's process group (Ctrl-C killed it first, and the client then retried a dead API for 141 s),
+outlives a killed run, and keeps nothing; `prefect server start` is a foreground command for a user to run.
+The server itself is Prefect's app (uvicorn on prefect.server.api.server:create_app), as both of those run it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+# why 120 s: docs/decisions.md, "A 120 s start timeout for Prefect's temporary server"
+STARTUP_TIMEOUT_SECONDS = 120
+STATE_FILE = "server.json"  # pid, port, url, start time and Prefect version of the running local server
+LOG_FILE = "server.log"
+
+
+class ServerStartTimeout(RuntimeError):
+    """The Prefect API server did not start in time; the message says what to set."""
+
+
+def astft_home() -> Path:
+    """Where astft keeps what outlives a run (the local server's database): ASTFT_HOME, else ~/.astft."""
+    return Path(os.environ.get("ASTFT_HOME") or Path.home() / ".astft")
+
+
+def server_folder() -> Path:
+    return astft_home() / "server"
+
+
+def startup_timeout() -> float:
+    """Prefect's own setting where the user set it, else ours (Prefect's 20 s default is too short here)."""
+    return float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or STARTUP_TIMEOUT_SECONDS)
+
+
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL as Prefect sees it now (environment, profile, or a test harness's temporary setting)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+@contextlib.contextmanager
+def flow_server(ephemeral: bool = False) -> Iterator[str | None]:
+    """Run the block's flows against a Prefect API; yields the URL of the server astft started or reuses (None
+    where PREFECT_API_URL already names one)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if configured_api_url():
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        if ephemeral:
+            url = stack.enter_context(temporary_server())
+        else:
+            url = local_server()
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}))
+        yield url
+
+
+def local_server() -> str:
+    """The URL of the local server, started now if none is running (one at a time: a second CLI starting at the
+    same moment waits for the first's start and reuses its server)."""
+    from lib.core.locks import file_lock
+
+    folder = server_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".start.lock", "astft starting the local Prefect server", wait=True):
+        state = running_state(folder)
+        if state is not None:
+            return state["url"]
+        process, url = start_server(folder, persistent=True)
+        _write_state(folder, process.pid, url)
+        return url
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[str]:
+    """A server of this run's own, with a temporary database, stopped when the process exits (--ephemeral)."""
+    folder = Path(tempfile.mkdtemp(prefix="astft-prefect-"))
+    process, url = start_server(folder, persistent=False)
+
+    def stop() -> None:
+        stop_process(process.pid)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    # At exit, not when the block ends: atexit runs last what was registered first, so Prefect's log and event
+    # workers (started later) flush their last lines to the server before it stops, as Prefect's own does.
+    atexit.register(stop)
+    yield url
+
+
+def running_state(folder: Path) -> dict | None:
+    """server.json's record if its server is running and answers; else None (a stale record is removed, a server
+    that no longer answers is stopped)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        pid, url = int(state["pid"]), str(state["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _is_our_server(pid, state.get("started")):
+        (folder / STATE_FILE).unlink(missing_ok=True)
+        return None
+    if state.get("prefect") != _prefect_version() or not healthy(url, timeout=5):
+        stop_process(pid)  # another Prefect version's, or hung: a fresh one is started in its place
+        (folder / STATE_FILE).unlink(missing_ok=True)
+        return None
+    return state
+
+
+def start_server(folder: Path, persistent: bool) -> tuple[subprocess.Popen, str]:
+    """Start Prefect's API and UI on a free port of 127.0.0.1, its database in folder; wait until it answers."""
+    import prefect
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(folder), PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=f"{url}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+    )
+    command = [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+        "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+        "--lifespan", "on",
+    ]
+    with open(folder / LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=folder,
+            start_new_session=True,  # not in the terminal's process group: Ctrl-C is the run's, not the server's
+            preexec_fn=None if persistent else _die_with_parent,
+        )
+    deadline = time.monotonic() + startup_timeout()
+    while not healthy(url, timeout=1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process.pid)
+            why = f"exited with code {process.returncode}" if process.returncode is not None else (
+                f"did not start within {startup_timeout():g} s (a busy machine?)")
+            raise ServerStartTimeout(
+                f"the Prefect server {why}; its log: {folder / LOG_FILE}. Set "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=300, or start a server once (prefect server start) "
+                "and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        time.sleep(0.2)
+    return process, url
+
+
+def healthy(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def stop_process(pid: int, grace_seconds: float = 5) -> None:
+    """SIGTERM, then SIGKILL after the grace period; a process already gone is fine."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        process.wait(grace_seconds)
+    except psutil.TimeoutExpired:
+        process.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def stop_local_server() -> str:
+    """astft server stop: what was stopped, as a line to print."""
+    folder = server_folder()
+    state = running_state(folder)
+    if state is None:
+        return f"no local Prefect server is running (state: {folder})"
+    stop_process(int(state["pid"]))
+    (folder / STATE_FILE).unlink(missing_ok=True)
+    return f"stopped the local Prefect server at {state['url']} (pid {state['pid']}); its runs stay in {folder}"
+
+
+def server_status() -> str:
+    """astft server status: a few lines to print."""
+    folder = server_folder()
+    if url := configured_api_url():
+        return f"PREFECT_API_URL is set: flows report to {url} (astft starts no server of its own)"
+    state = running_state(folder)
+    if state is None:
+        return f"no local Prefect server is running; the next astft run starts one (database: {folder})"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state["started"]))
+    return (
+        f"local Prefect server: {state['url']} (UI and API), pid {state['pid']}, started {started}, "
+        f"Prefect {state['prefect']}\ndatabase and log: {folder}\nstop it with: astft server stop"
+    )
+
+
+def _write_state(folder: Path, pid: int, url: str) -> None:
+    import psutil
+
+    state = {"pid": pid, "url": url, "started": psutil.Process(pid).create_time(), "prefect": _prefect_version()}
+    temporary = folder / f".{STATE_FILE}.{os.getpid()}"
+    temporary.write_text(json.dumps(state))
+    os.replace(temporary, folder / STATE_FILE)
+
+
+def _is_our_server(pid: int, started: float | None) -> bool:
+    """Whether pid is still the process server.json recorded (not a later process given the same pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return started is not None and abs(process.create_time() - started) < 2 and (
+            process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: end (SIGTERM) when the run that started it ends, however it ends (Linux)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

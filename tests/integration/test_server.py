@@ -1,0 +1,167 @@
+"""The Prefect server of CLI runs: a local one that outlives each run and keeps its runs visible, or with
+--ephemeral one of the run's own that ends with it (Ctrl-C and kill -9 included); one line if it cannot start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.server import STARTUP_TIMEOUT_SECONDS, startup_timeout
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_server_start_waits_120_s_unless_the_user_set_prefects_own_timeout(monkeypatch):
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert startup_timeout() == STARTUP_TIMEOUT_SECONDS == 120  # Prefect's 20 s is too short on a busy machine
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    assert startup_timeout() == 7
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """astft's environment with no PREFECT_API_URL (so it uses its own server) and ASTFT_HOME in the test's folder."""
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    return {**env, "ASTFT_HOME": str(home), "PYTHONPATH": str(ROOT), **extra}
+
+
+def finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, name: str, epochs: int, *extra: str) -> list[str]:
+    train, validation = dataset_dirs
+    return [sys.executable, "-m", "flows", "finetune", "--train-dir", str(train), "--validation-dir", str(validation),
+            "--ssl-checkpoint", str(ssl_checkpoint), "--name", name, "--output-dir", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache"), "--epochs", str(epochs), "--device", "cpu", *extra]
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{url}/api/{path}", data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.mark.slow
+def test_runs_stay_visible_on_the_local_server_after_astft_exits_and_the_next_run_reuses_it(
+    dataset_dirs, ssl_checkpoint, tmp_path
+):
+    home = tmp_path / "home"
+    try:
+        first = subprocess.run(finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "a", 1), cwd=ROOT,
+                               env=cli_env(home), capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        url = re.search(r"see the run in the Prefect UI: (http://127\.0\.0\.1:\d+)/runs", first.stdout)[1]
+        state = json.loads((home / "server" / "server.json").read_text())
+        runs = api(url, "flow_runs/filter")  # astft has exited: the server still answers, with the run
+        assert [(run["name"] != "", run["state_type"]) for run in runs] == [(True, "COMPLETED")]
+        artifacts = api(url, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})
+        assert artifacts  # the member's metrics and plots, as the UI shows them
+        second = subprocess.run(finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "b", 1), cwd=ROOT,
+                                env=cli_env(home), capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert f"see the run in the Prefect UI: {url}/runs" in second.stdout
+        assert json.loads((home / "server" / "server.json").read_text())["pid"] == state["pid"]  # reused
+        assert len(api(url, "flow_runs/filter")) == 2
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "flows", "server", "stop"], cwd=ROOT, env=cli_env(home),
+                                 capture_output=True, text=True, timeout=60)
+    assert stopped.stdout.startswith(f"stopped the local Prefect server at {url} (pid {state['pid']})")
+    assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def start_in_own_group(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """As a terminal starts a command: a process group of its own, which Ctrl-C signals whole."""
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def read_until(process: subprocess.Popen, text: str) -> None:
+    for line in process.stdout:
+        if text in line:
+            return
+    pytest.fail(f"the run ended before printing {text!r}")
+
+
+def ephemeral_run_training(dataset_dirs, ssl_checkpoint, tmp_path) -> tuple[subprocess.Popen, psutil.Process]:
+    """A long --ephemeral fine-tune, started as from a terminal, once it trains; and its server process."""
+    run = start_in_own_group(
+        finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "e", 500, "--ephemeral"), cli_env(tmp_path / "home")
+    )
+    read_until(run, "epoch 2/500")
+    [server] = [child for child in psutil.Process(run.pid).children(recursive=True) if "uvicorn" in child.cmdline()]
+    return run, server
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_an_ephemeral_run_within_5_s_with_code_130_and_its_server(dataset_dirs, ssl_checkpoint, tmp_path):
+    run, server = ephemeral_run_training(dataset_dirs, ssl_checkpoint, tmp_path)
+    rest = press_ctrl_c(run)
+    assert rest.strip().splitlines()[-1].startswith("astft: interrupted; nothing half-written was published")
+    assert "Traceback" not in rest
+    assert gone(server)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_run_within_5_s_and_leaves_the_local_server_running(dataset_dirs, ssl_checkpoint, tmp_path):
+    home = tmp_path / "home"
+    run = start_in_own_group(finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "c", 500), cli_env(home))
+    try:
+        read_until(run, "epoch 2/500")
+        rest = press_ctrl_c(run)
+        assert rest.strip().splitlines()[-1].startswith("astft: interrupted; nothing half-written was published")
+        state = json.loads((home / "server" / "server.json").read_text())
+        assert not gone(psutil.Process(state["pid"]))  # its own session: Ctrl-C in the terminal is the run's only
+        assert api(state["url"], "flow_runs/filter")[0]["state_type"] == "CRASHED"  # told, and kept, by the server
+    finally:
+        subprocess.run([sys.executable, "-m", "flows", "server", "stop"], cwd=ROOT, env=cli_env(home), timeout=60)
+
+
+def press_ctrl_c(run: subprocess.Popen) -> str:
+    """Signal the run's whole process group as Ctrl-C does; it must end within 5 s with code 130. Its last output."""
+    pressed = time.monotonic()
+    os.killpg(run.pid, signal.SIGINT)
+    rest = run.communicate(timeout=60)[0]
+    assert run.returncode == 130 and time.monotonic() - pressed < 5
+    return rest
+
+
+@pytest.mark.slow
+def test_a_run_killed_outright_leaves_no_ephemeral_server_behind(dataset_dirs, ssl_checkpoint, tmp_path):
+    run, server = ephemeral_run_training(dataset_dirs, ssl_checkpoint, tmp_path)
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 10
+    while not gone(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(server)
+
+
+@pytest.mark.slow
+def test_astft_prints_one_line_when_the_server_does_not_start_in_time(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "demo", "--dir", str(tmp_path / "demo"), "--epochs", "1", "--device", "cpu"],
+        cwd=ROOT, env=cli_env(tmp_path / "home", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("astft:")]
+    assert line.startswith(
+        "astft: the Prefect server did not start within 1 s (a busy machine?); its log: "
+        f"{tmp_path / 'home' / 'server' / 'server.log'}. Set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=300"
+    )
+    assert not (tmp_path / "home" / "server" / "server.json").exists()
