@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -160,6 +161,8 @@ def hold_run_locks(locks: ExitStack, plans: list) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "progress", False):  # read when transformers and datasets are imported, which is below
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
 
     from lib.core.errors import (
         BadAudioError,
@@ -263,7 +266,8 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
                 summary = finetune(config)
                 print_summary(summary)
                 if args.command == "demo":
-                    print(json.dumps({"published": summary["published"], **summary["metrics"]}))
+                    metrics = {key: round(value, 4) for key, value in summary["metrics"].items()}
+                    print(json.dumps({"published": summary["published"], **metrics}))
     except (*expected, EnsembleMembersFailed, ServerStartTimeout) as error:
         print(f"astft: {error}{details}", file=sys.stderr)
         return 2
@@ -275,9 +279,28 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         if disk_error(error) is None:
             raise
         return disk_error_exit(error, written_folders(first, config), details)
-    if server_url:
-        print(f"see the run in the Prefect UI: {server_url}/runs (the local server; astft server status)")
+    print_next_steps(config, server_url, args.dir / "data" / "test" if args.command == "demo" else None)
     return 0
+
+
+def print_next_steps(config: FinetuneConfig | EnsembleConfig | None, server_url: str | None,
+                     clips: Path | None = None) -> None:
+    """What to do with what was just published: predict with it, load it, see its run (clips: a folder to predict)."""
+    lines = []
+    if config is not None:
+        from lib.core.layout import BEST_FOLDER
+
+        model = config.output_dir / BEST_FOLDER / ("" if isinstance(config, EnsembleConfig) else config.name)
+        model_text = str(model).rstrip("/") + ("/" if isinstance(config, EnsembleConfig) else "")
+        lines.append(f"  predict:    astft predict --model {model_text} --input {clips or 'CLIPS'} "
+                     "--output predictions.csv")
+        if not isinstance(config, EnsembleConfig):
+            lines.append(f"  in Python:  AutoModelForAudioClassification.from_pretrained({str(model)!r}, "
+                         "trust_remote_code=True)")
+    if server_url:
+        lines.append(f"  the runs:   {server_url}/runs (Prefect UI, on the local server: astft server status)")
+    if lines:
+        print("\nnext steps:\n" + "\n".join(lines))
 
 
 def written_folders(*configs) -> dict[str, Path]:

@@ -363,10 +363,14 @@ a --no- form (--no-skip-bad-files). Precedence: defaults < --config preset < fla
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of how a command runs, outside the run config: --debug and --ephemeral."""
+    """The flags of how a command runs, outside the run config: --debug, --progress and --ephemeral."""
     parser.add_argument(
         "--debug", action="store_true",
         help="show tracebacks on the terminal too (they always go to the log file that an error names)",
+    )
+    parser.add_argument(
+        "--progress", action="store_true",
+        help="show a progress bar over each run's training steps (by default one line per epoch says the progress)",
     )
     parser.add_argument(
         "--ephemeral", action="store_true",

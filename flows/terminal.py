@@ -1,4 +1,4 @@
-"""What a CLI run shows in the terminal: log lines without tracebacks, which go whole to a log file instead.
+"""What a CLI run shows in the terminal: log lines without tracebacks or routine states; all of it goes to a log file.
 
 Prefect logs a failing task's or flow's exception with its traceback (30 lines or more each), and the CLI then
 prints the same error as one `astft:` line. For errors astft expects (their message names the fix) the
@@ -33,6 +33,17 @@ class WithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+class RoutineStates(logging.Filter):
+    """Drops Prefect's routine lines from the terminal: a flow run beginning, a task or flow run that completed
+    (or was served from its cache). Failures, crashes and everything of astft's stay; the log file and the UI
+    keep them all."""
+
+    ROUTINE = ("Beginning flow run", "Finished in state Completed(", "Finished in state Cached(")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("prefect.") and str(record.msg).startswith(self.ROUTINE))
+
+
 def console_loggers() -> list[logging.Logger]:
     """The loggers that hold one of Prefect's console handlers (the root, and the server's uvicorn and fastapi)."""
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -61,10 +72,13 @@ def log_to_file(output_dir: Path, debug: bool) -> Path | None:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     file_handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(file_handler)  # the root: prefect's and lib's loggers propagate to it
-    if debug:
-        return path
     for logger in console_loggers():
         for handler in logger.handlers:
-            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, WithoutTraceback):
+            if not isinstance(handler, PrefectConsoleHandler) or any(
+                isinstance(existing, RoutineStates) for existing in handler.filters
+            ):
+                continue
+            handler.addFilter(RoutineStates())
+            if not debug:
                 handler.setFormatter(WithoutTraceback(handler.formatter))
     return path

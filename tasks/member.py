@@ -23,6 +23,7 @@ from lib.core.layout import CONFUSION_PLOT_FILE, EVALUATION_DIR, TRAINING_CURVES
 from lib.data.features import FeatureCacheRef, has_test_split, load_split
 from lib.data.scan import TEST_SPLIT
 from lib.evaluate.evaluation import EvalResult, evaluate_model
+from lib.evaluate.metrics import format_metrics
 from lib.evaluate.plots import png_data_uri
 from lib.model.checkpoint import EncoderRef, export_encoder
 from lib.recipes import finetune
@@ -144,9 +145,10 @@ def evaluate_member(plan: FinetunePlan, features: FeatureCacheRef, outcome: Trai
         test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
     )
     logger = get_run_logger()
-    logger.info("validation metrics: %s; temperature %.3f (fitted on validation)", result.metrics, result.temperature)
+    logger.info("validation %s; temperature %.3f (fitted on validation)", format_metrics(result.metrics),
+                result.temperature)
     if result.test_metrics is not None:
-        logger.info("test metrics (reported only): %s", result.test_metrics)
+        logger.info("test %s (reported only)", format_metrics(result.test_metrics))
     return result
 
 

@@ -50,3 +50,8 @@ def detailed_report(labels: np.ndarray, predictions: np.ndarray, label_names: li
     }
     matrix = confusion_matrix(labels, predictions, labels=indices)
     return {"per_class": per_class, "confusion_matrix": {"labels": list(label_names), "matrix": matrix.tolist()}}
+
+
+def format_metrics(metrics: dict) -> str:
+    """The top-level scores of a metrics dict as one line, four decimals each: "accuracy 0.9500  f1 0.9487"."""
+    return "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if isinstance(value, int | float))

@@ -208,7 +208,7 @@ class TrainOutcome(BaseModel):
     best_checkpoint: str | None
     metric: str
     best_metric: float | None
-    best_epoch: float | None
+    best_epoch: int | None
     epochs_run: float
     resumed_from: str | None
     train_log: str
@@ -258,7 +258,8 @@ def train_member(
     logger.info(
         "variant %s: %d of %d parameters trained (%.1f%%), %s on %s; best %s=%s at epoch %s",
         config.model.freezing, counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
-        outcome.precision, outcome.device, outcome.metric, outcome.best_metric, outcome.best_epoch,
+        outcome.precision, outcome.device, outcome.metric,
+        "n/a" if outcome.best_metric is None else f"{outcome.best_metric:.4f}", outcome.best_epoch,
     )
     logger.info("trunk cache %s: %s", f"used (K={trunk.layers}, {trunk.dtype}, {trunk.path})" if trunk.used
                 else "not used", trunk.reason)

@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 from pydantic import BaseModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lib.core.errors import TrainingOutOfMemory
 from lib.core.layout import LOG_HISTORY_FILE
@@ -68,7 +69,7 @@ class TrainerRun(BaseModel):
     epochs_run: float
     best_checkpoint: str | None  # with load_best_model_at_end: the checkpoint whose weights model_dir holds
     best_metric: float | None
-    best_epoch: float | None
+    best_epoch: int | None
 
 
 def run_trainer(setup: TrainerSetup) -> TrainerRun:
@@ -88,6 +89,7 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
         compute_metrics=setup.compute_metrics,
         callbacks=setup.callbacks,
     )
+    quiet_trainer_console(trainer)
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as error:
@@ -109,12 +111,33 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
     )
 
 
-def best_epoch(best_checkpoint: str | None, log_history: list[dict]) -> float | None:
-    """The epoch of the checkpoint load_best_model_at_end chose, from the evaluation logged at its step."""
+class TrainingBar(ProgressCallback):
+    """Trainer's progress bar over the optimizer steps alone (--progress): no evaluation bar under it, and no
+    log dicts written through it (EpochLogCallback says each epoch once)."""
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        pass
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+def quiet_trainer_console(trainer: Trainer) -> None:
+    """Trainer prints every log dict ({'loss': ...}, {'eval_loss': ...}) to the console: PrinterCallback without
+    progress bars, ProgressCallback with them. The epoch line is ours, so neither prints them here."""
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(TrainingBar)
+
+
+def best_epoch(best_checkpoint: str | None, log_history: list[dict]) -> int | None:
+    """The epoch of the checkpoint load_best_model_at_end chose, from the evaluation logged at its step (a whole
+    number: evaluation runs at the end of each epoch)."""
     if not best_checkpoint:
         return None
     step = int(Path(best_checkpoint).name.split("-")[-1])
-    return next((entry["epoch"] for entry in log_history if entry.get("step") == step and "eval_loss" in entry), None)
+    epoch = next((entry["epoch"] for entry in log_history if entry.get("step") == step and "eval_loss" in entry), None)
+    return None if epoch is None else round(epoch)
 
 
 def out_of_memory(setup: TrainerSetup) -> TrainingOutOfMemory:

@@ -49,31 +49,41 @@ def api(url: str, path: str, body: dict | None = None):
 
 
 @pytest.mark.slow
-def test_runs_stay_visible_on_the_local_server_after_astft_exits_and_the_next_run_reuses_it(
+def test_the_demo_is_a_short_quiet_output_and_its_runs_stay_on_the_local_server_which_the_next_run_reuses(
     dataset_dirs, ssl_checkpoint, tmp_path
 ):
     home = tmp_path / "home"
     try:
-        first = subprocess.run(finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "a", 1), cwd=ROOT,
-                               env=cli_env(home), capture_output=True, text=True, timeout=600)
-        assert first.returncode == 0, first.stderr[-3000:]
-        url = re.search(r"see the run in the Prefect UI: (http://127\.0\.0\.1:\d+)/runs", first.stdout)[1]
+        demo = subprocess.run(
+            [sys.executable, "-m", "flows", "demo", "--dir", str(tmp_path / "demo"), "--epochs", "3",
+             "--pretrain-epochs", "2", "--device", "cpu"],
+            cwd=ROOT, env=cli_env(home), capture_output=True, text=True, timeout=900,
+        )
+        assert demo.returncode == 0, demo.stderr[-3000:]
+        output = (demo.stdout + demo.stderr).splitlines()
+        assert "\r" not in demo.stdout + demo.stderr  # no progress bars
+        assert not [line for line in output if "{'loss'" in line or "{'eval_loss'" in line]  # no Trainer dicts
+        epoch_lines = [line for line in output if re.search(r": epoch \d+/\d+ ", line)]
+        assert len(epoch_lines) == 2 + 3  # one per epoch, of the pretraining and of the fine-tune
+        assert len(output) - len(epoch_lines) < 50  # so the default demo (10 + 20 epochs) prints under 80 lines
+        url = re.search(r"the runs: +(http://127\.0\.0\.1:\d+)/runs", demo.stdout)[1]
+        assert f"astft predict --model {tmp_path / 'demo' / 'ensemble' / 'best' / 'demo-full'} --input" in demo.stdout
         state = json.loads((home / "server" / "server.json").read_text())
-        runs = api(url, "flow_runs/filter")  # astft has exited: the server still answers, with the run
-        assert [(run["name"] != "", run["state_type"]) for run in runs] == [(True, "COMPLETED")]
-        artifacts = api(url, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})
-        assert artifacts  # the member's metrics and plots, as the UI shows them
+        runs = api(url, "flow_runs/filter")  # the demo has exited: the server still answers, with its runs
+        assert sorted(run["state_type"] for run in runs) == ["COMPLETED", "COMPLETED"]
+        artifacts = api(url, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"] for run in runs]}}})
+        assert {"progress", "table", "markdown"} <= {artifact["type"] for artifact in artifacts}
         second = subprocess.run(finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, "b", 1), cwd=ROOT,
                                 env=cli_env(home), capture_output=True, text=True, timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
-        assert f"see the run in the Prefect UI: {url}/runs" in second.stdout
+        assert f"{url}/runs" in second.stdout
         assert json.loads((home / "server" / "server.json").read_text())["pid"] == state["pid"]  # reused
-        assert len(api(url, "flow_runs/filter")) == 2
+        assert len(api(url, "flow_runs/filter")) == 3
     finally:
         stopped = subprocess.run([sys.executable, "-m", "flows", "server", "stop"], cwd=ROOT, env=cli_env(home),
                                  capture_output=True, text=True, timeout=60)
     assert stopped.stdout.startswith(f"stopped the local Prefect server at {url} (pid {state['pid']})")
-    assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert gone_pid(state["pid"])
 
 
 def start_in_own_group(command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -97,6 +107,13 @@ def ephemeral_run_training(dataset_dirs, ssl_checkpoint, tmp_path) -> tuple[subp
     read_until(run, "epoch 2/500")
     [server] = [child for child in psutil.Process(run.pid).children(recursive=True) if "uvicorn" in child.cmdline()]
     return run, server
+
+
+def gone_pid(pid: int) -> bool:
+    try:
+        return gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
 
 
 def gone(process: psutil.Process) -> bool:

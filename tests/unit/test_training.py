@@ -466,3 +466,18 @@ def test_plan_refuses_a_non_empty_work_dir_it_did_not_make_before_any_work(datas
                                           r"says the pretraining run \(astft pretrain\) 'enc' made it, not this "
                                           r"fine-tune run \(astft finetune / ensemble\) 'm'"):
         plan_run(config.model_copy(update={"work_dir": ssl_run}))
+
+
+@pytest.mark.parametrize("bars", [False, True])
+def test_the_trainer_prints_no_log_dicts_and_at_most_one_bar(tmp_path, bars):
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from lib.train.engine import TrainingBar, quiet_trainer_console
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=not bars)
+    trainer = Trainer(model=torch.nn.Linear(2, 2), args=args)
+    quiet_trainer_console(trainer)
+    kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
+    assert PrinterCallback not in kinds and ProgressCallback not in kinds  # they print {'loss': ...} dicts
+    assert (TrainingBar in kinds) == bars  # --progress: the training steps' bar, no evaluation bar under it
