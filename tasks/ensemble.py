@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -9,9 +11,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from lib.core.layout import ENSEMBLE_FILE
+from lib.core.layout import CARD_FILE, ENSEMBLE_FILE, RUN_CONFIG_FILE
 from lib.evaluate.ensemble import evaluate_ensemble, read_member
 from lib.evaluate.plots import png_data_uri
+from lib.publish.card import ensemble_card
 from lib.recipes.finetune import FinetunePlan
 
 
@@ -113,5 +116,15 @@ def evaluate_ensemble_members(
             markdown=f"## {title}\n\n![{key}]({png_data_uri(Path(best_root) / result['plots'][key])})\n",
             description=f"{title} of the ensemble ({result['plots'][key]} beside {ENSEMBLE_FILE})",
         )
+    write_ensemble_card(Path(best_root), result, members)
     get_run_logger().info("ensemble of %s: %s", weights_text, ensemble["verdict"])
     return result
+
+
+def write_ensemble_card(best_root: Path, result: dict, members: list) -> None:
+    """best/README.md beside ensemble.json, renamed into place as it is (a reader never sees half of it)."""
+    run_config = json.loads((Path(members[0].path) / RUN_CONFIG_FILE).read_text())
+    card = ensemble_card(best_root.name, result, result["label_names"], Path(run_config["data"]["train_dir"]).name)
+    staged = best_root / f".{CARD_FILE}.{os.getpid()}.tmp"
+    staged.write_text(card, encoding="utf-8")
+    os.replace(staged, best_root / CARD_FILE)

@@ -93,6 +93,7 @@ class PublishSpec:
     kind: str  # "member" or "encoder", as refusals name it
     sources: dict[str, Path]
     json_files: dict[str, object] = field(default_factory=dict)
+    text_files: dict[str, str] = field(default_factory=dict)  # e.g. the model card, README.md
     # folders whose weights and reports must be finite: a NaN model never replaces the published one
     finite: tuple[Path, ...] = ()
 
@@ -120,6 +121,8 @@ def publish_folder(spec: PublishSpec) -> Path:
                 shutil.copy2(source, version / target)
         for target, payload in spec.json_files.items():
             (version / target).write_text(json.dumps(payload, indent=2, default=str))
+        for target, text in spec.text_files.items():
+            (version / target).write_text(text, encoding="utf-8")
         _finalise_tree(version)
         _switch_link(destination, version)
     finally:

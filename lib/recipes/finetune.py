@@ -25,6 +25,7 @@ from lib.config.runs import EnsembleConfig, FinetuneConfig
 from lib.core.errors import ConfigError, ScanError
 from lib.core.layout import (
     BEST_FOLDER,
+    CARD_FILE,
     CONFUSION_FILE,
     CONFUSION_PLOT_FILE,
     LABEL_MAP_FILE,
@@ -44,6 +45,7 @@ from lib.evaluate.plots import confusion_matrix_plot, training_curves
 from lib.model.checkpoint import EncoderRef
 from lib.model.classifier import apply_freezing, build_classifier
 from lib.model.trunk import TrainingInputs, TrunkCacheInfo, training_inputs
+from lib.publish.card import member_card
 from lib.publish.folder import PublishSpec, publish_folder, trained_by
 from lib.recipes.planning import (
     Plan,
@@ -382,12 +384,16 @@ def publish_member(
         Path(outcome.train_log).name: Path(outcome.train_log),
         **member_plots(outcome, report_dir),
     }
+    manifest = member_manifest(plan, features, encoder, outcome, flow_run_id)
+    card = member_card(plan.config.name, report_dir, manifest[RUN_CONFIG_FILE], manifest[MEMBER_FILE],
+                       features.label_names, features.num_clips)
     return publish_folder(PublishSpec(
         root=plan.publish_root,
         name=plan.config.name,
         kind="member",
         sources=sources,
-        json_files=member_manifest(plan, features, encoder, outcome, flow_run_id),
+        json_files=manifest,
+        text_files={CARD_FILE: card},
         finite=(Path(outcome.best_model_dir), report_dir),
     ))
 

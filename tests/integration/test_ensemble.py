@@ -176,8 +176,15 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
     best = tmp_path / "out" / "best"
     names = ("head", "last-1", "last-2")
     assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == sorted(
-        ["ensemble.json", "leaderboard.png", "reliability.png", *names]
+        ["README.md", "ensemble.json", "leaderboard.png", "reliability.png", *names]
     )
+    from lib.publish.card import read_card_metadata
+
+    ensemble_json = json.loads((best / "ensemble.json").read_text())
+    [validation] = [result for result in read_card_metadata(best / "README.md")["model-index"][0]["results"]
+                    if result["dataset"]["split"] == "validation"]
+    card = {metric["type"]: metric["value"] for metric in validation["metrics"]}
+    assert card["accuracy"] == round(ensemble_json["ensemble"]["validation"]["accuracy"], 4)
     # the rest is each member's live version folder, which best/<name> links to: no staging or old version
     assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
         os.readlink(best / name) for name in names

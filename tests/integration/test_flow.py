@@ -24,6 +24,7 @@ PUBLISHED_FILES = (
     "model.safetensors", "config.json", "preprocessor_config.json", "metrics.json", "confusion_matrix.json",
     "label_map.json", "run_config.json", "member.json", "train_logtiny_last1.txt", "classifier.py",
     "calibration.json", "validation_logits.npz", "test_logits.npz", "training_curves.png", "confusion_matrix.png",
+    "README.md",
 )
 
 
@@ -114,6 +115,25 @@ def second_run(finetuned) -> tuple[dict, dict[str, bytes]]:
 def test_the_flow_publishes_every_file_of_the_member(finetuned):
     assert finetuned.summary["published"] == str(finetuned.member)
     assert [name for name in PUBLISHED_FILES if not (finetuned.member / name).is_file()] == []
+
+
+def test_the_model_card_metadata_is_yaml_whose_scores_equal_metrics_json(finetuned):
+    from lib.publish.card import read_card_metadata
+
+    metadata = read_card_metadata(finetuned.member / "README.md")
+    metrics = read_json(finetuned.member / "metrics.json")
+    assert metadata["pipeline_tag"] == "audio-classification" and metadata["library_name"] == "transformers"
+    assert metadata["labels"] == sorted(CLASSES)
+    results = {result["dataset"]["split"]: result for result in metadata["model-index"][0]["results"]}
+    assert sorted(results) == ["test", "validation"]
+    for split, scores in (("validation", metrics), ("test", metrics["test"])):
+        card = {metric["type"]: metric["value"] for metric in results[split]["metrics"]}
+        assert card == {key: round(scores[key], 4) for key in ("accuracy", "balanced_accuracy", "f1", "precision",
+                                                                 "recall")}
+    text = (finetuned.member / "README.md").read_text()
+    for section in ("## Data", "## Recipe", "## Calibration", "## Limits", "## Load it"):
+        assert section in text
+    assert f"Temperature {metrics['temperature']:.4f}" in text
 
 
 def test_the_published_plots_are_valid_pngs(finetuned):

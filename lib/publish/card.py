@@ -1,0 +1,171 @@
+"""Model cards: the README.md of a published member and of an ensemble folder, in Hugging Face's format.
+
+YAML metadata first (library, pipeline tag, labels, and the scores as a model-index, which the Hub and its
+tools read), then what a reader of the folder needs: the data, the recipe, the freezing, the calibration, the
+limits and how to load it. Written from the same figures as metrics.json and calibration.json, so the two
+never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from lib.core.layout import CALIBRATION_FILE, METRICS_FILE
+
+SCORES = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")  # f1/precision/recall: weighted
+
+
+def card_text(metadata: dict, body: list[str]) -> str:
+    """A model card: the metadata as YAML between --- lines, then the body's markdown lines."""
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body) + "\n"
+
+
+def read_card_metadata(card: Path) -> dict:
+    """The YAML metadata of a model card (what the Hub parses)."""
+    _, metadata, _ = Path(card).read_text().split("---\n", 2)
+    return yaml.safe_load(metadata)
+
+
+def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]]) -> list[dict]:
+    """Hugging Face's model-index: one result per split (split -> top-level scores)."""
+    return [{
+        "name": name,
+        "results": [
+            {
+                "task": {"type": "audio-classification", "name": "Audio Classification"},
+                "dataset": {"name": dataset, "type": "audiofolder", "split": split},
+                "metrics": [
+                    {"type": key, "value": round(float(values[key]), 4), "name": f"{split} {key}"}
+                    for key in SCORES if key in values
+                ],
+            }
+            for split, values in scores.items()
+        ],
+    }]
+
+
+def member_card(
+    name: str, report_dir: Path, config: dict, member: dict, label_names: list[str], num_clips: dict[str, int]
+) -> str:
+    """The README.md of a member: report_dir holds its metrics.json and calibration.json; config is its
+    run_config.json and member the member.json it is published with."""
+    metrics = json.loads((Path(report_dir) / METRICS_FILE).read_text())
+    calibration_file = Path(report_dir) / CALIBRATION_FILE
+    calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else {}
+    scores = {"validation": metrics} | ({"test": metrics["test"]} if isinstance(metrics.get("test"), dict) else {})
+    data, training, features = config["data"], config["training"], member["feature_params"]
+    trained = member["training"]
+    counts = member["parameters"]
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "audio-classification",
+        "tags": ["audio-classification", "audio-spectrogram-transformer", "astft"],
+        "labels": list(label_names),
+        "model-index": model_index(name, Path(data["train_dir"]).name, scores),
+    }
+    table = ["| split | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
+    table += [
+        f"| {split} | " + " | ".join(f"{values[key]:.4f}" for key in SCORES) + " |" for split, values in scores.items()
+    ]
+    before, after = (calibration.get("validation", {}).get(when, {}) for when in ("before", "after"))
+    body = [
+        f"# {name}",
+        "",
+        f"An Audio Spectrogram Transformer classifier of {len(label_names)} classes ({', '.join(label_names)}), "
+        f"fine-tuned with astft from the self-supervised checkpoint `{config['model']['ssl_checkpoint']}`.",
+        "",
+        "## Scores",
+        "",
+        *table,
+        "",
+        "Precision, recall and F1 are weighted by class support. The best epoch was chosen on validation "
+        f"({trained['metric']}), so the validation scores flatter it; "
+        + ("the test split, never trained or tuned on, is the fair figure." if "test" in scores
+           else "no test split was given: score it on held-out clips before trusting it."),
+        "",
+        "## Data",
+        "",
+        f"- train: `{data['train_dir']}`, {num_clips.get('train', 0)} clips",
+        f"- validation: `{data['validation_dir']}`, {num_clips.get('validation', 0)} clips",
+        *([f"- test: `{data['test_dir']}`, {num_clips.get('test', 0)} clips"] if data.get("test_dir") else []),
+        f"- {len(member.get('skipped_files') or {})} files skipped as unreadable",
+        f"- features: {features['num_mel_bins']} mel bins x {features['max_frames']} frames (log-mel fbank, "
+        f"{features['sample_rate_hz']} Hz, clips cut or padded to {features['clip_seconds']:g} s)",
+        "",
+        "## Recipe",
+        "",
+        f"- freezing: {member['freezing']} ({counts['trainable']:,} of {counts['total']:,} parameters trained)",
+        f"- {trained['epochs_run']:g} epochs run, best epoch {trained['best_epoch']} by {trained['metric']}",
+        f"- AdamW, learning rate {training['learning_rate']:g}, cosine schedule with {training['warmup_steps']:g} "
+        f"warm-up steps, batch size {training['batch_size']} x {training['gradient_accumulation_steps']} "
+        f"accumulated, {trained['precision']} on {trained['device']}, seed {training['seed']}",
+        "",
+        "## Calibration",
+        "",
+        f"Temperature {metrics.get('temperature', 1.0):.4f}, fitted on validation (`calibration.json`); divide the "
+        "logits by it before the softmax for calibrated probabilities (`astft predict` does). "
+        + (f"Validation NLL {before['nll']:.4f} before, {after['nll']:.4f} after; ECE {before['ece']:.4f} before, "
+           f"{after['ece']:.4f} after." if before and after else ""),
+        "",
+        "## Limits",
+        "",
+        f"- A closed set: every clip gets one of the {len(label_names)} labels, whatever it holds.",
+        f"- Trained on {features['clip_seconds']:g} s clips at {features['sample_rate_hz']} Hz; other lengths are "
+        "cut or padded, other rates resampled, which it has not been scored on.",
+        "- The scores above are of these splits only; a different recording setup can score lower.",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from transformers import AutoModelForAudioClassification, ASTFeatureExtractor",
+        f'model = AutoModelForAudioClassification.from_pretrained("{name}", trust_remote_code=True)',
+        f'extractor = ASTFeatureExtractor.from_pretrained("{name}")',
+        "```",
+        "",
+        f"or `astft predict --model {name} --input CLIPS` for a CSV of labels and calibrated probabilities. "
+        "Provenance (the encoder load report, speed settings, where it was trained): `member.json`.",
+    ]
+    return card_text(metadata, body)
+
+
+def ensemble_card(name: str, leaderboard: dict, label_names: list[str], dataset: str) -> str:
+    """The README.md of an ensemble folder (best/): its members and weights, and the soft vote's scores."""
+    ensemble = leaderboard["ensemble"]
+    splits = [split for split in ("validation", "test") if split in ensemble]
+    scores = {split: ensemble[split] for split in splits}
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "audio-classification",
+        "tags": ["audio-classification", "audio-spectrogram-transformer", "astft", "ensemble"],
+        "labels": list(label_names),
+        "model-index": model_index(name, dataset, scores),
+    }
+    members = [
+        f"| {row['name']} | {'' if row['weight'] is None else format(row['weight'], 'g')} | "
+        + " | ".join(f"{row[split]['accuracy']:.4f}" for split in splits) + " |"
+        for row in leaderboard["leaderboard"]
+    ]
+    body = [
+        f"# {name}",
+        "",
+        "A calibrated soft vote of Audio Spectrogram Transformer classifiers fine-tuned with astft: each member's "
+        "probabilities (temperature-scaled) are averaged with the weights below (`ensemble.json`).",
+        "",
+        "| member | weight | " + " | ".join(f"{split} accuracy" for split in splits) + " |",
+        "|---|---|" + "---|" * len(splits),
+        *members,
+        "",
+        ensemble.get("verdict", ""),
+        "",
+        "Members with no weight were not selected. Selection and weights were chosen on validation, so its scores "
+        "flatter the ensemble; the test split, when there is one, is the fair figure.",
+        "",
+        "## Load it",
+        "",
+        f"`astft predict --model {name}/ --input CLIPS` (each member folder also loads on its own with "
+        "`AutoModelForAudioClassification.from_pretrained(..., trust_remote_code=True)`).",
+    ]
+    return card_text(metadata, body)
