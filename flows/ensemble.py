@@ -7,6 +7,7 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows.finetune import run_member, shared_inputs
+from flows.flags import apply_overrides
 from lib.config import EnsembleConfig
 from lib.core.layout import ENSEMBLE_FILE
 from lib.data.features import FeatureCacheRef
@@ -35,8 +36,15 @@ def _failure_reason(state) -> str:
 
 
 @flow(name="astft-ensemble", log_prints=True)
-def ensemble(config: EnsembleConfig) -> dict:
-    """Fine-tune every member variant on shared features, publish each, and soft-vote the selected ones."""
+def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict:
+    """Fine-tune every member variant on shared features, publish each, and soft-vote the selected ones.
+
+    Args:
+        config: the run's settings (its form in the UI).
+        overrides: fields to change, as FIELD=VALUE with the CLI's --set rules, e.g. ["training.epochs=3"]: one
+            field of a deployment's config changes without restating the rest.
+    """
+    config = apply_overrides(config, overrides)
     logger = get_run_logger()
     # validate: every member's config (sweeps and seeds expanded), before any work
     # (dispatched members train on workers: their device and precision are resolved there, not here)

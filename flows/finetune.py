@@ -6,6 +6,7 @@ import sys
 
 from prefect import flow
 
+from flows.flags import apply_overrides
 from lib.config import FinetuneConfig
 from lib.data.features import FeatureCacheRef
 from lib.model.checkpoint import EncoderRef
@@ -41,8 +42,15 @@ def run_member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRe
 
 
 @flow(name="astft-finetune", log_prints=True)
-def finetune(config: FinetuneConfig) -> dict:
-    """Fine-tune one AST member from an SSL checkpoint and publish it to <output_dir>/best/<name>/."""
+def finetune(config: FinetuneConfig, overrides: list[str] | None = None) -> dict:
+    """Fine-tune one AST member from an SSL checkpoint and publish it to <output_dir>/best/<name>/.
+
+    Args:
+        config: the run's settings (its form in the UI).
+        overrides: fields to change, as FIELD=VALUE with the CLI's --set rules, e.g. ["training.epochs=3"]: one
+            field of a deployment's config changes without restating the rest.
+    """
+    config = apply_overrides(config, overrides)
     # validate: fail before any work on anything checkable up front
     plan = plan_run(config)
     # data and model inputs: scan -> features, checkpoint -> encoder

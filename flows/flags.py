@@ -12,10 +12,10 @@ import argparse
 import difflib
 import functools
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -421,3 +421,23 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if model.get("train_last_n_layers"):
         model.setdefault("head_only", False)
     return overrides
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def apply_overrides(config: ConfigT, overrides: Sequence[str] | None) -> ConfigT:
+    """A flow's `overrides` parameter (["training.epochs=3"]) applied to its config by --set's rules, so a
+    deployment run can change one field without restating the config."""
+    if not overrides:
+        return config
+    from lib.config import deep_merge, load_config
+    from lib.core.errors import ConfigError
+
+    parse = assignment_parser(field_types(type(config)))
+    try:
+        assignments = [parse(text) for text in overrides]
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"overrides: {error}") from None
+    nested = overrides_from_args(argparse.Namespace(assignments=assignments))
+    return load_config(type(config), None, deep_merge(config.model_dump(), nested))

@@ -7,13 +7,21 @@ import sys
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.flags import apply_overrides
 from lib.config import PredictConfig
 from lib.evaluate.predict import predict_to_csv
 
 
 @flow(name="astft-predict", log_prints=True)
-def predict(config: PredictConfig) -> dict:
-    """Write a CSV of file, predicted label and per-class probabilities."""
+def predict(config: PredictConfig, overrides: list[str] | None = None) -> dict:
+    """Write a CSV of file, predicted label and per-class probabilities.
+
+    Args:
+        config: the run's settings (its form in the UI).
+        overrides: fields to change, as FIELD=VALUE with the CLI's --set rules, e.g. ["training.epochs=3"]: one
+            field of a deployment's config changes without restating the rest.
+    """
+    config = apply_overrides(config, overrides)
     logger = get_run_logger()
     logger.info("predicting %s with the model(s) in %s on %s", config.input_path, config.model_path, config.device)
     summary = predict_to_csv(config)

@@ -6,6 +6,7 @@ import sys
 
 from prefect import flow
 
+from flows.flags import apply_overrides
 from lib.config import PretrainConfig
 from lib.recipes.pretrain import plan_pretrain
 from tasks.data import build_features
@@ -13,8 +14,15 @@ from tasks.pretrain import pretrain_encoder, publish_encoder, scan_unlabeled_fol
 
 
 @flow(name="astft-pretrain", log_prints=True)
-def pretrain(config: PretrainConfig) -> dict:
-    """Pretrain an AST encoder on folders of unlabeled clips and publish it to <output_dir>/ssl/<name>/."""
+def pretrain(config: PretrainConfig, overrides: list[str] | None = None) -> dict:
+    """Pretrain an AST encoder on folders of unlabeled clips and publish it to <output_dir>/ssl/<name>/.
+
+    Args:
+        config: the run's settings (its form in the UI).
+        overrides: fields to change, as FIELD=VALUE with the CLI's --set rules, e.g. ["training.epochs=3"]: one
+            field of a deployment's config changes without restating the rest.
+    """
+    config = apply_overrides(config, overrides)
     # validate: fail before any work on anything checkable up front
     plan = plan_pretrain(config)
     # data: folder scan (labels ignored) -> Arrow features, as fine-tuning computes them

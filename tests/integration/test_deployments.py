@@ -81,3 +81,34 @@ def test_pretrain_form_is_typed_and_the_demo_deployments_fine_tune_from_what_it_
     config = PretrainConfig.model_validate(by_name["pretrain"]["parameters"]["config"])
     published = config.output_dir / "ssl" / config.name
     assert Path(by_name["member"]["parameters"]["config"]["model"]["ssl_checkpoint"]) == published
+
+
+@pytest.mark.parametrize("entrypoint", sorted(CONFIG_CLASSES))
+def test_every_flow_takes_overrides_as_a_list_of_strings_in_its_form(entrypoint):
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    path, name = entrypoint.split(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    schema = parameter_schema(getattr(importlib.import_module(module), name)).model_dump_for_openapi()
+    overrides = schema["properties"]["overrides"]
+    assert "training.epochs=3" in overrides["description"] or "FIELD=VALUE" in overrides["description"]
+    assert schema["required"] == ["config"]  # overrides is optional
+
+
+def test_overrides_change_one_field_by_the_set_rules_and_name_a_bad_one():
+    from flows.flags import apply_overrides
+    from lib.core.errors import ConfigError
+
+    base = FinetuneConfig.model_validate(
+        {"name": "m", "data": {"train_dir": "t", "validation_dir": "v"}, "model": {"ssl_checkpoint": "c"}}
+    )
+    changed = apply_overrides(base, ["training.epochs=3", "model.head_only=true", "training.batch_sizes=8,16"])
+    assert (changed.training.epochs, changed.model.head_only, changed.training.batch_sizes) == (3, True, [8, 16])
+    assert changed.model_dump(exclude={"training", "model"}) == base.model_dump(exclude={"training", "model"})
+    assert apply_overrides(base, None) is base
+    with pytest.raises(ConfigError, match=r"overrides: 'training.epoch' is not a field of the config; did you mean"):
+        apply_overrides(base, ["training.epoch=3"])
+    with pytest.raises(ConfigError, match=r"training.epochs"):
+        apply_overrides(base, ["training.epochs=0"])
