@@ -126,6 +126,29 @@ def print_summary(summary: dict) -> None:
         print(f"  {key:>18}: {value:>10.4f}" + (f"  {test[key]:>10.4f}" if test else ""))
 
 
+def print_predict_summary(summary: dict) -> None:
+    """The CSV, the members and weights used (and members left out), and scores where the clips sat in class folders."""
+    count = summary["predicted"]
+    print(f"wrote {count} prediction{'s' * (count != 1)} to {summary['csv']} ({summary['skipped']} skipped)")
+    used = ", ".join(f"{name} (weight {summary['weights'][name]:g}, temperature {summary['temperatures'][name]:.3f})"
+                     for name in summary["members"])
+    print(f"members: {used}")
+    if summary["not_in_ensemble"]:
+        print(f"not in ensemble.json, so not used: {', '.join(summary['not_in_ensemble'])}")
+    scores = summary["scores"]
+    if scores is None:
+        return
+    print(f"scored against the class folders ({scores['num_samples']} clips): "
+          f"accuracy {scores['accuracy']:.4f}  balanced_accuracy {scores['balanced_accuracy']:.4f}  "
+          f"f1 {scores['f1']:.4f}")
+    labels, matrix = scores["confusion_matrix"]["labels"], scores["confusion_matrix"]["matrix"]
+    width = max(len(label) for label in labels)
+    print("confusion (rows: true class, columns: predicted):")
+    print(f"  {'':>{width}}  " + "  ".join(f"{label:>{width}}" for label in labels))
+    for label, row in zip(labels, matrix, strict=True):
+        print(f"  {label:>{width}}  " + "  ".join(f"{count:>{width}}" for count in row))
+
+
 def print_pretrain_summary(summary: dict) -> None:
     print(f"\npublished encoder: {summary['published']}")
     print(f"masked-patch figures after epoch {summary['epochs']} (accuracy: the discriminative head's picks):")
@@ -214,7 +237,7 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
                 if disk_error(error) is None:
                     raise
                 return disk_error_exit(error, {"--output-csv": predict_config.output_csv.parent})
-            print(f"wrote {summary['predicted']} predictions to {summary['csv']} ({summary['skipped']} skipped)")
+            print_predict_summary(summary)
             return 0
         if args.command == "demo":
             from lib.example import demo_config, demo_ensemble_config, demo_pretrain_config, write_demo_inputs

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.flags import apply_overrides
 from lib.config import PredictConfig
+from lib.evaluate.metrics import format_metrics
 from lib.evaluate.predict import predict_to_csv
 
 
@@ -31,6 +32,11 @@ def predict(config: PredictConfig, overrides: list[str] | None = None) -> dict:
         "wrote %d predictions to %s with members %s; %d clips skipped",
         summary["predicted"], summary["csv"], ", ".join(summary["members"]), summary["skipped"],
     )
+    if summary["not_in_ensemble"]:
+        logger.info("not in ensemble.json, so not used: %s", ", ".join(summary["not_in_ensemble"]))
+    if summary["scores"] is not None:
+        logger.info("scored against the class folders (%d clips): %s", summary["scores"]["num_samples"],
+                    format_metrics(summary["scores"]))
     create_markdown_artifact(
         key="predictions",
         markdown=f"Predicted {summary['predicted']} clips with {summary['members']}; CSV at `{summary['csv']}`"

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from lib.config import PredictConfig
 from lib.core.errors import EnsembleError, NonFiniteError
 from lib.core.guards import check_finite_tensors
-from lib.core.layout import WEIGHTS_FILE
+from lib.core.layout import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE
 from lib.core.runtime import Runtime, resolve_runtime
 from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.features import featurize, make_feature_extractor
@@ -35,6 +35,7 @@ from lib.evaluate.ensemble import (
     soft_vote,
 )
 from lib.evaluate.inference import batch_logits
+from lib.evaluate.metrics import detailed_report, summary_metrics
 from lib.model.classifier import ASTMeanPoolClassifier
 
 logger = logging.getLogger(__name__)
@@ -119,13 +120,44 @@ def predict_files(
             writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
     for path, reason in bad.items():
         logger.warning("skipped %s: %s", path, reason)
+    kept = np.flatnonzero(readable)
     return {
         "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
         "members": [member.name for member in members],
         "weights": {member.name: member.weight for member in members},
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
+        "not_in_ensemble": members_not_listed(Path(model_path), members),
+        "scores": scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
         "warnings": warnings,
     }
+
+
+def members_not_listed(model_path: Path, members: list[MemberInfo]) -> list[str]:
+    """Member folders in an ensemble folder that its ensemble.json leaves out (not selected, or published after
+    it was written): predict ignores them, and says so."""
+    if not (model_path / ENSEMBLE_FILE).is_file():
+        return []
+    used = {Path(member.path).name for member in members}
+    return sorted(
+        entry.name for entry in model_path.iterdir()
+        if not entry.name.startswith(".") and (entry / MEMBER_FILE).is_file() and entry.name not in used
+    )
+
+
+def scores_by_folder(input_path: Path, files: list[Path], probabilities: np.ndarray, label_names: list[str]
+                     ) -> dict | None:
+    """Accuracy and the confusion matrix when every clip lies in a class subfolder of input_path named after one of
+    the labels (input_path/<label>/...wav, a validation folder's layout); else None."""
+    if not input_path.is_dir() or not files:
+        return None
+    truth = [path.relative_to(input_path).parts[0] if len(path.relative_to(input_path).parts) > 1 else None
+             for path in files]
+    if any(label not in label_names for label in truth):
+        return None
+    labels = np.array([label_names.index(label) for label in truth])
+    predictions = probabilities.argmax(axis=-1)
+    return {**summary_metrics(labels, predictions), "num_samples": len(files),
+            **detailed_report(labels, predictions, label_names)}
 
 
 def list_inputs(input_path: Path) -> list[Path]:

@@ -395,3 +395,27 @@ def test_plan_errors_are_one_line_before_any_flow_run(dataset_dirs, ssl_checkpoi
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--validation-dir" in error and "are the same folder" in error
     assert not (tmp_path / "cache").exists()
+
+
+def test_predict_prints_the_members_it_used_and_left_out_and_the_class_folders_scores(capsys):
+    from flows.cli import print_predict_summary
+
+    summary = {
+        "predicted": 3, "csv": "p.csv", "skipped": 0, "members": ["a", "b"], "weights": {"a": 2.0, "b": 1.0},
+        "temperatures": {"a": 0.5, "b": 1.25}, "not_in_ensemble": ["c"],
+        "scores": {"num_samples": 3, "accuracy": 2 / 3, "balanced_accuracy": 0.75, "f1": 0.6,
+                   "confusion_matrix": {"labels": ["cat", "dog"], "matrix": [[1, 0], [1, 1]]}},
+    }
+    print_predict_summary(summary)
+    assert capsys.readouterr().out.splitlines() == [
+        "wrote 3 predictions to p.csv (0 skipped)",
+        "members: a (weight 2, temperature 0.500), b (weight 1, temperature 1.250)",
+        "not in ensemble.json, so not used: c",
+        "scored against the class folders (3 clips): accuracy 0.6667  balanced_accuracy 0.7500  f1 0.6000",
+        "confusion (rows: true class, columns: predicted):",
+        "       cat  dog",
+        "  cat    1    0",
+        "  dog    1    1",
+    ]
+    print_predict_summary({**summary, "predicted": 1, "not_in_ensemble": [], "scores": None})
+    assert capsys.readouterr().out.splitlines()[0] == "wrote 1 prediction to p.csv (0 skipped)"

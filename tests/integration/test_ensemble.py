@@ -259,6 +259,10 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
         truth = [Path(row["file"]).parent.name for row in rows]
         accuracy = np.mean([row["predicted_label"] == label for row, label in zip(rows, truth, strict=True)])
         assert accuracy == board["ensemble"][split]["accuracy"]
+        # the class folders score it too, and members greedy selection left out are named as not used
+        assert summary["scores"]["accuracy"] == pytest.approx(accuracy)
+        assert summary["scores"]["confusion_matrix"]["matrix"] == board["ensemble"][split]["confusion_matrix"]["matrix"]
+        assert summary["not_in_ensemble"] == sorted(set(names) - set(weights))
         # and its probabilities are the calibrated vote (files are listed in the cache's order)
         probabilities = np.array([[float(row[f"prob_{name}"]) for name in board["label_names"]] for row in rows])
         np.testing.assert_allclose(probabilities, vote[split] / sum(weights.values()), atol=1e-4)
