@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
 from flows.finetune import run_member, shared_inputs
 from flows.flags import apply_overrides
 from lib.config import EnsembleConfig
 from lib.core.layout import ENSEMBLE_FILE
 from lib.data.features import FeatureCacheRef
+from lib.evaluate.metrics import format_metrics
 from lib.model.checkpoint import EncoderRef
 from lib.recipes.finetune import FinetunePlan, plan_ensemble
 from lib.train.launch import release_memory
@@ -35,6 +37,48 @@ def _failure_reason(state) -> str:
     return state.message or state.name
 
 
+def train_members_here(
+    plans: dict[str, FinetunePlan], features: FeatureCacheRef, encoder: EncoderRef
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Each member as a sub-run of this process, one after another: (published folders, failure reasons) by name.
+    Each result is logged and added to the parent's members table as it comes."""
+    logger = get_run_logger()
+    published, failed, results = {}, {}, {}
+    for name, plan in plans.items():
+        # the sub-run is named after its member in the UI (else a random name: "fervent-poodle")
+        state = member.with_options(flow_run_name=f"member {name}")(plan, features, encoder, return_state=True)
+        if state.is_completed():
+            results[name] = state.result()
+            published[name] = results[name]["published"]
+            logger.info("member %s (%s): validation %s; published %s", name, plan.config.model.freezing,
+                        format_metrics(results[name]["metrics"]), published[name])
+        else:
+            failed[name] = results[name] = _failure_reason(state)
+            logger.error("member %s failed: %s", name, failed[name])
+            del state
+            release_memory()
+        show_members(plans, results)
+    return published, failed
+
+
+def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str]) -> None:
+    """The parent run's table of members, updated as each one finishes: its scores, or why it failed."""
+    rows = []
+    for name, plan in plans.items():
+        result = results.get(name)
+        done = isinstance(result, dict)
+        rows.append({
+            "member": name, "freezing": plan.config.model.freezing,
+            "status": "published" if done else "failed" if result else "waiting",
+            "val accuracy": round(result["metrics"]["accuracy"], 4) if done else None,
+            "test accuracy": round(result["test_metrics"]["accuracy"], 4) if done and result["test_metrics"] else None,
+            "best epoch": result["best_epoch"] if done else None,
+            "note": result if isinstance(result, str) else None,
+        })
+    create_table_artifact(key="ensemble-members", table=rows,
+                          description="Each member's result as it finishes (the leaderboard follows once all have)")
+
+
 @flow(name="astft-ensemble", log_prints=True)
 def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict:
     """Fine-tune every member variant on shared features, publish each, and soft-vote the selected ones.
@@ -54,17 +98,10 @@ def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict
     features, encoder = shared_inputs(first)
 
     # members: a failing member does not stop the others
-    published, failed = {}, {}
     if config.dispatch == "in_process":
-        for name, plan in plans.items():
-            state = member(plan, features, encoder, return_state=True)
-            if state.is_completed():
-                published[name] = state.result()["published"]
-            else:
-                failed[name] = _failure_reason(state)
-                del state
-                release_memory()
+        published, failed = train_members_here(plans, features, encoder)
     else:
+        published, failed = {}, {}
         futures = {name: dispatch_member.submit(plan, config.member_deployment) for name, plan in plans.items()}
         for name, future in futures.items():
             future.wait()
@@ -72,8 +109,7 @@ def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict
                 published[name] = future.result()
             else:
                 failed[name] = _failure_reason(future.state)
-    for name, reason in failed.items():
-        logger.error("member %s failed: %s", name, reason)
+                logger.error("member %s failed: %s", name, failed[name])
 
     # ensemble: calibrated soft vote over the members that were published, selected on validation
     if not published:

@@ -52,19 +52,20 @@ def _confusion_markdown(report: dict) -> str:
     return header + rows
 
 
+SHORT = {"validation": "val", "test": "test"}
+
+
 def _table_row(row: dict, splits: list[str]) -> dict:
-    """One leaderboard row for the table artifact: who, weight, temperature, then per split accuracy and calibration."""
-    cells = {"name": row["name"], "kind": row["kind"], "freezing": row["freezing"], "weight": row["weight"],
+    """One leaderboard row for the table artifact, narrow enough for the UI: who, weight, temperature, then each
+    score with its splits side by side (validation first: it chose everything). Brier, ECE and the scores
+    before calibration are in ensemble.json."""
+    cells = {"name": row["name"], "weight": row["weight"],
              "temperature": None if row["temperature"] is None else round(row["temperature"], 3)}
-    for split in splits:
-        scores, calibration = row[split], row[split]["calibration"]
-        cells |= {f"{split} {key}": round(scores[key], 4) for key in ("accuracy", "balanced_accuracy", "f1")}
-        gain = row.get("gain_over_best_member", {}).get(split)
-        cells[f"{split} accuracy gain over best member"] = None if gain is None else round(gain["accuracy"], 4)
-        cells |= {
-            f"{split} {key} (before -> after)": f"{calibration['before'][key]:.4f} -> {calibration['after'][key]:.4f}"
-            for key in ("nll", "brier", "ece")
-        }
+    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc")):
+        cells |= {f"{SHORT[split]} {label}": round(row[split][key], 4) for split in splits}
+    cells |= {f"{SHORT[split]} NLL": round(row[split]["calibration"]["after"]["nll"], 4) for split in splits}
+    gain = row.get("gain_over_best_member", {}).get(splits[-1])
+    cells[f"{SHORT[splits[-1]]} gain over best"] = None if gain is None else round(gain["accuracy"], 4)
     return cells
 
 

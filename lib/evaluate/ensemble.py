@@ -267,10 +267,12 @@ def _verdict(method: str, best: dict, ensemble: dict, split: str) -> str:
 
 
 def _write_plots(result: dict, calibrated: dict, raw: dict, labels: dict, split: str, folder: Path) -> None:
-    """leaderboard.png (accuracy of every row on `split`) and reliability.png beside ensemble.json."""
-    rows = [{"name": row["name"], "kind": row["kind"], f"{split} accuracy": row[split]["accuracy"]}
+    """leaderboard.png (every row's validation accuracy, as the table leads with it, and test beside it) and
+    reliability.png (on `split`: test when there is one) beside ensemble.json."""
+    splits = [name for name in ("validation", "test") if name in result["ensemble"]]
+    rows = [{"name": row["name"], "kind": row["kind"], **{f"{name} accuracy": row[name]["accuracy"] for name in splits}}
             for row in result["leaderboard"]]
-    leaderboard_plot(rows, f"{split} accuracy", folder / LEADERBOARD_PLOT_FILE)
+    leaderboard_plot(rows, [f"{name} accuracy" for name in splits], folder / LEADERBOARD_PLOT_FILE)
     best, weights = result["ensemble"]["best_member"], result["ensemble"]["weights"]
     # an ensemble of the best member alone would draw the same curves again, over the member's
     best_label = best if set(weights) != {best} else f"{best} (the ensemble)"

@@ -79,14 +79,23 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     return _save(figure, path)
 
 
-def leaderboard_plot(rows: list[dict], metric: str, path: Path) -> Path:
-    """Horizontal bars of `metric` per leaderboard row (members and ensembles), best on top."""
-    ordered = sorted(rows, key=lambda row: row[metric])
-    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.4 * len(ordered) + 1)))
-    colours = ["tab:orange" if row.get("kind", "member") != "member" else "tab:blue" for row in ordered]
-    bars = axis.barh([row["name"] for row in ordered], [row[metric] for row in ordered], color=colours)
-    axis.bar_label(bars, fmt="%.4f", padding=3)
-    axis.set(xlabel=metric, title=f"leaderboard ({metric}; ensembles in orange)", xlim=(0, 1.1))
+def leaderboard_plot(rows: list[dict], metrics: list[str], path: Path) -> Path:
+    """Horizontal bars per leaderboard row (members and ensembles) ordered by metrics[0], best on top, with any
+    further metric (test accuracy) as a paler bar beside it."""
+    ordered = sorted(rows, key=lambda row: row[metrics[0]])
+    height = 0.8 / len(metrics)
+    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.35 * len(ordered) * len(metrics) + 1.2)))
+    positions = np.arange(len(ordered))
+    for index, metric in enumerate(metrics):
+        colours = ["tab:orange" if row.get("kind", "member") != "member" else "tab:blue" for row in ordered]
+        bars = axis.barh(positions + (len(metrics) - 1) / 2 * height - index * height,
+                         [row[metric] for row in ordered], height=height, color=colours,
+                         alpha=1.0 if index == 0 else 0.45, label=metric)
+        axis.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
+    axis.set_yticks(positions, [row["name"] for row in ordered])
+    axis.set(xlabel="accuracy", title=f"leaderboard ({', '.join(metrics)}; ensembles in orange)", xlim=(0, 1.15))
+    if len(metrics) > 1:
+        axis.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
 
 

@@ -35,7 +35,7 @@ def test_each_figure_is_a_valid_png(tmp_path):
     assert_png(training_curves(HISTORY, "accuracy", 3.0, tmp_path / "curves.png"), 1000, 400)
     assert_png(confusion_matrix_plot([[3, 1], [0, 4]], ["a", "b"], tmp_path / "confusion.png"), 900, 400)
     rows = [{"name": "m1", "accuracy": 0.5}, {"name": "vote", "accuracy": 0.75, "kind": "ensemble"}]
-    assert_png(leaderboard_plot(rows, "accuracy", tmp_path / "board.png"), 800, 250)
+    assert_png(leaderboard_plot(rows, ["accuracy"], tmp_path / "board.png"), 800, 250)
     probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
     assert_png(reliability_plot({"m1": (probabilities, np.array([0, 1, 1]))}, tmp_path / "rel.png"), 550, 500)
     assert png_data_uri(tmp_path / "rel.png").startswith("data:image/png;base64,iVBORw0KGgo")
