@@ -106,6 +106,18 @@ examples:
         "--ensemble", action="store_true",
         help="run the ensemble flow instead: 4 variants (last 1 and 2 layers, seeds 1 and 2), greedy selection",
     )
+    export = commands.add_parser(
+        "export", help="export a member or the ensemble to ONNX: features in, calibrated probabilities out",
+        description="Write one ONNX graph of a published member, or of the ensemble in OUTPUT_DIR/best/ (its members' "
+        "temperatures and ensemble.json's weights inside the graph), with a dynamic batch axis; then check it "
+        "against PyTorch on the validation clips. Needs the export extra: pip install -e '.[export]'.",
+    )
+    export.add_argument("--model", type=Path, required=True, metavar="DIR",
+                        help="a published member folder, or the ensemble folder (OUTPUT_DIR/best/)")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="the format (default: onnx)")
+    export.add_argument("--output", type=Path, metavar="FILE",
+                        help="where to write it (default: DIR/probabilities.onnx, which predict --backend onnxruntime "
+                        "reads)")
     server = commands.add_parser(
         "server", help="show or stop the local Prefect server that astft runs flows on",
         description="astft runs its flows on a local Prefect server that outlives each run (started on first use, "
@@ -147,6 +159,15 @@ def print_predict_summary(summary: dict) -> None:
     print(f"  {'':>{width}}  " + "  ".join(f"{label:>{width}}" for label in labels))
     for label, row in zip(labels, matrix, strict=True):
         print(f"  {label:>{width}}  " + "  ".join(f"{count:>{width}}" for count in row))
+
+
+def print_export_summary(summary: dict, model: Path) -> None:
+    members = ", ".join(f"{m['name']} (weight {m['weight']:g}, temperature {m['temperature']:.3f})"
+                        for m in summary["members"])
+    print(f"exported {members} to {summary['onnx']}")
+    print(f"parity on {summary['parity_clips']} validation clips: max |p_onnx - p_torch| = "
+          f"{summary['max_abs_difference']:.2e}")
+    print(f"predict with it: astft predict --model {model} --input CLIPS --backend onnxruntime")
 
 
 def print_pretrain_summary(summary: dict) -> None:
@@ -226,6 +247,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
     try:
+        if args.command == "export":
+            from lib.evaluate.export import export_onnx
+
+            print_export_summary(export_onnx(args.model, args.output), args.model)
+            return 0
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.
             from lib.evaluate.predict import predict_to_csv

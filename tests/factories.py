@@ -78,3 +78,24 @@ def make_ssl_checkpoint(
             json.dumps({"model_type": "audio-spectrogram-transformer", **architecture_dict(config)}, indent=2)
         )
     return folder, encoder
+
+
+def make_member(
+    root: Path, name: str, label_names: list[str], validation_dir: Path, seed: int = 0, temperature: float = 1.0,
+    feature_params: dict | None = None,
+) -> Path:
+    """A published member as predict and export read it: a random tiny classifier (64 mel bins x 64 frames), its
+    member.json, calibration.json and the run_config.json that names its validation folder."""
+    from lib.data.features import FeatureParams
+    from lib.model.classifier import build_classifier
+    from tests.helpers import small_config
+
+    torch.manual_seed(seed)
+    folder = Path(root) / name
+    build_classifier(ASTModel(small_config()), list(label_names)).save_pretrained(str(folder))
+    params = FeatureParams(**{"num_mel_bins": 64, "max_frames": 64, "clip_seconds": 0.6, **(feature_params or {})})
+    (folder / "member.json").write_text(json.dumps({"name": name, "freezing": "full",
+                                                    "feature_params": params.model_dump()}))
+    (folder / "calibration.json").write_text(json.dumps({"temperature": temperature}))
+    (folder / "run_config.json").write_text(json.dumps({"data": {"validation_dir": str(validation_dir)}}))
+    return folder

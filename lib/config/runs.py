@@ -250,6 +250,11 @@ class PredictConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses CUDA when available (default 'auto': ours, as training.device's)."
     )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="'onnxruntime' runs the graph that astft export wrote into the model folder (probabilities.onnx) "
+        "instead of PyTorch; the same labels (default 'torch': ours).",
+    )
     skip_bad_files: bool = Field(
         False, description=(
             "Skip unreadable clips (logged) instead of stopping (default false: ours, so that no clip goes "

@@ -69,6 +69,7 @@ CONFUSION_PLOT_FILE = "confusion_matrix.png"
 PRETRAIN_FILE = "pretrain.json"
 PRETRAIN_CURVES_FILE = "pretraining_curves.png"
 
+ONNX_FILE = "probabilities.onnx"  # astft export's default: in the member folder, or in best/ for the ensemble
 CARD_FILE = "README.md"  # the model card of a member, and of the ensemble in best/ (lib.publish.card)
 
 # <output_dir>/best/, beside the members
@@ -78,7 +79,7 @@ RELIABILITY_PLOT_FILE = "reliability.png"
 # A member of one of these names would overwrite that file, or be overwritten; compared without case,
 # since macOS and Windows folders are case-insensitive.
 RESERVED_MEMBER_NAMES = frozenset(
-    name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE, CARD_FILE)
+    name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE, CARD_FILE, ONNX_FILE)
 )
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from lib.core.errors import EnsembleError
+from lib.core.errors import EnsembleError, NonFiniteError
+from lib.core.guards import check_finite_tensors
 from lib.core.layout import (
     CALIBRATION_FILE,
     ENSEMBLE_FILE,
@@ -32,6 +33,7 @@ from lib.evaluate.calibration import (
 from lib.evaluate.evaluation import split_report
 from lib.evaluate.metrics import summary_metrics
 from lib.evaluate.plots import leaderboard_plot, reliability_plot
+from lib.model.classifier import ASTMeanPoolClassifier
 
 REPUBLISH = "re-publish the member (re-run astft finetune, or astft ensemble, for it)"
 
@@ -286,6 +288,20 @@ def _write_plots(result: dict, calibrated: dict, raw: dict, labels: dict, split:
             f"ensemble ({result['selection']}, {split})": (weighted_mean(calibrated[split], weights), labels[split]),
         }
     reliability_plot(curves, folder / RELIABILITY_PLOT_FILE)
+
+
+def load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
+    """The member's classifier, its weights checked finite (a NaN weight would make every label the first class)."""
+    try:
+        model = ASTMeanPoolClassifier.from_pretrained(member.path)
+    except (OSError, ValueError) as error:
+        raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error
+    # A NaN weight makes every probability NaN and every label the first class: refuse, as publishing does.
+    try:
+        check_finite_tensors(model.named_parameters(), f"member {member.name} ({member.path})", REPUBLISH)
+    except NonFiniteError as error:
+        raise EnsembleError(str(error)) from error
+    return model
 
 
 def resolve_members(model_path: Path) -> list[MemberInfo]:

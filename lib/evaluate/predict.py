@@ -19,24 +19,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lib.config import PredictConfig
-from lib.core.errors import EnsembleError, NonFiniteError
-from lib.core.guards import check_finite_tensors
-from lib.core.layout import ENSEMBLE_FILE, MEMBER_FILE, WEIGHTS_FILE
+from lib.core.errors import EnsembleError
+from lib.core.layout import ENSEMBLE_FILE, MEMBER_FILE, ONNX_FILE, WEIGHTS_FILE
 from lib.core.runtime import Runtime, resolve_runtime
 from lib.data.audio import AUDIO_SUFFIXES
-from lib.data.features import featurize, make_feature_extractor
+from lib.data.features import FeatureParams, featurize, make_feature_extractor
 from lib.data.scan import format_bad_files
 from lib.evaluate.calibration import softmax
 from lib.evaluate.ensemble import (
     REPUBLISH,
     MemberInfo,
     check_compatible,
+    load_member_model,
     resolve_members,
     soft_vote,
 )
+from lib.evaluate.export import export_metadata, onnx_session, read_metadata, require_exporter
 from lib.evaluate.inference import batch_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
-from lib.model.classifier import ASTMeanPoolClassifier
 
 logger = logging.getLogger(__name__)
 # An existing --output is overwritten only if it is a predictions CSV astft wrote (a .csv, .tsv or .txt whose
@@ -62,7 +62,7 @@ def predict_to_csv(config: PredictConfig) -> dict:
     """What `astft predict` and the astft-predict flow run: predict_files on the config's device."""
     return predict_files(
         config.model_path, config.input_path, config.output_csv,
-        resolve_runtime(config.device), config.batch_size, config.skip_bad_files,
+        resolve_runtime(config.device), config.batch_size, config.skip_bad_files, config.backend,
     )
 
 
@@ -73,8 +73,11 @@ def predict_files(
     runtime: Runtime,
     batch_size: int = 32,
     skip_bad_files: bool = False,
+    backend: str = "torch",
 ) -> dict:
-    """Write file, predicted label and per-class probabilities for every clip; return a summary."""
+    """Write file, predicted label and per-class probabilities for every clip; return a summary.
+
+    backend "onnxruntime": the graph astft export wrote into model_path (probabilities.onnx) instead of PyTorch."""
     # inputs and output first: a bad path must not cost a model load and a whole inference pass
     _check_model_path(model_path)
     members = resolve_members(model_path)
@@ -86,12 +89,50 @@ def predict_files(
     _check_output_csv(output_csv)
     _check_output_is_not_read(output_csv, model_path, input_path, files)
     warnings = [warning for member in members for warning in _preprocessor_disagreement(member)]
-    models = [_load_member_model(member).to(runtime.device).eval() for member in members]
+    bad: dict[str, str] = {}
+    if backend == "onnxruntime":
+        voted, readable = _onnx_vote(exported_graph(Path(model_path), members), members[0].feature_params, files,
+                                     batch_size, bad)
+    else:
+        probabilities, readable = _torch_probabilities(members, files, runtime, batch_size, bad)
+        for member, member_probabilities in zip(members, probabilities, strict=True):
+            warnings += _at_chance(member, member_probabilities[readable])
+        voted = soft_vote(probabilities, [member.weight for member in members])
+    if bad and not skip_bad_files:
+        raise EnsembleError(
+            format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files")
+        )
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    with output_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*CSV_HEADER_START, *[f"{CSV_PROBABILITY_PREFIX}{name}" for name in label_names]])
+        for index, row in zip(np.flatnonzero(readable), voted[readable], strict=True):
+            writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+    for path, reason in bad.items():
+        logger.warning("skipped %s: %s", path, reason)
+    kept = np.flatnonzero(readable)
+    return {
+        "backend": backend,
+        "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
+        "members": [member.name for member in members],
+        "weights": {member.name: member.weight for member in members},
+        "temperatures": {member.name: member.temperature or 1.0 for member in members},
+        "not_in_ensemble": members_not_listed(Path(model_path), members),
+        "scores": scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
+        "warnings": warnings,
+    }
+
+
+def _torch_probabilities(
+    members: list[MemberInfo], files: list[Path], runtime: Runtime, batch_size: int, bad: dict[str, str]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each member's calibrated probabilities of every file (zeros where unreadable), and which files were read."""
+    label_names = members[0].label_names
+    models = [load_member_model(member).to(runtime.device).eval() for member in members]
     keys = [member.feature_params.model_dump_json() for member in members]  # members sharing features share a key
     extractors = {key: make_feature_extractor(member.feature_params) for key, member in zip(keys, members, strict=True)}
     probabilities = [np.zeros((len(files), len(label_names))) for _ in members]
     readable = np.ones(len(files), dtype=bool)
-    bad: dict[str, str] = {}
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
         # Each clip is featurised once per distinct feature parameters, however many members share them.
@@ -105,31 +146,40 @@ def predict_files(
             if len(rows):
                 # calibrated: the member's temperature (1 for members published before calibration)
                 member_probabilities[rows] = softmax(batch_logits(model, values, runtime), member.temperature or 1.0)
-    if bad and not skip_bad_files:
+    return probabilities, readable
+
+
+def exported_graph(model_path: Path, members: list[MemberInfo]) -> Path:
+    """model_path's probabilities.onnx, made by astft export from these very members, weights and temperatures."""
+    require_exporter()
+    graph = model_path / ONNX_FILE
+    if not graph.is_file():
         raise EnsembleError(
-            format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files")
+            f"--backend onnxruntime: no {ONNX_FILE} in {model_path}; export it first: astft export --model {model_path}"
         )
-    for member, member_probabilities in zip(members, probabilities, strict=True):
-        warnings += _at_chance(member, member_probabilities[readable])
-    voted = soft_vote(probabilities, [member.weight for member in members])
-    output_csv.parent.mkdir(parents=True, exist_ok=True)
-    with output_csv.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*CSV_HEADER_START, *[f"{CSV_PROBABILITY_PREFIX}{name}" for name in label_names]])
-        for index, row in zip(np.flatnonzero(readable), voted[readable], strict=True):
-            writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
-    for path, reason in bad.items():
-        logger.warning("skipped %s: %s", path, reason)
-    kept = np.flatnonzero(readable)
-    return {
-        "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
-        "members": [member.name for member in members],
-        "weights": {member.name: member.weight for member in members},
-        "temperatures": {member.name: member.temperature or 1.0 for member in members},
-        "not_in_ensemble": members_not_listed(Path(model_path), members),
-        "scores": scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
-        "warnings": warnings,
-    }
+    if read_metadata(graph)["members"] != export_metadata(members, members[0].feature_params)["members"]:
+        raise EnsembleError(
+            f"{graph} was exported from other members, weights or temperatures than {model_path} holds now (it was "
+            f"published or evaluated again since): export it again, astft export --model {model_path}"
+        )
+    return graph
+
+
+def _onnx_vote(graph: Path, params: FeatureParams, files: list[Path], batch_size: int, bad: dict[str, str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The exported graph's calibrated vote of every file (zeros where unreadable), and which files were read."""
+    session, extractor = onnx_session(graph), make_feature_extractor(params)
+    voted, readable = None, np.ones(len(files), dtype=bool)
+    for start in range(0, len(files), batch_size):
+        batch = files[start : start + batch_size]
+        values, kept = featurize(batch, params, extractor, bad)
+        readable[start : start + len(batch)] &= np.isin(np.arange(len(batch)), kept)
+        if len(kept):
+            probabilities = session.run(None, {"input_values": values.astype(np.float32)})[0]
+            if voted is None:
+                voted = np.zeros((len(files), probabilities.shape[1]))
+            voted[start + np.asarray(kept)] = probabilities
+    return (voted if voted is not None else np.zeros((len(files), 0))), readable
 
 
 def members_not_listed(model_path: Path, members: list[MemberInfo]) -> list[str]:
@@ -341,16 +391,3 @@ def _at_chance(member: MemberInfo, probabilities: np.ndarray) -> list[str]:
 def _warn(message: str) -> str:
     logger.warning("%s", message)
     return message
-
-
-def _load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
-    try:
-        model = ASTMeanPoolClassifier.from_pretrained(member.path)
-    except (OSError, ValueError) as error:
-        raise EnsembleError(f"member {member.name} ({member.path}) cannot be loaded: {error}; {REPUBLISH}") from error
-    # A NaN weight makes every probability NaN and every label the first class: refuse, as publishing does.
-    try:
-        check_finite_tensors(model.named_parameters(), f"member {member.name} ({member.path})", REPUBLISH)
-    except NonFiniteError as error:
-        raise EnsembleError(str(error)) from error
-    return model
