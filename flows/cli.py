@@ -204,6 +204,9 @@ def hold_run_locks(locks: ExitStack, plans: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lib.core.timing import record, since_process_start
+
+    record("start-up (imports)", since_process_start())
     args = build_parser().parse_args(argv)
     if getattr(args, "progress", False):  # read when transformers and datasets are imported, which is below
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
@@ -280,12 +283,17 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
         # Pre-flight (why: docs/decisions.md, "The CLI plans before it starts a flow")
-        if pretrain_config is not None:
-            from lib.recipes.pretrain import plan_pretrain
+        from lib.core.timing import phase
 
-            hold_run_locks(locks, [plan_pretrain(pretrain_config)])
-        else:
-            hold_run_locks(locks, preflight(config))
+        with phase("imports (torch, transformers, datasets)"):
+            import lib.recipes.finetune  # noqa: F401 - what planning and every stage after it import
+        with phase("plan (CLI)"):
+            if pretrain_config is not None:
+                from lib.recipes.pretrain import plan_pretrain
+
+                hold_run_locks(locks, [plan_pretrain(pretrain_config)])
+            else:
+                hold_run_locks(locks, preflight(config))
     except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.flags import apply_overrides
 from lib.config import FinetuneConfig
+from lib.core.timing import phase
 from lib.data.features import FeatureCacheRef
 from lib.model.checkpoint import EncoderRef
 from lib.recipes.finetune import FinetunePlan, plan_run
@@ -52,7 +53,8 @@ def finetune(config: FinetuneConfig, overrides: list[str] | None = None) -> dict
     """
     config = apply_overrides(config, overrides)
     # validate: fail before any work on anything checkable up front
-    plan = plan_run(config)
+    with phase("plan"):
+        plan = plan_run(config)
     # data and model inputs: scan -> features, checkpoint -> encoder
     features, encoder = shared_inputs(plan)
     # train -> evaluate -> publish (the publish task shows the member's metrics and plots as an artifact)

@@ -72,11 +72,11 @@ def flow_server(ephemeral: bool = False) -> Iterator[str | None]:
     if configured_api_url():
         yield None
         return
+    from lib.core.timing import phase
+
     with contextlib.ExitStack() as stack:
-        if ephemeral:
-            url = stack.enter_context(temporary_server())
-        else:
-            url = local_server()
+        with phase("prefect server"):  # about 10 s where it starts; next to nothing where it is reused
+            url = stack.enter_context(temporary_server()) if ephemeral else local_server()
         stack.enter_context(temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}))
         yield url
 

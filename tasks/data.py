@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lib.core.errors import ScanError
 from lib.core.hashing import digest
+from lib.core.timing import phase
 from lib.data.features import FeatureCacheRef, build_feature_cache
 from lib.data.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
 from lib.recipes.finetune import FinetunePlan
@@ -54,9 +55,11 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
     """Scan train/validation (and test) class folders into a manifest (cached while the folders are unchanged)."""
     data = plan.config.data
     logger = get_run_logger()
-    manifest = scan_dataset(
-        data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint, data.test_dir
-    )
+    with phase("scan"):
+        manifest = scan_dataset(
+            data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint,
+            data.test_dir,
+        )
     logger.info(
         "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
@@ -71,9 +74,10 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
 def build_features(plan: Plan, manifest: Manifest) -> FeatureCacheRef:
     """Compute log-mel features for every clip once, as Arrow, keyed by manifest + feature params."""
     data, params = plan.config.data, plan.feature_params
-    ref, hit = build_feature_cache(
-        manifest, params, data.cache_dir, skip_bad_files=data.skip_bad_files, workers=data.feature_workers
-    )
+    with phase("features"):
+        ref, hit = build_feature_cache(
+            manifest, params, data.cache_dir, skip_bad_files=data.skip_bad_files, workers=data.feature_workers
+        )
     get_run_logger().info(
         "%s feature cache %s (%s clips, %d frames x %d mel bins, %s)",
         "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,

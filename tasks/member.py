@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run
 
 from lib.core.layout import CONFUSION_PLOT_FILE, EVALUATION_DIR, TRAINING_CURVES_FILE
+from lib.core.timing import format_phases, phase, record, recorded
 from lib.data.features import FeatureCacheRef, has_test_split, load_split
 from lib.data.scan import TEST_SPLIT
 from lib.evaluate.evaluation import EvalResult, evaluate_model
@@ -109,9 +111,10 @@ def member_markdown(plan: FinetunePlan, published: Path, outcome: TrainOutcome, 
 def prepare_encoder(plan: FinetunePlan) -> EncoderRef:
     """Strip the SSL checkpoint's projector/decoder and fit its grid to max_frames, once per checkpoint."""
     model = plan.config.model
-    ref, hit = export_encoder(
-        model.ssl_checkpoint, model.base_config, plan.config.data.cache_dir, plan.feature_params.max_frames
-    )
+    with phase("encoder"):
+        ref, hit = export_encoder(
+            model.ssl_checkpoint, model.base_config, plan.config.data.cache_dir, plan.feature_params.max_frames
+        )
     grid = ref.report.position_grid
     get_run_logger().info(
         "%s encoder %s (config: %s; dropped SSL heads %s; patch grid %s -> %s for %d frames: %s)",
@@ -124,26 +127,33 @@ def prepare_encoder(plan: FinetunePlan) -> EncoderRef:
 @task(name="train-member", cache_policy=NO_CACHE)
 def train_member(plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef) -> TrainOutcome:
     """Attach the head, freeze per variant and fine-tune with HF Trainer; resumes an interrupted run."""
-    return finetune.train_member(plan, features, encoder, on_epoch=EpochReporter(plan.config.name))
+    started = time.perf_counter()
+    outcome = finetune.train_member(plan, features, encoder, on_epoch=EpochReporter(plan.config.name))
+    # the classifier, its freezing and the trunk cache: what the Trainer's own phases leave of the task's time
+    record("model set-up", time.perf_counter() - started - sum(outcome.phases.values()))
+    for name, seconds in outcome.phases.items():
+        record(name, seconds)
+    return outcome
 
 
 @task(name="evaluate-member", cache_policy=NO_CACHE)
 def evaluate_member(plan: FinetunePlan, features: FeatureCacheRef, outcome: TrainOutcome) -> EvalResult:
     """Reload the best model, score it on validation (and test) and fit its temperature on validation."""
-    result = evaluate_model(
-        Path(outcome.best_model_dir),
-        load_split(features, "validation"),
-        features.label_names,
-        plan.config.training.batch_size,
-        plan.runtime,
-        Path(outcome.work_dir) / EVALUATION_DIR,
-        extra={
-            "best_epoch": outcome.best_epoch,
-            "metric_for_best_model": outcome.metric,
-            "skipped_files": len(features.skipped),
-        },
-        test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
-    )
+    with phase("evaluation"):
+        result = evaluate_model(
+            Path(outcome.best_model_dir),
+            load_split(features, "validation"),
+            features.label_names,
+            plan.config.training.batch_size,
+            plan.runtime,
+            Path(outcome.work_dir) / EVALUATION_DIR,
+            extra={
+                "best_epoch": outcome.best_epoch,
+                "metric_for_best_model": outcome.metric,
+                "skipped_files": len(features.skipped),
+            },
+            test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
+        )
     logger = get_run_logger()
     logger.info("validation %s; temperature %.3f (fitted on validation)", format_metrics(result.metrics),
                 result.temperature)
@@ -175,6 +185,7 @@ def publish_member(
     )
     logger = get_run_logger()
     logger.info("published %s", destination)
+    logger.info("where the time went: %s", format_phases(recorded()))
     try:  # the member is published: a failing view of it must not fail it
         create_markdown_artifact(
             markdown=member_markdown(plan, destination, outcome, evaluation),

@@ -21,6 +21,7 @@ from lib.core.layout import (
     TEST_PREDICTIONS_FILE,
 )
 from lib.core.runtime import Runtime
+from lib.core.timing import phase
 from lib.evaluate.calibration import calibrate_member
 from lib.evaluate.inference import predict_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
@@ -61,7 +62,8 @@ def evaluate_model(
         check_finite_logits(logits, f"model {model_dir}")
         scored[split] = (logits, np.asarray(data.with_format("numpy", columns=["label"])["label"][:]))
     reports = {split: split_report(logits, labels, label_names) for split, (logits, labels) in scored.items()}
-    calibration = calibrate_member(scored)
+    with phase("calibration"):
+        calibration = calibrate_member(scored)
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

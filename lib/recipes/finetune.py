@@ -38,6 +38,7 @@ from lib.core.layout import (
     train_log_name,
 )
 from lib.core.runtime import apply_tf32, check_portable, resolve_runtime, seed_everything
+from lib.core.timing import phase, recorded
 from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
 from lib.data.scan import check_distinct_splits, split_roots
 from lib.evaluate.evaluation import EvalResult
@@ -221,6 +222,7 @@ class TrainOutcome(BaseModel):
     speed: SpeedSettings
     parameters: dict[str, int]  # trainable, total, frozen
     trunk_cache: TrunkCacheInfo
+    phases: dict[str, float] = {}  # the Trainer run's, in seconds (TrainerRun.phases): member.json's "phases"
 
 
 class MemberSpec(BaseModel):
@@ -323,6 +325,7 @@ def train_member_in_process(
         speed=speed_settings(training, plan.runtime, attention_implementation(inputs.model), training.num_processes),
         parameters=counts,
         trunk_cache=inputs.trunk,
+        phases=run.phases,
     )
 
 
@@ -382,20 +385,22 @@ def publish_member(
         "": Path(outcome.best_model_dir),
         **{report: report_dir / report for report in REPORT_FILES if (report_dir / report).is_file()},
         Path(outcome.train_log).name: Path(outcome.train_log),
-        **member_plots(outcome, report_dir),
     }
+    with phase("plots"):
+        plots = member_plots(outcome, report_dir)
     manifest = member_manifest(plan, features, encoder, outcome, flow_run_id)
     card = member_card(plan.config.name, report_dir, manifest[RUN_CONFIG_FILE], manifest[MEMBER_FILE],
                        features.label_names, features.num_clips)
-    return publish_folder(PublishSpec(
-        root=plan.publish_root,
-        name=plan.config.name,
-        kind="member",
-        sources=sources,
-        json_files=manifest,
-        text_files={CARD_FILE: card},
-        finite=(Path(outcome.best_model_dir), report_dir),
-    ))
+    with phase("publish"):
+        return publish_folder(PublishSpec(
+            root=plan.publish_root,
+            name=plan.config.name,
+            kind="member",
+            sources=sources | plots,
+            json_files=manifest,
+            text_files={CARD_FILE: card},
+            finite=(Path(outcome.best_model_dir), report_dir),
+        ))
 
 
 def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
@@ -433,7 +438,9 @@ def member_manifest(
             "encoder": encoder.report.model_dump(),
             # what the checkpoint held, by content (its files' stats), since its folder may be re-published
             "encoder_cache_key": Path(encoder.path).name,
-            "training": outcome.model_dump(exclude={"parameters"}),
+            "training": outcome.model_dump(exclude={"parameters", "phases"}),
+            # seconds per phase up to the plots (lib.core.timing); publishing and exit are in the run's log
+            "phases": recorded(),
             "run_fingerprint": plan.fingerprint,
             "trained_by": trained_by(flow_run_id),
         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,17 @@ class TrainerRun(BaseModel):
     best_checkpoint: str | None  # with load_best_model_at_end: the checkpoint whose weights model_dir holds
     best_metric: float | None
     best_epoch: int | None
+    phases: dict[str, float] = {}  # seconds: set-up, first optimizer step, loop, saving (lib.core.timing)
+
+
+class FirstStepClock(TrainerCallback):
+    """When the first optimizer step ended (time.perf_counter)."""
+
+    first_step: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
 
 
 def run_trainer(setup: TrainerSetup) -> TrainerRun:
@@ -78,6 +90,7 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
     resume_from = prepare_work_dir(work_dir, setup.resume_key, setup.owner, setup.earlier_resume_keys)
     if resume_from:
         logger.info("resuming from %s", resume_from)
+    started = time.perf_counter()
     trainer = setup.trainer_class(
         **setup.trainer_options,
         model=setup.model,
@@ -90,13 +103,25 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
         callbacks=setup.callbacks,
     )
     quiet_trainer_console(trainer)
+    clock = FirstStepClock()
+    trainer.add_callback(clock)
+    set_up = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(setup) from error
+    trained = time.perf_counter()
     trainer.save_model(str(setup.model_dir))  # with load_best_model_at_end: the best epoch's weights
     if setup.after_save is not None:
         setup.after_save(Path(setup.model_dir))
+    first_step = clock.first_step or set_up  # none taken: a run resumed at its end
+    phases = {
+        "trainer set-up": set_up - started,
+        # data loader start, compilation and the first forward and backward pass: the warm-up a user waits through
+        "first optimizer step": first_step - set_up,
+        "training loop": trained - first_step,
+        "saving the best model": time.perf_counter() - trained,
+    }
     state = trainer.state
     (work_dir / LOG_HISTORY_FILE).write_text(json.dumps(state.log_history, indent=2))
     return TrainerRun(
@@ -108,6 +133,7 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
         best_checkpoint=state.best_model_checkpoint,
         best_metric=state.best_metric,
         best_epoch=best_epoch(state.best_model_checkpoint, state.log_history),
+        phases={name: round(seconds, 3) for name, seconds in phases.items()},
     )
 
 

@@ -136,6 +136,14 @@ def test_the_model_card_metadata_is_yaml_whose_scores_equal_metrics_json(finetun
     assert f"Temperature {metrics['temperature']:.4f}" in text
 
 
+def test_member_json_says_where_the_time_went(finetuned):
+    phases = read_json(finetuned.member / "member.json")["phases"]
+    expected = ["features", "encoder", "model set-up", "trainer set-up", "first optimizer step", "training loop",
+                "saving the best model", "calibration", "evaluation", "plots"]
+    assert [name for name in phases if name in expected] == expected  # in the order they ran
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["training loop"] > 0
+
+
 def test_the_published_plots_are_valid_pngs(finetuned):
     for plot in ("training_curves.png", "confusion_matrix.png"):
         with Image.open(finetuned.member / plot) as image:
