@@ -1,0 +1,137 @@
+"""Benchmark: `astft finetune` against the plain Hugging Face recipe, whole process, side by side.
+
+    python benchmarks/bench_peer.py                          # ~200 clips x 10 epochs, 3 alternating pairs
+    python benchmarks/bench_peer.py --per-class 2500 --epochs 3 --pairs 2     # the 10,000-clip size
+
+Both sides get the same generated clips (lib/example.py: 4 classes, 1 s, 16 kHz), the same tiny random AST
+checkpoint as the starting point (written once), 128 frames, the same epochs, batch size, learning rate and
+cosine schedule with warm-up. The peer is benchmarks/peer_recipe.py (stock ASTForAudioClassification,
+features per batch through `datasets`' set_transform, load_best_model_at_end). Each side runs as a fresh
+process, alternating astft / peer in pairs, each with fresh output and cache folders (so astft builds its
+feature cache every time: the first run a user makes). astft runs on its local Prefect server, started before
+the first pair (`--ephemeral` to pay a server start per run instead).
+
+Prints, as each run ends: its wall time and accuracy, and its phase breakdown (astft: member.json's phases;
+peer: its own); at the end the medians and the astft/peer ratio. And the load average: a loaded machine's
+figures mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lib.example import make_example_dataset, tiny_ast_config  # noqa: E402
+
+
+def write_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A random tiny AST encoder as an SSL checkpoint folder (model.safetensors + config.json)."""
+    import torch
+    from transformers import ASTModel
+
+    torch.manual_seed(seed)
+    ASTModel(tiny_ast_config()).save_pretrained(str(folder))
+    return folder
+
+
+def run_astft(data: Path, checkpoint: Path, work: Path, args) -> dict:
+    command = [
+        sys.executable, "-m", "flows", "finetune", "--train-dir", str(data / "train"), "--validation-dir",
+        str(data / "validation"), "--ssl-checkpoint", str(checkpoint), "--name", "bench", "--output-dir",
+        str(work / "out"), "--cache-dir", str(work / "cache"), "--epochs", str(args.epochs), "--batch-size",
+        str(args.batch_size), "--learning-rate", str(args.learning_rate), "--warmup-steps", str(args.warmup_steps),
+        "--device", "cpu", "--set", "training.gradient_accumulation_steps=1",
+        *(["--ephemeral"] if args.ephemeral else []),
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env())
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"astft failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    member = json.loads((work / "out" / "best" / "bench" / "member.json").read_text())
+    metrics = json.loads((work / "out" / "best" / "bench" / "metrics.json").read_text())
+    return {"wall": wall, "accuracy": metrics["accuracy"], "phases": member["phases"]}
+
+
+def run_peer(data: Path, checkpoint: Path, work: Path, args) -> dict:
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "peer_recipe.py"), str(data / "train"), str(data / "validation"),
+        str(checkpoint), str(work / "peer"), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--learning-rate", str(args.learning_rate), "--warmup-steps", str(args.warmup_steps),
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env())
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"the peer recipe failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall": wall, "accuracy": result["accuracy"], "phases": result["phases"]}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def show(side: str, pair: int, result: dict) -> None:
+    phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in result["phases"].items())
+    print(f"pair {pair} {side:>5}: {result['wall']:6.1f} s wall, accuracy {result['accuracy']:.4f}; "
+          f"phases (s): {phases}; load {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=40, help="train clips per class (4 classes; default 40)")
+    parser.add_argument("--validation-per-class", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--ephemeral", action="store_true", help="astft starts a server of its own each run")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="astft-bench-peer-"))
+    os.environ.setdefault("ASTFT_HOME", str(root / "astft-home"))
+    try:
+        data = root / "data"
+        make_example_dataset(data, args.per_class, args.validation_per_class)
+        checkpoint = write_checkpoint(root / "checkpoint")
+        clips = 4 * (args.per_class + args.validation_per_class)
+        print(f"{clips} clips ({4 * args.per_class} train), {args.epochs} epochs, batch {args.batch_size}, "
+              f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        if not args.ephemeral:
+            from flows.server import local_server
+
+            print(f"astft's local Prefect server: {local_server()} (started before the pairs)", flush=True)
+        walls: dict[str, list[float]] = {"astft": [], "peer": []}
+        for pair in range(1, args.pairs + 1):
+            for side, run in (("astft", run_astft), ("peer", run_peer)):
+                work = root / f"{side}-{pair}"
+                result = run(data, checkpoint, work, args)
+                walls[side].append(result["wall"])
+                show(side, pair, result)
+                shutil.rmtree(work, ignore_errors=True)
+        astft, peer = statistics.median(walls["astft"]), statistics.median(walls["peer"])
+        print(f"median wall: astft {astft:.1f} s, peer {peer:.1f} s; astft/peer = {astft / peer:.2f}", flush=True)
+    finally:
+        if not args.ephemeral and os.environ["ASTFT_HOME"].startswith(str(root)):
+            from flows.server import stop_local_server
+
+            stop_local_server()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
