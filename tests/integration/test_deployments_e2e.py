@@ -129,7 +129,7 @@ def test_scale_out_ensemble_runs_members_on_two_workers(prefect_stack, tmp_path,
 
     best = tmp_path / "shared" / "ensemble" / "best"
     assert sorted(p.name for p in best.iterdir() if not p.name.startswith(".")) == [
-        "ensemble.json", "full", "head", "last1", "leaderboard.png", "reliability.png"
+        "README.md", "ensemble.json", "full", "head", "last1", "leaderboard.png", "reliability.png"
     ]
     # the rest is each member's live version folder, which best/<name> links to: no staging or old version
     assert sorted(p.name for p in best.iterdir() if p.name.startswith(".")) == sorted(
