@@ -129,7 +129,7 @@ def main() -> None:
         if not args.ephemeral and os.environ["ASTFT_HOME"].startswith(str(root)):
             from flows.server import stop_local_server
 
-            stop_local_server()
+            stop_local_server(force=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -6,8 +6,8 @@ import os
 # Offline machines: never try to send usage analytics. Users can still override these.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-# No progress bars (model loading and saving, Trainer's, datasets'): one log line per epoch says the progress.
-# Set before transformers and datasets are imported, which read it then; `astft ... --progress` sets it to 0.
+# No progress bars from model loading and saving or datasets: one log line per epoch says the progress (the
+# Trainer's bar over the steps is --progress: ASTFT_PROGRESS_BARS). Read when transformers is imported.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # Show lib/'s log lines (encoder load report, cache rebuilds, skipped files) in Prefect run logs.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lib")

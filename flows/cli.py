@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import get_args
 
 import flows  # noqa: F401 - sets Prefect defaults before prefect is imported
 from flows.flags import (
+    PROGRESS_BARS_VARIABLE,
     VALUES_HELP,
     HelpFormatter,
     Parser,
@@ -125,6 +129,7 @@ examples:
         "nothing is started where PREFECT_API_URL is set.",
     )
     server.add_argument("action", choices=["status", "stop"])
+    server.add_argument("--force", action="store_true", help="stop it even while flow runs are running on it")
     return parser
 
 
@@ -161,13 +166,30 @@ def print_predict_summary(summary: dict) -> None:
         print(f"  {label:>{width}}  " + "  ".join(f"{count:>{width}}" for count in row))
 
 
+def program() -> str:
+    """The astft command as this process was started (.venv/bin/astft where astft is not on PATH), for the
+    commands the CLI suggests: pasted back, they must run."""
+    started_as = Path(sys.argv[0])
+    if started_as.name != "astft":
+        return "astft"  # python -m flows, or a test
+    try:
+        return str(started_as.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(started_as) if shutil.which("astft") is None else "astft"
+
+
 def print_export_summary(summary: dict, model: Path) -> None:
+    from lib.core.layout import ONNX_FILE
+
     members = ", ".join(f"{m['name']} (weight {m['weight']:g}, temperature {m['temperature']:.3f})"
                         for m in summary["members"])
     print(f"exported {members} to {summary['onnx']}")
     print(f"parity on {summary['parity_clips']} validation clips: max |p_onnx - p_torch| = "
           f"{summary['max_abs_difference']:.2e}")
-    print(f"predict with it: astft predict --model {model} --input CLIPS --backend onnxruntime")
+    if Path(summary["onnx"]) == model / ONNX_FILE:
+        print(f"predict with it: {program()} predict --model {model} --input CLIPS --backend onnxruntime")
+    else:  # predict reads the graph from the model folder only
+        print(f"(predict --backend onnxruntime reads {model / ONNX_FILE}: export without --output to predict with it)")
 
 
 def print_pretrain_summary(summary: dict) -> None:
@@ -200,6 +222,9 @@ def hold_run_locks(locks: ExitStack, plans: list) -> None:
     """Take the work dir and publish slot of every run planned here, held until the CLI exits: a second run
     started at the same moment is refused in one line (or queued, --wait), not in its flow with a traceback."""
     for plan in plans:
+        if plan.config.wait_for_work_dir and (busy := plan.waiting_for()):
+            # said here: the log's handlers are not set up yet, and a silent wait looks like a hang
+            print(f"astft: waiting (--wait): {busy}", file=sys.stderr, flush=True)
         locks.enter_context(plan.run_lock())
 
 
@@ -208,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
     record("start-up (imports)", since_process_start())
     args = build_parser().parse_args(argv)
-    if getattr(args, "progress", False):  # read when transformers and datasets are imported, which is below
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
+    if getattr(args, "progress", False):  # read where the Trainer's arguments are made (lib.train.arguments)
+        os.environ[PROGRESS_BARS_VARIABLE] = "1"
 
     from lib.core.errors import (
         BadAudioError,
@@ -229,12 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         TrainingOutOfMemory, DiskSpaceError,
     )
 
+    signal.signal(signal.SIGINT, _note_interrupt)
     with ExitStack() as locks:
         try:
             return run_command(args, locks, expected)
         except KeyboardInterrupt:  # while planning (the flows' own Ctrl-C is said in run_command)
             print("astft: interrupted before any run started", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # astft server status | head -1: the reader left, nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+
+INTERRUPTED = []  # a Ctrl-C was pressed: whatever it breaks on its way out (Prefect's crash handling) is said as one
+
+
+def _note_interrupt(number, frame) -> None:
+    INTERRUPTED.append(time.monotonic())
+    signal.default_int_handler(number, frame)
 
 
 def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type[Exception], ...]) -> int:
@@ -245,7 +282,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
     if args.command == "server":
         from flows.server import server_status, stop_local_server
 
-        print(server_status() if args.action == "status" else stop_local_server())
+        try:
+            print(server_status() if args.action == "status" else stop_local_server(args.force))
+        except expected as error:
+            print(f"astft: {error}", file=sys.stderr)
+            return 2
         return 0
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)
@@ -297,6 +338,10 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
     except expected as error:
         print(f"astft: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full or read-only disk before any flow (the locks' files); the rest raised
+        if disk_error(error) is None:
+            raise
+        return disk_error_exit(error, written_folders(pretrain_config, config))
 
     from flows.ensemble import EnsembleMembersFailed
     from flows.server import ServerStartTimeout, flow_server
@@ -332,7 +377,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         print(f"astft: interrupted; nothing half-written was published, and the same command resumes from the last "
               f"checkpoint{details}", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - only a full or read-only disk is caught here, the rest raised
+    except Exception as error:  # noqa: BLE001 - only a full or read-only disk, or Ctrl-C's aftermath, is caught
+        if INTERRUPTED:  # e.g. Prefect's crash handling failing while a task started ("Task run is not set")
+            print(f"astft: interrupted; nothing half-written was published, and the same command resumes from the "
+                  f"last checkpoint{details}", file=sys.stderr)
+            return 130
         if disk_error(error) is None:
             raise
         return disk_error_exit(error, written_folders(first, config), details)
@@ -343,31 +392,34 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
 def print_next_steps(config: FinetuneConfig | EnsembleConfig | None, server_url: str | None,
                      clips: Path | None = None) -> None:
     """What to do with what was just published: predict with it, load it, see its run (clips: a folder to predict)."""
+    from lib.core.layout import BEST_FOLDER
+
     lines = []
     if config is not None:
-        from lib.core.layout import BEST_FOLDER
-
         model = config.output_dir / BEST_FOLDER / ("" if isinstance(config, EnsembleConfig) else config.name)
         model_text = str(model).rstrip("/") + ("/" if isinstance(config, EnsembleConfig) else "")
-        lines.append(f"  predict:    astft predict --model {model_text} --input {clips or 'CLIPS'} "
-                     "--output predictions.csv")
+        clips = clips or config.data.test_dir or "CLIPS"
+        lines.append(f"  predict:    {program()} predict --model {model_text} --input {clips} --output predictions.csv")
         if not isinstance(config, EnsembleConfig):
-            lines.append(f"  in Python:  AutoModelForAudioClassification.from_pretrained({str(model)!r}, "
+            lines.append("  in Python:  from transformers import AutoModelForAudioClassification; "
+                         f"model = AutoModelForAudioClassification.from_pretrained({str(model)!r}, "
                          "trust_remote_code=True)")
     if server_url:
-        lines.append(f"  the runs:   {server_url}/runs (Prefect UI, on the local server: astft server status)")
+        lines.append(f"  the runs:   {server_url}/runs (Prefect UI, on the local server: {program()} server status)")
     if lines:
         print("\nnext steps:\n" + "\n".join(lines))
 
 
 def written_folders(*configs) -> dict[str, Path]:
     """Where the runs write (label -> folder): named with their free space when a disk fills up."""
+    from flows.server import astft_home
+
     folders = {}
     for config in configs:
         if config is not None:
             folders |= {"--output-dir": config.output_dir, "--cache-dir": config.data.cache_dir,
                         "--work-dir": config.run_work_dir}
-    return folders
+    return folders | {"ASTFT_HOME (the local Prefect server's database)": astft_home()}
 
 
 def disk_error_exit(error: Exception, folders: dict[str, Path], details: str = "") -> int:

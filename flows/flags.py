@@ -362,6 +362,9 @@ a --no- form (--no-skip-bad-files). Precedence: defaults < --config preset < fla
 """
 
 
+PROGRESS_BARS_VARIABLE = "ASTFT_PROGRESS_BARS"  # "1": --progress (lib.train.arguments reads it)
+
+
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of how a command runs, outside the run config: --debug, --progress and --ephemeral."""
     parser.add_argument(

@@ -93,7 +93,11 @@ def local_server() -> str:
         if state is not None:
             return state["url"]
         process, url = start_server(folder, persistent=True)
-        _write_state(folder, process.pid, url)
+        try:
+            _write_state(folder, process.pid, url)
+        except BaseException:  # a server that server.json does not record could never be found or stopped
+            stop_process(process.pid)
+            raise
         return url
 
 
@@ -119,11 +123,17 @@ def running_state(folder: Path) -> dict | None:
     try:
         state = json.loads((folder / STATE_FILE).read_text())
         pid, url = int(state["pid"]), str(state["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not _is_our_server(pid, state.get("started")):
-        (folder / STATE_FILE).unlink(missing_ok=True)
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        state = None
+    if state is None or not _is_our_server(pid, state.get("started")):
+        found = _find_server_process(folder)  # server.json lost or garbled while its server runs
+        if found is None:
+            with contextlib.suppress(OSError):
+                (folder / STATE_FILE).unlink(missing_ok=True)
+            return None
+        pid, url = found
+        _write_state(folder, pid, url)
+        state = json.loads((folder / STATE_FILE).read_text())
     if state.get("prefect") != _prefect_version() or not healthy(url, timeout=5):
         stop_process(pid)  # another Prefect version's, or hung: a fresh one is started in its place
         (folder / STATE_FILE).unlink(missing_ok=True)
@@ -153,10 +163,18 @@ def start_server(folder: Path, persistent: bool) -> tuple[subprocess.Popen, str]
             start_new_session=True,  # not in the terminal's process group: Ctrl-C is the run's, not the server's
             preexec_fn=None if persistent else _die_with_parent,
         )
+    try:
+        _wait_until_healthy(process, url, folder)
+    except BaseException:  # timed out, or Ctrl-C while it started: no server is left that nothing records
+        stop_process(process.pid)
+        raise
+    return process, url
+
+
+def _wait_until_healthy(process: subprocess.Popen, url: str, folder: Path) -> None:
     deadline = time.monotonic() + startup_timeout()
     while not healthy(url, timeout=1):
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process.pid)
             why = f"exited with code {process.returncode}" if process.returncode is not None else (
                 f"did not start within {startup_timeout():g} s (a busy machine?)")
             raise ServerStartTimeout(
@@ -165,7 +183,6 @@ def start_server(folder: Path, persistent: bool) -> tuple[subprocess.Popen, str]
                 "and export PREFECT_API_URL=http://127.0.0.1:4200/api"
             )
         time.sleep(0.2)
-    return process, url
 
 
 def healthy(url: str, timeout: float) -> bool:
@@ -190,15 +207,36 @@ def stop_process(pid: int, grace_seconds: float = 5) -> None:
         pass
 
 
-def stop_local_server() -> str:
-    """astft server stop: what was stopped, as a line to print."""
+def stop_local_server(force: bool = False) -> str:
+    """astft server stop: what was stopped, as a line to print. Refused (ConfigError) while flow runs are
+    running on it, unless force: a run whose server goes away stalls instead of ending."""
     folder = server_folder()
     state = running_state(folder)
     if state is None:
         return f"no local Prefect server is running (state: {folder})"
+    running = [] if force else running_flow_runs(state["url"])
+    if running:
+        from lib.core.errors import ConfigError
+
+        raise ConfigError(
+            f"{len(running)} flow run(s) are running on the local server ({', '.join(running[:5])}): stopping it "
+            "now would stall them. Let them end, or pass --force (runs killed outright also stay 'running')"
+        )
     stop_process(int(state["pid"]))
     (folder / STATE_FILE).unlink(missing_ok=True)
     return f"stopped the local Prefect server at {state['url']} (pid {state['pid']}); its runs stay in {folder}"
+
+
+def running_flow_runs(url: str) -> list[str]:
+    """The names of the flow runs the server has as RUNNING."""
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}).encode()
+    request = urllib.request.Request(f"{url}/api/flow_runs/filter", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return [run["name"] for run in json.load(response)]
+    except (OSError, ValueError):
+        return []
 
 
 def server_status() -> str:
@@ -214,6 +252,18 @@ def server_status() -> str:
         f"local Prefect server: {state['url']} (UI and API), pid {state['pid']}, started {started}, "
         f"Prefect {state['prefect']}\ndatabase and log: {folder}\nstop it with: astft server stop"
     )
+
+
+def _find_server_process(folder: Path) -> tuple[int, str] | None:
+    """(pid, url) of a server this folder's astft started (it runs in the folder), whatever server.json says."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command = process.info["cmdline"] or []
+        if "prefect.server.api.server:create_app" in command and process.info["cwd"] == str(folder.resolve()):
+            with contextlib.suppress(ValueError, IndexError):
+                return process.pid, f"http://127.0.0.1:{int(command[command.index('--port') + 1])}"
+    return None
 
 
 def _write_state(folder: Path, pid: int, url: str) -> None:

@@ -1,4 +1,4 @@
-"""What a CLI run shows in the terminal: log lines without tracebacks or routine states; all of it goes to a log file.
+"""What a CLI run shows in the terminal: log lines without tracebacks or Prefect's state lines; all goes to a log file.
 
 Prefect logs a failing task's or flow's exception with its traceback (30 lines or more each), and the CLI then
 prints the same error as one `astft:` line. For errors astft expects (their message names the fix) the
@@ -33,15 +33,22 @@ class WithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-class RoutineStates(logging.Filter):
-    """Drops Prefect's routine lines from the terminal: a flow run beginning, a task or flow run that completed
-    (or was served from its cache). Failures, crashes and everything of astft's stay; the log file and the UI
-    keep them all."""
+class PrefectStates(logging.Filter):
+    """Drops Prefect's state lines from the terminal: a flow run beginning, a task or flow run that completed (or
+    was served from its cache), and, unless --debug, the four lines that each repeat a failure's whole message
+    (task failed, its state, flow exception, its state), which the CLI's one `astft:` line then says once. Lines of
+    astft's own (a failed member of an ensemble, warnings) stay; the log file and the UI keep everything."""
 
     ROUTINE = ("Beginning flow run", "Finished in state Completed(", "Finished in state Cached(")
+    FAILURE = ("Task run failed with exception", "Finished in state Failed(", "Encountered exception during execution",
+               "Finished in state Crashed(", "Crash detected!")
+
+    def __init__(self, debug: bool):
+        super().__init__()
+        self.dropped = self.ROUTINE if debug else self.ROUTINE + self.FAILURE
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("prefect.") and str(record.msg).startswith(self.ROUTINE))
+        return not (record.name.startswith("prefect.") and str(record.msg).startswith(self.dropped))
 
 
 def console_loggers() -> list[logging.Logger]:
@@ -66,7 +73,7 @@ def log_to_file(output_dir: Path, debug: bool) -> Path | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"astft-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        file_handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")  # created now: an error names it at once
     except OSError:  # a read-only or full output folder: the plan refuses the first; keep the terminal as it is
         return None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -75,10 +82,10 @@ def log_to_file(output_dir: Path, debug: bool) -> Path | None:
     for logger in console_loggers():
         for handler in logger.handlers:
             if not isinstance(handler, PrefectConsoleHandler) or any(
-                isinstance(existing, RoutineStates) for existing in handler.filters
+                isinstance(existing, PrefectStates) for existing in handler.filters
             ):
                 continue
-            handler.addFilter(RoutineStates())
+            handler.addFilter(PrefectStates(debug))
             if not debug:
                 handler.setFormatter(WithoutTraceback(handler.formatter))
     return path

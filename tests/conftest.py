@@ -67,7 +67,7 @@ def stop_local_prefect_server():
     from flows.server import running_state, server_folder, stop_local_server
 
     if running_state(server_folder()) is not None:
-        stop_local_server()
+        stop_local_server(force=True)
 
 
 @pytest.fixture(scope="session")

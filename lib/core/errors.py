@@ -115,12 +115,14 @@ def disk_error(error: BaseException) -> OSError | None:
 def disk_error_message(error: OSError, folders: dict[str, Path]) -> str:
     """One line for a full or read-only disk: what failed, the free space of each folder the run writes to
     (label -> path), and the fix."""
-    where = f" writing {display_path(error.filename)}" if error.filename else ""
+    # shutil's copies name the source first and what they were writing second
+    written = error.filename2 or error.filename
+    where = f" writing {display_path(written)}" if written else ""
     free = []
     for label, folder in folders.items():
         existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
         if existing is not None:
-            free.append(f"{label} {display_path(folder)}: {shutil.disk_usage(existing).free / 1e9:.1f} GB free")
+            free.append(f"{label} {display_path(folder)}: {human_bytes(shutil.disk_usage(existing).free)} free")
     fix = (
         "make the folder writable or pass --output-dir / --cache-dir on a writable disk"
         if error.errno == errno.EROFS
@@ -131,3 +133,11 @@ def disk_error_message(error: OSError, folders: dict[str, Path]) -> str:
         f"{DISK_ERRNOS[error.errno]}{where} ({'; '.join(free) or 'no folder known'}): {fix}; what was published "
         "before is untouched, and a rerun reuses every finished cache and checkpoint"
     )
+
+
+def human_bytes(count: float) -> str:
+    """1.2 GB, 340 MB, 172 KB: a size as a person reads it (never a full disk's "0.0 GB" for 160 KB)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} bytes"

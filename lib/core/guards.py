@@ -8,6 +8,8 @@ published over a good member. Every stage that produces numbers checks them here
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-from lib.core.errors import NonFiniteError
+from lib.core.errors import ConfigError, NonFiniteError
 
 SHOWN = 5  # names listed in a message; the count says how many more
 
@@ -113,3 +115,26 @@ class NonFiniteLossCallback(TrainerCallback):
         loss = (metrics or {}).get("eval_loss")
         if loss is not None and not math.isfinite(loss):
             self._stop(state, "validation loss", loss)
+
+
+def check_output_file(path: Path, flag: str, example: str, error: type[Exception] = ConfigError) -> None:
+    """An output file can be written before any work is done for it: not a folder, below folders (missing ones are
+    created), writable (a real probe: permissions, read-only mounts, /proc all answer). flag names the option in
+    the refusal; example is a file name to suggest."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{flag} {path} is a folder; pass a file name such as {path / example}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise error(f"{flag} {path}: cannot overwrite it: permission denied; pass another file")
+        return
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise error(f"{flag} {path}: {existing} is a file, not a folder; pass a path whose parents are folders")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as failure:
+        raise error(
+            f"{flag} {path}: cannot write in {existing} ({failure.strerror or failure}); choose a folder you can "
+            "write to"
+        ) from failure

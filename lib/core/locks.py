@@ -134,18 +134,25 @@ def check_unlocked(folder: Path) -> None:
 
 def check_free(lock_file: Path, refusal: Callable[[], ConfigError]) -> None:
     """Raise refusal() if another process holds lock_file now; this process's own locks are free to it."""
+    if is_held(lock_file):
+        raise refusal()
+
+
+def is_held(lock_file: Path) -> bool:
+    """Whether another process holds lock_file now (reads only; this process's own locks are not held to it)."""
     if os.path.realpath(lock_file) in _held:
-        return
+        return False
     try:
         handle = os.open(lock_file, os.O_RDONLY)
     except FileNotFoundError:
-        return
+        return False
     try:
         fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise refusal() from None
+        return True
     finally:
         os.close(handle)
+    return False
 
 
 def in_use(folder: Path) -> ConfigError:

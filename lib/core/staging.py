@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from lib.core.errors import DiskSpaceError
+from lib.core.errors import DiskSpaceError, human_bytes
 from lib.core.hashing import digest
 from lib.core.layout import META_FILE, lock_file_for
 from lib.core.locks import file_lock
@@ -132,7 +132,7 @@ def check_free_space(root: Path, needed_bytes: int, what: str, setting: str) -> 
     free = shutil.disk_usage(root).free
     if needed_bytes > free:
         raise DiskSpaceError(
-            f"the {what} needs about {needed_bytes / 1e9:.2f} GB in {root} but only {free / 1e9:.2f} GB are free "
+            f"the {what} needs about {human_bytes(needed_bytes)} in {root} but only {human_bytes(free)} are free "
             f"there: free some space, or pass {setting} on a larger disk"
         )
 

@@ -232,25 +232,65 @@ def cross_split_clips(
     """(path, reason) of every listed clip that is not held out: its real file lies in another split's folder,
     or is listed in an earlier split too (two links to one file elsewhere). Each names the other path."""
     real_roots = {split: Path(os.path.realpath(root)) for split, root in roots.items()}
-    first_listed: dict[Path, tuple[str, Path]] = {}
+    first_listed: dict[object, tuple[str, Path]] = {}
     leaks = []
     for split, classes in listing.items():
         for path in (path for paths in classes.values() for path in paths):
             real = Path(os.path.realpath(path))
             homes = [other for other, root in real_roots.items() if real.is_relative_to(root)]
             home = max(homes, key=lambda other: len(real_roots[other].parts), default=None)  # the innermost
+            identity = _file_identity(path, real)
             if home is not None and home != split:
                 other = f"{home} clip {display_path(real)}"
-            elif real in first_listed and first_listed[real][0] != split:
-                other = f"{first_listed[real][0]} clip {display_path(first_listed[real][1])}"
+            elif identity in first_listed and first_listed[identity][0] != split:
+                other = f"{first_listed[identity][0]} clip {display_path(first_listed[identity][1])}"
             else:
-                first_listed.setdefault(real, (split, path))
+                first_listed.setdefault(identity, (split, path))
                 continue
             leaks.append((display_path(path), (
-                f"the same file as {other} (through a link): a clip in two splits is not held out, so the "
+                f"the same file as {other} (a symbolic or hard link): a clip in two splits is not held out, so the "
                 "held-out metrics would flatter the model; remove the link"
             )))
     return leaks
+
+
+def drop_cross_split_clips(
+    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], skip_bad_files: bool
+) -> tuple[dict[str, dict[str, list[Path]]], list[BadFile]]:
+    """The listing without the clips of another split (cross_split_clips), and those as bad files; refused (one
+    ScanError naming them all) unless skip_bad_files, and always where a class folder holds nothing else."""
+    bad = [BadFile(path=path, reason=reason) for path, reason in cross_split_clips(listing, roots)]
+    if bad and not skip_bad_files:  # before the layout checks, which a class folder of links would fail first
+        stop_or_skip(bad, skip_bad_files)
+    leaked = {item.path for item in bad}
+    kept = {
+        split: {name: [p for p in paths if display_path(p) not in leaked] for name, paths in classes.items()}
+        for split, classes in listing.items()
+    }
+    for split, classes in kept.items():
+        emptied = sorted(name for name, paths in classes.items() if not paths and leaked_from(bad, roots[split] / name))
+        if emptied:
+            raise ScanError(
+                f"{split} class folder(s) {emptied}: every clip in them is a file of another split (links, skipped "
+                f"by --skip-bad-files: {', '.join(leaked_from(bad, roots[split] / emptied[0])[:2])}, ...); a class "
+                "made of another split's clips measures nothing: remove the links"
+            )
+    return kept, bad
+
+
+def leaked_from(bad: list[BadFile], folder: Path) -> list[str]:
+    """The skipped paths under folder."""
+    prefix = display_path(folder) + os.sep
+    return [item.path for item in bad if item.path.startswith(prefix)]
+
+
+def _file_identity(path: Path, real: Path) -> object:
+    """What makes two paths one file: its device and inode (hard links too), else its real path (dangling)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return real
+    return (stat.st_dev, stat.st_ino)
 
 
 def warn_duplicate_content(digests: dict[tuple[str, Path], str]) -> None:
@@ -328,14 +368,7 @@ def scan_dataset(
     listing_fingerprint = fingerprint_listing(listing, roots, fingerprint, digests)
     # A clip whose real file lies in another split (a linked file or class folder) is not held out: refused or
     # skipped like a bad file, before any header is read.
-    bad: list[BadFile] = [BadFile(path=path, reason=reason) for path, reason in cross_split_clips(listing, roots)]
-    if bad and not skip_bad_files:  # before the layout checks, which a class folder of links would fail first
-        stop_or_skip(bad, skip_bad_files)
-    leaked = {item.path for item in bad}
-    listing = {
-        split: {name: [p for p in paths if display_path(p) not in leaked] for name, paths in classes.items()}
-        for split, classes in listing.items()
-    }
+    listing, bad = drop_cross_split_clips(listing, roots, skip_bad_files)
     warn_duplicate_content(digests)
 
     label_names = sorted(listing["train"])

@@ -214,7 +214,7 @@ def evaluate_ensemble(
         # what predict votes with: the selected members, their weights and temperatures
         "members": [
             {"name": member.name, "path": member.path, "freezing": member.freezing, "weight": chosen[member.name],
-             "temperature": temperatures[member.name]}
+             "temperature": temperatures[member.name], "version": member_version(Path(member.path))}
             for member in members if chosen.get(member.name, 0) > 0
         ],
         "leaderboard": member_rows + ensemble_rows,
@@ -304,6 +304,23 @@ def load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:
     return model
 
 
+def member_version(path: Path) -> str:
+    """Which publish of a member a folder is: the version folder best/<name> links to (its own name otherwise)."""
+    return Path(os.path.realpath(path)).name
+
+
+def check_same_version(path: Path, listed: str | None, ensemble_file: Path) -> None:
+    """A member published again after ensemble.json was written has other weights and another temperature than
+    the vote was chosen with: refused, not mixed (ensemble.json from before astft 0.2 records no version)."""
+    if listed is None or not path.exists() or member_version(path) == listed:
+        return
+    raise EnsembleError(
+        f"{path} was published again after {ensemble_file} was written, so the ensemble's weights and temperatures "
+        "were chosen for its earlier weights: re-run the ensemble (astft ensemble with the same config evaluates "
+        f"the members again), or delete {ensemble_file.name} to vote every member folder at weight 1"
+    )
+
+
 def resolve_members(model_path: Path) -> list[MemberInfo]:
     """A member folder, or an ensemble folder (<output>/best/) of members with an optional ensemble.json."""
     model_path = Path(model_path)
@@ -312,6 +329,8 @@ def resolve_members(model_path: Path) -> list[MemberInfo]:
     ensemble_file = model_path / ENSEMBLE_FILE
     if ensemble_file.is_file():
         listed = _read_ensemble_listing(ensemble_file)
+        for item in listed:
+            check_same_version(model_path / Path(item["path"]).name, item.get("version"), ensemble_file)
         return [
             read_member(model_path / Path(item["path"]).name, item.get("weight", 1.0), item.get("temperature"))
             for item in listed

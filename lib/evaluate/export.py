@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 from lib.core.errors import ConfigError, EnsembleError
-from lib.core.layout import ONNX_FILE, RUN_CONFIG_FILE
+from lib.core.guards import check_output_file
+from lib.core.layout import ONNX_FILE, RUN_CONFIG_FILE, WEIGHTS_FILE
 from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.features import FeatureParams, featurize, make_feature_extractor
-from lib.evaluate.ensemble import MemberInfo, check_compatible, load_member_model, resolve_members
+from lib.evaluate.ensemble import (
+    MemberInfo,
+    check_compatible,
+    load_member_model,
+    member_version,
+    resolve_members,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,7 @@ def export_onnx(model_path: Path, output: Path | None = None, opset: int = 18) -
     check_compatible(members)
     params = shared_feature_params(members)
     output = Path(output) if output is not None else Path(model_path) / ONNX_FILE
+    check_output_file(output, "--output", ONNX_FILE)  # before the export's work, not after it
     vote = CalibratedVote(
         [load_member_model(member).eval() for member in members],
         [member.temperature or 1.0 for member in members], [member.weight for member in members],
@@ -76,6 +84,18 @@ def export_onnx(model_path: Path, output: Path | None = None, opset: int = 18) -
     example = torch.zeros(2, params.max_frames, params.num_mel_bins)
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_name(f".{output.name}.tmp")
+    try:
+        _export(vote, example, staged, opset)
+        _write_metadata(staged, export_metadata(members, params))
+        staged.replace(output)
+    finally:
+        staged.unlink(missing_ok=True)  # a failed export leaves nothing behind
+    clips, parity = check_parity(output, vote, members, params)
+    return {"onnx": str(output), "members": export_metadata(members, params)["members"], "parity_clips": clips,
+            "max_abs_difference": parity}
+
+
+def _export(vote: CalibratedVote, example: torch.Tensor, staged: Path, opset: int) -> None:
     with warnings.catch_warnings():  # torch's own deprecation notices from inside its exporter: nothing to act on
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(
@@ -83,11 +103,6 @@ def export_onnx(model_path: Path, output: Path | None = None, opset: int = 18) -
             dynamic_shapes={"input_values": {0: torch.export.Dim("batch")}}, opset_version=opset, dynamo=True,
             verbose=False, external_data=False,
         )
-    metadata = export_metadata(members, params)
-    _write_metadata(staged, metadata)
-    staged.replace(output)
-    clips, parity = check_parity(output, vote, members, params)
-    return {"onnx": str(output), "members": metadata["members"], "parity_clips": clips, "max_abs_difference": parity}
 
 
 def shared_feature_params(members: list[MemberInfo]) -> FeatureParams:
@@ -107,10 +122,18 @@ def export_metadata(members: list[MemberInfo], params: FeatureParams) -> dict:
         "label_names": members[0].label_names,
         "feature_params": params.model_dump(),
         "members": [
-            {"name": member.name, "weight": member.weight, "temperature": member.temperature or 1.0}
+            {"name": member.name, "weight": member.weight, "temperature": member.temperature or 1.0,
+             # which weights: the publish (version folder) and the weights file's size and time, so a graph of
+             # a member published again, or of weights copied over, is never taken for the member's
+             "version": member_version(Path(member.path)), "weights": _weights_stamp(Path(member.path))}
             for member in members
         ],
     }
+
+
+def _weights_stamp(folder: Path) -> str:
+    stat = (folder / WEIGHTS_FILE).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _write_metadata(path: Path, metadata: dict) -> None:

@@ -10,8 +10,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from lib.config import PredictConfig
 from lib.core.errors import EnsembleError
+from lib.core.guards import check_output_file
 from lib.core.layout import ENSEMBLE_FILE, MEMBER_FILE, ONNX_FILE, WEIGHTS_FILE
 from lib.core.runtime import Runtime, resolve_runtime
 from lib.data.audio import AUDIO_SUFFIXES
@@ -159,8 +158,9 @@ def exported_graph(model_path: Path, members: list[MemberInfo]) -> Path:
         )
     if read_metadata(graph)["members"] != export_metadata(members, members[0].feature_params)["members"]:
         raise EnsembleError(
-            f"{graph} was exported from other members, weights or temperatures than {model_path} holds now (it was "
-            f"published or evaluated again since): export it again, astft export --model {model_path}"
+            f"{graph} was exported from other members, weights or temperatures than {model_path} holds now (a "
+            "member was published, or the ensemble evaluated, again since): export it again, "
+            f"astft export --model {model_path}"
         )
     return graph
 
@@ -257,29 +257,7 @@ def _check_member_weights(members: list[MemberInfo]) -> None:
 
 def _check_output_csv(output_csv: Path) -> None:
     """The CSV can be written: not a folder, below folders (missing ones are created), writable."""
-    if output_csv.is_dir():
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv} is a folder; pass a file name such as {output_csv / 'predictions.csv'}"
-        )
-    if output_csv.exists():
-        if not os.access(output_csv, os.W_OK):
-            raise EnsembleError(
-                f"--output (output_csv) {output_csv}: cannot overwrite it: permission denied; pass another file"
-            )
-        return
-    existing = next(p for p in output_csv.parents if p.exists())
-    if not existing.is_dir():
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv}: {existing} is a file, not a folder; "
-            "pass a path whose parents are folders"
-        )
-    try:  # a real probe: permissions, read-only mounts, /proc and the like all answer here
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as error:
-        raise EnsembleError(
-            f"--output (output_csv) {output_csv}: cannot write in {existing} ({error.strerror or error}); "
-            "choose a folder you can write to"
-        ) from error
+    check_output_file(output_csv, "--output (output_csv)", "predictions.csv", EnsembleError)
 
 
 def _check_output_is_not_read(output_csv: Path, model_path: Path, input_path: Path, files: list[Path]) -> None:

@@ -15,8 +15,8 @@ from transformers import ASTConfig
 from lib.config.runs import FinetuneConfig, PretrainConfig
 from lib.config.sections import EncoderConfig, FeatureConfig
 from lib.core.errors import CheckpointError, ConfigError
-from lib.core.layout import WEIGHTS_FILE, lock_file_for
-from lib.core.locks import check_free, check_unlocked, file_lock, folder_lock, holder
+from lib.core.layout import LOCK_FILE, WEIGHTS_FILE, lock_file_for
+from lib.core.locks import check_free, check_unlocked, file_lock, folder_lock, holder, is_held
 from lib.core.runtime import Runtime
 from lib.data.features import FRAME_LENGTH_MS, FeatureParams, fbank_frames
 from lib.model.checkpoint import config_for_frames, resolve_encoder_config
@@ -76,6 +76,14 @@ class Plan(BaseModel):
             return
         check_unlocked(self.work_dir)
         check_free(lock_file_for(self.publish_slot), self._slot_in_use)
+
+    def waiting_for(self) -> str | None:
+        """Whom a queued run (--wait) waits for now: "<folder> is in use by <holder>", or None."""
+        for folder, lock_file in ((self.work_dir, self.work_dir / LOCK_FILE),
+                                  (self.publish_slot, lock_file_for(self.publish_slot))):
+            if is_held(lock_file):
+                return f"{folder} is in use by {holder(lock_file)}"
+        return None
 
     def _slot_in_use(self) -> ConfigError:
         return ConfigError(

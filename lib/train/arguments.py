@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from huggingface_hub.utils import are_progress_bars_disabled
 from pydantic import BaseModel
 from transformers import PretrainedConfig, TrainerCallback
 
@@ -130,7 +130,8 @@ def shared_arguments(settings: TrainingSettings, work_dir: Path, runtime: Runtim
         "dataloader_persistent_workers": speed.dataloader_num_workers > 0,  # kept between epochs and evaluations
         "report_to": "none",  # TensorBoard is added explicitly (run_callbacks), with its own log dir
         "logging_nan_inf_filter": False,  # a NaN loss must reach NonFiniteLossCallback, not be averaged away
-        "disable_tqdm": are_progress_bars_disabled(),  # HF_HUB_DISABLE_PROGRESS_BARS: off unless --progress
+        # the Trainer's one bar over the training steps: only with --progress (the CLI sets ASTFT_PROGRESS_BARS=1)
+        "disable_tqdm": os.environ.get("ASTFT_PROGRESS_BARS") != "1",
     }
 
 

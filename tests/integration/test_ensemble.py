@@ -380,13 +380,13 @@ def test_predict_checks_the_output_path_before_inference(tmp_path, no_inference,
         predict(member, tmp_path, tmp_path / "a-file" / "p.csv")
     with pytest.raises(EnsembleError, match=r"--output \(output_csv\) /proc/p.csv: cannot write in /proc"):
         predict(member, tmp_path, "/proc/p.csv")  # a real probe: os.access says root may write there
-    import lib.evaluate.predict
+    import lib.core.guards
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
     # tests run as root: fake a read-only dir
-    monkeypatch.setattr(lib.evaluate.predict.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(lib.core.guards.tempfile, "TemporaryFile", read_only)
     with pytest.raises(
         EnsembleError, match=r"--output \(output_csv\) .*p.csv: cannot write in .* \(Permission denied\)"
     ):

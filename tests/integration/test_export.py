@@ -93,3 +93,41 @@ def test_the_export_command_prints_the_parity(tmp_path, dataset_dirs, capsys):
     assert out[0] == f"exported m (weight 1, temperature 1.000) to {member / 'probabilities.onnx'}"
     assert out[1].startswith("parity on 18 validation clips: max |p_onnx - p_torch| = ")
     assert float(out[1].rsplit("= ", 1)[1]) < 1e-4
+
+
+def test_a_member_published_again_makes_its_ensemble_refused_not_mixed(tmp_path, dataset_dirs, test_split):
+    import os
+
+    best = tmp_path / "best"
+    os.rename(make_member(best, "m0", LABELS, dataset_dirs[1], seed=1), best / ".m0.v-a")
+    os.symlink(".m0.v-a", best / "m0")  # as publishing links best/<name> to its version folder
+    (best / "ensemble.json").write_text(json.dumps({"members": [
+        {"name": "m0", "path": str(best / "m0"), "weight": 1.0, "temperature": 1.0, "version": ".m0.v-a"}]}))
+    predict_files(best, test_split, tmp_path / "before.csv", resolve_runtime("cpu"))
+    os.rename(make_member(tmp_path / "new", "m0", LABELS, dataset_dirs[1], seed=2), best / ".m0.v-b")
+    (best / "m0").unlink()
+    os.symlink(".m0.v-b", best / "m0")  # published again, e.g. by astft finetune --name m0 alone
+    with pytest.raises(EnsembleError, match=r"m0 was published again after .*ensemble.json was written"):
+        predict_files(best, test_split, tmp_path / "after.csv", resolve_runtime("cpu"))
+
+
+def test_weights_copied_over_an_exported_member_make_its_graph_stale(tmp_path, dataset_dirs, test_split):
+    import shutil
+
+    member = make_member(tmp_path / "best", "m", LABELS, dataset_dirs[1], seed=1)
+    other = make_member(tmp_path / "other", "m", LABELS, dataset_dirs[1], seed=2)
+    export_onnx(member)
+    shutil.copy(other / "model.safetensors", member / "model.safetensors")
+    with pytest.raises(EnsembleError, match=r"exported from other members, weights or temperatures"):
+        predict_files(member, test_split, tmp_path / "p.csv", resolve_runtime("cpu"), backend="onnxruntime")
+
+
+def test_an_export_to_a_folder_is_refused_before_any_work(tmp_path, dataset_dirs, monkeypatch):
+    import lib.evaluate.export
+    from lib.core.errors import ConfigError
+
+    member = make_member(tmp_path / "best", "m", LABELS, dataset_dirs[1])
+    monkeypatch.setattr(lib.evaluate.export, "load_member_model", lambda member: pytest.fail("a model was loaded"))
+    with pytest.raises(ConfigError, match=r"--output .* is a folder; pass a file name such as .*probabilities.onnx"):
+        export_onnx(member, tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -182,3 +182,15 @@ def test_astft_prints_one_line_when_the_server_does_not_start_in_time(tmp_path):
         f"{tmp_path / 'home' / 'server' / 'server.log'}. Set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=300"
     )
     assert not (tmp_path / "home" / "server" / "server.json").exists()
+
+
+def test_server_stop_is_refused_while_flow_runs_are_running_on_it(monkeypatch):
+    import flows.server
+    from lib.core.errors import ConfigError
+
+    monkeypatch.setattr(flows.server, "running_state", lambda folder: {"pid": 1, "url": "http://127.0.0.1:1"})
+    monkeypatch.setattr(flows.server, "running_flow_runs", lambda url: ["brave-otter"])
+    monkeypatch.setattr(flows.server, "stop_process", lambda pid: pytest.fail("stopped a server with runs in flight"))
+    with pytest.raises(ConfigError, match=r"1 flow run\(s\) are running on the local server \(brave-otter\): stopping "
+                                          r"it now would stall them.*--force"):
+        flows.server.stop_local_server()

@@ -317,7 +317,7 @@ def test_a_cache_too_big_for_the_free_space_is_refused_before_it_is_built(datase
     manifest = scan_dataset(*dataset_dirs)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(lib.core.staging.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
-    with pytest.raises(DiskSpaceError, match=r"feature cache needs about 0\.\d+ GB in .*features but only 0\.00 GB "
+    with pytest.raises(DiskSpaceError, match=r"feature cache needs about \d+\.\d MB in .*features but only 10\.0 KB "
                                              r"are free there: free some space, or pass --cache-dir"):
         build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path)
     assert not [p for p in (tmp_path / "features").iterdir()]  # nothing started

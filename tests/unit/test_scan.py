@@ -401,3 +401,19 @@ def test_copies_across_splits_are_named_in_a_warning_when_content_is_hashed(tmp_
     scan_dataset(train, validation, fingerprint="content")
     assert "2 clip(s) have the same bytes as a clip in another split" in caplog.text
     assert "train/b/00.wav = " in caplog.text and "validation/a/00.wav" in caplog.text
+
+
+def test_a_hard_link_from_train_to_a_validation_clip_is_the_same_file(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2, "b": 2}, "validation": {"a": 2, "b": 2}})
+    os.link(validation / "a" / "01.wav", train / "a" / "hard.wav")
+    # neither name is the original: the later split's is the one named (validation, beside the train path)
+    with pytest.raises(ScanError, match=r"validation/a/01\.wav: the same file as train clip .*train/a/hard\.wav"):
+        scan_dataset(train, validation)
+
+
+def test_a_class_folder_of_links_skipped_whole_says_so_not_that_it_is_empty(tmp_path):
+    train, validation = layout(tmp_path, {"train": {"a": 2}, "validation": {"a": 2, "b": 2}})
+    (train / "b").symlink_to(validation / "b")
+    with pytest.raises(ScanError, match=r"train class folder\(s\) \['b'\]: every clip in them is a file of another "
+                                        r"split \(links, skipped by --skip-bad-files: .*train/b/00\.wav"):
+        scan_dataset(train, validation, skip_bad_files=True)
