@@ -150,10 +150,17 @@ def print_predict_summary(summary: dict) -> None:
     used = ", ".join(f"{name} (weight {summary['weights'][name]:g}, temperature {summary['temperatures'][name]:.3f})"
                      for name in summary["members"])
     print(f"members: {used}")
+    if len(summary["members"]) > 1 and not summary.get("ensemble_file", True):
+        print("(no ensemble.json beside them: every member folder votes at weight 1)")
     if summary["not_in_ensemble"]:
-        print(f"not in ensemble.json, so not used: {', '.join(summary['not_in_ensemble'])}")
+        print(f"member folders ensemble.json does not select, so not used: {', '.join(summary['not_in_ensemble'])}")
+    if count <= len(summary.get("first_rows", [])):  # a few clips: their answers here, not only in the CSV
+        for path, label, probability in summary["first_rows"]:
+            print(f"  {path}: {label} (p={probability:.3f})")
     scores = summary["scores"]
     if scores is None:
+        if summary.get("not_scored"):
+            print(f"not scored against class folders: {summary['not_scored']}")
         return
     print(f"scored against the class folders ({scores['num_samples']} clips): "
           f"accuracy {scores['accuracy']:.4f}  balanced_accuracy {scores['balanced_accuracy']:.4f}  "

@@ -78,14 +78,16 @@ def build_features(plan: Plan, manifest: Manifest) -> FeatureCacheRef:
         ref, hit = build_feature_cache(
             manifest, params, data.cache_dir, skip_bad_files=data.skip_bad_files, workers=data.feature_workers
         )
+    clips = " / ".join(f"{count} {split}" for split, count in ref.num_clips.items())
     get_run_logger().info(
         "%s feature cache %s (%s clips, %d frames x %d mel bins, %s)",
-        "reused" if hit else "built", ref.path, ref.num_clips, params.max_frames, params.num_mel_bins,
-        params.storage_dtype,
+        "reused" if hit else "built", ref.path, clips, params.max_frames, params.num_mel_bins, params.storage_dtype,
     )
     lengths = manifest.length_report(params.clip_seconds)
     if lengths:
         get_run_logger().info("%s", lengths)
     if ref.skipped:
-        get_run_logger().warning("%d clips skipped as bad files: %s", len(ref.skipped), ref.skipped)
+        shown = "; ".join(f"{path} ({reason})" for path, reason in list(ref.skipped.items())[:3])
+        more = f"; and {len(ref.skipped) - 3} more (member.json lists them all)" if len(ref.skipped) > 3 else ""
+        get_run_logger().warning("%d clips skipped as bad files: %s%s", len(ref.skipped), shown, more)
     return ref

@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from lib.core.layout import CARD_FILE, ENSEMBLE_FILE, RUN_CONFIG_FILE
 from lib.evaluate.ensemble import evaluate_ensemble, read_member
 from lib.evaluate.plots import png_data_uri
-from lib.publish.card import ensemble_card
+from lib.publish.card import dataset_name, ensemble_card
 from lib.recipes.finetune import FinetunePlan
 
 
@@ -56,16 +56,14 @@ SHORT = {"validation": "val", "test": "test"}
 
 
 def _table_row(row: dict, splits: list[str]) -> dict:
-    """One leaderboard row for the table artifact, narrow enough for the UI: who, weight, temperature, then each
-    score with its splits side by side (validation first: it chose everything). Brier, ECE and the scores
-    before calibration are in ensemble.json."""
-    cells = {"name": row["name"], "weight": row["weight"],
-             "temperature": None if row["temperature"] is None else round(row["temperature"], 3)}
-    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc")):
-        cells |= {f"{SHORT[split]} {label}": round(row[split][key], 4) for split in splits}
+    """One leaderboard row for the table artifact, narrow enough for the UI at 1,400 px: who, weight, then
+    accuracy and calibrated NLL with the splits side by side (validation first: it chose everything), and the gain
+    over the best member. Temperatures, balanced accuracy, Brier and ECE are in ensemble.json."""
+    cells = {"name": row["name"], "weight": row["weight"]}
+    cells |= {f"{SHORT[split]} accuracy": round(row[split]["accuracy"], 4) for split in splits}
     cells |= {f"{SHORT[split]} NLL": round(row[split]["calibration"]["after"]["nll"], 4) for split in splits}
     gain = row.get("gain_over_best_member", {}).get(splits[-1])
-    cells[f"{SHORT[splits[-1]]} gain over best"] = None if gain is None else round(gain["accuracy"], 4)
+    cells[f"{SHORT[splits[-1]]} gain"] = None if gain is None else round(gain["accuracy"], 4)
     return cells
 
 
@@ -90,7 +88,7 @@ def evaluate_ensemble_members(
             + ("; test is only reported" if "test" in splits else "")
         ),
     )
-    weights_text = ", ".join(f"`{name}` x {weight:g}" for name, weight in ensemble["weights"].items())
+    weights_text = ", ".join(f"{name} x {weight:g}" for name, weight in ensemble["weights"].items())
     gains = "; ".join(
         f"{split}: accuracy {gain['accuracy']:+.4f}, NLL {-gain['nll']:+.4f}"
         for split, gain in ensemble["gain_over_best_member"].items()
@@ -125,7 +123,8 @@ def evaluate_ensemble_members(
 def write_ensemble_card(best_root: Path, result: dict, members: list) -> None:
     """best/README.md beside ensemble.json, renamed into place as it is (a reader never sees half of it)."""
     run_config = json.loads((Path(members[0].path) / RUN_CONFIG_FILE).read_text())
-    card = ensemble_card(best_root.name, result, result["label_names"], Path(run_config["data"]["train_dir"]).name)
+    dataset = dataset_name(run_config["data"]["train_dir"])
+    card = ensemble_card(f"{dataset} ensemble", result, result["label_names"], dataset, best_root)
     staged = best_root / f".{CARD_FILE}.{os.getpid()}.tmp"
     staged.write_text(card, encoding="utf-8")
     os.replace(staged, best_root / CARD_FILE)

@@ -27,7 +27,7 @@ from lib.data.scan import TEST_SPLIT
 from lib.evaluate.evaluation import EvalResult, evaluate_model
 from lib.evaluate.metrics import format_metrics
 from lib.evaluate.plots import png_data_uri
-from lib.model.checkpoint import EncoderRef, export_encoder
+from lib.model.checkpoint import EncoderRef, export_encoder, heads_text
 from lib.recipes import finetune
 from lib.recipes.finetune import FinetunePlan, TrainOutcome
 from lib.train.epochs import EpochRecord
@@ -118,7 +118,7 @@ def prepare_encoder(plan: FinetunePlan) -> EncoderRef:
     grid = ref.report.position_grid
     get_run_logger().info(
         "%s encoder %s (config: %s; dropped SSL heads %s; patch grid %s -> %s for %d frames: %s)",
-        "reused" if hit else "stripped", ref.path, ref.report.config_source, ref.report.dropped,
+        "reused" if hit else "stripped", ref.path, ref.report.config_source, heads_text(ref.report.dropped),
         grid.checkpoint, grid.encoder, grid.max_frames, grid.adaptation,
     )
     return ref

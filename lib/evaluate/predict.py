@@ -117,7 +117,12 @@ def predict_files(
         "weights": {member.name: member.weight for member in members},
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
         "not_in_ensemble": members_not_listed(Path(model_path), members),
-        "scores": scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
+        **dict(zip(("scores", "not_scored"),
+                   scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
+                   strict=True)),
+        "ensemble_file": (Path(model_path) / ENSEMBLE_FILE).is_file(),
+        "first_rows": [(str(files[index]), label_names[int(voted[index].argmax())], float(voted[index].max()))
+                       for index in kept[:5]],
         "warnings": warnings,
     }
 
@@ -195,21 +200,24 @@ def members_not_listed(model_path: Path, members: list[MemberInfo]) -> list[str]
 
 
 def scores_by_folder(input_path: Path, files: list[Path], probabilities: np.ndarray, label_names: list[str]
-                     ) -> dict | None:
+                     ) -> tuple[dict | None, str | None]:
     """Accuracy and the confusion matrix when every clip lies in a class subfolder of input_path named after one of
-    the labels (input_path/<label>/...wav, a validation folder's layout); else None."""
+    the labels (input_path/<label>/...wav, a validation folder's layout); else None and why not (None: a file)."""
     if not input_path.is_dir() or not files:
-        return None
-    truth = [path.relative_to(input_path).parts[0] if len(path.relative_to(input_path).parts) > 1 else None
-             for path in files]
-    if any(label not in label_names for label in truth):
-        return None
-    labels = np.array([label_names.index(label) for label in truth])
+        return None, None
+    parts = [path.relative_to(input_path).parts for path in files]
+    loose = sum(len(part) == 1 for part in parts)
+    if loose == len(files):
+        return None, None  # a flat folder of clips: nothing claims to know their classes
+    if loose:
+        return None, f"{loose} clip(s) lie directly in {input_path}, outside any class folder"
+    unknown = sorted({part[0] for part in parts} - set(label_names))
+    if unknown:
+        return None, f"folders {unknown} are not labels of the model ({', '.join(label_names)})"
+    labels = np.array([label_names.index(part[0]) for part in parts])
     predictions = probabilities.argmax(axis=-1)
     return {**summary_metrics(labels, predictions), "num_samples": len(files),
-            **detailed_report(labels, predictions, label_names)}
-
-
+            **detailed_report(labels, predictions, label_names)}, None
 def list_inputs(input_path: Path) -> list[Path]:
     """The .wav file, or every .wav file under the folder (sorted, hidden files and folders skipped)."""
     input_path = Path(input_path)

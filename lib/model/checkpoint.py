@@ -360,9 +360,17 @@ def load_encoder(
     )
     logger.info(
         "loaded %d encoder tensors (prefix %r) from %s; dropped SSL heads %s; patch grid %s -> %s (%s)",
-        report.encoder_keys, prefix, checkpoint_dir, dropped, patch_grid(config), (frequency, time), adaptation,
+        report.encoder_keys, prefix, checkpoint_dir, heads_text(dropped), patch_grid(config), (frequency, time),
+        adaptation,
     )
     return model, report
+
+
+def heads_text(dropped: dict[str, int]) -> str:
+    """{'decoder': 4, 'projector': 2} as "decoder (4 tensors), projector (2)": what a log line shows."""
+    if not dropped:
+        return "none"
+    return ", ".join(f"{head} ({count} tensor{'s' * (count != 1)})" for head, count in dropped.items())
 
 
 class EncoderRef(BaseModel):

@@ -29,6 +29,17 @@ def read_card_metadata(card: Path) -> dict:
     return yaml.safe_load(metadata)
 
 
+def dataset_name(train_dir: str | Path) -> str:
+    """The dataset's name as a card gives it: the folder above train/ (data/train -> data), else train_dir's own."""
+    train_dir = Path(train_dir)
+    return train_dir.parent.name if train_dir.name.lower() == "train" and train_dir.parent.name else train_dir.name
+
+
+def warmup_text(warmup_steps: float) -> str:
+    """training.warmup_steps as it reads: under 1 it is a share of the steps (Trainer's rule), else a count."""
+    return f"{warmup_steps:.0%} of the steps as warm-up" if warmup_steps < 1 else f"{warmup_steps:g} warm-up steps"
+
+
 def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]]) -> list[dict]:
     """Hugging Face's model-index: one result per split (split -> top-level scores)."""
     return [{
@@ -48,10 +59,11 @@ def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]]) ->
 
 
 def member_card(
-    name: str, report_dir: Path, config: dict, member: dict, label_names: list[str], num_clips: dict[str, int]
+    name: str, report_dir: Path, config: dict, member: dict, label_names: list[str], num_clips: dict[str, int],
+    published: Path | None = None,
 ) -> str:
     """The README.md of a member: report_dir holds its metrics.json and calibration.json; config is its
-    run_config.json and member the member.json it is published with."""
+    run_config.json and member the member.json it is published with; published: where it is (for the load lines)."""
     metrics = json.loads((Path(report_dir) / METRICS_FILE).read_text())
     calibration_file = Path(report_dir) / CALIBRATION_FILE
     calibration = json.loads(calibration_file.read_text()) if calibration_file.is_file() else {}
@@ -59,18 +71,26 @@ def member_card(
     data, training, features = config["data"], config["training"], member["feature_params"]
     trained = member["training"]
     counts = member["parameters"]
+    where = str(published) if published is not None else name
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "audio-classification",
         "tags": ["audio-classification", "audio-spectrogram-transformer", "astft"],
         "labels": list(label_names),
-        "model-index": model_index(name, Path(data["train_dir"]).name, scores),
+        "model-index": model_index(name, dataset_name(data["train_dir"]), scores),
     }
     table = ["| split | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
     table += [
         f"| {split} | " + " | ".join(f"{values[key]:.4f}" for key in SCORES) + " |" for split, values in scores.items()
     ]
-    before, after = (calibration.get("validation", {}).get(when, {}) for when in ("before", "after"))
+    calibration_lines = [
+        f"{split.capitalize()} NLL {figures['before']['nll']:.4f} before, {figures['after']['nll']:.4f} after; "
+        f"ECE {figures['before']['ece']:.4f} before, {figures['after']['ece']:.4f} after"
+        + (" (worse: the temperature fitted on validation does not carry over)"
+           if figures["after"]["ece"] > figures["before"]["ece"] else "") + "."
+        for split, figures in calibration.items()
+        if split in ("validation", "test") and isinstance(figures, dict) and "before" in figures
+    ]
     body = [
         f"# {name}",
         "",
@@ -99,16 +119,16 @@ def member_card(
         "",
         f"- freezing: {member['freezing']} ({counts['trainable']:,} of {counts['total']:,} parameters trained)",
         f"- {trained['epochs_run']:g} epochs run, best epoch {trained['best_epoch']} by {trained['metric']}",
-        f"- AdamW, learning rate {training['learning_rate']:g}, cosine schedule with {training['warmup_steps']:g} "
-        f"warm-up steps, batch size {training['batch_size']} x {training['gradient_accumulation_steps']} "
+        f"- AdamW, learning rate {training['learning_rate']:g}, cosine schedule with "
+        f"{warmup_text(training['warmup_steps'])}, batch size {training['batch_size']} x "
+        f"{training['gradient_accumulation_steps']} "
         f"accumulated, {trained['precision']} on {trained['device']}, seed {training['seed']}",
         "",
         "## Calibration",
         "",
         f"Temperature {metrics.get('temperature', 1.0):.4f}, fitted on validation (`calibration.json`); divide the "
-        "logits by it before the softmax for calibrated probabilities (`astft predict` does). "
-        + (f"Validation NLL {before['nll']:.4f} before, {after['nll']:.4f} after; ECE {before['ece']:.4f} before, "
-           f"{after['ece']:.4f} after." if before and after else ""),
+        "logits by it before the softmax for calibrated probabilities (`astft predict` does; a Hugging Face "
+        "`pipeline` gives the raw softmax). " + " ".join(calibration_lines),
         "",
         "## Limits",
         "",
@@ -121,17 +141,19 @@ def member_card(
         "",
         "```python",
         "from transformers import AutoModelForAudioClassification, ASTFeatureExtractor",
-        f'model = AutoModelForAudioClassification.from_pretrained("{name}", trust_remote_code=True)',
-        f'extractor = ASTFeatureExtractor.from_pretrained("{name}")',
+        f'model = AutoModelForAudioClassification.from_pretrained("{where}", trust_remote_code=True)',
+        f'extractor = ASTFeatureExtractor.from_pretrained("{where}")',
         "```",
         "",
-        f"or `astft predict --model {name} --input CLIPS` for a CSV of labels and calibrated probabilities. "
+        f"(`{where}`: this folder), or `astft predict --model {where} --input CLIPS` for a CSV of labels and "
+        "calibrated probabilities. "
         "Provenance (the encoder load report, speed settings, where it was trained): `member.json`.",
     ]
     return card_text(metadata, body)
 
 
-def ensemble_card(name: str, leaderboard: dict, label_names: list[str], dataset: str) -> str:
+def ensemble_card(name: str, leaderboard: dict, label_names: list[str], dataset: str, where: Path | None = None
+                  ) -> str:
     """The README.md of an ensemble folder (best/): its members and weights, and the soft vote's scores."""
     ensemble = leaderboard["ensemble"]
     splits = [split for split in ("validation", "test") if split in ensemble]
@@ -165,7 +187,7 @@ def ensemble_card(name: str, leaderboard: dict, label_names: list[str], dataset:
         "",
         "## Load it",
         "",
-        f"`astft predict --model {name}/ --input CLIPS` (each member folder also loads on its own with "
+        f"`astft predict --model {where or name}/ --input CLIPS` (each member folder also loads on its own with "
         "`AutoModelForAudioClassification.from_pretrained(..., trust_remote_code=True)`).",
     ]
     return card_text(metadata, body)

@@ -390,7 +390,7 @@ def publish_member(
         plots = member_plots(outcome, report_dir)
     manifest = member_manifest(plan, features, encoder, outcome, flow_run_id)
     card = member_card(plan.config.name, report_dir, manifest[RUN_CONFIG_FILE], manifest[MEMBER_FILE],
-                       features.label_names, features.num_clips)
+                       features.label_names, features.num_clips, plan.publish_slot)
     with phase("publish"):
         return publish_folder(PublishSpec(
             root=plan.publish_root,

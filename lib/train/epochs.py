@@ -38,16 +38,19 @@ class EpochRecord(BaseModel):
         parts = [f"epoch {self.epoch}/{self.epochs}", f"batch_size {self.batch_size}", f"step {self.step}"]
         if self.train_loss is not None:
             parts.append(f"train_loss {self.train_loss:.4f}")
-        parts += [f"train_{key} {_figure(value)}" for key, value in self.train_metrics.items()]
-        parts += [f"{key} {_figure(value)}" for key, value in self.metrics.items()]
+        parts += [f"train_{key} {_figure(key, value)}" for key, value in self.train_metrics.items()]
+        parts += [f"{key} {_figure(key, value)}" for key, value in self.metrics.items()]
         parts.append(f"seconds {self.seconds:.1f}")
         if self.resumed_at_step is not None:
             parts.append(f"(resumed mid-epoch: train figures of steps {self.resumed_at_step + 1}-{self.step} only)")
         return "  ".join(parts)
 
 
-def _figure(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _figure(key: str, value: float | None) -> str:
+    """4 decimals; a count (masked_patches) as a whole number."""
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}" if key.endswith("patches") else f"{value:.4f}"
 
 
 class EpochLogCallback(TrainerCallback):

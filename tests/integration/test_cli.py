@@ -410,12 +410,19 @@ def test_predict_prints_the_members_it_used_and_left_out_and_the_class_folders_s
     assert capsys.readouterr().out.splitlines() == [
         "wrote 3 predictions to p.csv (0 skipped)",
         "members: a (weight 2, temperature 0.500), b (weight 1, temperature 1.250)",
-        "not in ensemble.json, so not used: c",
+        "member folders ensemble.json does not select, so not used: c",
         "scored against the class folders (3 clips): accuracy 0.6667  balanced_accuracy 0.7500  f1 0.6000",
         "confusion (rows: true class, columns: predicted):",
         "       cat  dog",
         "  cat    1    0",
         "  dog    1    1",
     ]
-    print_predict_summary({**summary, "predicted": 1, "not_in_ensemble": [], "scores": None})
-    assert capsys.readouterr().out.splitlines()[0] == "wrote 1 prediction to p.csv (0 skipped)"
+    print_predict_summary({**summary, "predicted": 1, "not_in_ensemble": [], "scores": None, "ensemble_file": False,
+                           "first_rows": [("x.wav", "dog", 0.75)], "not_scored": "folders ['birds'] are not labels"})
+    assert capsys.readouterr().out.splitlines() == [
+        "wrote 1 prediction to p.csv (0 skipped)",
+        "members: a (weight 2, temperature 0.500), b (weight 1, temperature 1.250)",
+        "(no ensemble.json beside them: every member folder votes at weight 1)",
+        "  x.wav: dog (p=0.750)",
+        "not scored against class folders: folders ['birds'] are not labels",
+    ]

@@ -257,8 +257,7 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
         assert "](data:image/png;base64," in artifacts[key].data
     table = json.loads(artifacts["ensemble-leaderboard"].data)
     assert [row["name"] for row in table] == [row["name"] for row in board["leaderboard"]]
-    assert list(table[0]) == ["name", "weight", "temperature", "val accuracy", "test accuracy", "val balanced acc",
-                              "test balanced acc", "val NLL", "test NLL", "test gain over best"]
+    assert list(table[0]) == ["name", "weight", "val accuracy", "test accuracy", "val NLL", "test NLL", "test gain"]
 
     # predict with the ensemble folder: its CSV reproduces the reported accuracy exactly, on validation and test
     for split, folder in (("validation", validation_dir), ("test", test_split)):
@@ -433,3 +432,18 @@ def test_predict_flow_fails_with_the_clear_message(prefect_harness, tmp_path):
     state = predict_flow(config, return_state=True)
     assert state.is_failed()
     assert "--model" in state.message and "nope: no such folder" in state.message
+
+
+def test_predict_scores_class_folders_only_and_says_why_not(tmp_path):
+    from lib.evaluate.predict import scores_by_folder
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    scores, why = scores_by_folder(tmp_path, [tmp_path / "a" / "1.wav", tmp_path / "b" / "2.wav",
+                                              tmp_path / "b" / "3.wav"], probabilities, ["a", "b"])
+    assert why is None and scores["accuracy"] == pytest.approx(2 / 3)
+    assert scores["confusion_matrix"]["matrix"] == [[1, 0], [1, 1]]
+    assert scores_by_folder(tmp_path, [tmp_path / "a" / "1.wav", tmp_path / "2.wav"], probabilities[:2], ["a", "b"]
+                            ) == (None, f"1 clip(s) lie directly in {tmp_path}, outside any class folder")
+    assert scores_by_folder(tmp_path, [tmp_path / "birds" / "1.wav"], probabilities[:1], ["a", "b"]
+                            ) == (None, "folders ['birds'] are not labels of the model (a, b)")
+    assert scores_by_folder(tmp_path, [tmp_path / "1.wav"], probabilities[:1], ["a", "b"]) == (None, None)
