@@ -119,7 +119,7 @@ examples:
     export.add_argument("--model", type=Path, required=True, metavar="DIR",
                         help="a published member folder, or the ensemble folder (OUTPUT_DIR/best/)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="the format (default: onnx)")
-    export.add_argument("--output", type=Path, metavar="FILE",
+    export.add_argument("--output", metavar="FILE",
                         help="where to write it (default: DIR/probabilities.onnx, which predict --backend onnxruntime "
                         "reads)")
     server = commands.add_parser(
@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # while planning (the flows' own Ctrl-C is said in run_command)
             print("astft: interrupted before any run started", file=sys.stderr)
             return 130
+        except Exception:  # a Ctrl-C that a lazy import turned into another error (transformers' ImportError)
+            if not INTERRUPTED:
+                raise
+            print("astft: interrupted before any run started", file=sys.stderr)
+            return 130
         except BrokenPipeError:  # astft server status | head -1: the reader left, nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
@@ -284,7 +289,7 @@ def _note_interrupt(number, frame) -> None:
 def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type[Exception], ...]) -> int:
     """Plan, take the runs' locks (held in `locks` until main returns), run the flows and print their results."""
     from lib.config import deep_merge, load_config
-    from lib.core.errors import disk_error
+    from lib.core.errors import ConfigError, disk_error
 
     if args.command == "server":
         from flows.server import server_status, stop_local_server
@@ -301,7 +306,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         if args.command == "export":
             from lib.evaluate.export import export_onnx
 
-            print_export_summary(export_onnx(args.model, args.output), args.model)
+            if args.output is not None and args.output.endswith(("/", os.sep)):  # Path() would drop the slash
+                raise ConfigError(f"--output {args.output} names a folder; pass a file name such as "
+                                  f"{Path(args.output) / 'probabilities.onnx'}")
+            output = None if args.output is None else Path(args.output)
+            print_export_summary(export_onnx(args.model, output), args.model)
             return 0
         if args.command == "predict":
             # Prediction runs without Prefect: no server, no flow run, just the library.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,16 @@ class PrefectStates(logging.Filter):
         return not (record.name.startswith("prefect.") and str(record.msg).startswith(self.dropped))
 
 
+class RunLogFile(logging.FileHandler):
+    """The run's log file; on the first line it cannot write (its disk filled up) it says so once on the terminal
+    and stops, instead of a traceback per log line burying the run's own `astft:` line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        logging.getLogger().removeHandler(self)
+        sys.stderr.write(f"astft: cannot write the log file {self.baseFilename} any more (a full disk?); the rest "
+                         "of the run's log goes to the terminal only\n")
+
+
 def console_loggers() -> list[logging.Logger]:
     """The loggers that hold one of Prefect's console handlers (the root, and the server's uvicorn and fastapi)."""
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -73,7 +84,7 @@ def log_to_file(output_dir: Path, debug: bool) -> Path | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"astft-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        file_handler = logging.FileHandler(path, encoding="utf-8")  # created now: an error names it at once
+        file_handler = RunLogFile(path, encoding="utf-8")  # created now: an error names it at once
     except OSError:  # a read-only or full output folder: the plan refuses the first; keep the terminal as it is
         return None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -426,3 +426,33 @@ def test_predict_prints_the_members_it_used_and_left_out_and_the_class_folders_s
         "  x.wav: dog (p=0.750)",
         "not scored against class folders: folders ['birds'] are not labels",
     ]
+
+
+def test_a_log_file_on_a_full_disk_says_so_once_and_stops(tmp_path, capsys):
+    import errno
+    import logging
+
+    from flows.terminal import RunLogFile
+
+    handler = RunLogFile(tmp_path / "run.log")
+    root = logging.getLogger()
+    others, root.handlers = root.handlers, [handler]  # the run log alone: no console handler of an earlier test
+    try:
+        def disk_full(text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        handler.stream.write = disk_full
+        for _ in range(3):
+            logging.getLogger("lib.test").warning("a line")
+    finally:
+        root.handlers = others
+        handler.close()
+    errors = capsys.readouterr().err
+    assert errors.count("astft: cannot write the log file") == 1 and "Traceback" not in errors
+    assert (tmp_path / "run.log").read_text() == ""
+
+
+def test_export_to_a_path_ending_in_a_slash_is_refused_as_a_folder(tmp_path, capsys):
+    assert main(["export", "--model", str(tmp_path / "m"), "--output", f"{tmp_path}/nodir/"]) == 2
+    assert f"--output {tmp_path}/nodir/ names a folder" in capsys.readouterr().err
+    assert not (tmp_path / "nodir").exists()
