@@ -28,7 +28,7 @@ from lib.evaluate.evaluation import EvalResult, evaluate_model
 from lib.evaluate.metrics import format_metrics
 from lib.evaluate.plots import png_data_uri
 from lib.model.checkpoint import EncoderRef, export_encoder, heads_text
-from lib.recipes import finetune
+from lib.recipes import finetune, member_publish
 from lib.recipes.finetune import FinetunePlan, TrainOutcome
 from lib.train.epochs import EpochRecord
 
@@ -180,7 +180,7 @@ def publish_member(
     plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, evaluation: EvalResult
 ) -> str:
     """Copy model, reports, plots and run config to <output>/best/<name>/ atomically; show them in the UI."""
-    destination = finetune.publish_member(
+    destination = member_publish.publish_member(
         plan, features, encoder, outcome, evaluation, str(flow_run.id) if flow_run.id else None
     )
     logger = get_run_logger()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from lib.core.errors import ScanError, display_path, is_utf8
 from lib.core.hashing import digest
 from lib.data.audio import AUDIO_SUFFIXES, probe_clip
+from lib.data.leaks import cross_split_clips, leaked_from, warn_duplicate_content
 
 logger = logging.getLogger(__name__)
 
@@ -226,34 +227,6 @@ def fingerprint_listing(
     return hasher.hexdigest()
 
 
-def cross_split_clips(
-    listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path]
-) -> list[tuple[str, str]]:
-    """(path, reason) of every listed clip that is not held out: its real file lies in another split's folder,
-    or is listed in an earlier split too (two links to one file elsewhere). Each names the other path."""
-    real_roots = {split: Path(os.path.realpath(root)) for split, root in roots.items()}
-    first_listed: dict[object, tuple[str, Path]] = {}
-    leaks = []
-    for split, classes in listing.items():
-        for path in (path for paths in classes.values() for path in paths):
-            real = Path(os.path.realpath(path))
-            homes = [other for other, root in real_roots.items() if real.is_relative_to(root)]
-            home = max(homes, key=lambda other: len(real_roots[other].parts), default=None)  # the innermost
-            identity = _file_identity(path, real)
-            if home is not None and home != split:
-                other = f"{home} clip {display_path(real)}"
-            elif identity in first_listed and first_listed[identity][0] != split:
-                other = f"{first_listed[identity][0]} clip {display_path(first_listed[identity][1])}"
-            else:
-                first_listed.setdefault(identity, (split, path))
-                continue
-            leaks.append((display_path(path), (
-                f"the same file as {other} (a symbolic or hard link): a clip in two splits is not held out, so the "
-                "held-out metrics would flatter the model; remove the link"
-            )))
-    return leaks
-
-
 def drop_cross_split_clips(
     listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], skip_bad_files: bool
 ) -> tuple[dict[str, dict[str, list[Path]]], list[BadFile]]:
@@ -263,52 +236,22 @@ def drop_cross_split_clips(
     if bad and not skip_bad_files:  # before the layout checks, which a class folder of links would fail first
         stop_or_skip(bad, skip_bad_files)
     leaked = {item.path for item in bad}
+    skipped = sorted(leaked)
     kept = {
         split: {name: [p for p in paths if display_path(p) not in leaked] for name, paths in classes.items()}
         for split, classes in listing.items()
     }
     for split, classes in kept.items():
-        emptied = sorted(name for name, paths in classes.items() if not paths and leaked_from(bad, roots[split] / name))
+        emptied = sorted(
+            name for name, paths in classes.items() if not paths and leaked_from(skipped, roots[split] / name)
+        )
         if emptied:
             raise ScanError(
                 f"{split} class folder(s) {emptied}: every clip in them is a file of another split (links, skipped "
-                f"by --skip-bad-files: {', '.join(leaked_from(bad, roots[split] / emptied[0])[:2])}, ...); a class "
+                f"by --skip-bad-files: {', '.join(leaked_from(skipped, roots[split] / emptied[0])[:2])}, ...); a class "
                 "made of another split's clips measures nothing: remove the links"
             )
     return kept, bad
-
-
-def leaked_from(bad: list[BadFile], folder: Path) -> list[str]:
-    """The skipped paths under folder."""
-    prefix = display_path(folder) + os.sep
-    return [item.path for item in bad if item.path.startswith(prefix)]
-
-
-def _file_identity(path: Path, real: Path) -> object:
-    """What makes two paths one file: its device and inode (hard links too), else its real path (dangling)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return real
-    return (stat.st_dev, stat.st_ino)
-
-
-def warn_duplicate_content(digests: dict[tuple[str, Path], str]) -> None:
-    """Name clips with the same bytes in two splits ((split, path) -> content hash, which data.fingerprint: content
-    computes): copies, not links, so not refused (a stock sound can repeat by chance), but worth a look."""
-    first: dict[str, tuple[str, Path]] = {}
-    pairs = []
-    for (split, path), content in digests.items():
-        if content in first and first[content][0] != split:
-            pairs.append((first[content][1], path))
-        first.setdefault(content, (split, path))
-    if pairs:
-        shown = "; ".join(f"{display_path(a)} = {display_path(b)}" for a, b in pairs[:10])
-        more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
-        logger.warning(
-            "%d clip(s) have the same bytes as a clip in another split (copies): %s%s; held-out metrics count "
-            "them as unseen, remove the copies if they are the same recording", len(pairs), shown, more,
-        )
 
 
 def split_roots(train_dir: Path, validation_dir: Path, test_dir: Path | None = None) -> dict[str, Path]:

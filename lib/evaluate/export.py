@@ -84,15 +84,15 @@ def export_onnx(model_path: Path, output: Path | None = None, opset: int = 18) -
     example = torch.zeros(2, params.max_frames, params.num_mel_bins)
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_name(f".{output.name}.tmp")
+    metadata = export_metadata(members, params)
     try:
         _export(vote, example, staged, opset)
-        _write_metadata(staged, export_metadata(members, params))
+        _write_metadata(staged, metadata)
         staged.replace(output)
     finally:
         staged.unlink(missing_ok=True)  # a failed export leaves nothing behind
     clips, parity = check_parity(output, vote, members, params)
-    return {"onnx": str(output), "members": export_metadata(members, params)["members"], "parity_clips": clips,
-            "max_abs_difference": parity}
+    return {"onnx": str(output), "members": metadata["members"], "parity_clips": clips, "max_abs_difference": parity}
 
 
 def _export(vote: CalibratedVote, example: torch.Tensor, staged: Path, opset: int) -> None:

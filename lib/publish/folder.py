@@ -1,6 +1,6 @@
 """publish_folder: a model folder to <root>/<name> (members: best/, encoders: ssl/), replacing the last one atomically.
 
-What goes in (a PublishSpec) is each recipe's: lib.recipes.finetune.publish_member and
+What goes in (a PublishSpec) is each recipe's: lib.recipes.member_publish.publish_member and
 lib.recipes.pretrain.publish_encoder.
 
 best/<name> is a symbolic link to a version folder beside it, .<name>.v-<owner>-<token>/. The

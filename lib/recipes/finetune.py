@@ -4,12 +4,12 @@ plan:     plan_run checks a FinetuneConfig before any work (plan_ensemble: each 
 train:    train_member builds the classifier from the stripped encoder, freezes per variant, and runs the
           shared Trainer loop (lib.train.engine) on the features or the frozen-trunk cache; in this process,
           or on N processes under torchrun (`python -m lib.recipes.finetune SPEC.json` on every rank)
-publish:  publish_member puts the best model, its reports and manifest under <output_dir>/best/<name>
+publish:  lib.recipes.member_publish.publish_member puts the best model, its reports, manifest and model card
+          under <output_dir>/best/<name>
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,29 +25,15 @@ from lib.config.runs import EnsembleConfig, FinetuneConfig
 from lib.core.errors import ConfigError, ScanError
 from lib.core.layout import (
     BEST_FOLDER,
-    CARD_FILE,
-    CONFUSION_FILE,
-    CONFUSION_PLOT_FILE,
-    LABEL_MAP_FILE,
-    LOG_HISTORY_FILE,
-    MEMBER_FILE,
-    REPORT_FILES,
-    RUN_CONFIG_FILE,
-    TRAINING_CURVES_FILE,
     check_publish_destination,
     train_log_name,
 )
 from lib.core.runtime import apply_tf32, check_portable, resolve_runtime, seed_everything
-from lib.core.timing import phase, recorded
 from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
 from lib.data.scan import check_distinct_splits, split_roots
-from lib.evaluate.evaluation import EvalResult
-from lib.evaluate.plots import confusion_matrix_plot, training_curves
 from lib.model.checkpoint import EncoderRef
 from lib.model.classifier import apply_freezing, build_classifier
 from lib.model.trunk import TrainingInputs, TrunkCacheInfo, training_inputs
-from lib.publish.card import member_card
-from lib.publish.folder import PublishSpec, publish_folder, trained_by
 from lib.recipes.planning import (
     Plan,
     check_clip_fills_one_window,
@@ -367,84 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         Path(spec.outcome_file).write_text(outcome.model_dump_json())
     return 0
-
-
-# --- publish ---------------------------------------------------------------------------------------------------
-
-def publish_member(
-    plan: FinetunePlan,
-    features: FeatureCacheRef,
-    encoder: EncoderRef,
-    outcome: TrainOutcome,
-    evaluation: EvalResult,
-    flow_run_id: str | None = None,
-) -> Path:
-    """Publish the best model, its evaluation reports, train log, plots and manifest to <output_dir>/best/<name>."""
-    report_dir = Path(evaluation.report_dir)
-    sources = {
-        "": Path(outcome.best_model_dir),
-        **{report: report_dir / report for report in REPORT_FILES if (report_dir / report).is_file()},
-        Path(outcome.train_log).name: Path(outcome.train_log),
-    }
-    with phase("plots"):
-        plots = member_plots(outcome, report_dir)
-    manifest = member_manifest(plan, features, encoder, outcome, flow_run_id)
-    card = member_card(plan.config.name, report_dir, manifest[RUN_CONFIG_FILE], manifest[MEMBER_FILE],
-                       features.label_names, features.num_clips, plan.publish_slot)
-    with phase("publish"):
-        return publish_folder(PublishSpec(
-            root=plan.publish_root,
-            name=plan.config.name,
-            kind="member",
-            sources=sources | plots,
-            json_files=manifest,
-            text_files={CARD_FILE: card},
-            finite=(Path(outcome.best_model_dir), report_dir),
-        ))
-
-
-def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
-    """training_curves.png (from the work dir's log_history.json) and confusion_matrix.png, written into report_dir."""
-    history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
-    confusion = json.loads((Path(report_dir) / CONFUSION_FILE).read_text())
-    return {
-        TRAINING_CURVES_FILE: training_curves(
-            history, outcome.metric, outcome.best_epoch, Path(report_dir) / TRAINING_CURVES_FILE
-        ),
-        CONFUSION_PLOT_FILE: confusion_matrix_plot(
-            confusion["matrix"], confusion["labels"], Path(report_dir) / CONFUSION_PLOT_FILE
-        ),
-    }
-
-
-def member_manifest(
-    plan: FinetunePlan, features: FeatureCacheRef, encoder: EncoderRef, outcome: TrainOutcome, flow_run_id: str | None
-) -> dict[str, dict]:
-    """The JSON files a member describes itself with: run config, label map, and member.json (how it was made)."""
-    config, labels = plan.config, features.label_names
-    return {
-        RUN_CONFIG_FILE: config.model_dump(mode="json"),
-        LABEL_MAP_FILE: {
-            "label2id": {label: i for i, label in enumerate(labels)},
-            "id2label": {str(i): label for i, label in enumerate(labels)},
-        },
-        MEMBER_FILE: {
-            "name": config.name,
-            "freezing": config.model.freezing,
-            "parameters": outcome.parameters,
-            "feature_params": features.params.model_dump(),
-            "feature_cache_key": features.key,
-            "skipped_files": features.skipped,
-            "encoder": encoder.report.model_dump(),
-            # what the checkpoint held, by content (its files' stats), since its folder may be re-published
-            "encoder_cache_key": Path(encoder.path).name,
-            "training": outcome.model_dump(exclude={"parameters", "phases"}),
-            # seconds per phase up to the plots (lib.core.timing); publishing and exit are in the run's log
-            "phases": recorded(),
-            "run_fingerprint": plan.fingerprint,
-            "trained_by": trained_by(flow_run_id),
-        },
-    }
 
 
 if __name__ == "__main__":
