@@ -29,6 +29,9 @@ from lib.config import (
 # Only the spelling lives here; type, choices and help come from the field. A command gets the short
 # flags of the fields its config has. Top-level fields need none: their generated flag is already short.
 SHORT_FLAGS: dict[str, str] = {
+    "data.layout": "--layout",
+    "data.root": "--root",
+    "data.fold": "--fold",
     "data.train_dir": "--train-dir",
     "data.validation_dir": "--validation-dir",
     "data.test_dir": "--test-dir",
@@ -44,6 +47,7 @@ SHORT_FLAGS: dict[str, str] = {
     "model.train_last_n_layers": "--train-last-n-layers",
     "model.pooling": "--pooling",
     "features.max_frames": "--max-frames",
+    "features.clip_seconds": "--clip-seconds",
     "training.epochs": "--epochs",
     "training.batch_size": "--batch-size",
     "training.batch_sizes": "--batch-sizes",

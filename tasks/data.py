@@ -1,4 +1,4 @@
-"""Data tasks: folder scan (Prefect-cached by content fingerprint) and Arrow feature cache."""
+"""Data tasks: dataset scan (Prefect-cached by content fingerprint) and Arrow feature cache."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from lib.core.errors import ScanError
 from lib.core.hashing import digest
 from lib.core.timing import phase
 from lib.data.features import FeatureCacheRef, build_feature_cache
-from lib.data.scan import Manifest, fingerprint_folders, scan_dataset, split_roots
+from lib.data.layouts import dataset_folders, fingerprint_data, scan_data
+from lib.data.scan import Manifest, fingerprint_folders
 from lib.recipes.finetune import FinetunePlan
 from lib.recipes.planning import Plan
 
-SCAN_CACHE_VERSION = "3"  # bump when Manifest (or its module: results are pickled) or the scan rules change
+SCAN_CACHE_VERSION = "4"  # bump when Manifest (or its module: results are pickled) or the scan rules change
 
 
 def folder_scan_cache_key(prefix: str, listing: Callable[[], str], folders: Iterable[Path], options: str) -> str | None:
@@ -42,24 +43,26 @@ def scan_cache_key(context, parameters) -> str | None:
     (Without a test folder the key is what it was before test folders existed.)
     """
     data = parameters["plan"].config.data
+    layout = "" if data.layout == "folders" else (  # folders: the key it had before layouts existed
+        f"|{data.layout}|{data.fold}|{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}"
+    )
     return folder_scan_cache_key(
         "astft-scan-",
-        lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir),
-        split_roots(data.train_dir, data.validation_dir, data.test_dir).values(),
-        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}",
+        (lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir))
+        if data.layout == "folders" else (lambda: fingerprint_data(data)),
+        dataset_folders(data),
+        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}{layout}",
     )
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
 def scan_folders(plan: FinetunePlan) -> Manifest:
-    """Scan train/validation (and test) class folders into a manifest (cached while the folders are unchanged)."""
+    """Scan the dataset (train/validation/test class folders, or a dataset layout's files) into a manifest (cached
+    while its clips and files are unchanged)."""
     data = plan.config.data
     logger = get_run_logger()
     with phase("scan"):
-        manifest = scan_dataset(
-            data.train_dir, data.validation_dir, data.quick_subsample, data.skip_bad_files, data.fingerprint,
-            data.test_dir,
-        )
+        manifest = scan_data(data)
     logger.info(
         "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),

@@ -123,7 +123,7 @@ def evaluate_ensemble_members(
 def write_ensemble_card(best_root: Path, result: dict, members: list) -> None:
     """best/README.md beside ensemble.json, renamed into place as it is (a reader never sees half of it)."""
     run_config = json.loads((Path(members[0].path) / RUN_CONFIG_FILE).read_text())
-    dataset = dataset_name(run_config["data"]["train_dir"])
+    dataset = dataset_name(run_config["data"])
     card = ensemble_card(f"{dataset} ensemble", result, result["label_names"], dataset, best_root)
     staged = best_root / f".{CARD_FILE}.{os.getpid()}.tmp"
     staged.write_text(card, encoding="utf-8")

@@ -30,6 +30,7 @@ from lib.config.sections import (
     PretrainModelConfig,
     PretrainTrainingConfig,
     TrainingConfig,
+    with_dataset_features,
 )
 from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER
 
@@ -50,6 +51,8 @@ class FinetuneConfig(RunConfig):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    _dataset_features = model_validator(mode="before")(with_dataset_features)
 
     @property
     def run_work_dir(self) -> Path:
@@ -95,6 +98,7 @@ class EnsembleConfig(Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: EncoderConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    _dataset_features = model_validator(mode="before")(with_dataset_features)
     members: list[MemberVariant] = Field(
         default_factory=list,
         max_length=256,

@@ -1,10 +1,13 @@
-"""Waveforms: WAV header probing (sample rate, truncation), decode (soundfile), mono down-mix, resample, trim/pad."""
+"""Waveforms: header probing (sample rate, truncation), decode (soundfile: WAV, FLAC, OGG, MP3), mono down-mix,
+resample, crop/pad."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -20,6 +23,8 @@ RESAMPLE_ROLLOFF = 0.99
 # Float clips a little over full scale are common (inter-sample overs); +6 dBFS and up means samples
 # written without scaling to [-1, 1] (e.g. raw int16 values stored as float).
 LOUD_FLOAT_PEAK = 2.0
+# Which clip_seconds of a longer clip are kept: its start, its centre, or a window fixed by its name.
+Window = Literal["first", "centre", "random"]
 # A down-mix 60 dB below its channels' peak is silence made of sound: opposite-polarity channels.
 CANCELLED_MIX_RATIO = 1e-3
 
@@ -30,13 +35,26 @@ def source_frames(source_hz: int, target_hz: int, clip_seconds: float) -> int:
     return math.ceil(clip_seconds * source_hz) + (reach if source_hz != target_hz else 0)
 
 
+def window_start(path: str | Path, frames: int, source_hz: int, clip_seconds: float, window: Window) -> int:
+    """The first source frame of the clip_seconds kept of a longer clip: its start, its centre window, or
+    ("random") a window at an offset fixed by the file's name, so a rebuilt cache crops the same."""
+    excess = frames - math.ceil(clip_seconds * source_hz)
+    if excess <= 0 or window == "first":
+        return 0
+    if window == "centre":
+        return excess // 2
+    draw = int.from_bytes(hashlib.sha1(Path(path).name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+    return draw % (excess + 1)
+
+
 def read_wav(
-    path: str | Path, target_hz: int | None = None, clip_seconds: float | None = None
+    path: str | Path, target_hz: int | None = None, clip_seconds: float | None = None, window: Window = "first"
 ) -> tuple[np.ndarray, int]:
-    """Decode any PCM width or float wav into float32 of shape (frames, channels) in [-1, 1].
+    """Decode any PCM width or float wav (or FLAC, OGG, MP3) into float32 of shape (frames, channels) in [-1, 1].
 
     With target_hz and clip_seconds, only the frames that clip needs are decoded: an hour-long file
-    (or a header claiming a tiny sample rate) costs no more memory than one clip.
+    (or a header claiming a tiny sample rate) costs no more memory than one clip. window says which
+    clip_seconds of a longer file (window_start).
     """
     try:
         with sf.SoundFile(str(path)) as handle:
@@ -47,6 +65,8 @@ def read_wav(
             if problem := truncation_problem(path):
                 raise AudioError(path, problem)
             frames = -1 if clip_seconds is None else source_frames(source_hz, target_hz or source_hz, clip_seconds)
+            if clip_seconds is not None and window != "first" and handle.seekable():
+                handle.seek(window_start(path, handle.frames, source_hz, clip_seconds, window))
             data = handle.read(frames, dtype="float32", always_2d=True)
     except UnicodeEncodeError as error:  # soundfile encodes the name strictly as UTF-8
         raise AudioError(path, "the name is not valid UTF-8 (bytes shown as \\xNN); rename the file") from error
@@ -87,13 +107,15 @@ def suspicious(data: np.ndarray, mono: np.ndarray) -> str | None:
 
 
 def load_clip(
-    path: str | Path, sample_rate_hz: int, clip_seconds: float, notes: dict[str, str] | None = None
+    path: str | Path, sample_rate_hz: int, clip_seconds: float, notes: dict[str, str] | None = None,
+    window: Window = "first",
 ) -> np.ndarray:
-    """Return a mono float32 waveform at sample_rate_hz, exactly clip_seconds long.
+    """Return a mono float32 waveform at sample_rate_hz, exactly clip_seconds long (window: which part of a longer
+    clip, see window_start).
 
     When notes is given, a clip that decodes but looks wrong (see suspicious) adds path -> why to it.
     """
-    data, source_hz = read_wav(path, sample_rate_hz, clip_seconds)
+    data, source_hz = read_wav(path, sample_rate_hz, clip_seconds, window)
     if data.size == 0:
         raise AudioError(path, "zero-length audio (no samples)")
     if not np.isfinite(data).all():
@@ -105,7 +127,8 @@ def load_clip(
     return fit_length(waveform, int(round(sample_rate_hz * clip_seconds))).astype(np.float32, copy=False)
 
 
-AUDIO_SUFFIXES = frozenset({".wav"})
+# What soundfile (libsndfile >= 1.1) decodes, and the scan therefore lists.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3"})
 
 
 # Below this a header is corrupt rather than low-fidelity (telephone audio is 8 kHz), and resampling

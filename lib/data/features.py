@@ -49,7 +49,7 @@ from lib.core.hashing import digest
 from lib.core.layout import FEATURES_FOLDER, META_FILE
 from lib.core.runtime import usable_cores
 from lib.core.staging import build_lock, check_free_space, file_sizes_match, record_file_sizes, staged_folder
-from lib.data.audio import load_clip
+from lib.data.audio import Window, load_clip
 from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,17 @@ def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
 
 
 def cache_key(manifest_fingerprint: str, params: FeatureParams) -> str:
-    return digest({"manifest": manifest_fingerprint, "params": params.model_dump(), "version": FEATURES_VERSION})
+    # long_clips "first" is what every cache before the setting did: those keys stay as they were.
+    dumped = params.model_dump(exclude={"long_clips"} if params.long_clips == "first" else None)
+    return digest({"manifest": manifest_fingerprint, "params": dumped, "version": FEATURES_VERSION})
+
+
+def clip_window(params: FeatureParams, training: bool) -> Window:
+    """Which part of a longer clip becomes features: long_clips 'crop' takes a random window of training clips
+    and the centre of the others (evaluation, prediction), as a crop should; 'first' the start of every clip."""
+    if params.long_clips == "first":
+        return "first"
+    return "random" if training else "centre"
 
 
 def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
@@ -150,18 +160,21 @@ def featurize(
     extractor: ASTFeatureExtractor,
     bad: dict[str, str],
     notes: dict[str, str] | None = None,
+    training: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """Features (float32, clips x max_frames x mel bins) of the usable clips, and their indices in paths.
 
     The values are rounded to params.storage_dtype, so that a model is given at prediction what its
     feature cache gave it in training and evaluation. The others (undecodable, or with features
     that are not finite in that dtype) go to `bad` (path -> why), so one pass reports every bad
-    file; `notes` collects clips used although they look wrong (lib.data.audio.load_clip).
+    file; `notes` collects clips used although they look wrong (lib.data.audio.load_clip). training: the
+    clips are a training split's (clip_window).
     """
     waveforms, kept = [], []
+    window = clip_window(params, training)
     for index, path in enumerate(paths):
         try:
-            waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds, notes=notes))
+            waveforms.append(load_clip(path, params.sample_rate_hz, params.clip_seconds, notes=notes, window=window))
         except AudioError as error:
             bad[error.path] = error.reason
             continue
@@ -242,7 +255,7 @@ def write_shard(
     with one_torch_thread(), ArrowWriter(features=arrow_features(params, label_names), path=str(file)) as writer:
         for start in range(0, len(shard.paths), batch_size):
             paths = shard.paths[start : start + batch_size]
-            values, kept = featurize(paths, params, extractor, result.bad, result.notes)
+            values, kept = featurize(paths, params, extractor, result.bad, result.notes, shard.split == "train")
             writer.write_batch({
                 "input_values": values.astype(params.storage_dtype),
                 "label": [shard.labels[start + index] for index in kept],

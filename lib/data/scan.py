@@ -1,6 +1,7 @@
-"""Folder layout -> Manifest: which clips exist, their labels, and a content fingerprint.
+"""Listing -> Manifest: which clips exist, their labels, and a content fingerprint; and the folders layout's listing.
 
-Layout: ``<split_dir>/<class>/**/*.wav``; the label map is the sorted list of train subfolders.
+Layout "folders": ``<split_dir>/<class>/**/*.wav``; the label map is the sorted list of train subfolders.
+The other layouts (lib.data.layouts) list their clips from the dataset's own files into the same Listing.
 The fingerprint (relative path, size, mtime of every clip, and with ``fingerprint="content"`` a
 hash of its bytes) keys every downstream cache.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
@@ -42,6 +44,28 @@ class BadFile(BaseModel):
     reason: str
 
 
+@dataclass
+class Listing:
+    """Which clip files each split holds, under which label, before any header is read."""
+
+    classes: dict[str, dict[str, list[Path]]]  # split -> label -> sorted clip paths
+    roots: dict[str, Path]  # split -> the folder its clips are fingerprinted relative to
+    ignored: dict[str, int]
+    layout: str = "folders"
+    missing: list[BadFile] = field(default_factory=list)  # manifest rows naming files that are not there
+    note: str | None = None
+    noise_dir: Path | None = None
+
+    @property
+    def folders(self) -> bool:
+        """Whether each split is its own folder of class folders (else one dataset root, split by its files)."""
+        return self.layout == "folders"
+
+    def where(self, split: str) -> str:
+        """How messages name a split: its folder, or the layout's split."""
+        return f"{split} folder {self.roots[split]}" if self.folders else f"the {self.layout} {split} split"
+
+
 class Manifest(BaseModel):
     """What a scan found; small enough to cache and hand between tasks."""
 
@@ -55,6 +79,9 @@ class Manifest(BaseModel):
     test: list[Clip] = Field(default_factory=list)
     ignored: dict[str, int] = Field(default_factory=dict)
     skipped: list[BadFile] = Field(default_factory=list)
+    layout: str = "folders"  # data.layout; with the others train_dir and validation_dir are both data.root
+    note: str | None = None  # how the layout drew the split (e.g. the fold validated on)
+    noise_dir: str | None = None  # the dataset's own background-noise recordings (Speech Commands), not a class
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -194,12 +221,13 @@ def _content_digest(path: Path) -> str:
 
 def fingerprint_listing(
     listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], mode: FingerprintMode = "stat",
-    digests: dict[tuple[str, Path], str] | None = None,
+    digests: dict[tuple[str, Path], str] | None = None, labelled: bool = False,
 ) -> str:
     """Hash of (split, relative path, size, mtime[, content hash]) for every clip: changes when any clip does.
 
     "stat" misses an edit that keeps both the size and the mtime; "content" reads every byte to catch it
-    (and records each clip's content hash in digests, (split, path) -> hash, if given).
+    (and records each clip's content hash in digests, (split, path) -> hash, if given). labelled adds each
+    clip's label, for layouts where a manifest, not the clip's folder, gives it.
     """
     hasher = hashlib.sha256()  # streamed: one line per clip
 
@@ -208,9 +236,10 @@ def fingerprint_listing(
 
     # A split absent from the listing adds nothing: a run without a test folder keeps its fingerprint.
     for split in (split for split in (*SPLITS, TEST_SPLIT) if split in listing):
-        for _, paths in sorted(listing[split].items()):
+        for label, paths in sorted(listing[split].items()):
             for path in paths:
-                relative = path.relative_to(roots[split]).as_posix()
+                # A manifest may name clips outside its folder (../audio/x.wav): relpath, not relative_to.
+                relative = Path(os.path.relpath(path, roots[split])).as_posix() + (f"\0{label}" if labelled else "")
                 try:
                     stat = path.stat()
                     content = ""
@@ -231,7 +260,9 @@ def drop_cross_split_clips(
     listing: dict[str, dict[str, list[Path]]], roots: dict[str, Path], skip_bad_files: bool
 ) -> tuple[dict[str, dict[str, list[Path]]], list[BadFile]]:
     """The listing without the clips of another split (cross_split_clips), and those as bad files; refused (one
-    ScanError naming them all) unless skip_bad_files, and always where a class folder holds nothing else."""
+    ScanError naming them all) unless skip_bad_files, and always where a class folder holds nothing else.
+
+    roots: each split's own folder (layout folders), or {} where one dataset root holds every split."""
     bad = [BadFile(path=path, reason=reason) for path, reason in cross_split_clips(listing, roots)]
     if bad and not skip_bad_files:  # before the layout checks, which a class folder of links would fail first
         stop_or_skip(bad, skip_bad_files)
@@ -241,7 +272,7 @@ def drop_cross_split_clips(
         split: {name: [p for p in paths if display_path(p) not in leaked] for name, paths in classes.items()}
         for split, classes in listing.items()
     }
-    for split, classes in kept.items():
+    for split, classes in ((split, classes) for split, classes in kept.items() if split in roots):
         emptied = sorted(
             name for name, paths in classes.items() if not paths and leaked_from(skipped, roots[split] / name)
         )
@@ -271,6 +302,12 @@ def fingerprint_folders(
     return fingerprint_listing(listing, roots, mode)
 
 
+def fingerprint_found(found: Listing, mode: FingerprintMode = "stat") -> str:
+    """fingerprint_folders for any layout's listing (and its missing rows, which a fixed file changes)."""
+    missing = "|".join(sorted(item.path for item in found.missing))
+    return digest(f"{fingerprint_listing(found.classes, found.roots, mode, labelled=not found.folders)}|{missing}", 64)
+
+
 def check_distinct_splits(roots: dict[str, Path]) -> None:
     """No two splits may be one folder (resolve() follows symlinks and "..", so an alias is caught too)."""
     for first, second in combinations(roots, 2):
@@ -282,6 +319,29 @@ def check_distinct_splits(roots: dict[str, Path]) -> None:
             )
 
 
+def list_folders(
+    train_dir: Path, validation_dir: Path, test_dir: Path | None = None, warn: bool = True
+) -> Listing:
+    """Layout folders: each split's class folders (warn: see list_class)."""
+    roots = split_roots(train_dir, validation_dir, test_dir)
+    check_distinct_splits(roots)
+    classes: dict[str, dict[str, list[Path]]] = {}
+    ignored_total: dict[str, int] = {}
+    for split in roots:
+        classes[split], ignored = list_split(roots[split], split, tuple(roots.values()), warn)
+        for key, count in ignored.items():
+            ignored_total[key] = ignored_total.get(key, 0) + count
+        # Class names become labels in JSON, Arrow and the model config: a name that is not UTF-8 cannot
+        # be skipped like one bad file, since that would silently change the label set.
+        undecodable = [display_path(roots[split] / name) for name in classes[split] if not is_utf8(name)]
+        if undecodable:
+            raise ScanError(
+                f"{split} class folder {', '.join(undecodable)} has a name that is not valid UTF-8 "
+                "(bytes shown as \\xNN); rename it (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
+            )
+    return Listing(classes=classes, roots=roots, ignored=ignored_total)
+
+
 def scan_dataset(
     train_dir: Path,
     validation_dir: Path,
@@ -290,41 +350,39 @@ def scan_dataset(
     fingerprint: FingerprintMode = "stat",
     test_dir: Path | None = None,
 ) -> Manifest:
-    """Scan the splits (train, validation, and test if given), check the layout, read each clip's header."""
-    roots = split_roots(train_dir, validation_dir, test_dir)
-    check_distinct_splits(roots)
-    listing: dict[str, dict[str, list[Path]]] = {}
-    ignored_total: dict[str, int] = {}
-    for split in roots:
-        listing[split], ignored = list_split(roots[split], split, tuple(roots.values()))
-        for key, count in ignored.items():
-            ignored_total[key] = ignored_total.get(key, 0) + count
-        # Class names become labels in JSON, Arrow and the model config: a name that is not UTF-8 cannot
-        # be skipped like one bad file, since that would silently change the label set.
-        undecodable = [display_path(roots[split] / name) for name in listing[split] if not is_utf8(name)]
-        if undecodable:
-            raise ScanError(
-                f"{split} class folder {', '.join(undecodable)} has a name that is not valid UTF-8 "
-                "(bytes shown as \\xNN); rename it (e.g. convmv -f latin1 -t utf8 -r --notest DIR)"
-            )
+    """Scan the split folders (train, validation, and test if given), check the layout, read each clip's header."""
+    return scan_listing(list_folders(train_dir, validation_dir, test_dir), quick_subsample, skip_bad_files, fingerprint)
+
+
+def scan_listing(
+    found: Listing, quick_subsample: bool = False, skip_bad_files: bool = False, fingerprint: FingerprintMode = "stat"
+) -> Manifest:
+    """Check a layout's listing (labels, empty classes, links across splits), read each clip's header."""
+    roots, splits = found.roots, list(found.roots)
     digests: dict[tuple[str, Path], str] = {}
-    listing_fingerprint = fingerprint_listing(listing, roots, fingerprint, digests)
+    listing_fingerprint = fingerprint_listing(found.classes, roots, fingerprint, digests, labelled=not found.folders)
     # A clip whose real file lies in another split (a linked file or class folder) is not held out: refused or
     # skipped like a bad file, before any header is read.
-    listing, bad = drop_cross_split_clips(listing, roots, skip_bad_files)
+    listing, bad = drop_cross_split_clips(found.classes, roots if found.folders else {}, skip_bad_files)
+    bad = found.missing + bad
+    if found.missing and not skip_bad_files:  # rows naming absent files: said before the splits they leave empty
+        stop_or_skip(bad, skip_bad_files)
     warn_duplicate_content(digests)
 
     label_names = sorted(listing["train"])
     if not label_names:
-        raise ScanError(f"train folder {roots['train']} has no class subfolders; expected train/<class>/*.wav")
-    for split in list(roots)[1:]:
+        raise ScanError(f"train folder {roots['train']} has no class subfolders; expected train/<class>/*.wav"
+                        if found.folders else f"{found.where('train')} has no clips")
+    for split in splits[1:]:
         unknown = sorted(set(listing[split]) - set(label_names))
         if unknown:
+            fix = ("Rename or remove them, or add them to train" if found.folders
+                   else "a class must have training clips: fix its labels, or choose another fold (data.fold)")
             raise ScanError(
-                f"{split} folder {roots[split]} has classes absent from train: {unknown}; "
-                f"train classes are {label_names}. Rename or remove them, or add them to train"
+                f"{found.where(split)} has classes absent from train: {unknown}; train classes are {label_names}. "
+                + fix
             )
-    for split in roots:
+    for split in splits:
         empty = [name for name, paths in listing[split].items() if not paths]
         if empty:
             raise ScanError(
@@ -332,26 +390,31 @@ def scan_dataset(
                 "add clips or remove the empty folders"
             )
         if not any(listing[split].values()):
-            raise ScanError(f"{split} folder {roots[split]} holds no .wav clips")
+            raise ScanError(
+                f"{split} folder {roots[split]} holds no audio clips (.wav, .flac, .ogg, .mp3)" if found.folders
+                else f"{found.where(split)} holds no clips"
+            )
     if len(label_names) == 1:
         raise ScanError(
             f"train folder {roots['train']} has only one class ({label_names[0]!r}); a classifier needs at "
             "least two class subfolders: add the other classes, or point --train-dir at the folder above"
+            if found.folders else f"{found.where('train')} has only one class ({label_names[0]!r}); a classifier "
+            "needs at least two: check the label column"
         )
-    for split in list(roots)[1:]:
+    for split in splits[1:]:
         missing = sorted(set(label_names) - set(listing[split]))
         if missing:
             logger.warning("train classes with no %s clips: %s; their %s metrics will be empty", split, missing, split)
 
     label2id = {name: index for index, name in enumerate(label_names)}
     clips: dict[str, list[Clip]] = {}
-    for split in roots:
+    for split in splits:
         clips[split] = []
         for class_name, paths in listing[split].items():
             kept = paths[::SUBSAMPLE_EVERY] if quick_subsample else paths
             clips[split] += probe_clips(kept, label2id[class_name], bad)
     stop_or_skip(bad, skip_bad_files)
-    for split in roots:
+    for split in splits:
         if not clips[split]:
             raise ScanError(f"{split} split has no usable clips after skipping {len(bad)} bad files")
 
@@ -367,8 +430,11 @@ def scan_dataset(
         fingerprint=digest(
             f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64
         ),
-        ignored={key: count for key, count in ignored_total.items() if count},
+        ignored={key: count for key, count in found.ignored.items() if count},
         skipped=bad,
+        layout=found.layout,
+        note=found.note,
+        noise_dir=str(found.noise_dir) if found.noise_dir else None,
     )
 
 
@@ -397,9 +463,9 @@ def stop_or_skip(bad: list[BadFile], skip_bad_files: bool) -> None:
         logger.warning("skipping %s: %s", item.path, item.reason)
 
 
-# How the "holds no .wav clips" error names what a folder held instead (ignored_counts' reasons).
+# How the "holds no audio clips" error names what a folder held instead (ignored_counts' reasons).
 IGNORED_AS = {
-    "non_audio": "files not named .wav (astft reads only .wav: convert them)",
+    "non_audio": "files that are not .wav, .flac, .ogg or .mp3 (convert them)",
     "hidden": "hidden entries",
     "not_a_regular_file": "FIFOs, sockets or devices named .wav",
     "folder_already_scanned": "links to a folder already listed",
@@ -409,9 +475,9 @@ IGNORED_AS = {
 
 
 def no_clips_message(name: str, root: Path, ignored: dict[str, int]) -> str:
-    """A pretraining folder without a .wav clip, and what it held that was ignored, if anything."""
+    """A pretraining folder without an audio clip, and what it held that was ignored, if anything."""
     held = "; ".join(f"{count} {IGNORED_AS.get(reason, reason)}" for reason, count in ignored.items() if count)
-    return f"{name} {root} holds no .wav clips (searched at any depth)" + (f"; ignored there: {held}" if held else "")
+    return f"{name} {root} holds no audio clips (searched at any depth)" + (f"; ignored there: {held}" if held else "")
 
 
 def format_bad_files(bad: dict[str, str], during: str | None = None, setting: str = "data.skip_bad_files") -> str:

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib.config import DataConfig
 from lib.core.errors import ConfigError, EnsembleError
 from lib.core.guards import check_output_file
 from lib.core.layout import ONNX_FILE, RUN_CONFIG_FILE, WEIGHTS_FILE
-from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.features import FeatureParams, featurize, make_feature_extractor
+from lib.data.layouts import list_dataset
 from lib.evaluate.ensemble import (
     MemberInfo,
     check_compatible,
@@ -177,8 +178,8 @@ def check_parity(path: Path, vote: CalibratedVote, members: list[MemberInfo], pa
 def _validation_features(member: MemberInfo, params: FeatureParams) -> np.ndarray:
     try:
         run_config = json.loads((Path(member.path) / RUN_CONFIG_FILE).read_text())
-        folder = Path(run_config["data"]["validation_dir"])
-        files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_SUFFIXES)[:PARITY_CLIPS]
+        validation = list_dataset(DataConfig.model_validate(run_config["data"]), warn=False).classes["validation"]
+        files = sorted(path for paths in validation.values() for path in paths)[:PARITY_CLIPS]
         values, _ = featurize(files, params, make_feature_extractor(params), bad={})
     except (OSError, ValueError, KeyError, TypeError):
         values = np.zeros((0, params.max_frames, params.num_mel_bins), np.float32)

@@ -233,7 +233,7 @@ def list_inputs(input_path: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
     )
     if not files:
-        raise EnsembleError(f"--input (input_path) {input_path}: no .wav files found")
+        raise EnsembleError(f"--input (input_path) {input_path}: no audio files (.wav, .flac, .ogg, .mp3) found")
     return files
 
 

@@ -29,10 +29,27 @@ def read_card_metadata(card: Path) -> dict:
     return yaml.safe_load(metadata)
 
 
-def dataset_name(train_dir: str | Path) -> str:
-    """The dataset's name as a card gives it: the folder above train/ (data/train -> data), else train_dir's own."""
-    train_dir = Path(train_dir)
+def dataset_name(data: dict) -> str:
+    """The dataset's name as a card gives it, from a run config's data section: a dataset layout's own name (a csv
+    manifest's folder), else the folder above train/ (data/train -> data), else train_dir's own."""
+    layout = data.get("layout", "folders")
+    if layout == "csv":
+        root = Path(data["root"])
+        return (root if root.is_dir() else root.parent).name
+    if layout != "folders":
+        return layout
+    train_dir = Path(data["train_dir"])
     return train_dir.parent.name if train_dir.name.lower() == "train" and train_dir.parent.name else train_dir.name
+
+
+def data_lines(data: dict, num_clips: dict[str, int]) -> list[str]:
+    """Where each split's clips came from, and how many there were."""
+    if data.get("layout", "folders") == "folders":
+        folders = {"train": data["train_dir"], "validation": data["validation_dir"], "test": data.get("test_dir")}
+        return [f"- {split}: `{path}`, {num_clips.get(split, 0)} clips" for split, path in folders.items() if path]
+    fold = f", validated on fold {data['fold']}" if data.get("fold") else ""
+    return [f"- {data['layout']} dataset `{data['root']}`{fold}: "
+            + ", ".join(f"{count} {split}" for split, count in num_clips.items()) + " clips"]
 
 
 def warmup_text(warmup_steps: float) -> str:
@@ -77,7 +94,7 @@ def member_card(
         "pipeline_tag": "audio-classification",
         "tags": ["audio-classification", "audio-spectrogram-transformer", "astft"],
         "labels": list(label_names),
-        "model-index": model_index(name, dataset_name(data["train_dir"]), scores),
+        "model-index": model_index(name, dataset_name(data), scores),
     }
     table = ["| split | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
     table += [
@@ -108,9 +125,7 @@ def member_card(
         "",
         "## Data",
         "",
-        f"- train: `{data['train_dir']}`, {num_clips.get('train', 0)} clips",
-        f"- validation: `{data['validation_dir']}`, {num_clips.get('validation', 0)} clips",
-        *([f"- test: `{data['test_dir']}`, {num_clips.get('test', 0)} clips"] if data.get("test_dir") else []),
+        *data_lines(data, num_clips),
         f"- {len(member.get('skipped_files') or {})} files skipped as unreadable",
         f"- features: {features['num_mel_bins']} mel bins x {features['max_frames']} frames (log-mel fbank, "
         f"{features['sample_rate_hz']} Hz, clips cut or padded to {features['clip_seconds']:g} s)",

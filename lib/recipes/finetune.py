@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from transformers import ASTModel
 
 from lib.config.runs import EnsembleConfig, FinetuneConfig
+from lib.config.sections import DataConfig
 from lib.core.errors import ConfigError, ScanError
 from lib.core.layout import (
     BEST_FOLDER,
@@ -64,7 +65,15 @@ EpochHook = Callable[[EpochRecord], None]
 
 # --- plan ------------------------------------------------------------------------------------------------------
 
-DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # test_dir is optional (None)
+DATA_FOLDERS = ("train_dir", "validation_dir", "test_dir")  # layout folders; test_dir is optional (None)
+
+
+def data_folders(data: DataConfig) -> dict[str, Path | None]:
+    """Parameter (as errors name it) -> each folder the scan reads: the split folders, or a dataset's root (a csv
+    manifest's clips are read by path, never listed, so its folder is not one)."""
+    if data.layout == "folders":
+        return {f"data.{field} (--{field.replace('_', '-')})": getattr(data, field) for field in DATA_FOLDERS}
+    return {"data.root (--root)": data.root if data.layout != "csv" else None}
 
 
 class FinetunePlan(Plan):
@@ -84,9 +93,7 @@ def check_work_dir_location(config: FinetuneConfig) -> None:
     """
     protected = {
         "model.ssl_checkpoint (--ssl-checkpoint)": config.model.ssl_checkpoint,
-        "data.train_dir (--train-dir)": config.data.train_dir,
-        "data.validation_dir (--validation-dir)": config.data.validation_dir,
-        "data.test_dir (--test-dir)": config.data.test_dir,
+        **data_folders(config.data),
         # published members: a link there could pass for an incomplete checkpoint-N and be removed
         "the published members, output_dir/best": config.output_dir / BEST_FOLDER,
     }
@@ -104,17 +111,19 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     """
     config = config.resolved()
     check_ssl_checkpoint(config.model.ssl_checkpoint)
-    for field in DATA_FOLDERS:
-        folder = getattr(config.data, field)
+    for label, folder in data_folders(config.data).items():
         if folder is not None and not folder.is_dir():
-            raise ConfigError(f"data.{field} (--{field.replace('_', '-')}) {folder}: no such folder")
-    try:  # CLI, UI and deployment runs alike: a split that is another split measures nothing
-        check_distinct_splits(split_roots(config.data.train_dir, config.data.validation_dir, config.data.test_dir))
-    except ScanError as error:
-        raise ConfigError(str(error)) from error
+            raise ConfigError(f"{label} {folder}: no such folder")
+    if config.data.layout == "csv" and not config.data.root.exists():
+        raise ConfigError(f"data.root (--root) {config.data.root}: no such CSV file or folder")
+    if config.data.layout == "folders":
+        try:  # CLI, UI and deployment runs alike: a split that is another split measures nothing
+            check_distinct_splits(split_roots(config.data.train_dir, config.data.validation_dir, config.data.test_dir))
+        except ScanError as error:
+            raise ConfigError(str(error)) from error
     check_output_folders(
         {"output_dir (--output-dir)": config.output_dir, "data.cache_dir (--cache-dir)": config.data.cache_dir},
-        {f"data.{field} (--{field.replace('_', '-')})": getattr(config.data, field) for field in DATA_FOLDERS},
+        data_folders(config.data),
     )
     check_publish_destination(config.output_dir / BEST_FOLDER / config.name)
     check_work_dir_location(config)

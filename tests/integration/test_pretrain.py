@@ -410,20 +410,20 @@ def test_an_empty_folder_says_what_was_ignored_in_it_and_a_link_into_validation_
     from lib.config import PretrainDataConfig
     from tasks.pretrain import unlabeled_scan_cache_key
 
-    (tmp_path / "mp3s" / ".cache").mkdir(parents=True)
-    for name in ("a.mp3", "b.flac", ".DS_Store"):
-        (tmp_path / "mp3s" / name).write_text("x")
+    (tmp_path / "m4as" / ".cache").mkdir(parents=True)
+    for name in ("a.m4a", "b.aac", ".DS_Store"):
+        (tmp_path / "m4as" / name).write_text("x")
     with pytest.raises(ScanError) as refused:
-        scan_unlabeled([tmp_path / "mp3s"])
+        scan_unlabeled([tmp_path / "m4as"])
     assert str(refused.value) == (
-        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'mp3s'} holds no .wav clips (searched at any depth); ignored "
-        "there: 2 hidden entries; 2 files not named .wav (astft reads only .wav: convert them)"
+        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'm4as'} holds no audio clips (searched at any depth); "
+        "ignored there: 2 hidden entries; 2 files that are not .wav, .flac, .ogg or .mp3 (convert them)"
     )
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScanError) as refused:
         scan_unlabeled([tmp_path / "empty"])
     assert str(refused.value) == (
-        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'empty'} holds no .wav clips (searched at any depth)"
+        f"--data-dir 1 (data.data_dirs[0]) {tmp_path / 'empty'} holds no audio clips (searched at any depth)"
     )
     # a link in a data folder into the validation folder: not followed, and named once per scan (the cache key
     # lists the folders too, quietly)

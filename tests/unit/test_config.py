@@ -142,9 +142,11 @@ def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkey
         config = config_class.model_validate(values)
         resolved = config.resolved()
         locations = tagged(config_class, LOCATION)
-        assert len(locations) == {FinetuneConfig: 8, EnsembleConfig: 7, PredictConfig: 3}[config_class]
-        for path in locations:
+        assert len(locations) == {FinetuneConfig: 9, EnsembleConfig: 8, PredictConfig: 3}[config_class]
+        for path in (path for path in locations if path != ("data", "root")):  # root: layouts only, below
             assert reduce(getattr, path, resolved) == tmp_path.resolve() / reduce(getattr, path, config), path
+    esc50 = FinetuneConfig.model_validate({**BASE, "data": {"layout": "esc50", "root": "ESC-50-master"}}).resolved()
+    assert esc50.data.root == tmp_path.resolve() / "ESC-50-master"
     home = FinetuneConfig.model_validate({**BASE, "model": {"ssl_checkpoint": "~/ckpt"}}).resolved()
     assert home.model.ssl_checkpoint == Path.home().resolve() / "ckpt"
 
@@ -336,3 +338,16 @@ def test_a_value_every_member_of_a_union_refuses_is_one_line_naming_the_field():
         "or Input should be 'auto' (got -1)",
         "  - training.batch_sizes.1: Input should be greater than or equal to 1 (got 0)",
     ]
+
+
+@pytest.mark.parametrize(("preset", "layout", "seconds", "frames"), [
+    ("speech-commands", "speech_commands", 1.0, 128), ("esc50", "esc50", 5.0, 512),
+    ("urbansound8k", "urbansound8k", 4.0, 400),
+])
+def test_each_dataset_preset_reads_its_layout_at_the_datasets_clip_length(preset, layout, seconds, frames):
+    folder = Path(__file__).parents[2]
+    config = load_config(FinetuneConfig, folder / "deployments" / "presets" / f"{preset}.yaml")
+    assert (config.data.layout, config.features.clip_seconds, config.features.max_frames) == (layout, seconds, frames)
+    assert (folder / "docs" / "datasets" / f"{preset}.md").is_file()
+    bare = FinetuneConfig.model_validate({**BASE, "data": {"layout": layout, "root": "r"}})
+    assert (bare.features.clip_seconds, bare.features.max_frames) == (seconds, frames)  # the layout's own defaults

@@ -156,11 +156,11 @@ def test_a_split_left_empty_by_skipping_says_so_instead_of_suggesting_the_flag_a
 ):
     real = features_module.featurize
 
-    def validation_all_bad(paths, params, extractor, bad, notes=None):
+    def validation_all_bad(paths, params, extractor, bad, notes=None, training=False):
         if "validation" in str(paths[0]):
             bad.update({str(path): "its samples are not finite" for path in paths})
             return np.zeros((0, params.max_frames, params.num_mel_bins), np.float32), []
-        return real(paths, params, extractor, bad, notes)
+        return real(paths, params, extractor, bad, notes, training)
 
     monkeypatch.setattr(features_module, "featurize", validation_all_bad)
     with pytest.raises(BadAudioError) as error:

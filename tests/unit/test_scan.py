@@ -60,7 +60,7 @@ def test_empty_class_and_empty_split_are_errors(tmp_path):
     with pytest.raises(ScanError, match=r"without any \.wav clip: \['b'\]"):
         scan_dataset(train, validation)
     train, validation = layout(tmp_path / "two", {"train": {"a": 1}, "validation": {}})
-    with pytest.raises(ScanError, match="validation folder .* holds no .wav clips"):
+    with pytest.raises(ScanError, match="validation folder .* holds no audio clips"):
         scan_dataset(train, validation)
     with pytest.raises(ScanError, match="does not exist"):
         scan_dataset(tmp_path / "missing", validation)

@@ -1,0 +1,373 @@
+"""Dataset layouts -> Listing: which clip is in which split under which label, from the dataset's own files.
+
+- folders: train_dir/<class>/, validation_dir/<class>/ (lib.data.scan.list_folders);
+- speech_commands: <root>/<word>/*.wav; validation_list.txt and testing_list.txt (paths relative to the root)
+  name the validation and test clips, every other clip is train; _background_noise_/ is not a class;
+- esc50: <root>/audio/*.wav and <root>/meta/esc50.csv (filename, fold, target, category, ...), label = category,
+  folds 1..5;
+- urbansound8k: <root>/audio/fold<N>/<slice_file_name> and <root>/metadata/UrbanSound8K.csv (slice_file_name,
+  fsID, start, end, salience, fold, classID, class), label = class, folds 1..10;
+- csv: a manifest of path, label and split or fold columns (names configurable), paths relative to its folder.
+
+A dataset of folds validates on data.fold (default the last) and trains on the others. Manifest rows are named
+by file and line in every error; a row naming a file that is not there is a bad file (skipped only with
+data.skip_bad_files), every other bad row stops the scan.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib.config import DataConfig
+from lib.core.errors import ScanError, display_path
+from lib.data.audio import AUDIO_SUFFIXES
+from lib.data.scan import (
+    SPLITS,
+    TEST_SPLIT,
+    BadFile,
+    FingerprintMode,
+    Listing,
+    Manifest,
+    fingerprint_found,
+    ignored_counts,
+    list_class,
+    list_folders,
+    scan_listing,
+)
+
+logger = logging.getLogger("lib.data.scan")  # its lines read as the scan's
+
+SPEECH_COMMANDS_LISTS = {"validation": "validation_list.txt", TEST_SPLIT: "testing_list.txt"}
+SPEECH_COMMANDS_NOISE = "_background_noise_"
+ESC50_MANIFEST = "meta/esc50.csv"
+ESC50_FOLDS = range(1, 6)
+URBANSOUND8K_MANIFEST = "metadata/UrbanSound8K.csv"
+URBANSOUND8K_FOLDS = range(1, 11)
+CSV_DEFAULT_NAME = "metadata.csv"  # Hugging Face audiofolder's manifest name
+CSV_SPLITS = (*SPLITS, TEST_SPLIT)
+
+
+def list_dataset(data: DataConfig, warn: bool = True) -> Listing:
+    """The listing data.layout describes (warn: see lib.data.scan.list_class)."""
+    if data.layout == "folders":
+        return list_folders(data.train_dir, data.validation_dir, data.test_dir, warn)
+    root = Path(data.root)
+    if data.layout == "speech_commands":
+        return speech_commands(root, warn)
+    if data.layout == "esc50":
+        return esc50(root, data.fold)
+    if data.layout == "urbansound8k":
+        return urbansound8k(root, data.fold)
+    return csv_manifest(root, data)
+
+
+def scan_data(data: DataConfig) -> Manifest:
+    """Scan the dataset data describes: list it, check it, read each clip's header."""
+    found = list_dataset(data)
+    if found.note:
+        logger.info("%s", found.note)
+    return scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
+
+
+def fingerprint_data(data: DataConfig, mode: FingerprintMode | None = None) -> str:
+    """The listing's fingerprint (lib.data.scan.fingerprint_found), quietly: the scan that follows warns."""
+    return fingerprint_found(list_dataset(data, warn=False), mode or data.fingerprint)
+
+
+def dataset_folders(data: DataConfig) -> list[Path]:
+    """The folders (and manifest) a run reads its clips from: the split folders, or the dataset's root."""
+    if data.layout == "folders":
+        return [folder for folder in (data.train_dir, data.validation_dir, data.test_dir) if folder is not None]
+    return [Path(data.root)]
+
+
+# --- Speech Commands -------------------------------------------------------------------------------------------
+
+
+def speech_commands(root: Path, warn: bool = True) -> Listing:
+    """Speech Commands (v1 or v2) as downloaded: word folders, split by its two list files."""
+    require_folder(root, "speech_commands", "the folder holding the word folders and validation_list.txt")
+    ignored = ignored_counts()
+    by_relative: dict[str, tuple[str, Path]] = {}
+    words: list[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.name.startswith("_"):
+            continue  # LICENSE, README.md, the list files, _background_noise_: not classes
+        words.append(entry.name)
+        for path in list_class(entry.path, ignored, (root,), warn):
+            by_relative[path.relative_to(root).as_posix()] = (entry.name, path)
+    assigned: dict[str, tuple[str, str, int]] = {}  # relative path -> (split, list file, line)
+    missing: list[BadFile] = []
+    for split, name in SPEECH_COMMANDS_LISTS.items():
+        list_file = root / name
+        for line, entry in read_list_file(list_file):
+            where = f"{display_path(list_file)} line {line}"
+            if entry in assigned:
+                raise ScanError(
+                    f"{where}: {entry} is listed already ({assigned[entry][1]} line {assigned[entry][2]}); a clip "
+                    "belongs to one split: remove the repeated line"
+                )
+            assigned[entry] = (split, name, line)
+            if entry not in by_relative:
+                if (root / entry).is_file():
+                    raise ScanError(
+                        f"{where}: {entry} is not a clip of a word folder (a .wav under <root>/<word>/); fix the line"
+                    )
+                missing.append(BadFile(path=display_path(root / entry), reason=f"listed in {where} but not there"))
+    classes: dict[str, dict[str, list[Path]]] = {split: {} for split in (*SPLITS, TEST_SPLIT)}
+    for relative, (word, path) in sorted(by_relative.items()):
+        split = assigned.get(relative, ("train",))[0]
+        classes[split].setdefault(word, []).append(path)
+    noise = root / SPEECH_COMMANDS_NOISE
+    counts = {split: sum(len(paths) for paths in classes[split].values()) for split in classes}
+    return Listing(
+        classes=classes, roots=dict.fromkeys(classes, root), ignored=ignored, layout="speech_commands",
+        missing=missing, noise_dir=noise if noise.is_dir() else None,
+        note=(
+            f"speech_commands: {len(words)} words; {counts['train']} train, {counts['validation']} validation "
+            f"({SPEECH_COMMANDS_LISTS['validation']}) and {counts[TEST_SPLIT]} test clips "
+            f"({SPEECH_COMMANDS_LISTS[TEST_SPLIT]}); {SPEECH_COMMANDS_NOISE}/ is background noise, not a class"
+        ),
+    )
+
+
+def read_list_file(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, relative path) of each non-blank line of a Speech Commands list file."""
+    if not path.is_file():
+        raise ScanError(
+            f"{display_path(path)} is missing: a speech_commands root holds validation_list.txt and testing_list.txt "
+            "as the download has them; point data.root (--root) at that folder"
+        )
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if entry := text.strip():
+                yield line, entry.replace("\\", "/").removeprefix("./")
+
+
+# --- manifests: ESC-50, UrbanSound8K, any CSV -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One manifest row: where it is (file, line), its clip, its label, and its split or fold."""
+
+    where: str
+    path: Path
+    label: str
+    split: str | None = None
+    fold: int | None = None
+
+
+def esc50(root: Path, fold: int | None) -> Listing:
+    """ESC-50 as downloaded: audio/*.wav, labels and folds 1..5 from meta/esc50.csv."""
+    require_folder(root, "esc50", "the folder holding audio/ and meta/esc50.csv")
+    manifest = root / ESC50_MANIFEST
+    rows = [
+        Row(where, root / "audio" / cell(row, "filename", where), cell(row, "category", where),
+            fold=fold_number(row, "fold", where, ESC50_FOLDS))
+        for where, row in read_csv(manifest, ("filename", "fold", "target", "category"))
+    ]
+    check_one_label_per_id(read_csv(manifest, ("target", "category")), "target", "category")
+    return fold_listing(rows, manifest, "esc50", fold, ESC50_FOLDS, root)
+
+
+def urbansound8k(root: Path, fold: int | None) -> Listing:
+    """UrbanSound8K as downloaded: audio/fold<N>/*.wav, labels and folds 1..10 from metadata/UrbanSound8K.csv."""
+    require_folder(root, "urbansound8k", "the folder holding audio/fold1..fold10 and metadata/UrbanSound8K.csv")
+    manifest = root / URBANSOUND8K_MANIFEST
+    rows = []
+    for where, row in read_csv(manifest, ("slice_file_name", "fold", "classID", "class")):
+        number = fold_number(row, "fold", where, URBANSOUND8K_FOLDS)
+        rows.append(Row(where, root / "audio" / f"fold{number}" / cell(row, "slice_file_name", where),
+                        cell(row, "class", where), fold=number))
+    check_one_label_per_id(read_csv(manifest, ("classID", "class")), "classID", "class")
+    return fold_listing(rows, manifest, "urbansound8k", fold, URBANSOUND8K_FOLDS, root)
+
+
+def csv_manifest(root: Path, data: DataConfig) -> Listing:
+    """Any CSV of clip path, label and a split or fold column; paths relative to the CSV's folder."""
+    manifest = root / CSV_DEFAULT_NAME if root.is_dir() else root
+    if not manifest.is_file():
+        raise ScanError(
+            f"data.root (--root) {display_path(root)}: no such CSV file" + (
+                f" (a folder must hold {CSV_DEFAULT_NAME})" if root.is_dir() else "") +
+            "; point it at the manifest, a .csv with a path and a label column"
+        )
+    header = csv_header(manifest)
+    by_split = data.split_column in header and data.fold is None
+    if not by_split and data.fold_column not in header:
+        raise ScanError(
+            f"{display_path(manifest)} has no {data.split_column!r} column (train/validation/test per row) "
+            f"{'and' if data.fold is None else 'and, with data.fold set, needs'} no {data.fold_column!r} column "
+            f"(fold numbers); its columns are {header}: add one, or name yours with data.split_column / "
+            "data.fold_column"
+        )
+    base = manifest.parent
+    rows = []
+    for where, row in read_csv(manifest, (data.path_column, data.label_column)):
+        path = Path(cell(row, data.path_column, where))
+        path = path if path.is_absolute() else base / path
+        label = cell(row, data.label_column, where)
+        if by_split:
+            split = cell(row, data.split_column, where).lower()
+            if split not in CSV_SPLITS:
+                raise ScanError(
+                    f"{where}: {data.split_column} {split!r} is not one of {', '.join(CSV_SPLITS)}; fix the row"
+                )
+            rows.append(Row(where, path, label, split=split))
+        else:
+            rows.append(Row(where, path, label, fold=fold_number(row, data.fold_column, where)))
+    if by_split:
+        return split_listing(rows, manifest, base)
+    return fold_listing(rows, manifest, "csv", data.fold, None, base)
+
+
+def split_listing(rows: list[Row], manifest: Path, base: Path) -> Listing:
+    """The listing of a manifest whose rows name their split."""
+    missing = check_rows(rows)
+    classes: dict[str, dict[str, list[Path]]] = {split: {} for split in CSV_SPLITS}
+    for row in rows:
+        if row.path.is_file():
+            classes[row.split].setdefault(row.label, []).append(row.path)
+    if not any(classes[TEST_SPLIT].values()):
+        del classes[TEST_SPLIT]
+    for split in SPLITS:
+        if not any(rows for rows in classes[split].values()) and not missing:
+            raise ScanError(f"{display_path(manifest)} has no {split} rows; every run needs train and validation clips")
+    return Listing(
+        classes=sorted_classes(classes), roots=dict.fromkeys(classes, base), ignored=ignored_counts(), layout="csv",
+        missing=missing, note=f"csv: {display_path(manifest)}, split by its split column",
+    )
+
+
+def fold_listing(
+    rows: list[Row], manifest: Path, layout: str, fold: int | None, folds: range | None, base: Path
+) -> Listing:
+    """The listing of a manifest of folds: data.fold (default the last) validates, the others train."""
+    missing = check_rows(rows)
+    present = sorted({row.fold for row in rows})
+    known = list(folds) if folds is not None else present
+    if not present:
+        raise ScanError(f"{display_path(manifest)} has no rows")
+    chosen = fold if fold is not None else known[-1]
+    if chosen not in present:
+        raise ScanError(
+            f"data.fold (--fold) {chosen}: {display_path(manifest)} has folds {fold_range(present)}; choose one of them"
+        )
+    classes: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+    for row in rows:
+        if row.path.is_file():
+            classes["validation" if row.fold == chosen else "train"].setdefault(row.label, []).append(row.path)
+    trained = [number for number in present if number != chosen]
+    how = "data.fold" if fold is not None else "the last fold; data.fold picks another"
+    return Listing(
+        classes=sorted_classes(classes), roots=dict.fromkeys(SPLITS, base), ignored=ignored_counts(),
+        layout=layout, missing=missing,
+        note=(
+            f"{layout}: validating on fold {chosen} ({how}), training on folds {fold_range(trained)}; the "
+            f"protocol's figure is the mean over all {len(present)} folds"
+        ),
+    )
+
+
+def check_rows(rows: list[Row]) -> list[BadFile]:
+    """Refuse a path listed twice; the rows naming files that are not there, as bad files."""
+    first: dict[str, str] = {}
+    missing = []
+    for row in rows:
+        key = os.path.normpath(row.path)
+        if key in first:
+            raise ScanError(
+                f"{row.where}: {display_path(row.path)} is listed already ({first[key]}); a clip belongs to one "
+                "split and one label: remove the repeated row"
+            )
+        first[key] = row.where
+        if not row.path.is_file():
+            missing.append(BadFile(path=display_path(row.path), reason=f"listed in {row.where} but not there"))
+        elif row.path.suffix.lower() not in AUDIO_SUFFIXES:
+            raise ScanError(
+                f"{row.where}: {display_path(row.path)} is not a .wav, .flac, .ogg or .mp3 file; convert it, or "
+                "remove the row"
+            )
+    return missing
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict[str, str]]]:
+    """("<file> line N", row) of each data row; the header must name every required column."""
+    header = csv_header(path)
+    if absent := [name for name in required if name not in header]:
+        raise ScanError(
+            f"{display_path(path)} has no column {', '.join(map(repr, absent))} (its columns: {header}); "
+            "is it the dataset's own file?"
+        )
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
+        reader = csv.DictReader(handle)
+        for row in reader:
+            if any((value or "").strip() for value in row.values()):  # blank lines are not rows
+                yield f"{display_path(path)} line {reader.line_num}", row
+
+
+def csv_header(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ScanError(
+            f"{display_path(path)} is missing; data.root (--root) must be the dataset's folder as downloaded"
+        )
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return [name.strip() for name in next(csv.reader(handle), [])]
+    except UnicodeDecodeError as error:
+        raise ScanError(f"{display_path(path)} is not UTF-8 text ({error}); save it as UTF-8 CSV") from error
+
+
+def cell(row: dict[str, str], column: str, where: str) -> str:
+    value = (row.get(column) or "").strip()
+    if not value:
+        raise ScanError(f"{where}: the {column!r} column is empty; fill it in, or remove the row")
+    return value
+
+
+def fold_number(row: dict[str, str], column: str, where: str, folds: range | None = None) -> int:
+    text = cell(row, column, where)
+    try:
+        number = int(text)
+    except ValueError:
+        raise ScanError(f"{where}: {column} {text!r} is not a fold number; fix the row") from None
+    if folds is not None and number not in folds:
+        raise ScanError(
+            f"{where}: {column} {number} is outside the dataset's folds {fold_range(list(folds))}; fix the row"
+        )
+    return number
+
+
+def check_one_label_per_id(rows: Iterator[tuple[str, dict[str, str]]], id_column: str, label_column: str) -> None:
+    """A class id that names two classes (or a class with two ids) means the manifest was edited wrongly."""
+    seen: dict[str, tuple[str, str]] = {}
+    for where, row in rows:
+        ident, label = (row.get(id_column) or "").strip(), (row.get(label_column) or "").strip()
+        for key, value, other in ((f"id {ident}", label, label_column), (f"class {label}", ident, id_column)):
+            if key in seen and seen[key][0] != value:
+                raise ScanError(
+                    f"{where}: {key} has {other} {value!r} here but {seen[key][0]!r} at {seen[key][1]}; fix the row"
+                )
+            seen.setdefault(key, (value, where))
+
+
+def sorted_classes(classes: dict[str, dict[str, list[Path]]]) -> dict[str, dict[str, list[Path]]]:
+    return {split: {label: sorted(paths) for label, paths in sorted(by.items())} for split, by in classes.items()}
+
+
+def fold_range(folds: list[int]) -> str:
+    """1-4 for consecutive folds, else 1, 3, 5."""
+    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ", ".join(map(str, folds))
+
+
+def require_folder(root: Path, layout: str, what: str) -> None:
+    if not root.is_dir():
+        raise ScanError(f"data.root (--root) {display_path(root)}: no such folder; for layout {layout} it is {what}")
