@@ -60,6 +60,11 @@ LOCATION = "location"
 NO_EFFECT_ON_WEIGHTS = "no effect on weights"
 
 
+# A field added after runs were made without it: at its default (what those runs did) it is left out of the
+# fingerprint, so their work dirs stay resumable; its default must therefore never change.
+OMITTED_AT_DEFAULT = "omitted from the fingerprint at its default"
+
+
 def _empty_location_message(field: str | None) -> str:
     return (
         f"{field or 'a location'} must not be empty; pass a folder (or file) path: an empty one would silently "
@@ -166,6 +171,11 @@ class RunConfig(Section):
         payload = self.model_dump(mode="json")
         for *sections, name in tagged(type(self), LOCATION, NO_EFFECT_ON_WEIGHTS):
             del reduce(getitem, sections, payload)[name]
+        for *sections, name in tagged(type(self), OMITTED_AT_DEFAULT):
+            section = reduce(lambda model, key: model.model_fields[key].annotation, sections, type(self))
+            values = reduce(getitem, sections, payload)
+            if values[name] == section.model_fields[name].get_default(call_default_factory=True):
+                del values[name]
         return digest(payload, 16)
 
 

@@ -12,6 +12,7 @@ from lib.config.base import (
     AUDIOSET_MEAN,
     AUDIOSET_STD,
     LOCATION,
+    OMITTED_AT_DEFAULT,
     TF32,
     Attention,
     CacheDir,
@@ -53,7 +54,7 @@ DATASET_FEATURES: dict[str, dict[str, object]] = {
 
 
 class DataConfig(Section):
-    layout: DatasetLayout = Field(
+    layout: Annotated[DatasetLayout, OMITTED_AT_DEFAULT] = Field(
         "folders",
         description=(
             "How the dataset is laid out: 'folders' is train_dir/CLASS/*.wav and validation_dir/CLASS/*.wav; "
@@ -84,30 +85,37 @@ class DataConfig(Section):
             "test set, as the notebook; speech_commands and csv layouts take their test split from the dataset)."
         ),
     )
-    fold: int | None = Field(
+    fold: Annotated[int | None, OMITTED_AT_DEFAULT] = Field(
         None, ge=1, le=1000,
         description=(
             "With a dataset of folds (esc50, urbansound8k, a csv with a fold column): the fold validated on, the "
             "others trained on (default null: the last fold)."
         ),
     )
-    path_column: str = Field("file_name", min_length=1, description=(
+    path_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("file_name", min_length=1, description=(
         "Layout csv: the column of clip paths (default 'file_name': Hugging Face audiofolder's metadata.csv)."
     ))
-    label_column: str = Field("label", min_length=1, description=(
+    label_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("label", min_length=1, description=(
         "Layout csv: the column of class names (default 'label': ours)."
     ))
-    split_column: str = Field("split", min_length=1, description=(
+    split_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("split", min_length=1, description=(
         "Layout csv: the column of train/validation/test per row, if the manifest has one, else its folds are used "
         "(default 'split': ours, the names of datasets' splits)."
     ))
-    fold_column: str = Field("fold", min_length=1, description=(
+    fold_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("fold", min_length=1, description=(
         "Layout csv: the column of fold numbers per row, used when there is no split column or data.fold is set "
         "(default 'fold': ESC-50's and UrbanSound8K's name for it)."
     ))
     quick_subsample: bool = Field(
         False,
         description="Keep every 10th clip of each class for a dry run (default false: the notebook's b_just_test).",
+    )
+    noise_dir: OptionalLocation = Field(
+        None, description=(
+            "Folder of background-noise recordings of any length (searched at any depth) that "
+            "training.augmentation.background_noise_probability mixes into training clips (default null: with "
+            "layout speech_commands its _background_noise_/, else none)."
+        ),
     )
     skip_bad_files: SkipBadFiles = False
     fingerprint: ScanFingerprint = "stat"
@@ -190,7 +198,7 @@ class FeatureConfig(Section):
             "notebook's padding to AST-base's 1024 (presets/notebook.yaml sets 1024)."
         ),
     )
-    long_clips: Literal["first", "crop"] = Field(
+    long_clips: Annotated[Literal["first", "crop"], OMITTED_AT_DEFAULT] = Field(
         "first",
         description=(
             "What is kept of a clip longer than clip_seconds: 'first' its start; 'crop' a window at a random offset "
@@ -311,11 +319,25 @@ class AugmentationConfig(Section):
             "(default false: the notebook had none)."
         ),
     )
+    background_noise_probability: Annotated[float, OMITTED_AT_DEFAULT] = Field(
+        0.0, ge=0, le=1, description=(
+            "Chance that a training clip gets a window of a background-noise recording mixed in (data.noise_dir, or "
+            "Speech Commands' _background_noise_/); 0 = off (default 0: the notebook had none; TensorFlow's Speech "
+            "Commands recipe uses 0.8)."
+        ),
+    )
+    background_noise_volume: Annotated[float, OMITTED_AT_DEFAULT] = Field(
+        0.1, gt=0, le=10, description=(
+            "The mixed-in noise's amplitude is scaled by a factor drawn uniformly from 0..volume (default 0.1: "
+            "TensorFlow's Speech Commands background_volume)."
+        ),
+    )
 
     @property
     def enabled(self) -> bool:
         return bool(
             self.freq_mask_bins or self.time_mask_frames or self.mixup_probability or self.noise_std or self.time_roll
+            or self.background_noise_probability
         )
 
 

@@ -1,7 +1,8 @@
 """Training-time augmentation of AST features: the AST/SSAST recipe, applied to training batches only.
 
 Features are (batch, frames, mel_bins), already normalised (as the model sees them). Per batch,
-in the reference's order:
+in the reference's order, after background noise where asked for (lib.data.noise: TensorFlow's Speech
+Commands recipe, not AST's):
 
 1. mixup: each sample, with probability p, is mixed with a random sample of the same batch,
    x = lam * x + (1 - lam) * x_other with its own lam ~ Beta(alpha, alpha); its target becomes
@@ -31,12 +32,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torchaudio.transforms
 from torch import nn
 
 from lib.config import AugmentationConfig
+
+if TYPE_CHECKING:
+    from lib.data.noise import BackgroundNoise
 
 # With features.normalize (the default), 0 is the dataset mean: masked bands carry no energy cue.
 # Without it, 0 is a raw log-mel of 0, the reference's own fill value.
@@ -119,13 +124,20 @@ def random_time_shifts(batch_size: int, device: torch.device | str = "cpu") -> t
 class FeatureAugmenter:
     """The configured augmentations, in the reference's order; returns the mixup drawn (None without mixup)."""
 
-    def __init__(self, config: AugmentationConfig):
+    def __init__(self, config: AugmentationConfig, background_noise: BackgroundNoise | None = None):
+        if config.background_noise_probability and background_noise is None:
+            raise ValueError("training.augmentation.background_noise_probability > 0 needs the noise windows")
         self.config = config
+        self.background_noise = background_noise
 
     def __call__(self, features: torch.Tensor) -> tuple[torch.Tensor, Mixup | None]:
         config = self.config
         batch_size, device = features.shape[0], features.device
         mixup = None
+        if config.background_noise_probability:  # first: it stands for noise in the recording itself
+            features = self.background_noise.mix(
+                features, config.background_noise_probability, config.background_noise_volume
+            )
         if config.mixup_probability:
             mixup = draw_mixup(batch_size, config.mixup_probability, config.mixup_alpha, device)
             features = mixup.mix(features)
@@ -146,9 +158,11 @@ class AugmentingTrainerMixin:
     the model's own forward (hard labels) is left as it is, since it is published as remote code.
     """
 
-    def __init__(self, *args, augmentation: AugmentationConfig, **kwargs):
+    def __init__(
+        self, *args, augmentation: AugmentationConfig, background_noise: BackgroundNoise | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        self.augmenter = FeatureAugmenter(augmentation)
+        self.augmenter = FeatureAugmenter(augmentation, background_noise)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not (model.training and self.augmenter.config.enabled):

@@ -23,6 +23,7 @@ from lib.core.guards import check_output_file
 from lib.core.layout import ONNX_FILE, RUN_CONFIG_FILE, WEIGHTS_FILE
 from lib.data.features import FeatureParams, featurize, make_feature_extractor
 from lib.data.layouts import list_dataset
+from lib.data.scan import list_split
 from lib.evaluate.ensemble import (
     MemberInfo,
     check_compatible,
@@ -178,7 +179,11 @@ def check_parity(path: Path, vote: CalibratedVote, members: list[MemberInfo], pa
 def _validation_features(member: MemberInfo, params: FeatureParams) -> np.ndarray:
     try:
         run_config = json.loads((Path(member.path) / RUN_CONFIG_FILE).read_text())
-        validation = list_dataset(DataConfig.model_validate(run_config["data"]), warn=False).classes["validation"]
+        data = run_config["data"]
+        if data.get("layout", "folders") == "folders":  # its validation folder alone (train's may be gone)
+            validation, _ = list_split(Path(data["validation_dir"]), "validation", warn=False)
+        else:
+            validation = list_dataset(DataConfig.model_validate(data), warn=False).classes["validation"]
         files = sorted(path for paths in validation.values() for path in paths)[:PARITY_CLIPS]
         values, _ = featurize(files, params, make_feature_extractor(params), bad={})
     except (OSError, ValueError, KeyError, TypeError):

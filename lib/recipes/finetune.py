@@ -31,6 +31,7 @@ from lib.core.layout import (
 )
 from lib.core.runtime import apply_tf32, check_portable, resolve_runtime, seed_everything
 from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
+from lib.data.noise import background_noise, check_noise_folder, noise_folder
 from lib.data.scan import check_distinct_splits, split_roots
 from lib.model.checkpoint import EncoderRef
 from lib.model.classifier import apply_freezing, build_classifier
@@ -137,6 +138,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
             f"but the encoder ({source}) has {layers} layers; use 1..{layers}, or 0 for full fine-tuning"
         )
     masks = config.training.augmentation
+    check_noise_folder(config.data, masks.background_noise_probability)
     mel_bins, frames = encoder_config.num_mel_bins, encoder_config.max_length
     if masks.freq_mask_bins > mel_bins or masks.time_mask_frames > frames:
         raise ConfigError(
@@ -348,6 +350,8 @@ def member_trainer_setup(
         data_collator=inputs.data_collator,  # the trunk cache's; else Trainer's default
         after_save=inputs.save_best,  # a trunk tail also saves its full classifier
         on_epoch=on_epoch,
+        background_noise=background_noise(noise_folder(config.data), features.params)
+        if training.augmentation.background_noise_probability else None,
         earlier_resume_keys=tuple(
             key + inputs.fingerprint_suffix for key in earlier_member_resume_keys(plan, features, encoder)
         ),

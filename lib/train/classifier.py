@@ -16,6 +16,7 @@ from lib.config.sections import TrainingConfig
 from lib.core.layout import BEST_MODEL_DIR, train_log_name
 from lib.core.runtime import Runtime
 from lib.data.augment import augmenting_trainer
+from lib.data.noise import BackgroundNoise
 from lib.evaluate.metrics import compute_metrics
 from lib.train.arguments import finetune_arguments, run_callbacks
 from lib.train.engine import TrainerSetup
@@ -43,10 +44,12 @@ def classifier_trainer_setup(
     on_epoch: EpochHook | None = None,
     extra_callbacks: Sequence[TrainerCallback] = (),
     earlier_resume_keys: tuple[str, ...] = (),
+    background_noise: BackgroundNoise | None = None,
 ) -> TrainerSetup:
     """Fine-tuning's Trainer for any classifier: a checkpoint per epoch, the best by the chosen metric saved to
     work_dir/best-model, the per-epoch batch-size schedule and augmentation when asked for (unaugmented runs keep
-    the plain Trainer). extra_callbacks observe the run."""
+    the plain Trainer). extra_callbacks observe the run; background_noise: the windows that
+    training.augmentation.background_noise_probability mixes in."""
     # A constant batch size needs none of the schedule's epoch-loop hooks, and stock Trainer also covers
     # torchrun/DDP, which the schedule does not.
     trainer_class: type[Trainer] = EpochBatchSizeTrainer if training.batch_sizes else Trainer
@@ -54,6 +57,7 @@ def classifier_trainer_setup(
     if training.augmentation.enabled:
         trainer_class = augmenting_trainer(trainer_class)
         options["augmentation"] = training.augmentation
+        options["background_noise"] = background_noise
     work_dir = Path(work_dir)
     return TrainerSetup(
         trainer_class=trainer_class,

@@ -106,7 +106,7 @@ def second_run(finetuned) -> tuple[dict, dict[str, bytes]]:
     before = {path.name: path.read_bytes() for path in finetuned.member.iterdir()}
     model = finetuned.config.model.model_copy(update={"train_last_n_layers": 0, "head_only": True})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.data, "scan_dataset", fail)
+        patch.setattr(tasks.data, "scan_data", fail)
         patch.setattr(lib.data.features, "load_clip", fail)
         summary = finetune(finetuned.config.model_copy(update={"name": "tiny_head", "model": model}))
     return summary, before

@@ -142,8 +142,10 @@ def test_resolved_makes_every_location_absolute_in_every_config(tmp_path, monkey
         config = config_class.model_validate(values)
         resolved = config.resolved()
         locations = tagged(config_class, LOCATION)
-        assert len(locations) == {FinetuneConfig: 9, EnsembleConfig: 8, PredictConfig: 3}[config_class]
+        assert len(locations) == {FinetuneConfig: 10, EnsembleConfig: 9, PredictConfig: 3}[config_class]
         for path in (path for path in locations if path != ("data", "root")):  # root: layouts only, below
+            if reduce(getattr, path, config) is None:  # data.noise_dir
+                continue
             assert reduce(getattr, path, resolved) == tmp_path.resolve() / reduce(getattr, path, config), path
     esc50 = FinetuneConfig.model_validate({**BASE, "data": {"layout": "esc50", "root": "ESC-50-master"}}).resolved()
     assert esc50.data.root == tmp_path.resolve() / "ESC-50-master"
@@ -351,3 +353,12 @@ def test_each_dataset_preset_reads_its_layout_at_the_datasets_clip_length(preset
     assert (folder / "docs" / "datasets" / f"{preset}.md").is_file()
     bare = FinetuneConfig.model_validate({**BASE, "data": {"layout": layout, "root": "r"}})
     assert (bare.features.clip_seconds, bare.features.max_frames) == (seconds, frames)  # the layout's own defaults
+
+
+def test_fields_added_later_enter_the_fingerprint_only_away_from_their_defaults():
+    plain = FinetuneConfig.model_validate(BASE)
+    same = FinetuneConfig.model_validate({**BASE, "features": {"long_clips": "first"}})
+    assert same.fingerprint() == plain.fingerprint()  # what runs before the field did: resumable
+    cropped = FinetuneConfig.model_validate({**BASE, "features": {"long_clips": "crop"}})
+    noisy = FinetuneConfig.model_validate({**BASE, "training": {"augmentation": {"background_noise_probability": .8}}})
+    assert len({plain.fingerprint(), cropped.fingerprint(), noisy.fingerprint()}) == 3
