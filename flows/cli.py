@@ -1,4 +1,4 @@
-"""astft command line: finetune, ensemble, pretrain, predict, demo.
+"""astft command line: finetune, ensemble, crossval, pretrain, predict, demo.
 
 Every flag of finetune, ensemble, pretrain and predict is generated from the pydantic configs in lib/config/
 (flows.flags); this module declares the commands, plans a run before its flow starts (so a bad value is
@@ -32,6 +32,7 @@ from flows.flags import (
     overrides_from_args,
 )
 from lib.config import (
+    CrossvalConfig,
     EnsembleConfig,
     FinetuneConfig,
     PredictConfig,
@@ -58,6 +59,19 @@ examples:
         epilog=VALUES_HELP + """
 example:
   astft ensemble --config ensemble.yaml --member head=head_only --member last2=last_2 --member full=full""",
+    )
+    add_preset_command(
+        commands, "crossval", CrossvalConfig, help="fine-tune one member per fold and report the mean over folds",
+        description="Cross-validation: fine-tune one member per fold of the dataset (its own folds, e.g. ESC-50's 5, "
+        "or --set data.folds=K stratified ones), each validated on its fold, publish them to "
+        "OUTPUT_DIR/best/NAME-fold-N/ and report the mean and standard deviation over the folds "
+        "(OUTPUT_DIR/best/crossval.json). A rerun keeps the folds already published from the same recipe.",
+        epilog=VALUES_HELP + """
+examples:
+  astft crossval --config deployments/presets/esc50.yaml --set data.root=data/ESC-50-master \
+      --set model.ssl_checkpoint=ensemble/ssl/my-ssl --name esc50
+  astft crossval --train-dir data/train --validation-dir data/validation --set data.folds=5 \
+      --ssl-checkpoint ssl/checkpoint-1000 --name cv5""",
     )
     add_preset_command(
         commands,
@@ -218,6 +232,12 @@ def preflight(config: FinetuneConfig | EnsembleConfig) -> list:
     Planning reads configs only, it writes nothing. Returns the plans of the members that train here."""
     from lib.recipes.finetune import plan_ensemble, plan_run
 
+    if isinstance(config, CrossvalConfig):
+        from lib.recipes.crossval import plan_crossval
+
+        trains_here = config.dispatch == "in_process"
+        plans = list(plan_crossval(config, trains_here=trains_here).values())
+        return plans if trains_here else []
     if isinstance(config, EnsembleConfig):
         trains_here = config.dispatch == "in_process"
         plans = list(plan_ensemble(config, trains_here=trains_here).values())
@@ -337,6 +357,8 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             pretrain_config = load_config(PretrainConfig, args.config, overrides_from_args(args))
         elif args.command == "ensemble":
             config = load_config(EnsembleConfig, args.config, overrides_from_args(args))
+        elif args.command == "crossval":
+            config = load_config(CrossvalConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
         # Pre-flight (why: docs/decisions.md, "The CLI plans before it starts a flow")
@@ -359,6 +381,7 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             raise
         return disk_error_exit(error, written_folders(pretrain_config, config))
 
+    from flows.crossval import CrossvalFoldsFailed
     from flows.ensemble import EnsembleMembersFailed
     from flows.server import ServerStartTimeout, flow_server
     from flows.terminal import log_to_file
@@ -374,7 +397,11 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
                 print_pretrain_summary(pretrain(pretrain_config))
                 if config is not None:
                     hold_run_locks(locks, preflight(config))
-            if isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
+            if isinstance(config, CrossvalConfig):
+                from flows.crossval import crossval
+
+                print_crossval(crossval(config))
+            elif isinstance(config, EnsembleConfig):  # astft ensemble, astft demo --ensemble
                 from flows.ensemble import ensemble
 
                 print_leaderboard(ensemble(config))
@@ -386,7 +413,7 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
                 if args.command == "demo":
                     metrics = {key: round(value, 4) for key, value in summary["metrics"].items()}
                     print(json.dumps({"published": summary["published"], **metrics}))
-    except (*expected, EnsembleMembersFailed, ServerStartTimeout) as error:
+    except (*expected, EnsembleMembersFailed, CrossvalFoldsFailed, ServerStartTimeout) as error:
         print(f"astft: {error}{details}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -412,11 +439,12 @@ def print_next_steps(config: FinetuneConfig | EnsembleConfig | None, server_url:
 
     lines = []
     if config is not None:
-        model = config.output_dir / BEST_FOLDER / ("" if isinstance(config, EnsembleConfig) else config.name)
-        model_text = str(model).rstrip("/") + ("/" if isinstance(config, EnsembleConfig) else "")
+        several = isinstance(config, EnsembleConfig | CrossvalConfig)  # members in best/: predict votes them
+        model = config.output_dir / BEST_FOLDER / ("" if several else config.name)
+        model_text = str(model).rstrip("/") + ("/" if several else "")
         clips = clips or config.data.test_dir or "CLIPS"
         lines.append(f"  predict:    {program()} predict --model {model_text} --input {clips} --output predictions.csv")
-        if not isinstance(config, EnsembleConfig):
+        if not several:
             lines.append("  in Python:  from transformers import AutoModelForAudioClassification; "
                          f"model = AutoModelForAudioClassification.from_pretrained({str(model)!r}, "
                          "trust_remote_code=True)")
@@ -444,6 +472,20 @@ def disk_error_exit(error: Exception, folders: dict[str, Path], details: str = "
 
     print(f"astft: {disk_error_message(disk_error(error), folders)}{details}", file=sys.stderr)
     return 2
+
+
+def print_crossval(summary: dict) -> None:
+    """Each fold's validation (and test) accuracy, then the protocol's figure."""
+    from lib.recipes.crossval import protocol_line
+
+    test = any(result["test_metrics"] for result in summary["folds"].values())
+    print(f"\n{'fold':<10} {'member':<32} {'val acc':>9}" + (f" {'test acc':>9}" if test else ""))
+    for fold, result in summary["folds"].items():
+        accuracy = result["test_metrics"].get("accuracy") if test else None
+        print(f"{fold:<10} {result['name']:<32} {result['metrics']['accuracy']:>9.4f}"
+              + (f" {accuracy:>9.4f}" if accuracy is not None else ""))
+    print(protocol_line(summary))
+    print(f"written to {summary['file']}")
 
 
 def print_leaderboard(leaderboard: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -38,15 +39,18 @@ def _failure_reason(state) -> str:
 
 
 def train_members_here(
-    plans: dict[str, FinetunePlan], features: FeatureCacheRef, encoder: EncoderRef
+    plans: dict[str, FinetunePlan], features: FeatureCacheRef | Mapping[str, FeatureCacheRef], encoder: EncoderRef,
+    table: str = "ensemble-members",
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Each member as a sub-run of this process, one after another: (published folders, failure reasons) by name.
-    Each result is logged and added to the parent's members table as it comes."""
+    Each result is logged and added to the parent's members table (artifact key `table`) as it comes. features:
+    one cache for all, or each member's (a cross-validation's fold views)."""
     logger = get_run_logger()
     published, failed, results = {}, {}, {}
     for name, plan in plans.items():
+        inputs = features[name] if isinstance(features, Mapping) else features
         # the sub-run is named after its member in the UI (else a random name: "fervent-poodle")
-        state = member.with_options(flow_run_name=f"member {name}")(plan, features, encoder, return_state=True)
+        state = member.with_options(flow_run_name=f"member {name}")(plan, inputs, encoder, return_state=True)
         if state.is_completed():
             results[name] = state.result()
             published[name] = results[name]["published"]
@@ -57,11 +61,12 @@ def train_members_here(
             logger.error("member %s failed: %s", name, failed[name])
             del state
             release_memory()
-        show_members(plans, results)
+        show_members(plans, results, table)
     return published, failed
 
 
-def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str]) -> None:
+def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str], key: str = "ensemble-members"
+                 ) -> None:
     """The parent run's table of members, updated as each one finishes: its scores, or why it failed."""
     rows = []
     for name, plan in plans.items():
@@ -75,7 +80,7 @@ def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str])
             "best epoch": result["best_epoch"] if done else None,
             "note": result if isinstance(result, str) else None,
         })
-    create_table_artifact(key="ensemble-members", table=rows,
+    create_table_artifact(key=key, table=rows,
                           description="Each member's result as it finishes (the leaderboard follows once all have)")
 
 

@@ -12,8 +12,8 @@ from lib.core.errors import ScanError
 from lib.core.hashing import digest
 from lib.core.timing import phase
 from lib.data.features import FeatureCacheRef, build_feature_cache
-from lib.data.layouts import dataset_folders, fingerprint_data, scan_data
-from lib.data.scan import Manifest, fingerprint_folders
+from lib.data.layouts import dataset_folders, dataset_folds, fingerprint_data, scan_data
+from lib.data.scan import Manifest, fingerprint_folders, fingerprint_found, scan_listing
 from lib.recipes.finetune import FinetunePlan
 from lib.recipes.planning import Plan
 
@@ -67,6 +67,35 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
         "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
         manifest.label_names, manifest.ignored or "nothing", len(manifest.skipped),
+    )
+    return manifest
+
+
+def folds_scan_cache_key(context, parameters) -> str | None:
+    """scan_cache_key for a cross-validation's scan: every fold of the dataset (data.fold, which each fold's plan
+    sets, plays no part)."""
+    data = parameters["plan"].config.data
+    return folder_scan_cache_key(
+        "astft-folds-",
+        lambda: fingerprint_found(dataset_folds(data, warn=False).all_folds(), data.fingerprint),
+        dataset_folders(data),
+        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{data.layout}|{data.folds}|"
+        f"{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}",
+    )
+
+
+@task(name="scan-folds", cache_key_fn=folds_scan_cache_key, persist_result=True)
+def scan_folds(plan: FinetunePlan) -> Manifest:
+    """Scan every fold of the dataset once, each its own split (fold-1, ...), for a cross-validation."""
+    data = plan.config.data
+    with phase("scan"):
+        found = dataset_folds(data).all_folds()
+        get_run_logger().info("%s", found.note)
+        manifest = scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
+    get_run_logger().info(
+        "scanned %s clips, %d classes %s; skipped %d bad files",
+        " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
+        manifest.label_names, len(manifest.skipped),
     )
     return manifest
 

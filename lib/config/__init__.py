@@ -6,7 +6,14 @@ model. Import from here; base holds what sections share, sections the parts, run
 
 from lib.config.base import LOCATION, SUMMARY_METRICS, MemberName, RunConfig, Section, tagged
 from lib.config.loading import deep_merge, format_validation_error, load_config, read_preset
-from lib.config.runs import EnsembleConfig, FinetuneConfig, MemberVariant, PredictConfig, PretrainConfig
+from lib.config.runs import (
+    CrossvalConfig,
+    EnsembleConfig,
+    FinetuneConfig,
+    MemberVariant,
+    PredictConfig,
+    PretrainConfig,
+)
 from lib.config.sections import (
     SSAST_MASK_RATIO,
     AugmentationConfig,
@@ -24,7 +31,8 @@ from lib.config.sections import (
 )
 
 __all__ = [
-    "LOCATION", "SSAST_MASK_RATIO", "SUMMARY_METRICS", "AugmentationConfig", "DataConfig", "EncoderConfig",
+    "LOCATION", "SSAST_MASK_RATIO", "SUMMARY_METRICS", "AugmentationConfig", "CrossvalConfig", "DataConfig",
+    "EncoderConfig",
     "EnsembleConfig", "FeatureConfig", "FinetuneConfig", "Freezing", "MemberName", "MemberVariant", "ModelConfig",
     "ObjectiveConfig", "PredictConfig", "PretrainConfig", "PretrainDataConfig", "PretrainModelConfig",
     "PretrainTrainingConfig", "RunConfig", "Section", "TrainingConfig", "TrainingSettings", "deep_merge",

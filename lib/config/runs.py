@@ -59,6 +59,44 @@ class FinetuneConfig(RunConfig):
         return self.work_dir if self.work_dir is not None else self.output_dir / RUNS_FOLDER / self.name
 
 
+class CrossvalConfig(FinetuneConfig):
+    """One member per fold of the dataset with one recipe: the protocol's mean and spread over the folds."""
+
+    name: MemberName = Field(
+        description="Cross-validation name: fold N's member is published to OUTPUT_DIR/best/NAME-fold-N/.",
+    )
+    output_dir: Location = Field(
+        Path("crossval"),
+        description=(
+            "Root of the fold members, OUTPUT_DIR/best/, and crossval.json (default crossval: ours, apart from the "
+            "ensemble's folder, so that predict on OUTPUT_DIR/best/ votes the fold members alone)."
+        ),
+    )
+    dispatch: Literal["in_process", "deployments"] = Field(
+        "in_process",
+        description=(
+            "'in_process' trains the folds one after another in this flow run, on one scan and one feature cache; "
+            "'deployments' starts each fold as a run of member_deployment on the work pool, which scans and builds "
+            "the features of its fold itself (default 'in_process': ours, it needs no deployed member flow)."
+        ),
+    )
+    member_deployment: str = Field(
+        "astft-finetune/member", description=(
+            "Deployment (flow-name/deployment-name) that trains one fold (default: the member deployment of "
+            "deployments/prefect.yaml)."
+        ),
+    )
+
+    def fold_config(self, number: int) -> FinetuneConfig:
+        """Fold number's member: validated on that fold, trained on the others, in a work dir of its own."""
+        values = self.model_dump(exclude={"dispatch", "member_deployment"})
+        values["name"] = f"{self.name}-fold-{number}"
+        values["data"]["fold"] = number
+        if self.work_dir is not None:
+            values["work_dir"] = self.work_dir / f"fold-{number}"
+        return FinetuneConfig.model_validate(values)
+
+
 class MemberVariant(Freezing):
     """One ensemble member: a freezing variant plus optional training overrides."""
 

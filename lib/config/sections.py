@@ -92,6 +92,14 @@ class DataConfig(Section):
             "others trained on (default null: the last fold)."
         ),
     )
+    folds: Annotated[int | None, OMITTED_AT_DEFAULT] = Field(
+        None, ge=2, le=100,
+        description=(
+            "For a dataset without folds of its own: cut its train and validation clips into this many folds, "
+            "stratified by class with a fixed seed (scikit-learn's StratifiedKFold), for astft crossval or one fold "
+            "(data.fold) (default null: the dataset's own split)."
+        ),
+    )
     path_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("file_name", min_length=1, description=(
         "Layout csv: the column of clip paths (default 'file_name': Hugging Face audiofolder's metadata.csv)."
     ))
@@ -131,14 +139,24 @@ class DataConfig(Section):
                     f"layout 'folders' needs {' and '.join(missing)} (--train-dir, --validation-dir); or set "
                     f"data.layout to one of {', '.join(ROOT_LAYOUTS)} with data.root"
                 )
-            if self.root is not None or self.fold is not None:
+            if self.root is not None:
                 raise ValueError(
-                    "data.root and data.fold belong to the dataset layouts; with layout 'folders' the split is "
-                    "train_dir and validation_dir: set data.layout, or remove root/fold"
+                    "data.root belongs to the dataset layouts; with layout 'folders' the split is train_dir and "
+                    "validation_dir: set data.layout, or remove root"
+                )
+            if self.fold is not None and self.folds is None:
+                raise ValueError(
+                    "data.fold needs folds: layout 'folders' has none of its own; set data.folds to cut them, or "
+                    "remove data.fold"
                 )
             return self
         if self.root is None:
             raise ValueError(f"layout {self.layout!r} needs data.root (--root): the dataset's folder as downloaded")
+        if self.layout == "speech_commands" and self.fold is not None and self.folds is None:
+            raise ValueError(
+                "data.fold needs folds: speech_commands has a split (its list files), not folds; set data.folds to "
+                "cut them from its train and validation clips, or remove data.fold"
+            )
         given = [name for name in ("train_dir", "validation_dir", "test_dir") if getattr(self, name) is not None]
         if given:
             raise ValueError(

@@ -74,6 +74,7 @@ CARD_FILE = "README.md"  # the model card of a member, and of the ensemble in be
 
 # <output_dir>/best/, beside the members
 ENSEMBLE_FILE = "ensemble.json"
+CROSSVAL_FILE = "crossval.json"  # a cross-validation's per-fold scores and their mean and spread, in best/
 LEADERBOARD_PLOT_FILE = "leaderboard.png"
 RELIABILITY_PLOT_FILE = "reliability.png"
 # A member of one of these names would overwrite that file, or be overwritten; compared without case,

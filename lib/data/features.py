@@ -92,7 +92,10 @@ def fbank_frames(sample_rate_hz: int, clip_seconds: float) -> int:
 
 
 class FeatureCacheRef(BaseModel):
-    """Where a finished feature cache lives; the hand-off between the feature and training tasks."""
+    """Where a finished feature cache lives; the hand-off between the feature and training tasks.
+
+    A cross-validation's cache stores one split per fold (fold-1, ...); for_fold gives the view of it that one
+    fold's member trains on: its train and validation splits made of the stored ones (views), its own key."""
 
     path: str
     key: str
@@ -101,6 +104,19 @@ class FeatureCacheRef(BaseModel):
     num_clips: dict[str, int]
     skipped: dict[str, str] = {}
     warnings: dict[str, str] = {}  # clips used although they look wrong (lib.data.audio.suspicious)
+    views: dict[str, list[str]] = {}  # split -> the stored splits it is made of, in order (a fold's view)
+
+    def for_fold(self, fold: str) -> FeatureCacheRef:
+        """The view in which fold validates and every other fold trains (test stays test)."""
+        stored = [split for split in self.num_clips if split != TEST_SPLIT]
+        if fold not in stored:
+            raise KeyError(f"feature cache {self.path} has no split {fold!r} (it has {stored})")
+        views = {"train": [split for split in stored if split != fold], "validation": [fold]}
+        views |= {TEST_SPLIT: [TEST_SPLIT]} if TEST_SPLIT in self.num_clips else {}
+        return self.model_copy(update={
+            "key": f"{self.key}-{fold}", "views": views,
+            "num_clips": {split: sum(self.num_clips[part] for part in parts) for split, parts in views.items()},
+        })
 
 
 def make_feature_extractor(params: FeatureParams) -> ASTFeatureExtractor:
@@ -448,15 +464,19 @@ def split_files(folder: str | Path, split: str) -> list[Path]:
 
 
 def load_split(ref: FeatureCacheRef, split: str) -> Dataset:
-    """Memory-map one split of a finished cache (its shards, in order), formatted as torch tensors for
-    the Trainer: float32 whatever the stored dtype (datasets' torch format makes floats float32)."""
-    files = split_files(ref.path, split)
-    expected = int(files[0].stem.rsplit("-of-", 1)[1]) if files else 1
-    if len(files) != expected:
-        raise FeatureCacheCorrupt(
-            f"feature cache {ref.path}: {len(files)} of the {expected} {split} shard files are there; delete the "
-            f"folder {ref.path} and run again: it is rebuilt from the audio"
-        )
+    """Memory-map one split of a finished cache (its shards, in order; a view's stored splits one after another),
+    formatted as torch tensors for the Trainer: float32 whatever the stored dtype (datasets' torch format makes
+    floats float32)."""
+    files = []
+    for stored in ref.views.get(split, [split]):
+        found = split_files(ref.path, stored)
+        expected = int(found[0].stem.rsplit("-of-", 1)[1]) if found else 1
+        if len(found) != expected:
+            raise FeatureCacheCorrupt(
+                f"feature cache {ref.path}: {len(found)} of the {expected} {stored} shard files are there; delete "
+                f"the folder {ref.path} and run again: it is rebuilt from the audio"
+            )
+        files += found
     tables = []
     for file in files:
         try:

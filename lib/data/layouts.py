@@ -20,7 +20,7 @@ import csv
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.config import DataConfig
@@ -53,17 +53,43 @@ CSV_SPLITS = (*SPLITS, TEST_SPLIT)
 
 
 def list_dataset(data: DataConfig, warn: bool = True) -> Listing:
-    """The listing data.layout describes (warn: see lib.data.scan.list_class)."""
+    """The listing data.layout describes: its split, or with folds, data.fold (default the last) validating and
+    the others training (warn: see lib.data.scan.list_class)."""
+    folds = dataset_folds(data, warn)
+    return list_splits(data, warn) if folds is None else folds.choose(data.fold)
+
+
+def list_splits(data: DataConfig, warn: bool = True) -> Listing:
+    """The split the dataset's files give (train, validation, and test where it has one), folds aside."""
     if data.layout == "folders":
         return list_folders(data.train_dir, data.validation_dir, data.test_dir, warn)
-    root = Path(data.root)
     if data.layout == "speech_commands":
-        return speech_commands(root, warn)
+        return speech_commands(Path(data.root), warn)
+    if data.layout == "csv":
+        rows, manifest, base = csv_rows(data, by_split=True)
+        return split_listing(rows, manifest, base)
+    raise ScanError(f"layout {data.layout} has folds, not a split")  # esc50, urbansound8k: dataset_folds
+
+
+def dataset_folds(data: DataConfig, warn: bool = True) -> Folds | None:
+    """The dataset's folds: its own (esc50, urbansound8k, a csv with a fold column but no split column, or with
+    data.fold set), or data.folds cut from its train and validation clips; None for a dataset of one split."""
     if data.layout == "esc50":
-        return esc50(root, data.fold)
-    if data.layout == "urbansound8k":
-        return urbansound8k(root, data.fold)
-    return csv_manifest(root, data)
+        folds = esc50(Path(data.root))
+    elif data.layout == "urbansound8k":
+        folds = urbansound8k(Path(data.root))
+    elif data.layout == "csv" and csv_has_folds(data):
+        rows, manifest, base = csv_rows(data, by_split=False)
+        source = f"{display_path(manifest)}'s {data.fold_column} column"
+        folds = rows_to_folds(rows, manifest, "csv", None, base, source)
+    else:
+        return stratified_folds(list_splits(data, warn), data.folds) if data.folds else None
+    if data.folds:
+        raise ScanError(
+            f"data.folds {data.folds}: the {data.layout} dataset has folds of its own ({fold_range(folds.known)}, "
+            f"{folds.source}); remove data.folds to use them"
+        )
+    return folds
 
 
 def scan_data(data: DataConfig) -> Manifest:
@@ -163,7 +189,7 @@ class Row:
     fold: int | None = None
 
 
-def esc50(root: Path, fold: int | None) -> Listing:
+def esc50(root: Path) -> Folds:
     """ESC-50 as downloaded: audio/*.wav, labels and folds 1..5 from meta/esc50.csv."""
     require_folder(root, "esc50", "the folder holding audio/ and meta/esc50.csv")
     manifest = root / ESC50_MANIFEST
@@ -173,10 +199,10 @@ def esc50(root: Path, fold: int | None) -> Listing:
         for where, row in read_csv(manifest, ("filename", "fold", "target", "category"))
     ]
     check_one_label_per_id(read_csv(manifest, ("target", "category")), "target", "category")
-    return fold_listing(rows, manifest, "esc50", fold, ESC50_FOLDS, root)
+    return rows_to_folds(rows, manifest, "esc50", ESC50_FOLDS, root, f"{display_path(manifest)}'s fold column")
 
 
-def urbansound8k(root: Path, fold: int | None) -> Listing:
+def urbansound8k(root: Path) -> Folds:
     """UrbanSound8K as downloaded: audio/fold<N>/*.wav, labels and folds 1..10 from metadata/UrbanSound8K.csv."""
     require_folder(root, "urbansound8k", "the folder holding audio/fold1..fold10 and metadata/UrbanSound8K.csv")
     manifest = root / URBANSOUND8K_MANIFEST
@@ -186,11 +212,14 @@ def urbansound8k(root: Path, fold: int | None) -> Listing:
         rows.append(Row(where, root / "audio" / f"fold{number}" / cell(row, "slice_file_name", where),
                         cell(row, "class", where), fold=number))
     check_one_label_per_id(read_csv(manifest, ("classID", "class")), "classID", "class")
-    return fold_listing(rows, manifest, "urbansound8k", fold, URBANSOUND8K_FOLDS, root)
+    return rows_to_folds(
+        rows, manifest, "urbansound8k", URBANSOUND8K_FOLDS, root, f"{display_path(manifest)}'s fold column"
+    )
 
 
-def csv_manifest(root: Path, data: DataConfig) -> Listing:
-    """Any CSV of clip path, label and a split or fold column; paths relative to the CSV's folder."""
+def csv_path(data: DataConfig) -> Path:
+    """The manifest data.root names: the .csv itself, or a folder's metadata.csv."""
+    root = Path(data.root)
     manifest = root / CSV_DEFAULT_NAME if root.is_dir() else root
     if not manifest.is_file():
         raise ScanError(
@@ -198,6 +227,12 @@ def csv_manifest(root: Path, data: DataConfig) -> Listing:
                 f" (a folder must hold {CSV_DEFAULT_NAME})" if root.is_dir() else "") +
             "; point it at the manifest, a .csv with a path and a label column"
         )
+    return manifest
+
+
+def csv_has_folds(data: DataConfig) -> bool:
+    """Whether a csv manifest is read by its fold column: it has no split column, or data.fold asks for a fold."""
+    manifest = csv_path(data)
     header = csv_header(manifest)
     by_split = data.split_column in header and data.fold is None
     if not by_split and data.fold_column not in header:
@@ -207,6 +242,12 @@ def csv_manifest(root: Path, data: DataConfig) -> Listing:
             f"(fold numbers); its columns are {header}: add one, or name yours with data.split_column / "
             "data.fold_column"
         )
+    return not by_split
+
+
+def csv_rows(data: DataConfig, by_split: bool) -> tuple[list[Row], Path, Path]:
+    """(rows, manifest, the folder its paths are relative to) of a csv manifest, by split or by fold."""
+    manifest = csv_path(data)
     base = manifest.parent
     rows = []
     for where, row in read_csv(manifest, (data.path_column, data.label_column)):
@@ -222,9 +263,7 @@ def csv_manifest(root: Path, data: DataConfig) -> Listing:
             rows.append(Row(where, path, label, split=split))
         else:
             rows.append(Row(where, path, label, fold=fold_number(row, data.fold_column, where)))
-    if by_split:
-        return split_listing(rows, manifest, base)
-    return fold_listing(rows, manifest, "csv", data.fold, None, base)
+    return rows, manifest, base
 
 
 def split_listing(rows: list[Row], manifest: Path, base: Path) -> Listing:
@@ -245,33 +284,115 @@ def split_listing(rows: list[Row], manifest: Path, base: Path) -> Listing:
     )
 
 
-def fold_listing(
-    rows: list[Row], manifest: Path, layout: str, fold: int | None, folds: range | None, base: Path
-) -> Listing:
-    """The listing of a manifest of folds: data.fold (default the last) validates, the others train."""
-    missing = check_rows(rows)
-    present = sorted({row.fold for row in rows})
-    known = list(folds) if folds is not None else present
-    if not present:
-        raise ScanError(f"{display_path(manifest)} has no rows")
-    chosen = fold if fold is not None else known[-1]
-    if chosen not in present:
-        raise ScanError(
-            f"data.fold (--fold) {chosen}: {display_path(manifest)} has folds {fold_range(present)}; choose one of them"
+@dataclass
+class Folds:
+    """A dataset's clips by fold, before a fold is chosen to validate on."""
+
+    by_fold: dict[int, dict[str, list[Path]]]  # fold -> label -> sorted clip paths
+    known: list[int]  # the dataset's folds (ESC-50: 1..5, whatever its CSV holds)
+    source: str  # where the folds come from, as messages name it
+    layout: str
+    root: Path
+    missing: list[BadFile] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=ignored_counts)
+    test: dict[str, list[Path]] = field(default_factory=dict)  # held out of every fold (Speech Commands' test list)
+    noise_dir: Path | None = None
+
+    @property
+    def present(self) -> list[int]:
+        return sorted(self.by_fold)
+
+    def check(self, fold: int) -> None:
+        if fold not in self.by_fold:
+            raise ScanError(f"data.fold (--fold) {fold}: {self.source} has folds {fold_range(self.present)}; "
+                            "choose one of them")
+
+    def choose(self, fold: int | None) -> Listing:
+        """fold (default the dataset's last) validates, the others train; test stays test."""
+        chosen = fold if fold is not None else self.known[-1]
+        self.check(chosen)
+        classes: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+        for number, labels in self.by_fold.items():
+            for label, paths in labels.items():
+                classes["validation" if number == chosen else "train"].setdefault(label, []).extend(paths)
+        trained = [number for number in self.present if number != chosen]
+        how = "data.fold" if fold is not None else "the last fold; data.fold picks another"
+        return self._listing(classes, (
+            f"{self.layout}: validating on fold {chosen} ({how}), training on folds {fold_range(trained)}; the "
+            f"protocol's figure is the mean over all {len(self.present)} folds (astft crossval)"
+        ))
+
+    def all_folds(self) -> Listing:
+        """Every fold as its own split, fold-<N> (and test): what cross-validation scans once."""
+        classes = {fold_split(number): labels for number, labels in sorted(self.by_fold.items())}
+        return self._listing(classes, f"{self.layout}: {len(classes)} folds from {self.source}")
+
+    def _listing(self, classes: dict[str, dict[str, list[Path]]], note: str) -> Listing:
+        if any(self.test.values()):
+            classes[TEST_SPLIT] = self.test
+        return Listing(
+            classes=sorted_classes(classes), roots=dict.fromkeys(classes, self.root), ignored=self.ignored,
+            layout=self.layout, missing=self.missing, note=note, noise_dir=self.noise_dir,
         )
-    classes: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+
+
+FOLD_PREFIX = "fold-"
+
+
+def fold_split(number: int) -> str:
+    """The split name of a fold in a cross-validation manifest and feature cache: fold-3."""
+    return f"{FOLD_PREFIX}{number}"
+
+
+def rows_to_folds(
+    rows: list[Row], manifest: Path, layout: str, folds: range | None, base: Path, source: str
+) -> Folds:
+    """A manifest's rows by fold (its fold column)."""
+    missing = check_rows(rows)
+    if not rows:
+        raise ScanError(f"{display_path(manifest)} has no rows")
+    by_fold: dict[int, dict[str, list[Path]]] = {}
     for row in rows:
+        labels = by_fold.setdefault(row.fold, {})
         if row.path.is_file():
-            classes["validation" if row.fold == chosen else "train"].setdefault(row.label, []).append(row.path)
-    trained = [number for number in present if number != chosen]
-    how = "data.fold" if fold is not None else "the last fold; data.fold picks another"
-    return Listing(
-        classes=sorted_classes(classes), roots=dict.fromkeys(SPLITS, base), ignored=ignored_counts(),
-        layout=layout, missing=missing,
-        note=(
-            f"{layout}: validating on fold {chosen} ({how}), training on folds {fold_range(trained)}; the "
-            f"protocol's figure is the mean over all {len(present)} folds"
-        ),
+            labels.setdefault(row.label, []).append(row.path)
+    present = sorted(by_fold)
+    return Folds(by_fold=by_fold, known=list(folds) if folds is not None else present, source=source,
+                 layout=layout, root=base, missing=missing)
+
+
+# Folds cut by data.folds do not depend on the training seed: every run of a dataset sees the same folds.
+FOLD_SEED = 0
+
+
+def stratified_folds(listing: Listing, count: int) -> Folds:
+    """count folds of a dataset's train and validation clips together, stratified by class (scikit-learn's
+    StratifiedKFold, shuffled with FOLD_SEED); its test clips stay test."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pooled = sorted((path, label) for split in SPLITS for label, paths in listing.classes[split].items()
+                    for path in paths)
+    labels = [label for _, label in pooled]
+    smallest = min(labels.count(label) for label in set(labels)) if labels else 0
+    if smallest < count:
+        raise ScanError(
+            f"data.folds {count}: the smallest class has {smallest} clips, fewer than the folds; a fold would "
+            "validate without it: lower data.folds"
+        )
+    splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)
+    by_fold: dict[int, dict[str, list[Path]]] = {}
+    for number, (_, held_out) in enumerate(splitter.split(pooled, labels), start=1):
+        for index in held_out:
+            path, label = pooled[index]
+            by_fold.setdefault(number, {}).setdefault(label, []).append(path)
+    root = next(iter(listing.roots.values()))
+    return Folds(
+        by_fold=by_fold, known=list(range(1, count + 1)),
+        source=f"data.folds {count} (train and validation clips, stratified by class, seed {FOLD_SEED})",
+        layout=listing.layout, root=root if not listing.folders else Path(os.path.commonpath(
+            [listing.roots[split] for split in SPLITS])),
+        missing=listing.missing, ignored=listing.ignored, test=listing.classes.get(TEST_SPLIT, {}),
+        noise_dir=listing.noise_dir,
     )
 
 

@@ -58,8 +58,9 @@ class Listing:
 
     @property
     def folders(self) -> bool:
-        """Whether each split is its own folder of class folders (else one dataset root, split by its files)."""
-        return self.layout == "folders"
+        """Whether each split is its own folder of class folders (else one dataset root, split by its files or
+        cut into folds)."""
+        return self.layout == "folders" and len(set(self.roots.values())) == len(self.roots)
 
     def where(self, split: str) -> str:
         """How messages name a split: its folder, or the layout's split."""
@@ -82,6 +83,8 @@ class Manifest(BaseModel):
     layout: str = "folders"  # data.layout; with the others train_dir and validation_dir are both data.root
     note: str | None = None  # how the layout drew the split (e.g. the fold validated on)
     noise_dir: str | None = None  # the dataset's own background-noise recordings (Speech Commands), not a class
+    # A cross-validation's scan: each fold's clips (fold-1, ...), train and validation left empty.
+    folds: dict[str, list[Clip]] = Field(default_factory=dict)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -89,11 +92,12 @@ class Manifest(BaseModel):
 
     @property
     def splits(self) -> tuple[str, ...]:
-        """The splits scanned: train, validation and, with a test folder, test."""
-        return (*SPLITS, TEST_SPLIT) if self.test_dir is not None else SPLITS
+        """The splits scanned: train, validation and, with a test folder, test; or a cross-validation's folds."""
+        scanned = tuple(self.folds) if self.folds else SPLITS
+        return (*scanned, TEST_SPLIT) if self.test_dir is not None else scanned
 
     def split(self, name: str) -> list[Clip]:
-        return {"train": self.train, "validation": self.validation, TEST_SPLIT: self.test}[name]
+        return {"train": self.train, "validation": self.validation, TEST_SPLIT: self.test, **self.folds}[name]
 
     @property
     def clips(self) -> list[Clip]:
@@ -369,11 +373,13 @@ def scan_listing(
         stop_or_skip(bad, skip_bad_files)
     warn_duplicate_content(digests)
 
-    label_names = sorted(listing["train"])
+    by_fold = "train" not in listing  # a cross-validation's folds: every fold trains in turn
+    trained = [split for split in splits if split != TEST_SPLIT] if by_fold else ["train"]
+    label_names = sorted({label for split in trained for label in listing[split]})
     if not label_names:
         raise ScanError(f"train folder {roots['train']} has no class subfolders; expected train/<class>/*.wav"
-                        if found.folders else f"{found.where('train')} has no clips")
-    for split in splits[1:]:
+                        if found.folders else f"{found.where(trained[0])} has no clips")
+    for split in (split for split in splits if split not in trained):
         unknown = sorted(set(listing[split]) - set(label_names))
         if unknown:
             fix = ("Rename or remove them, or add them to train" if found.folders
@@ -398,10 +404,10 @@ def scan_listing(
         raise ScanError(
             f"train folder {roots['train']} has only one class ({label_names[0]!r}); a classifier needs at "
             "least two class subfolders: add the other classes, or point --train-dir at the folder above"
-            if found.folders else f"{found.where('train')} has only one class ({label_names[0]!r}); a classifier "
-            "needs at least two: check the label column"
+            if found.folders else f"{found.where(trained[0])} has only one class ({label_names[0]!r}); a "
+            "classifier needs at least two: check the label column"
         )
-    for split in splits[1:]:
+    for split in (split for split in splits if split != "train"):
         missing = sorted(set(label_names) - set(listing[split]))
         if missing:
             logger.warning("train classes with no %s clips: %s; their %s metrics will be empty", split, missing, split)
@@ -419,11 +425,12 @@ def scan_listing(
             raise ScanError(f"{split} split has no usable clips after skipping {len(bad)} bad files")
 
     return Manifest(
-        train_dir=str(roots["train"]),
-        validation_dir=str(roots["validation"]),
+        train_dir=str(roots[splits[0]]),
+        validation_dir=str(roots[splits[1] if len(splits) > 1 else splits[0]]),
         label_names=label_names,
-        train=clips["train"],
-        validation=clips["validation"],
+        train=clips.get("train", []),
+        validation=clips.get("validation", []),
+        folds={split: clips[split] for split in splits if split != TEST_SPLIT} if by_fold else {},
         test_dir=str(roots[TEST_SPLIT]) if TEST_SPLIT in roots else None,
         test=clips.get(TEST_SPLIT, []),
         # Identifies the exact clip set: the listing, the subsample and what was skipped.

@@ -456,3 +456,20 @@ def test_export_to_a_path_ending_in_a_slash_is_refused_as_a_folder(tmp_path, cap
     assert main(["export", "--model", str(tmp_path / "m"), "--output", f"{tmp_path}/nodir/"]) == 2
     assert f"--output {tmp_path}/nodir/ names a folder" in capsys.readouterr().err
     assert not (tmp_path / "nodir").exists()
+
+
+def test_crossval_refuses_a_fold_and_a_dataset_without_folds_in_one_line(capsys, tmp_path, ssl_checkpoint):
+    from lib.example import make_example_dataset
+
+    train_dir, validation_dir = make_example_dataset(tmp_path, train_per_class=3, validation_per_class=1)
+    flags = ["--train-dir", str(train_dir), "--validation-dir", str(validation_dir), "--ssl-checkpoint",
+             str(ssl_checkpoint), "--output-dir", str(tmp_path / "out"), "--name", "cv"]
+    assert main(["crossval", *flags]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "astft: layout folders has no folds of its own: set data.folds (--set data.folds=5) to cut that many, "
+        "stratified by class"
+    )
+    assert main(["crossval", *flags, "--set", "data.folds=3", "--fold", "2"]) == 2
+    assert "data.fold (--fold) 2: cross-validation trains every fold in turn" in capsys.readouterr().err
+    assert main(["crossval", *flags, "--set", "data.folds=5"]) == 2  # 4 clips a class
+    assert "data.folds 5: the smallest class has 4 clips, fewer than the folds" in capsys.readouterr().err

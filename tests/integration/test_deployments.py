@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.config import EnsembleConfig, FinetuneConfig, PredictConfig, PretrainConfig
+from lib.config import CrossvalConfig, EnsembleConfig, FinetuneConfig, PredictConfig, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_CLASSES = {
     "flows/finetune.py:finetune": FinetuneConfig,
     "flows/ensemble.py:ensemble": EnsembleConfig,
+    "flows/crossval.py:crossval": CrossvalConfig,
     "flows/predict.py:predict": PredictConfig,
     "flows/pretrain.py:pretrain": PretrainConfig,
 }

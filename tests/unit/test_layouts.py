@@ -154,7 +154,7 @@ def test_csv_problems_name_the_row_or_the_columns(tmp_path):
 
 def test_a_fold_the_dataset_lacks_is_refused_with_its_folds(tmp_path):
     make_esc50(tmp_path, seconds=0.2)
-    with pytest.raises(ScanError, match=r"data.fold \(--fold\) 6: .*esc50.csv has folds 1-5; choose one of them"):
+    with pytest.raises(ScanError, match=r"data.fold \(--fold\) 6: .*esc50.csv's fold column has folds 1-5; choose"):
         scan_data(data("esc50", tmp_path, fold=6))
 
 
@@ -163,7 +163,7 @@ def test_layout_settings_are_checked_together():
         DataConfig(layout="esc50")
     with pytest.raises(ValueError, match=r"takes its split from the dataset's own files, so train_dir cannot"):
         DataConfig(layout="esc50", root="r", train_dir="t")
-    with pytest.raises(ValueError, match="data.root and data.fold belong to the dataset layouts"):
+    with pytest.raises(ValueError, match="data.fold needs folds: layout .folders. has none of its own"):
         DataConfig(train_dir="t", validation_dir="v", fold=2)
 
 
@@ -180,3 +180,23 @@ def test_longer_clips_are_cropped_at_a_fixed_random_window_in_training_and_the_c
     start = int(np.flatnonzero(ramp == random[0])[0])
     assert 0 < start <= 32000 and np.array_equal(random, ramp[start:start + 16000])
     assert np.array_equal(random, load_clip(tmp_path / "long.wav", 16000, 1.0, window="random"))
+
+
+def test_data_folds_cuts_a_folders_dataset_into_stratified_folds_that_partition_its_clips(tmp_path):
+    from lib.data.layouts import dataset_folds
+    from lib.example import make_example_dataset
+
+    train_dir, validation_dir = make_example_dataset(tmp_path, train_per_class=7, validation_per_class=2)
+    folders = DataConfig(train_dir=train_dir, validation_dir=validation_dir, folds=3)
+    folds = dataset_folds(folders)
+    every = [path for labels in folds.by_fold.values() for paths in labels.values() for path in paths]
+    assert len(every) == len(set(every)) == 36  # 4 classes x 9 clips, each in exactly one fold
+    for labels in folds.by_fold.values():
+        assert sorted(len(paths) for paths in labels.values()) == [3, 3, 3, 3]  # stratified: 9 clips a class / 3
+    validation = scan_data(DataConfig(train_dir=train_dir, validation_dir=validation_dir, folds=3, fold=2)).validation
+    assert sorted(clip.path for clip in validation) == sorted(
+        str(path) for paths in folds.by_fold[2].values() for path in paths)
+    assert dataset_folds(folders).by_fold == folds.by_fold  # a fixed seed: the same folds every time
+    with pytest.raises(ScanError, match="data.folds 3: the esc50 dataset has folds of its own"):
+        make_esc50(tmp_path / "esc", seconds=0.2)
+        dataset_folds(data("esc50", tmp_path / "esc", folds=3))
