@@ -1,9 +1,9 @@
 """Serve the flows without a work pool: `python deployments/serve.py` (Ctrl-C to stop).
 
-Serves the five flows from this process as deployments `astft-finetune/member`,
-`astft-ensemble/ensemble`, `astft-crossval/crossval`, `astft-predict/predict` and `astft-pretrain/pretrain` (no schedules; parameters come
+Serves the five flows from this process as deployments `astft-finetune/member`, `astft-ensemble/ensemble`,
+`astft-crossval/crossval`, `astft-predict/predict` and `astft-pretrain/pretrain` (no schedules; parameters come
 from the UI form or `prefect deployment run ... --params`). One run at a time, so use `dispatch: in_process`
-for ensembles here: a scale-out parent would wait for members this process cannot start.
+for ensembles and cross-validations here: a scale-out parent would wait for runs this process cannot start.
 Wiring only, no logic.
 """
 

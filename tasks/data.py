@@ -90,7 +90,6 @@ def scan_folds(plan: FinetunePlan) -> Manifest:
     data = plan.config.data
     with phase("scan"):
         found = dataset_folds(data).all_folds()
-        get_run_logger().info("%s", found.note)
         manifest = scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
     get_run_logger().info(
         "scanned %s clips, %d classes %s; skipped %d bad files",
@@ -115,7 +114,10 @@ def build_features(plan: Plan, manifest: Manifest) -> FeatureCacheRef:
         "%s feature cache %s (%s clips, %d frames x %d mel bins, %s)",
         "reused" if hit else "built", ref.path, clips, params.max_frames, params.num_mel_bins, params.storage_dtype,
     )
-    lengths = manifest.length_report(params.clip_seconds)
+    if manifest.note:  # said on every run: the scan's own log is not repeated when its result is cached
+        get_run_logger().info("%s", manifest.note)
+    cut = "cropped (a random window in training, the centre otherwise)" if params.long_clips == "crop" else "trimmed"
+    lengths = manifest.length_report(params.clip_seconds, cut=cut)
     if lengths:
         get_run_logger().info("%s", lengths)
     if ref.skipped:

@@ -189,7 +189,10 @@ class FeatureConfig(Section):
     )
     clip_seconds: float = Field(
         1.0, gt=0, le=60,
-        description="Clips are trimmed or zero-padded to this length (default 1.0: the notebook's 1 s clips).",
+        description=(
+            "Clips are trimmed or zero-padded to this length (default 1.0: the notebook's 1 s clips; the dataset "
+            "layouts bring their own: esc50 5.0, urbansound8k 4.0)."
+        ),
     )
     normalize: bool = Field(
         True,
@@ -213,7 +216,8 @@ class FeatureConfig(Section):
         description=(
             "Frames per clip fed to the encoder (10 ms each; 1 s clips make 98), its positional embeddings cut or "
             "interpolated to fit; null: the encoder config's max_length. Default 128: ours, a 1 s clip without the "
-            "notebook's padding to AST-base's 1024 (presets/notebook.yaml sets 1024)."
+            "notebook's padding to AST-base's 1024 (presets/notebook.yaml sets 1024); the dataset layouts bring "
+            "their own: esc50 512, urbansound8k 400."
         ),
     )
     long_clips: Annotated[Literal["first", "crop"], OMITTED_AT_DEFAULT] = Field(

@@ -37,13 +37,14 @@ def source_frames(source_hz: int, target_hz: int, clip_seconds: float) -> int:
 
 def window_start(path: str | Path, frames: int, source_hz: int, clip_seconds: float, window: Window) -> int:
     """The first source frame of the clip_seconds kept of a longer clip: its start, its centre window, or
-    ("random") a window at an offset fixed by the file's name, so a rebuilt cache crops the same."""
+    ("random") a window at an offset fixed by the file's name and folder, so a rebuilt cache crops the same."""
     excess = frames - math.ceil(clip_seconds * source_hz)
     if excess <= 0 or window == "first":
         return 0
     if window == "centre":
         return excess // 2
-    draw = int.from_bytes(hashlib.sha1(Path(path).name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+    name = "/".join(Path(path).parts[-2:])  # with its folder: yes/0a7c2a8d_nohash_0.wav and no/... crop apart
+    draw = int.from_bytes(hashlib.sha1(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
     return draw % (excess + 1)
 
 
@@ -71,8 +72,17 @@ def read_wav(
     except UnicodeEncodeError as error:  # soundfile encodes the name strictly as UTF-8
         raise AudioError(path, "the name is not valid UTF-8 (bytes shown as \\xNN); rename the file") from error
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise AudioError(path, f"cannot decode audio ({error})") from error
+        raise AudioError(path, undecodable(path, error, "cannot decode audio")) from error
     return data, source_hz
+
+
+def undecodable(path: str | Path, error: Exception, otherwise: str = "not a readable audio file") -> str:
+    """Why a file soundfile cannot open is not a clip. libsndfile says "File does not exist or is not a regular
+    file" of any file it cannot decode (a web page saved as .mp3): a file that is there is named as not audio."""
+    if Path(path).is_file() and "does not exist or is not a regular file" in str(error):
+        return (f"the file is there but is not {Path(path).suffix.lstrip('.').upper() or 'audio'} data libsndfile "
+                "can decode (a download saved under the wrong name?); re-export it")
+    return f"{otherwise} ({error})"
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -173,7 +183,7 @@ def probe_clip(path: Path) -> tuple[sf._SoundFileInfo | None, str | None]:
         info = sf.info(str(path))
         shortfall = _riff_shortfall(path)
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        return None, f"not a readable audio file ({error})"
+        return None, undecodable(path, error)
     if info.frames == 0:
         return None, "zero-length audio (no samples)"
     if info.samplerate <= 0 or info.channels <= 0:

@@ -17,7 +17,6 @@ data.skip_bad_files), every other bad row stops the scan.
 from __future__ import annotations
 
 import csv
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ from lib.data.scan import (
     scan_listing,
 )
 
-logger = logging.getLogger("lib.data.scan")  # its lines read as the scan's
-
 SPEECH_COMMANDS_LISTS = {"validation": "validation_list.txt", TEST_SPLIT: "testing_list.txt"}
 SPEECH_COMMANDS_NOISE = "_background_noise_"
 ESC50_MANIFEST = "meta/esc50.csv"
@@ -49,6 +46,7 @@ ESC50_FOLDS = range(1, 6)
 URBANSOUND8K_MANIFEST = "metadata/UrbanSound8K.csv"
 URBANSOUND8K_FOLDS = range(1, 11)
 CSV_DEFAULT_NAME = "metadata.csv"  # Hugging Face audiofolder's manifest name
+DATASET_MANIFESTS = (Path(ESC50_MANIFEST).name, Path(URBANSOUND8K_MANIFEST).name)
 CSV_SPLITS = (*SPLITS, TEST_SPLIT)
 
 
@@ -57,6 +55,16 @@ def list_dataset(data: DataConfig, warn: bool = True) -> Listing:
     the others training (warn: see lib.data.scan.list_class)."""
     folds = dataset_folds(data, warn)
     return list_splits(data, warn) if folds is None else folds.choose(data.fold)
+
+
+def default_fold(data: DataConfig) -> int | None:
+    """The fold a run validates on: data.fold, else the dataset's last (ESC-50 5, UrbanSound8K 10, data.folds K, a
+    csv's highest), else None (a dataset of one split)."""
+    if data.fold is not None:
+        return data.fold
+    if data.layout in ("esc50", "urbansound8k") or data.folds or (data.layout == "csv" and csv_has_folds(data)):
+        return dataset_folds(data, warn=False).known[-1]
+    return None
 
 
 def list_splits(data: DataConfig, warn: bool = True) -> Listing:
@@ -95,8 +103,6 @@ def dataset_folds(data: DataConfig, warn: bool = True) -> Folds | None:
 def scan_data(data: DataConfig) -> Manifest:
     """Scan the dataset data describes: list it, check it, read each clip's header."""
     found = list_dataset(data)
-    if found.note:
-        logger.info("%s", found.note)
     return scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
 
 
@@ -236,11 +242,16 @@ def csv_has_folds(data: DataConfig) -> bool:
     header = csv_header(manifest)
     by_split = data.split_column in header and data.fold is None
     if not by_split and data.fold_column not in header:
+        if data.fold is not None:
+            raise ScanError(
+                f"data.fold (--fold) {data.fold} is set but {display_path(manifest)} has no {data.fold_column!r} "
+                f"column (its columns are {header}): remove data.fold to use its split column, or name the fold "
+                "column with data.fold_column"
+            )
         raise ScanError(
-            f"{display_path(manifest)} has no {data.split_column!r} column (train/validation/test per row) "
-            f"{'and' if data.fold is None else 'and, with data.fold set, needs'} no {data.fold_column!r} column "
-            f"(fold numbers); its columns are {header}: add one, or name yours with data.split_column / "
-            "data.fold_column"
+            f"{display_path(manifest)} has no {data.split_column!r} column (train/validation/test per row) and no "
+            f"{data.fold_column!r} column (fold numbers); its columns are {header}: add one, or name yours with "
+            "data.split_column / data.fold_column"
         )
     return not by_split
 
@@ -251,14 +262,15 @@ def csv_rows(data: DataConfig, by_split: bool) -> tuple[list[Row], Path, Path]:
     base = manifest.parent
     rows = []
     for where, row in read_csv(manifest, (data.path_column, data.label_column)):
-        path = Path(cell(row, data.path_column, where))
+        path = Path(cell(row, data.path_column, where).replace("\\", "/"))  # a manifest written on Windows
         path = path if path.is_absolute() else base / path
         label = cell(row, data.label_column, where)
         if by_split:
-            split = cell(row, data.split_column, where).lower()
+            given = cell(row, data.split_column, where)
+            split = given.lower()
             if split not in CSV_SPLITS:
                 raise ScanError(
-                    f"{where}: {data.split_column} {split!r} is not one of {', '.join(CSV_SPLITS)}; fix the row"
+                    f"{where}: {data.split_column} {given!r} is not one of {', '.join(CSV_SPLITS)}; fix the row"
                 )
             rows.append(Row(where, path, label, split=split))
         else:
@@ -317,10 +329,12 @@ class Folds:
                 classes["validation" if number == chosen else "train"].setdefault(label, []).extend(paths)
         trained = [number for number in self.present if number != chosen]
         how = "data.fold" if fold is not None else "the last fold; data.fold picks another"
-        return self._listing(classes, (
+        listing = self._listing(classes, (
             f"{self.layout}: validating on fold {chosen} ({how}), training on folds {fold_range(trained)}; the "
             f"protocol's figure is the mean over all {len(self.present)} folds (astft crossval)"
         ))
+        listing.fold = chosen
+        return listing
 
     def all_folds(self) -> Listing:
         """Every fold as its own split, fold-<N> (and test): what cross-validation scans once."""
@@ -408,6 +422,8 @@ def check_rows(rows: list[Row]) -> list[BadFile]:
                 "split and one label: remove the repeated row"
             )
         first[key] = row.where
+        if row.path.is_dir():
+            raise ScanError(f"{row.where}: {display_path(row.path)} is a folder, not a clip; fix the row")
         if not row.path.is_file():
             missing.append(BadFile(path=display_path(row.path), reason=f"listed in {row.where} but not there"))
         elif row.path.suffix.lower() not in AUDIO_SUFFIXES:
@@ -424,13 +440,16 @@ def read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict[
     if absent := [name for name in required if name not in header]:
         raise ScanError(
             f"{display_path(path)} has no column {', '.join(map(repr, absent))} (its columns: {header}); "
-            "is it the dataset's own file?"
+            + ("name yours with data.path_column / data.label_column" if path.name not in DATASET_MANIFESTS
+               else "is it the dataset's own file?")
         )
     with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(handle)
         for row in reader:
-            if any((value or "").strip() for value in row.values()):  # blank lines are not rows
-                yield f"{display_path(path)} line {reader.line_num}", row
+            if any((value or "").strip() for value in row.values() if isinstance(value, str)):  # blank lines: no rows
+                # "file_name, label": a hand-written header's spaces are not part of the names
+                yield f"{display_path(path)} line {reader.line_num}", {
+                    (key or "").strip(): value for key, value in row.items() if isinstance(value, str)}
 
 
 def csv_header(path: Path) -> list[str]:

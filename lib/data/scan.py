@@ -55,6 +55,7 @@ class Listing:
     missing: list[BadFile] = field(default_factory=list)  # manifest rows naming files that are not there
     note: str | None = None
     noise_dir: Path | None = None
+    fold: int | None = None  # the fold validated on, where the dataset has folds
 
     @property
     def folders(self) -> bool:
@@ -110,16 +111,17 @@ class Manifest(BaseModel):
         long = sum(1 for c in clips if c.num_samples > clip_seconds * c.sample_rate_hz + 0.5)
         return short, long
 
-    def length_report(self, clip_seconds: float, shortest: int = 3) -> str | None:
-        """One log line on padded and trimmed clips, naming the shortest few; None when every clip fits."""
+    def length_report(self, clip_seconds: float, shortest: int = 3, cut: str = "trimmed") -> str | None:
+        """One log line on padded and trimmed (or cropped: cut) clips, naming the shortest few; None when every
+        clip fits."""
         short, long = self.length_mismatches(clip_seconds)
         if not short:
-            return f"{long} clips longer than {clip_seconds:.2f} s were trimmed" if long else None
+            return f"{long} clips longer than {clip_seconds:.2f} s were {cut}" if long else None
         # The shortest clips are the ones most likely to be mistakes (a cut recording, an empty take).
         by_length = sorted((c.num_samples / c.sample_rate_hz, c.path) for c in self.clips)
         names = ", ".join(f"{path} {seconds:.3f} s" for seconds, path in by_length[:min(shortest, short)])
         report = f"{short} clips shorter than {clip_seconds:.2f} s were zero-padded (shortest: {names})"
-        return f"{report}; {long} longer ones trimmed" if long else report
+        return f"{report}; {long} longer ones {cut}" if long else report
 
 
 def _is_hidden(name: str) -> bool:
@@ -382,8 +384,9 @@ def scan_listing(
     for split in (split for split in splits if split not in trained):
         unknown = sorted(set(listing[split]) - set(label_names))
         if unknown:
-            fix = ("Rename or remove them, or add them to train" if found.folders
-                   else "a class must have training clips: fix its labels, or choose another fold (data.fold)")
+            fix = ("Rename or remove them, or add them to train" if found.folders else
+                   "a class must have training clips: fix its labels" + (", or choose another fold (data.fold)"
+                                                                         if found.fold is not None else ""))
             raise ScanError(
                 f"{found.where(split)} has classes absent from train: {unknown}; train classes are {label_names}. "
                 + fix
@@ -396,9 +399,11 @@ def scan_listing(
                 "add clips or remove the empty folders"
             )
         if not any(listing[split].values()):
+            absent = f"; {len(found.missing)} listed clips are missing (e.g. {found.missing[0].path})" \
+                if found.missing else ""
             raise ScanError(
                 f"{split} folder {roots[split]} holds no audio clips (.wav, .flac, .ogg, .mp3)" if found.folders
-                else f"{found.where(split)} holds no clips"
+                else f"{found.where(split)} holds no clips{absent}"
             )
     if len(label_names) == 1:
         raise ScanError(

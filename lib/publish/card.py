@@ -52,19 +52,42 @@ def data_lines(data: dict, num_clips: dict[str, int]) -> list[str]:
             + ", ".join(f"{count} {split}" for split, count in num_clips.items()) + " clips"]
 
 
+# The Hugging Face Hub's names of the datasets that have a layout (a model-index's dataset type).
+DATASET_TYPES = {"speech_commands": "speech_commands", "esc50": "ashraq/esc50", "urbansound8k": "urbansound8k"}
+
+
+def clip_text(features: dict) -> str:
+    """How a clip became the model's input, as the card says it."""
+    fitted = f"padded to {features['clip_seconds']:g} s"
+    if features.get("long_clips") == "crop":
+        return (f"{fitted}, longer ones cropped: a random window in training, the centre window in evaluation and "
+                "`astft predict` (ASTFeatureExtractor alone keeps the first frames)")
+    return f"cut or {fitted}"
+
+
+def augmentation_text(augmentation: dict) -> str | None:
+    """The training augmentations that were on, or None."""
+    on = [name if isinstance(value, bool) else f"{name} {value:g}" for name, value in augmentation.items()
+          if value and name not in ("mixup_alpha", "background_noise_volume")]
+    if augmentation.get("background_noise_probability"):
+        on.append(f"background_noise_volume {augmentation['background_noise_volume']:g}")
+    return ", ".join(on) or None
+
+
 def warmup_text(warmup_steps: float) -> str:
     """training.warmup_steps as it reads: under 1 it is a share of the steps (Trainer's rule), else a count."""
     return f"{warmup_steps:.0%} of the steps as warm-up" if warmup_steps < 1 else f"{warmup_steps:g} warm-up steps"
 
 
-def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]]) -> list[dict]:
-    """Hugging Face's model-index: one result per split (split -> top-level scores)."""
+def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]], kind: str = "audiofolder"
+                ) -> list[dict]:
+    """Hugging Face's model-index: one result per split (split -> top-level scores); kind: the dataset's type."""
     return [{
         "name": name,
         "results": [
             {
                 "task": {"type": "audio-classification", "name": "Audio Classification"},
-                "dataset": {"name": dataset, "type": "audiofolder", "split": split},
+                "dataset": {"name": dataset, "type": kind, "split": split},
                 "metrics": [
                     {"type": key, "value": round(float(values[key]), 4), "name": f"{split} {key}"}
                     for key in SCORES if key in values
@@ -94,7 +117,9 @@ def member_card(
         "pipeline_tag": "audio-classification",
         "tags": ["audio-classification", "audio-spectrogram-transformer", "astft"],
         "labels": list(label_names),
-        "model-index": model_index(name, dataset_name(data), scores),
+        "model-index": model_index(
+            name, dataset_name(data), scores, DATASET_TYPES.get(data.get("layout", "folders"), "audiofolder")
+        ),
     }
     table = ["| split | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
     table += [
@@ -126,9 +151,9 @@ def member_card(
         "## Data",
         "",
         *data_lines(data, num_clips),
-        f"- {len(member.get('skipped_files') or {})} files skipped as unreadable",
+        f"- {len(member.get('skipped_files') or {})} files skipped as bad files (unreadable or missing)",
         f"- features: {features['num_mel_bins']} mel bins x {features['max_frames']} frames (log-mel fbank, "
-        f"{features['sample_rate_hz']} Hz, clips cut or padded to {features['clip_seconds']:g} s)",
+        f"{features['sample_rate_hz']} Hz, clips {clip_text(features)})",
         "",
         "## Recipe",
         "",
@@ -138,6 +163,7 @@ def member_card(
         f"{warmup_text(training['warmup_steps'])}, batch size {training['batch_size']} x "
         f"{training['gradient_accumulation_steps']} "
         f"accumulated, {trained['precision']} on {trained['device']}, seed {training['seed']}",
+        *([f"- augmentation: {text}"] if (text := augmentation_text(training.get("augmentation", {}))) else []),
         "",
         "## Calibration",
         "",

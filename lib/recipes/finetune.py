@@ -31,6 +31,7 @@ from lib.core.layout import (
 )
 from lib.core.runtime import apply_tf32, check_portable, resolve_runtime, seed_everything
 from lib.data.features import FeatureCacheRef, FeatureParams, make_feature_extractor
+from lib.data.layouts import default_fold
 from lib.data.noise import background_noise, check_noise_folder, noise_folder
 from lib.data.scan import check_distinct_splits, split_roots
 from lib.model.checkpoint import EncoderRef
@@ -112,6 +113,12 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     """
     config = config.resolved()
     check_ssl_checkpoint(config.model.ssl_checkpoint)
+    if config.data.fold is None and config.data.layout != "folders" or config.data.folds:
+        # the fold validated on, named in run_config.json and the card; a dataset's own files give its default
+        try:
+            config.data.fold = default_fold(config.data)
+        except ScanError as error:
+            raise ConfigError(str(error)) from error
     for label, folder in data_folders(config.data).items():
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{label} {folder}: no such folder")

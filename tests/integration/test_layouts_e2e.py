@@ -45,7 +45,11 @@ def test_each_layout_publishes_a_member_trained_and_scored_on_its_documented_spl
         str(index): name for index, name in enumerate(CLASSES)}
     assert json.loads((member / "run_config.json").read_text())["data"]["layout"] == layout
     counts = ", ".join(f"{len(clips)} {split}" for split, clips in expected.items() if clips)
-    assert f"- {layout} dataset `{tmp_path / 'dataset'}`: {counts} clips" in (member / "README.md").read_text()
+    fold = {"esc50": ", validated on fold 5", "urbansound8k": ", validated on fold 10"}.get(layout, "")  # the last
+    card = (member / "README.md").read_text()
+    assert f"- {layout} dataset `{tmp_path / 'dataset'}`{fold}: {counts} clips" in card
+    if layout == "speech_commands":
+        assert "- augmentation: background_noise_probability 0.8, background_noise_volume 0.1" in card
     for split in ("validation", "test"):
         if expected.get(split):
             labels = np.load(member / f"{split}_logits.npz")["labels"]

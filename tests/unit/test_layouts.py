@@ -200,3 +200,25 @@ def test_data_folds_cuts_a_folders_dataset_into_stratified_folds_that_partition_
     with pytest.raises(ScanError, match="data.folds 3: the esc50 dataset has folds of its own"):
         make_esc50(tmp_path / "esc", seconds=0.2)
         dataset_folds(data("esc50", tmp_path / "esc", folds=3))
+
+
+def test_a_hand_written_header_with_spaces_after_the_commas_is_read(tmp_path):
+    expected = make_csv_dataset(tmp_path)
+    manifest = tmp_path / "metadata.csv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(["file_name, label, split", *lines[1:]]) + "\n")
+    assert scanned(scan_data(data("csv", tmp_path)), tmp_path) == expected
+
+
+def test_a_fold_asked_of_a_csv_without_a_fold_column_says_so(tmp_path):
+    make_csv_dataset(tmp_path)
+    with pytest.raises(ScanError, match=r"data.fold \(--fold\) 2 is set but .*metadata.csv has no 'fold' column"):
+        scan_data(data("csv", tmp_path, fold=2))
+
+
+def test_a_file_that_is_not_the_audio_its_name_says_is_named_as_such(tmp_path):
+    from lib.data.audio import probe_clip
+
+    (tmp_path / "page.mp3").write_text("<html>not found</html>")
+    _, reason = probe_clip(tmp_path / "page.mp3")
+    assert reason.startswith("the file is there but is not MP3 data libsndfile can decode")
