@@ -361,8 +361,14 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             config = load_config(CrossvalConfig, args.config, overrides_from_args(args))
         else:
             config = load_config(FinetuneConfig, args.config, overrides_from_args(args))
-        # Pre-flight (why: docs/decisions.md, "The CLI plans before it starts a flow")
+        # Pre-flight (why: docs/decisions.md, "The CLI plans before it starts a flow"), while the local Prefect
+        # server (if one is to be used) starts beside it
         from lib.core.timing import phase
+
+        if not args.ephemeral:
+            from flows.server import start_local_server_early
+
+            start_local_server_early()
 
         with phase("imports (torch, transformers, datasets)"):
             import lib.recipes.finetune  # noqa: F401 - what planning and every stage after it import

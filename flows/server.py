@@ -2,7 +2,8 @@
 
 Where PREFECT_API_URL is set (a user's server, Prefect Cloud, the test harness), flows report there and
 nothing is started. Otherwise the CLI uses a local server that outlives the run: started on first use in
-the background (its own session, so a Ctrl-C in the terminal does not reach it), bound to 127.0.0.1, its
+the background, while the run imports and plans (start_local_server_early; its own session, so a Ctrl-C in
+the terminal does not reach it), bound to 127.0.0.1, its
 database under ASTFT_HOME (default ~/.astft/server/), and reused by every later run, so runs, logs and
 artifacts stay in its UI after the run ends and no run pays the server's start-up (about 11 s) again.
 `astft server status|stop` shows or stops it. `--ephemeral` keeps Prefect's old behaviour instead: a
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +38,9 @@ from pathlib import Path
 STARTUP_TIMEOUT_SECONDS = 120
 STATE_FILE = "server.json"  # pid, port, url, start time and Prefect version of the running local server
 LOG_FILE = "server.log"
+# 0: start the local server only when a flow is about to run, not while the CLI imports and plans (the tests' runs
+# that stop at their plan need no server).
+EARLY_START_VARIABLE = "ASTFT_EARLY_SERVER_START"
 
 
 class ServerStartTimeout(RuntimeError):
@@ -75,10 +80,51 @@ def flow_server(ephemeral: bool = False) -> Iterator[str | None]:
     from lib.core.timing import phase
 
     with contextlib.ExitStack() as stack:
-        with phase("prefect server"):  # about 10 s where it starts; next to nothing where it is reused
-            url = stack.enter_context(temporary_server()) if ephemeral else local_server()
+        with phase("prefect server"):  # about 10 s where it starts; next to nothing where it is reused or started early
+            url = stack.enter_context(temporary_server()) if ephemeral else _started_early() or local_server()
         stack.enter_context(temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}))
         yield url
+
+
+class _EarlyStart(threading.Thread):
+    """local_server() on a thread of its own: the server's start-up (about 10 s, in a process of its own) overlaps
+    the CLI's imports and planning instead of following them."""
+
+    def __init__(self) -> None:
+        super().__init__(name="astft-server-start", daemon=True)
+        self.url: str | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.url = local_server()
+        except BaseException as error:  # noqa: BLE001 - raised again in the main thread, where it is awaited
+            self.error = error
+
+
+_EARLY: list[_EarlyStart] = []
+
+
+def start_local_server_early() -> None:
+    """Begin finding or starting the local server now, in the background, where the flows will need it (no
+    PREFECT_API_URL); flow_server() then waits for it. Only the persistent server: an --ephemeral one is killed
+    with the thread that started it (Linux's parent-death signal follows the thread), so it starts in flow_server.
+    A run that then fails its plan leaves the server running for the next one, as every run does."""
+    if _EARLY or os.environ.get(EARLY_START_VARIABLE, "1") == "0" or configured_api_url():
+        return
+    _EARLY.append(_EarlyStart())
+    _EARLY[0].start()
+
+
+def _started_early() -> str | None:
+    """The URL of the server start_local_server_early began (waiting for it), or None if none was begun."""
+    if not _EARLY:
+        return None
+    early = _EARLY.pop()
+    early.join()
+    if early.error is not None:
+        raise early.error
+    return early.url
 
 
 def local_server() -> str:
@@ -134,11 +180,27 @@ def running_state(folder: Path) -> dict | None:
         pid, url = found
         _write_state(folder, pid, url)
         state = json.loads((folder / STATE_FILE).read_text())
-    if state.get("prefect") != _prefect_version() or not healthy(url, timeout=5):
+    if state.get("prefect") != _prefect_version() or not (healthy(url, timeout=5) or _booted(pid, url)):
         stop_process(pid)  # another Prefect version's, or hung: a fresh one is started in its place
         (folder / STATE_FILE).unlink(missing_ok=True)
         return None
     return state
+
+
+def _booted(pid: int, url: str) -> bool:
+    """Whether a server still within its start-up time (one that a run which then stopped at its plan began early)
+    comes to answer before that time is up; one older than that is hung."""
+    import psutil
+
+    try:
+        deadline = psutil.Process(pid).create_time() + startup_timeout()
+    except psutil.Error:
+        return False
+    while time.time() < deadline:
+        if healthy(url, timeout=1):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def start_server(folder: Path, persistent: bool) -> tuple[subprocess.Popen, str]:

@@ -15,6 +15,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ.pop("PREFECT_API_URL", None)
 # A CLI run without PREFECT_API_URL starts astft's local Prefect server there (stopped when the session ends).
 os.environ["ASTFT_HOME"] = str(_PREFECT_TMP / "astft-home")
+# In-process CLI calls that stop at their plan start no server early (tests/integration/test_server.py's runs do).
+os.environ["ASTFT_EARLY_SERVER_START"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

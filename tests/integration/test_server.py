@@ -31,7 +31,7 @@ def test_the_server_start_waits_120_s_unless_the_user_set_prefects_own_timeout(m
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
     """astft's environment with no PREFECT_API_URL (so it uses its own server) and ASTFT_HOME in the test's folder."""
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    return {**env, "ASTFT_HOME": str(home), "PYTHONPATH": str(ROOT), **extra}
+    return {**env, "ASTFT_HOME": str(home), "PYTHONPATH": str(ROOT), "ASTFT_EARLY_SERVER_START": "1", **extra}
 
 
 def finetune_command(dataset_dirs, ssl_checkpoint, tmp_path, name: str, epochs: int, *extra: str) -> list[str]:
@@ -194,3 +194,23 @@ def test_server_stop_is_refused_while_flow_runs_are_running_on_it(monkeypatch):
     with pytest.raises(ConfigError, match=r"1 flow run\(s\) are running on the local server \(brave-otter\): stopping "
                                           r"it now would stall them.*--force"):
         flows.server.stop_local_server()
+
+
+def test_the_local_server_starts_while_the_run_plans_and_a_run_stopped_at_its_plan_leaves_it_for_the_next(tmp_path):
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "flows", "finetune", "--train-dir", str(tmp_path), "--validation-dir",
+               str(tmp_path / "v"), "--ssl-checkpoint", str(tmp_path / "missing"), "--name", "x"]
+    refused = subprocess.run(command, cwd=ROOT, env=cli_env(home), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "missing" in refused.stderr  # its plan failed in a second or two ...
+    try:  # ... while the server it began starting went on starting, found and waited for by the next command
+        status = subprocess.run([sys.executable, "-m", "flows", "server", "status"], cwd=ROOT, env=cli_env(home),
+                                capture_output=True, text=True, timeout=300)
+        assert status.stdout.startswith("local Prefect server: http://127.0.0.1:"), status.stdout + status.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "flows", "server", "stop", "--force"], cwd=ROOT, env=cli_env(home),
+                       timeout=120)
+    quiet = cli_env(tmp_path / "home2", ASTFT_EARLY_SERVER_START="0")
+    assert subprocess.run(command, cwd=ROOT, env=quiet, capture_output=True, timeout=300).returncode == 2
+    status = subprocess.run([sys.executable, "-m", "flows", "server", "status"], cwd=ROOT, env=quiet,
+                            capture_output=True, text=True, timeout=300)
+    assert status.stdout.startswith("no local Prefect server is running")

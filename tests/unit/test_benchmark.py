@@ -32,7 +32,9 @@ def test_benchmark_main_reports_positive_figures_for_both_frame_counts(capsys):
     epoch = figures["epoch"]
     assert (epoch["max_frames"], epoch["epochs"], epoch["train_clips"]) == (128, 2, 8)
     assert epoch["samples_per_second"] > 0 and epoch["first_epoch_samples_per_second"] > 0
-    assert 0 < epoch["run_samples_per_second"] < epoch["samples_per_second"]  # evaluation and checkpoints cost
+    # positive only: which of the two is faster is a timing, and timings belong to the printed figures (a loaded
+    # machine once made the whole run's rate beat the epoch's)
+    assert epoch["run_samples_per_second"] > 0
     assert epoch["precision"] == "fp32"
     assert (epoch["speed"]["pin_memory"], epoch["speed"]["dataloader_num_workers"]) == (False, 0)
     printed = capsys.readouterr().out
