@@ -15,6 +15,7 @@ from lib.data.layouts import dataset_folds
 from lib.recipes.crossval import (
     FOLD_SCORES,
     finished_fold,
+    other_members,
     plan_crossval,
     protocol_line,
     read_fold,
@@ -22,7 +23,7 @@ from lib.recipes.crossval import (
     write_summary,
 )
 from tasks.data import build_features, scan_folds
-from tasks.ensemble import dispatch_member
+from tasks.ensemble import dispatch_member, member_work_pool
 from tasks.member import prepare_encoder
 
 
@@ -44,6 +45,12 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
     logger = get_run_logger()
     plans = plan_crossval(config, trains_here=config.dispatch == "in_process")
     first = next(iter(plans.values()))
+    if others := other_members(first.publish_root, config.name):
+        logger.warning(
+            "%s also holds %s, not folds of %s: astft predict --model %s votes every member there; give each "
+            "cross-validation its own --output-dir", first.publish_root, ", ".join(others[:5]), config.name,
+            first.publish_root,
+        )
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     if config.dispatch == "in_process":
@@ -66,6 +73,7 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
             elif plan.config.name in failed_by_name:
                 failed[fold] = failed_by_name[plan.config.name]
     else:  # each fold on a worker of the pool, which scans its fold and builds its features itself
+        member_work_pool(config.member_deployment)
         futures = {fold: dispatch_member.submit(plan, config.member_deployment) for fold, plan in plans.items()}
         for fold, future in futures.items():
             future.wait()
@@ -76,15 +84,14 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
                 logger.error("%s failed: %s", fold, failed[fold])
 
     summary = summarize(dict(sorted(results.items(), key=lambda item: int(item[0].rsplit("-", 1)[1]))), failed,
-                        dataset_folds(first.config.data, warn=False).source)
+                        dataset_folds(first.config.data, warn=False).source, config.data.quick_subsample)
     summary["file"] = str(write_summary(first.publish_root, summary))
     show_summary(summary)
     logger.info("%s; %s", protocol_line(summary), summary["file"])
     if failed:
-        raise CrossvalFoldsFailed(
-            f"{len(failed)} of {len(plans)} folds failed ({', '.join(failed)}); the others were published and are "
-            f"reported in {summary['file']}. Reasons: {failed}"
-        )
+        kept = f"the others were published and are reported in {summary['file']}" if results else "none finished"
+        raise CrossvalFoldsFailed(f"{len(failed)} of {len(plans)} folds failed ({', '.join(failed)}); {kept}. "
+                                  f"Reasons: {failed}")
     return summary
 
 

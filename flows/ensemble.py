@@ -17,7 +17,7 @@ from lib.evaluate.metrics import format_metrics
 from lib.model.checkpoint import EncoderRef
 from lib.recipes.finetune import FinetunePlan, plan_ensemble
 from lib.train.launch import release_memory
-from tasks.ensemble import dispatch_member, evaluate_ensemble_members
+from tasks.ensemble import dispatch_member, evaluate_ensemble_members, member_work_pool
 
 
 class EnsembleMembersFailed(RuntimeError):
@@ -107,6 +107,7 @@ def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict
         published, failed = train_members_here(plans, features, encoder)
     else:
         published, failed = {}, {}
+        member_work_pool(config.member_deployment)
         futures = {name: dispatch_member.submit(plan, config.member_deployment) for name, plan in plans.items()}
         for name, future in futures.items():
             future.wait()

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
+from lib.core.errors import ConfigError
 from lib.core.layout import CARD_FILE, ENSEMBLE_FILE, RUN_CONFIG_FILE
 from lib.evaluate.ensemble import evaluate_ensemble, read_member
 from lib.evaluate.plots import png_data_uri
@@ -20,6 +21,28 @@ from lib.recipes.finetune import FinetunePlan
 
 class MemberRunFailed(RuntimeError):
     """A member's deployment run ended in a non-completed state."""
+
+
+def member_work_pool(deployment: str) -> str:
+    """The work pool that runs the deployment members are dispatched to (said, since its runs wait there until a
+    worker takes them); refused in one line where the server has no such deployment."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"member_deployment {deployment} is not on this Prefect server: deploy it (prefect deploy "
+                "--prefect-file deployments/prefect.yaml --all), or set dispatch: in_process"
+            ) from None
+    pool = found.work_pool_name or "(none)"
+    get_run_logger().info(
+        "members run as runs of %s on work pool %s: they wait there until a worker takes them "
+        "(prefect worker start --pool %s)", deployment, pool, pool,
+    )
+    return pool
 
 
 @task(name="dispatch-member", cache_policy=NO_CACHE)

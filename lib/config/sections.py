@@ -161,7 +161,7 @@ class DataConfig(Section):
         if given:
             raise ValueError(
                 f"layout {self.layout!r} takes its split from the dataset's own files, so {', '.join(given)} "
-                "cannot be set with it: remove them, or use layout 'folders'"
+                f"cannot be set with it: remove {'it' if len(given) == 1 else 'them'}, or use layout 'folders'"
             )
         return self
 

@@ -237,10 +237,11 @@ def csv_path(data: DataConfig) -> Path:
 
 
 def csv_has_folds(data: DataConfig) -> bool:
-    """Whether a csv manifest is read by its fold column: it has no split column, or data.fold asks for a fold."""
+    """Whether a csv manifest is read by its fold column: it has no split column, or data.fold asks for one of its
+    folds (with data.folds, the folds are cut from its split column's train and validation rows)."""
     manifest = csv_path(data)
     header = csv_header(manifest)
-    by_split = data.split_column in header and data.fold is None
+    by_split = data.split_column in header and (data.fold is None or data.folds is not None)
     if not by_split and data.fold_column not in header:
         if data.fold is not None:
             raise ScanError(
@@ -387,11 +388,11 @@ def stratified_folds(listing: Listing, count: int) -> Folds:
     pooled = sorted((path, label) for split in SPLITS for label, paths in listing.classes[split].items()
                     for path in paths)
     labels = [label for _, label in pooled]
-    smallest = min(labels.count(label) for label in set(labels)) if labels else 0
-    if smallest < count:
+    smallest = min(set(labels), key=lambda label: (labels.count(label), label)) if labels else None
+    if smallest is None or labels.count(smallest) < count:
         raise ScanError(
-            f"data.folds {count}: the smallest class has {smallest} clips, fewer than the folds; a fold would "
-            "validate without it: lower data.folds"
+            f"data.folds {count}: the smallest class, {smallest!r}, has {labels.count(smallest)} clips, fewer than "
+            "the folds; a fold would validate without it: lower data.folds"
         )
     splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)
     by_fold: dict[int, dict[str, list[Path]]] = {}

@@ -240,8 +240,10 @@ def fingerprint_listing(
     def update(text: str) -> None:
         hasher.update(text.encode("utf-8", "surrogateescape"))  # names need not be UTF-8 (see is_utf8)
 
-    # A split absent from the listing adds nothing: a run without a test folder keeps its fingerprint.
-    for split in (split for split in (*SPLITS, TEST_SPLIT) if split in listing):
+    # A split absent from the listing adds nothing: a run without a test folder keeps its fingerprint. The
+    # usual splits first, in the order they always had; then any other (a cross-validation's fold-1, ...).
+    usual = [split for split in (*SPLITS, TEST_SPLIT) if split in listing]
+    for split in usual + sorted(split for split in listing if split not in usual):
         for label, paths in sorted(listing[split].items()):
             for path in paths:
                 # A manifest may name clips outside its folder (../audio/x.wav): relpath, not relative_to.

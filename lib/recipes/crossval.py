@@ -69,11 +69,20 @@ def read_fold(plan: FinetunePlan) -> dict:
     return fold_result(plan, folder, json.loads((folder / METRICS_FILE).read_text()))
 
 
-def summarize(results: dict[str, dict], failed: dict[str, str], source: str) -> dict:
+def other_members(best_root: Path, name: str) -> list[str]:
+    """The member folders in best/ that are not this cross-validation's folds (predict on best/ votes them all)."""
+    if not best_root.is_dir():
+        return []
+    return sorted(entry.name for entry in best_root.iterdir()
+                  if entry.is_dir() and not entry.name.startswith((".", f"{name}-fold-")))
+
+
+def summarize(results: dict[str, dict], failed: dict[str, str], source: str, quick_subsample: bool = False) -> dict:
     """crossval.json's content: each fold's scores, then their mean and standard deviation (n - 1) over the folds
     that finished, on validation (each fold's held-out clips) and on test where there is one."""
     done = [results[fold] for fold in results]
-    summary: dict = {"folds": {fold: result for fold, result in results.items()}, "failed": failed, "source": source}
+    summary: dict = {"folds": {fold: result for fold, result in results.items()}, "failed": failed, "source": source,
+                     "quick_subsample": quick_subsample}
     for split, key in (("validation", "metrics"), ("test", "test_metrics")):
         scores = {name: [fold[key][name] for fold in done if name in fold[key]] for name in FOLD_SCORES}
         summary[split] = {
@@ -101,4 +110,5 @@ def protocol_line(summary: dict) -> str:
             parts.append(f"{split} accuracy {accuracy['mean']:.4f} +- {accuracy['std']:.4f}")
     folds = len(summary["folds"])
     failed = f"; {len(summary['failed'])} failed ({', '.join(summary['failed'])})" if summary["failed"] else ""
-    return f"cross-validation over {folds} folds ({summary['source']}): " + "; ".join(parts) + failed
+    subsample = " (quick subsample: every 10th clip)" if summary.get("quick_subsample") else ""
+    return f"cross-validation over {folds} folds ({summary['source']}){subsample}: " + "; ".join(parts) + failed

@@ -472,4 +472,4 @@ def test_crossval_refuses_a_fold_and_a_dataset_without_folds_in_one_line(capsys,
     assert main(["crossval", *flags, "--set", "data.folds=3", "--fold", "2"]) == 2
     assert "data.fold (--fold) 2: cross-validation trains every fold in turn" in capsys.readouterr().err
     assert main(["crossval", *flags, "--set", "data.folds=5"]) == 2  # 4 clips a class
-    assert "data.folds 5: the smallest class has 4 clips, fewer than the folds" in capsys.readouterr().err
+    assert "data.folds 5: the smallest class, 'chirp', has 4 clips, fewer than the folds" in capsys.readouterr().err

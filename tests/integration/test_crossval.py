@@ -80,3 +80,15 @@ def test_no_fold_trains_on_its_own_clips_and_the_folds_share_one_feature_cache(t
                     if path.startswith(f"audio/{fold.split('-')[1]}-")}
         assert validation == held_out and not train & validation
         assert len(train) + len(validation) == 20 and view.path == features.path
+
+
+def test_dispatching_folds_to_a_deployment_the_server_lacks_is_one_line(prefect_harness, tmp_path, ssl_checkpoint):
+    from flows.crossval import crossval
+    from lib.core.errors import ConfigError
+
+    make_esc50(tmp_path / "esc50", per_fold=1, seconds=0.3)
+    config = esc50_crossval(tmp_path, ssl_checkpoint)
+    config.dispatch = "deployments"
+    with pytest.raises(ConfigError, match=r"member_deployment astft-finetune/member is not on this Prefect server"):
+        crossval(config)
+    assert not (tmp_path / "out" / "best" / "crossval.json").exists()

@@ -222,3 +222,26 @@ def test_a_file_that_is_not_the_audio_its_name_says_is_named_as_such(tmp_path):
     (tmp_path / "page.mp3").write_text("<html>not found</html>")
     _, reason = probe_clip(tmp_path / "page.mp3")
     assert reason.startswith("the file is there but is not MP3 data libsndfile can decode")
+
+
+def test_every_fold_of_a_cross_validation_is_in_its_fingerprint(tmp_path):
+    from lib.data.layouts import dataset_folds
+    from lib.data.scan import fingerprint_found
+
+    make_esc50(tmp_path / "small", per_fold=1, seconds=0.2)
+    make_esc50(tmp_path / "large", per_fold=2, seconds=0.2)
+    small, large = (fingerprint_found(dataset_folds(data("esc50", tmp_path / name)).all_folds())
+                    for name in ("small", "large"))
+    assert small != large
+    edited(tmp_path / "small" / "meta" / "esc50.csv", 2, ",0,chirp,", ",1,noise_burst,")  # one clip relabelled
+    assert fingerprint_found(dataset_folds(data("esc50", tmp_path / "small")).all_folds()) != small
+
+
+def test_data_folds_cuts_a_csv_of_splits_into_folds_even_with_a_fold_chosen(tmp_path):
+    from lib.data.layouts import dataset_folds
+
+    expected = make_csv_dataset(tmp_path)
+    folds = dataset_folds(data("csv", tmp_path, folds=2, fold=1))
+    assert folds.known == [1, 2] and folds.test  # the test rows stay out of every fold
+    pooled = sorted(str(path) for labels in folds.by_fold.values() for paths in labels.values() for path in paths)
+    assert pooled == sorted(str(tmp_path / path) for path in {**expected["train"], **expected["validation"]})
