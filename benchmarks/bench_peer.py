@@ -11,6 +11,10 @@ process, alternating astft / peer in pairs, each with fresh output and cache fol
 feature cache every time: the first run a user makes). astft runs on its local Prefect server, started before
 the first pair (`--ephemeral` to pay a server start per run instead).
 
+`--cold-start` compares astft with itself instead: each run on a fresh ASTFT_HOME (a user's first run, which
+starts the local server), alternating the server started after the plan (ASTFT_EARLY_SERVER_START=0) with the
+server started while the CLI imports and plans (the default).
+
 Prints, as each run ends: its wall time and accuracy, and its phase breakdown (astft: member.json's phases;
 peer: its own); at the end the medians and the astft/peer ratio. And the load average: a loaded machine's
 figures mean little.
@@ -46,7 +50,7 @@ def write_checkpoint(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def run_astft(data: Path, checkpoint: Path, work: Path, args) -> dict:
+def run_astft(data: Path, checkpoint: Path, work: Path, args, env: dict[str, str] | None = None) -> dict:
     command = [
         sys.executable, "-m", "flows", "finetune", "--train-dir", str(data / "train"), "--validation-dir",
         str(data / "validation"), "--ssl-checkpoint", str(checkpoint), "--name", "bench", "--output-dir",
@@ -56,7 +60,7 @@ def run_astft(data: Path, checkpoint: Path, work: Path, args) -> dict:
         *(["--ephemeral"] if args.ephemeral else []),
     ]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env())
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env or _env())
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"astft failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -80,6 +84,18 @@ def run_peer(data: Path, checkpoint: Path, work: Path, args) -> dict:
     return {"wall": wall, "accuracy": result["accuracy"], "phases": result["phases"]}
 
 
+def run_cold(early: bool):
+    """run_astft on a fresh ASTFT_HOME (the server starts, then is stopped), the server started early or not."""
+    def run(data: Path, checkpoint: Path, work: Path, args) -> dict:
+        env = {**_env(), "ASTFT_HOME": str(work / "home"), "ASTFT_EARLY_SERVER_START": "1" if early else "0"}
+        try:
+            return run_astft(data, checkpoint, work, args, env)
+        finally:
+            subprocess.run([sys.executable, "-m", "flows", "server", "stop", "--force"], cwd=REPO, env=env,
+                           capture_output=True, timeout=120)
+    return run
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -100,7 +116,11 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--ephemeral", action="store_true", help="astft starts a server of its own each run")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="astft against itself on a fresh server each run: started after the plan, or early")
     args = parser.parse_args()
+    sides = (("after", run_cold(False)), ("early", run_cold(True))) if args.cold_start else (
+        ("astft", run_astft), ("peer", run_peer))
 
     root = Path(tempfile.mkdtemp(prefix="astft-bench-peer-"))
     os.environ.setdefault("ASTFT_HOME", str(root / "astft-home"))
@@ -111,22 +131,23 @@ def main() -> None:
         clips = 4 * (args.per_class + args.validation_per_class)
         print(f"{clips} clips ({4 * args.per_class} train), {args.epochs} epochs, batch {args.batch_size}, "
               f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        if not args.ephemeral:
+        if not args.ephemeral and not args.cold_start:
             from flows.server import local_server
 
             print(f"astft's local Prefect server: {local_server()} (started before the pairs)", flush=True)
-        walls: dict[str, list[float]] = {"astft": [], "peer": []}
+        walls: dict[str, list[float]] = {side: [] for side, _ in sides}
         for pair in range(1, args.pairs + 1):
-            for side, run in (("astft", run_astft), ("peer", run_peer)):
+            for side, run in sides:
                 work = root / f"{side}-{pair}"
                 result = run(data, checkpoint, work, args)
                 walls[side].append(result["wall"])
                 show(side, pair, result)
                 shutil.rmtree(work, ignore_errors=True)
-        astft, peer = statistics.median(walls["astft"]), statistics.median(walls["peer"])
-        print(f"median wall: astft {astft:.1f} s, peer {peer:.1f} s; astft/peer = {astft / peer:.2f}", flush=True)
+        (first, first_walls), (second, second_walls) = walls.items()
+        a, b = statistics.median(first_walls), statistics.median(second_walls)
+        print(f"median wall: {first} {a:.1f} s, {second} {b:.1f} s; {first}/{second} = {a / b:.2f}", flush=True)
     finally:
-        if not args.ephemeral and os.environ["ASTFT_HOME"].startswith(str(root)):
+        if not args.ephemeral and not args.cold_start and os.environ["ASTFT_HOME"].startswith(str(root)):
             from flows.server import stop_local_server
 
             stop_local_server(force=True)
