@@ -60,9 +60,15 @@ def list_dataset(data: DataConfig, warn: bool = True) -> Listing:
 def default_fold(data: DataConfig) -> int | None:
     """The fold a run validates on: data.fold, else the dataset's last (ESC-50 5, UrbanSound8K 10, data.folds K, a
     csv's highest), else None (a dataset of one split)."""
+    fixed = {"esc50": ESC50_FOLDS, "urbansound8k": URBANSOUND8K_FOLDS}.get(data.layout)
+    if data.fold is not None and fixed is not None and data.fold not in fixed:
+        raise ScanError(f"data.fold (--fold) {data.fold}: {data.layout} has folds {fold_range(list(fixed))}; "
+                        "choose one of them")
     if data.fold is not None:
         return data.fold
-    if data.layout in ("esc50", "urbansound8k") or data.folds or (data.layout == "csv" and csv_has_folds(data)):
+    if fixed is not None and not data.folds:
+        return fixed[-1]
+    if data.folds or (data.layout == "csv" and csv_has_folds(data)):
         return dataset_folds(data, warn=False).known[-1]
     return None
 

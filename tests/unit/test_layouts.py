@@ -245,3 +245,11 @@ def test_data_folds_cuts_a_csv_of_splits_into_folds_even_with_a_fold_chosen(tmp_
     assert folds.known == [1, 2] and folds.test  # the test rows stay out of every fold
     pooled = sorted(str(path) for labels in folds.by_fold.values() for paths in labels.values() for path in paths)
     assert pooled == sorted(str(tmp_path / path) for path in {**expected["train"], **expected["validation"]})
+
+
+def test_a_fold_outside_a_datasets_fixed_folds_is_refused_before_reading_it(tmp_path):
+    from lib.data.layouts import default_fold
+
+    with pytest.raises(ScanError, match=r"data.fold \(--fold\) 11: urbansound8k has folds 1-10; choose one of them"):
+        default_fold(data("urbansound8k", tmp_path / "not-downloaded-yet", fold=11))
+    assert default_fold(data("urbansound8k", tmp_path / "not-downloaded-yet")) == 10
