@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
+from prefect.states import Cancelled
 
 from lib.core.errors import ConfigError
 from lib.core.layout import CARD_FILE, ENSEMBLE_FILE, RUN_CONFIG_FILE
@@ -26,7 +31,6 @@ class MemberRunFailed(RuntimeError):
 def member_work_pool(deployment: str) -> str:
     """The work pool that runs the deployment members are dispatched to (said, since its runs wait there until a
     worker takes them); refused in one line where the server has no such deployment."""
-    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
@@ -45,6 +49,26 @@ def member_work_pool(deployment: str) -> str:
     return pool
 
 
+# How often a dispatched member's run is looked at.
+POLL_SECONDS = 2.0
+
+
+def wait_for_run(flow_run_id) -> State | None:
+    """The final state of a dispatched run, polled. Written here rather than run_deployment's own wait, which
+    cannot be left: a Ctrl-C or SIGTERM ended the flow but the process then waited on this thread for ever (its
+    run waiting for a worker). Once the main thread has ended, the run is cancelled and the wait given up."""
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                return state
+            if not threading.main_thread().is_alive():  # the process is exiting: a Ctrl-C, SIGTERM or an error
+                client.set_flow_run_state(flow_run_id, Cancelled(message="the astft run that dispatched it ended"),
+                                          force=True)
+                return client.read_flow_run(flow_run_id).state
+            time.sleep(POLL_SECONDS)
+
+
 @task(name="dispatch-member", cache_policy=NO_CACHE)
 def dispatch_member(plan: FinetunePlan, deployment: str) -> str:
     """Run one member as a run of the member deployment (on any worker of its pool) and wait for it."""
@@ -52,10 +76,10 @@ def dispatch_member(plan: FinetunePlan, deployment: str) -> str:
     flow_run = run_deployment(
         name=deployment,
         parameters={"config": config.model_dump(mode="json")},
-        timeout=None,
+        timeout=0,  # created, not awaited: wait_for_run follows it, and lets go when this process ends
         tags=["astft-member", config.name],
     )
-    state = flow_run.state
+    state = wait_for_run(flow_run.id)
     if state is None or not state.is_completed():
         raise MemberRunFailed(
             f"member {config.name}: deployment run {flow_run.name} ended {state.name if state else 'without a state'}"

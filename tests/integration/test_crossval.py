@@ -92,3 +92,23 @@ def test_dispatching_folds_to_a_deployment_the_server_lacks_is_one_line(prefect_
     with pytest.raises(ConfigError, match=r"member_deployment astft-finetune/member is not on this Prefect server"):
         crossval(config)
     assert not (tmp_path / "out" / "best" / "crossval.json").exists()
+
+
+def test_a_dispatched_run_still_waiting_is_cancelled_when_the_process_that_waits_for_it_ends(
+    prefect_harness, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from prefect.client.orchestration import get_client
+
+    import tasks.ensemble
+
+    @flow(name="waits-for-a-worker")
+    def never_run():
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(never_run)  # scheduled, as a deployment's run that no worker takes
+    ended = SimpleNamespace(main_thread=lambda: SimpleNamespace(is_alive=lambda: False))
+    monkeypatch.setattr(tasks.ensemble, "threading", ended)  # as after a Ctrl-C: the main thread has returned
+    assert tasks.ensemble.wait_for_run(run.id).is_cancelled()
