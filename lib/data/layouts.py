@@ -9,7 +9,8 @@
   fsID, start, end, salience, fold, classID, class), label = class, folds 1..10;
 - csv: a manifest of path, label and split or fold columns (names configurable), paths relative to its folder.
 
-A dataset of folds validates on data.fold (default the last) and trains on the others. Manifest rows are named
+A dataset of folds validates on data.fold (default the last) and trains on the others; data.folds cuts folds from
+a dataset that has none; a cross-validation scans every fold at once (Folds.all_folds). Manifest rows are named
 by file and line in every error; a row naming a file that is not there is a bad file (skipped only with
 data.skip_bad_files), every other bad row stops the scan.
 """
@@ -301,6 +302,9 @@ def split_listing(rows: list[Row], manifest: Path, base: Path) -> Listing:
         classes=sorted_classes(classes), roots=dict.fromkeys(classes, base), ignored=ignored_counts(), layout="csv",
         missing=missing, note=f"csv: {display_path(manifest)}, split by its split column",
     )
+
+
+# --- folds: a dataset's own, or data.folds cut from its split; one chosen to validate on, or all (crossval) -----
 
 
 @dataclass
