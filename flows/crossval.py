@@ -63,6 +63,9 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
                 results[fold] = done
                 logger.info("%s: published already from this recipe and these clips (%s): kept", fold,
                             done["published"])
+            elif (plan.publish_root / plan.config.name).exists():
+                logger.info("%s: %s holds a member of another recipe or other clips: trained again", fold,
+                            plan.publish_root / plan.config.name)
         todo = {plan.config.name: plan for fold, plan in plans.items() if fold not in results}
         published, failed_by_name = train_members_here(
             todo, {plan.config.name: views[fold] for fold, plan in plans.items()}, encoder, table="crossval-folds"
