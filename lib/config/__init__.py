@@ -5,6 +5,7 @@ model. Import from here; base holds what sections share, sections the parts, run
 """
 
 from lib.config.base import LOCATION, SUMMARY_METRICS, MemberName, RunConfig, Section, tagged
+from lib.config.data import DataConfig
 from lib.config.loading import deep_merge, format_validation_error, load_config, read_preset
 from lib.config.runs import (
     CrossvalConfig,
@@ -17,7 +18,6 @@ from lib.config.runs import (
 from lib.config.sections import (
     SSAST_MASK_RATIO,
     AugmentationConfig,
-    DataConfig,
     EncoderConfig,
     FeatureConfig,
     Freezing,

@@ -19,8 +19,8 @@ from lib.config.base import (
     Section,
     WaitForWorkDir,
 )
+from lib.config.data import DataConfig, with_dataset_features
 from lib.config.sections import (
-    DataConfig,
     EncoderConfig,
     FeatureConfig,
     Freezing,
@@ -30,7 +30,6 @@ from lib.config.sections import (
     PretrainModelConfig,
     PretrainTrainingConfig,
     TrainingConfig,
-    with_dataset_features,
 )
 from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER
 

@@ -21,8 +21,8 @@ import torch
 from pydantic import BaseModel
 from transformers import ASTModel
 
+from lib.config.data import DataConfig
 from lib.config.runs import EnsembleConfig, FinetuneConfig
-from lib.config.sections import DataConfig
 from lib.core.errors import ConfigError, ScanError
 from lib.core.layout import (
     BEST_FOLDER,
@@ -113,7 +113,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     """
     config = config.resolved()
     check_ssl_checkpoint(config.model.ssl_checkpoint)
-    if config.data.fold is None and config.data.layout != "folders" or config.data.folds:
+    if config.data.layout != "folders" or config.data.folds:
         # the fold validated on, named in run_config.json and the card; a dataset's own files give its default
         try:
             config.data.fold = default_fold(config.data)
