@@ -150,8 +150,9 @@ examples:
 def print_summary(summary: dict) -> None:
     print(f"\npublished member: {summary['published']}")
     test = summary.get("test_metrics")
-    print("metrics (best epoch {}; temperature {:.3f} fitted on validation):".format(
-        summary["best_epoch"], summary["temperature"]))
+    fitted = ("thresholds fitted on validation" if "map" in summary["metrics"]
+              else f"temperature {summary['temperature']:.3f} fitted on validation")
+    print(f"metrics (best epoch {summary['best_epoch']}; {fitted}):")
     print(f"  {'':>18}  {'validation':>10}" + (f"  {'test':>10}" if test else ""))
     for key, value in summary["metrics"].items():
         print(f"  {key:>18}: {value:>10.4f}" + (f"  {test[key]:>10.4f}" if test else ""))
@@ -161,16 +162,21 @@ def print_predict_summary(summary: dict) -> None:
     """The CSV, the members and weights used (and members left out), and scores where the clips sat in class folders."""
     count = summary["predicted"]
     print(f"wrote {count} prediction{'s' * (count != 1)} to {summary['csv']} ({summary['skipped']} skipped)")
-    used = ", ".join(f"{name} (weight {summary['weights'][name]:g}, temperature {summary['temperatures'][name]:.3f})"
+    used = ", ".join(f"{name} (weight {summary['weights'][name]:g}"
+                     + (")" if summary.get("multi_label") else f", temperature {summary['temperatures'][name]:.3f})")
                      for name in summary["members"])
     print(f"members: {used}")
     if len(summary["members"]) > 1 and not summary.get("ensemble_file", True):
         print("(no ensemble.json beside them: every member folder votes at weight 1)")
     if summary["not_in_ensemble"]:
         print(f"member folders ensemble.json does not select, so not used: {', '.join(summary['not_in_ensemble'])}")
+    if summary.get("multi_label"):
+        print("multi-label: predicted_labels lists each label at or above its threshold (" + ", ".join(
+            f"{name} {threshold:.3f}" for name, threshold in summary["thresholds"].items()) + "), ';'-separated")
     if count <= len(summary.get("first_rows", [])):  # a few clips: their answers here, not only in the CSV
         for path, label, probability in summary["first_rows"]:
-            print(f"  {path}: {label} (p={probability:.3f})")
+            print(f"  {path}: {label or '(none)'} (p={probability:.3f})" if not summary.get("multi_label")
+                  else f"  {path}: {label or '(none above its threshold)'} (highest p={probability:.3f})")
     scores = summary["scores"]
     if scores is None:
         if summary.get("not_scored"):
@@ -482,14 +488,17 @@ def disk_error_exit(error: Exception, folders: dict[str, Path], details: str = "
 
 def print_crossval(summary: dict) -> None:
     """Each fold's validation (and test) accuracy, then the protocol's figure."""
+    from lib.config import headline_metric
     from lib.recipes.crossval import protocol_line
 
     test = any(result["test_metrics"] for result in summary["folds"].values())
-    print(f"\n{'fold':<10} {'member':<32} {'val acc':>9}" + (f" {'test acc':>9}" if test else ""))
+    score = headline_metric(summary["validation"])  # accuracy, or a multi-label task's map
+    short = {"accuracy": "acc", "map": "mAP"}[score]
+    print(f"\n{'fold':<10} {'member':<32} {'val ' + short:>9}" + (f" {'test ' + short:>9}" if test else ""))
     for fold, result in summary["folds"].items():
-        accuracy = result["test_metrics"].get("accuracy") if test else None
-        print(f"{fold:<10} {result['name']:<32} {result['metrics']['accuracy']:>9.4f}"
-              + (f" {accuracy:>9.4f}" if accuracy is not None else ""))
+        figure = result["test_metrics"].get(score) if test else None
+        print(f"{fold:<10} {result['name']:<32} {result['metrics'][score]:>9.4f}"
+              + (f" {figure:>9.4f}" if figure is not None else ""))
     print(protocol_line(summary))
     print(f"written to {summary['file']}")
 
@@ -497,11 +506,15 @@ def print_crossval(summary: dict) -> None:
 def print_leaderboard(leaderboard: dict) -> None:
     splits = [split for split in ("validation", "test") if split in leaderboard["ensemble"]]
     short = {"validation": "val", "test": "test"}
-    columns = "".join(f" {short[split] + ' acc':>9} {short[split] + ' NLL':>9}" for split in splits)
+    multi_label = leaderboard.get("task") == "multi_label"
+    names = ("mAP", "micro F1") if multi_label else ("acc", "NLL")
+    width = 11 if multi_label else 9
+    columns = "".join(f" {short[split] + ' ' + name:>{width}}" for split in splits for name in names)
     print(f"\n{'':<32} {'weight':>6}" + columns)
     for row in leaderboard["leaderboard"]:
         weight = "" if row["weight"] is None else f"{row['weight']:g}"
         scores = "".join(
+            f" {row[split]['map']:>11.4f} {row[split]['micro_f1']:>11.4f}" if multi_label else
             f" {row[split]['accuracy']:>9.4f} {row[split]['calibration']['after']['nll']:>9.4f}" for split in splits
         )
         print(f"{row['name']:<32} {weight:>6}{scores}")

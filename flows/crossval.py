@@ -86,8 +86,9 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
                 failed[fold] = _failure_reason(future.state)
                 logger.error("%s failed: %s", fold, failed[fold])
 
+    source = dataset_folds(first.config.data, False, first.config.model.task == "multi_label").source
     summary = summarize(dict(sorted(results.items(), key=lambda item: int(item[0].rsplit("-", 1)[1]))), failed,
-                        dataset_folds(first.config.data, warn=False).source, config.data.quick_subsample)
+                        source, config.data.quick_subsample)
     summary["file"] = str(write_summary(first.publish_root, summary))
     show_summary(summary)
     logger.info("%s; %s", protocol_line(summary), summary["file"])
@@ -103,14 +104,14 @@ def show_summary(summary: dict) -> None:
     rows = [
         {"fold": fold, "member": result["name"], "best epoch": result["best_epoch"],
          **{f"val {name}": round(result["metrics"][name], 4) for name in FOLD_SCORES if name in result["metrics"]},
-         **{f"test {name}": round(result["test_metrics"][name], 4) for name in ("accuracy",)
+         **{f"test {name}": round(result["test_metrics"][name], 4) for name in ("accuracy", "map")
             if name in result["test_metrics"]}}
         for fold, result in summary["folds"].items()
     ]
     for statistic in ("mean", "std"):
         rows.append({"fold": statistic, **{
             f"{short} {name}": round(summary[split][name][statistic], 4)
-            for split, short, names in (("validation", "val", FOLD_SCORES), ("test", "test", ("accuracy",)))
+            for split, short, names in (("validation", "val", FOLD_SCORES), ("test", "test", ("accuracy", "map")))
             for name in names if name in summary[split]
         }})
     create_table_artifact(key="crossval", table=rows,

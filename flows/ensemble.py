@@ -72,11 +72,12 @@ def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str],
     for name, plan in plans.items():
         result = results.get(name)
         done = isinstance(result, dict)
+        score = "map" if plan.config.model.task == "multi_label" else "accuracy"
         rows.append({
             "member": name, "freezing": plan.config.model.freezing,
             "status": "published" if done else "failed" if result else "waiting",
-            "val accuracy": round(result["metrics"]["accuracy"], 4) if done else None,
-            "test accuracy": round(result["test_metrics"]["accuracy"], 4) if done and result["test_metrics"] else None,
+            f"val {score}": round(result["metrics"][score], 4) if done else None,
+            f"test {score}": round(result["test_metrics"][score], 4) if done and result["test_metrics"] else None,
             "best epoch": result["best_epoch"] if done else None,
             "note": result if isinstance(result, str) else None,
         })
@@ -120,7 +121,9 @@ def ensemble(config: EnsembleConfig, overrides: list[str] | None = None) -> dict
     # ensemble: calibrated soft vote over the members that were published, selected on validation
     if not published:
         raise EnsembleMembersFailed(f"every member failed: {failed}")
-    leaderboard = evaluate_ensemble_members(published, first.publish_root, failed, config.selection, config.weights)
+    leaderboard = evaluate_ensemble_members(
+        published, first.publish_root, failed, config.selection, config.weights, config.model.thresholds
+    )
     if failed:
         raise EnsembleMembersFailed(
             f"{len(failed)} of {len(plans)} members failed ({', '.join(failed)}); the other members were published "

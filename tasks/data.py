@@ -42,17 +42,27 @@ def scan_cache_key(context, parameters) -> str | None:
     Costs a stat per file, or one read of every clip under 'content'; no audio is decoded.
     (Without a test folder the key is what it was before test folders existed.)
     """
-    data = parameters["plan"].config.data
+    config = parameters["plan"].config
+    data, multi_label = config.data, multi_label_task(config)
     layout = "" if data.layout == "folders" else (  # folders: the key it had before layouts existed
         f"|{data.layout}|{data.fold}|{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}"
     )
     return folder_scan_cache_key(
         "astft-scan-",
         (lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir))
-        if data.layout == "folders" else (lambda: fingerprint_data(data)),
+        if data.layout == "folders" else (lambda: fingerprint_data(data, multi_label=multi_label)),
         dataset_folders(data),
-        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}{layout}",
+        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}{layout}{multi_label_key(config)}",
     )
+
+
+def multi_label_task(config) -> bool:
+    return config.model.task == "multi_label"
+
+
+def multi_label_key(config) -> str:
+    """What a multi-label run adds to a scan's cache key (a single-label run's key is what it always was)."""
+    return f"|multi_label|{config.data.label_separator}" if multi_label_task(config) else ""
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
@@ -62,7 +72,7 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
     data = plan.config.data
     logger = get_run_logger()
     with phase("scan"):
-        manifest = scan_data(data)
+        manifest = scan_data(data, multi_label_task(plan.config))
     logger.info(
         "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
@@ -74,23 +84,24 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
 def folds_scan_cache_key(context, parameters) -> str | None:
     """scan_cache_key for a cross-validation's scan: every fold of the dataset (data.fold, which each fold's plan
     sets, plays no part)."""
-    data = parameters["plan"].config.data
+    config = parameters["plan"].config
+    data, multi_label = config.data, multi_label_task(config)
     return folder_scan_cache_key(
         "astft-folds-",
-        lambda: fingerprint_found(dataset_folds(data, warn=False).all_folds(), data.fingerprint),
+        lambda: fingerprint_found(dataset_folds(data, False, multi_label).all_folds(), data.fingerprint),
         dataset_folders(data),
         f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}|{data.layout}|{data.folds}|"
-        f"{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}",
+        f"{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}{multi_label_key(config)}",
     )
 
 
 @task(name="scan-folds", cache_key_fn=folds_scan_cache_key, persist_result=True)
 def scan_folds(plan: FinetunePlan) -> Manifest:
     """Scan every fold of the dataset once, each its own split (fold-1, ...), for a cross-validation."""
-    data = plan.config.data
+    data, multi_label = plan.config.data, multi_label_task(plan.config)
     with phase("scan"):
-        found = dataset_folds(data).all_folds()
-        manifest = scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
+        found = dataset_folds(data, multi_label=multi_label).all_folds()
+        manifest = scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint, multi_label)
     get_run_logger().info(
         "scanned %s clips, %d classes %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),

@@ -121,11 +121,14 @@ def evaluate_ensemble_members(
     failed: dict[str, str],
     selection: str = "greedy",
     weights: dict[str, float] | None = None,
+    thresholds: str = "per_class",
 ) -> dict:
     """Calibrate, select and soft-vote the members; write best/ensemble.json, its figures and the artifacts."""
     members = [read_member(Path(path)) for path in member_dirs.values()]
     weights = None if weights is None else {name: weights[name] for name in member_dirs}
-    result = evaluate_ensemble(members, Path(best_root) / ENSEMBLE_FILE, failed, selection, weights)
+    result = evaluate_ensemble(members, Path(best_root) / ENSEMBLE_FILE, failed, selection, weights, thresholds)
+    if result.get("task") == "multi_label":
+        return multi_label_artifacts(result, Path(best_root), failed, members)
     ensemble, splits = result["ensemble"], [split for split in ("validation", "test") if split in result["ensemble"]]
     create_table_artifact(
         key="ensemble-leaderboard",
@@ -163,6 +166,49 @@ def evaluate_ensemble_members(
             description=f"{title} of the ensemble ({result['plots'][key]} beside {ENSEMBLE_FILE})",
         )
     write_ensemble_card(Path(best_root), result, members)
+    get_run_logger().info("ensemble of %s: %s", weights_text, ensemble["verdict"])
+    return result
+
+
+def multi_label_artifacts(result: dict, best_root: Path, failed: dict[str, str], members: list) -> dict:
+    """A multi-label ensemble's artifacts (leaderboard by mAP, verdict and per-class AP, its figures) and card."""
+    ensemble, splits = result["ensemble"], [split for split in ("validation", "test") if split in result["ensemble"]]
+    create_table_artifact(
+        key="ensemble-leaderboard",
+        table=[{"name": row["name"], "weight": row["weight"],
+                **{f"{SHORT[split]} {key}": round(row[split][key], 4)
+                   for split in splits for key in ("map", "micro_f1")},
+                f"{SHORT[splits[-1]]} gain": round(row["gain_over_best_member"][splits[-1]]["map"], 4)
+                if "gain_over_best_member" in row else None}
+               for row in result["leaderboard"]],
+        description="Every member, the plain mean and the selected ensemble by mAP: validation chose the weights and "
+                    "thresholds" + ("; test is only reported" if "test" in splits else ""),
+    )
+    weights_text = ", ".join(f"{name} x {weight:g}" for name, weight in ensemble["weights"].items())
+    per_class = "".join(
+        f"### {split}: mAP {ensemble[split]['map']:.4f} (chance {ensemble[split]['chance_map']:.4f}), micro F1 "
+        f"{ensemble[split]['micro_f1']:.4f}, macro F1 {ensemble[split]['macro_f1']:.4f}\n\n"
+        "| class | AP | threshold | F1 |\n|---|---|---|---|\n" + "".join(
+            f"| {name} | {'' if entry['ap'] is None else format(entry['ap'], '.4f')} | {entry['threshold']:.3f} | "
+            f"{entry['f1']:.4f} |\n" for name, entry in ensemble[split]["per_class"].items()) + "\n"
+        for split in splits
+    )
+    failed_lines = "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
+    create_markdown_artifact(
+        key="ensemble-confusion-matrix",
+        markdown=(f"## Multi-label ensemble ({ensemble['selection']}) of {len(ensemble['weights'])} of {len(members)} "
+                  f"members\n\n**{ensemble['verdict']}**\n\nWeights: {weights_text}.\n\n{per_class}"
+                  + (f"\n### Failed members\n{failed_lines}" if failed else "")),
+        description="The ensemble's verdict against its best member, weights, and per-class AP at its thresholds",
+    )
+    for key, title in (("leaderboard", "Leaderboard"), ("average_precision", "Average precision per class"),
+                       ("precision_recall", "Precision-recall")):
+        create_markdown_artifact(
+            key=f"ensemble-{key.replace('_', '-')}-plot",
+            markdown=f"## {title}\n\n![{key}]({png_data_uri(best_root / result['plots'][key])})\n",
+            description=f"{title} of the ensemble ({result['plots'][key]} beside {ENSEMBLE_FILE})",
+        )
+    write_ensemble_card(best_root, result, members)
     get_run_logger().info("ensemble of %s: %s", weights_text, ensemble["verdict"])
     return result
 

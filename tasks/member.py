@@ -20,7 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run
 
-from lib.core.layout import CONFUSION_PLOT_FILE, EVALUATION_DIR, TRAINING_CURVES_FILE
+from lib.core.layout import (
+    AVERAGE_PRECISION_PLOT_FILE,
+    CONFUSION_PLOT_FILE,
+    EVALUATION_DIR,
+    PRECISION_RECALL_PLOT_FILE,
+    THRESHOLDS_FILE,
+    TRAINING_CURVES_FILE,
+)
 from lib.core.timing import format_phases, phase, record, recorded
 from lib.data.features import FeatureCacheRef, has_test_split, load_split
 from lib.data.scan import TEST_SPLIT
@@ -96,14 +103,19 @@ def member_markdown(plan: FinetunePlan, published: Path, outcome: TrainOutcome, 
         f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "")
         for key, value in evaluation.metrics.items()
     )
+    multi_label = (published / AVERAGE_PRECISION_PLOT_FILE).is_file()
+    fitted = (f"thresholds ({plan.config.model.thresholds}) fitted on validation, in {THRESHOLDS_FILE}" if multi_label
+              else f"temperature {evaluation.temperature:.3f} fitted on validation")
+    figures = ((("Average precision per class (validation)", AVERAGE_PRECISION_PLOT_FILE),
+                ("Precision-recall (validation)", PRECISION_RECALL_PLOT_FILE)) if multi_label
+               else (("Confusion matrix (validation)", CONFUSION_PLOT_FILE),))
     return (
         f"## Member `{plan.config.name}` ({plan.config.model.freezing})\n\n"
-        f"Published to `{published}` (best epoch {outcome.best_epoch}, temperature {evaluation.temperature:.3f} "
-        "fitted on validation).\n\n"
+        f"Published to `{published}` (best epoch {outcome.best_epoch}, {fitted}).\n\n"
         "| metric | validation |" + (" test |" if test else "") + "\n|---|---|" + ("---|" if test else "")
         + f"\n{rows}\n\n"
         f"### Training curves\n\n![training curves]({png_data_uri(published / TRAINING_CURVES_FILE)})\n\n"
-        f"### Confusion matrix (validation)\n\n![confusion matrix]({png_data_uri(published / CONFUSION_PLOT_FILE)})\n"
+        + "".join(f"### {title}\n\n![{title}]({png_data_uri(published / file)})\n\n" for title, file in figures)
     )
 
 
@@ -153,10 +165,15 @@ def evaluate_member(plan: FinetunePlan, features: FeatureCacheRef, outcome: Trai
                 "skipped_files": len(features.skipped),
             },
             test_dataset=load_split(features, TEST_SPLIT) if has_test_split(features) else None,
+            thresholds=plan.config.model.thresholds,
         )
     logger = get_run_logger()
-    logger.info("validation %s; temperature %.3f (fitted on validation)", format_metrics(result.metrics),
-                result.temperature)
+    if features.multi_label:
+        logger.info("validation %s; thresholds fitted on validation (%s)", format_metrics(result.metrics),
+                    plan.config.model.thresholds)
+    else:
+        logger.info("validation %s; temperature %.3f (fitted on validation)", format_metrics(result.metrics),
+                    result.temperature)
     if result.test_metrics is not None:
         logger.info("test %s (reported only)", format_metrics(result.test_metrics))
     return result

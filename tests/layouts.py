@@ -130,3 +130,59 @@ def scanned(manifest, root: Path) -> Expected:
                 for clip in manifest.split(split)}
         for split in manifest.splits
     }
+
+
+MULTI_LABEL_PAIRS = tuple((first, second) for index, first in enumerate(CLASSES) for second in CLASSES[index + 1:])
+
+
+def mixed_clip(labels: tuple[str, ...], rng: np.random.Generator, rate: int = 16000, seconds: float = 1.0):
+    """The example's synthetic sources of each label, summed at half level: a clip where all of them sound."""
+    return np.clip(sum(synth_clip(label, rng, rate, seconds) for label in labels) / len(labels), -1, 1)
+
+
+def multi_label_clips(per_pair: int, seed: int) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
+    """(name, labels, samples): per_pair clips of every pair of the example's sources, and one clip of each single
+    source per pair count (so a clip can also hold one label)."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for take in range(per_pair):
+        for labels in MULTI_LABEL_PAIRS + tuple((label,) for label in CLASSES):
+            clips.append((f"{'+'.join(labels)}-{take}", labels, mixed_clip(labels, rng)))
+    return clips
+
+
+def make_multi_label_folders(root: Path, per_pair: int = 3, seed: int = 0) -> dict[str, dict[str, list[str]]]:
+    """train/<label>/<clip>.wav and validation/<label>/<clip>.wav, a clip copied into the folder of each of its
+    labels; expected: split -> clip name -> its labels."""
+    expected: dict[str, dict[str, list[str]]] = {}
+    for split, takes, offset in (("train", per_pair, 0), ("validation", max(1, per_pair // 2), 1000)):
+        expected[split] = {}
+        for name, labels, samples in multi_label_clips(takes, seed + offset):
+            for label in labels:
+                path = root / split / label / f"{name}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), samples, 16000, subtype="PCM_16")
+            expected[split][name] = sorted(labels)
+    return expected
+
+
+def make_multi_label_csv(root: Path, per_pair: int = 3, seed: int = 0, separator: str = ",",
+                         row_per_label: bool = False) -> dict[str, dict[str, list[str]]]:
+    """audio/<clip>.wav and metadata.csv (file_name, label, split) with a clip's labels in one cell joined by
+    separator, or (row_per_label) a row per label; expected as make_multi_label_folders's."""
+    expected: dict[str, dict[str, list[str]]] = {}
+    rows = []
+    for split, takes, offset in (("train", per_pair, 0), ("validation", max(1, per_pair // 2), 1000)):
+        expected[split] = {}
+        for name, labels, samples in multi_label_clips(takes, seed + offset):
+            path = root / "audio" / f"{split}-{name}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), samples, 16000, subtype="PCM_16")
+            cells = [[label] for label in labels] if row_per_label else [[separator.join(labels)]]
+            rows += [[f"audio/{path.name}", *cell, split] for cell in cells]
+            expected[split][path.name] = sorted(labels)
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "label", "split"])
+        writer.writerows(rows)
+    return expected

@@ -4,7 +4,16 @@ The CLI builds it from a YAML preset plus flag overrides (loading), and it is wr
 model. Import from here; base holds what sections share, sections the parts, runs the whole-run configs.
 """
 
-from lib.config.base import LOCATION, SUMMARY_METRICS, MemberName, RunConfig, Section, tagged
+from lib.config.base import (
+    LOCATION,
+    MULTI_LABEL_METRICS,
+    SUMMARY_METRICS,
+    MemberName,
+    RunConfig,
+    Section,
+    headline_metric,
+    tagged,
+)
 from lib.config.data import DataConfig
 from lib.config.loading import deep_merge, format_validation_error, load_config, read_preset
 from lib.config.runs import (
@@ -19,6 +28,7 @@ from lib.config.sections import (
     SSAST_MASK_RATIO,
     AugmentationConfig,
     EncoderConfig,
+    EnsembleModelConfig,
     FeatureConfig,
     Freezing,
     ModelConfig,
@@ -26,15 +36,16 @@ from lib.config.sections import (
     PretrainDataConfig,
     PretrainModelConfig,
     PretrainTrainingConfig,
+    TaskConfig,
     TrainingConfig,
     TrainingSettings,
 )
 
 __all__ = [
-    "LOCATION", "SSAST_MASK_RATIO", "SUMMARY_METRICS", "AugmentationConfig", "CrossvalConfig", "DataConfig",
-    "EncoderConfig",
-    "EnsembleConfig", "FeatureConfig", "FinetuneConfig", "Freezing", "MemberName", "MemberVariant", "ModelConfig",
-    "ObjectiveConfig", "PredictConfig", "PretrainConfig", "PretrainDataConfig", "PretrainModelConfig",
-    "PretrainTrainingConfig", "RunConfig", "Section", "TrainingConfig", "TrainingSettings", "deep_merge",
-    "format_validation_error", "load_config", "read_preset", "tagged",
+    "LOCATION", "MULTI_LABEL_METRICS", "SSAST_MASK_RATIO", "SUMMARY_METRICS", "AugmentationConfig", "CrossvalConfig",
+    "DataConfig", "EncoderConfig", "EnsembleConfig", "EnsembleModelConfig", "FeatureConfig", "FinetuneConfig",
+    "Freezing", "MemberName", "MemberVariant", "ModelConfig", "ObjectiveConfig", "PredictConfig", "PretrainConfig",
+    "PretrainDataConfig", "PretrainModelConfig", "PretrainTrainingConfig", "RunConfig", "Section", "TaskConfig",
+    "TrainingConfig", "TrainingSettings", "deep_merge", "format_validation_error", "headline_metric", "load_config",
+    "read_preset", "tagged",
 ]

@@ -33,7 +33,20 @@ AUDIOSET_STD = 4.5689974
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")
 
 
-MetricName = Literal[(*SUMMARY_METRICS, "loss")]
+# A multi-label task's (model.task: multi_label): mean average precision over the classes, and F1 over every
+# (clip, class) decision (micro) or averaged over the classes (macro), at the fitted thresholds.
+MULTI_LABEL_METRICS = ("map", "micro_f1", "macro_f1")
+
+
+MetricName = Literal[(*SUMMARY_METRICS, *MULTI_LABEL_METRICS, "loss")]
+
+
+Task = Literal["single_label", "multi_label"]
+
+
+def headline_metric(metrics: dict) -> str:
+    """The figure a task is compared by: accuracy, or a multi-label task's mAP (its metrics have a 'map')."""
+    return "map" if "map" in metrics else "accuracy"
 
 
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"

@@ -84,6 +84,10 @@ class DataConfig(Section):
     label_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("label", min_length=1, description=(
         "Layout csv: the column of class names (default 'label': ours)."
     ))
+    label_separator: Annotated[str, OMITTED_AT_DEFAULT] = Field(",", min_length=1, max_length=8, description=(
+        "Layout csv with model.task multi_label: what separates a cell's labels, as in \"dog,bark\" (default ',': "
+        "FSD50K's and AudioSet's manifests); a clip may also have a row per label."
+    ))
     split_column: Annotated[str, OMITTED_AT_DEFAULT] = Field("split", min_length=1, description=(
         "Layout csv: the column of train/validation/test per row, if the manifest has one, else its folds are used "
         "(default 'split': ours, the names of datasets' splits)."

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
 
 from lib.config.base import (
+    MULTI_LABEL_METRICS,
+    SUMMARY_METRICS,
     Location,
     MemberName,
     OptionalLocation,
@@ -22,6 +25,7 @@ from lib.config.base import (
 from lib.config.data import DataConfig, with_dataset_features
 from lib.config.sections import (
     EncoderConfig,
+    EnsembleModelConfig,
     FeatureConfig,
     Freezing,
     ModelConfig,
@@ -29,9 +33,33 @@ from lib.config.sections import (
     PretrainDataConfig,
     PretrainModelConfig,
     PretrainTrainingConfig,
+    TaskConfig,
     TrainingConfig,
 )
 from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER
+
+
+def check_task_settings(model: TaskConfig, training: TrainingConfig) -> None:
+    """The best-epoch metric must be the task's: a multi-label run left at the default 'accuracy' picks by mAP."""
+    metric = training.metric_for_best_model
+    if model.task == "multi_label":
+        if metric in SUMMARY_METRICS and "metric_for_best_model" not in training.model_fields_set:
+            training.metric_for_best_model = "map"
+        elif metric in SUMMARY_METRICS:
+            raise ValueError(
+                f"training.metric_for_best_model {metric!r} is a single-label metric, and model.task is multi_label: "
+                f"use one of {', '.join(MULTI_LABEL_METRICS)} or loss"
+            )
+        if training.augmentation.mixup_probability:
+            raise ValueError(
+                "training.augmentation.mixup_probability: mixup is not supported with model.task multi_label yet; "
+                "set it to 0"
+            )
+    elif metric in MULTI_LABEL_METRICS:
+        raise ValueError(
+            f"training.metric_for_best_model {metric!r} is a multi-label metric: set model.task to multi_label, or "
+            f"use one of {', '.join(SUMMARY_METRICS)} or loss"
+        )
 
 
 class FinetuneConfig(RunConfig):
@@ -52,6 +80,11 @@ class FinetuneConfig(RunConfig):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     _dataset_features = model_validator(mode="before")(with_dataset_features)
+
+    @model_validator(mode="after")
+    def _task_metric(self) -> Self:
+        check_task_settings(self.model, self.training)
+        return self
 
     @property
     def run_work_dir(self) -> Path:
@@ -133,9 +166,16 @@ class EnsembleConfig(Section):
     )
     data: DataConfig
     features: FeatureConfig = Field(default_factory=FeatureConfig)
-    model: EncoderConfig
+    model: EnsembleModelConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     _dataset_features = model_validator(mode="before")(with_dataset_features)
+    _task_metric = FinetuneConfig._task_metric
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _encoder_config(cls, value: object) -> object:
+        # an EncoderConfig, as this field took before it had the task: its fields, with the default task
+        return value.model_dump() if isinstance(value, EncoderConfig) else value
     members: list[MemberVariant] = Field(
         default_factory=list,
         max_length=256,

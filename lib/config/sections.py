@@ -35,6 +35,7 @@ from lib.config.base import (
     Section,
     Seed,
     SkipBadFiles,
+    Task,
     Tensorboard,
     WarmupSteps,
     WeightDecay,
@@ -158,8 +159,32 @@ class Freezing(Section):
         return f"last_{self.train_last_n_layers}_layers" if self.train_last_n_layers else "full"
 
 
-class ModelConfig(Freezing, EncoderConfig):
-    """The encoder and its freezing variant (bases in this order list EncoderConfig's fields first)."""
+class TaskConfig(Section):
+    """What the head predicts: one class per clip, or any number of them."""
+
+    task: Annotated[Task, OMITTED_AT_DEFAULT] = Field(
+        "single_label",
+        description=(
+            "'single_label': one class per clip, softmax and cross-entropy; 'multi_label': any number of classes per "
+            "clip (a clip in several class folders, or several labels in a csv cell), sigmoid outputs and binary "
+            "cross-entropy, scored by mAP (default 'single_label': the notebook's)."
+        ),
+    )
+    thresholds: Annotated[Literal["per_class", "global"], OMITTED_AT_DEFAULT] = Field(
+        "per_class",
+        description=(
+            "Multi-label: the probability above which a class is predicted, fitted on validation to the best F1, "
+            "one per class or one for all (default 'per_class': ours, classes differ in how sure a model gets)."
+        ),
+    )
+
+
+class ModelConfig(Freezing, TaskConfig, EncoderConfig):
+    """The encoder, the task and the freezing variant (bases in this order list EncoderConfig's fields first)."""
+
+
+class EnsembleModelConfig(TaskConfig, EncoderConfig):
+    """An ensemble's encoder and task; each member adds its freezing variant."""
 
 
 class AugmentationConfig(Section):
@@ -280,8 +305,9 @@ class TrainingConfig(TrainingSettings):
     )
     metric_for_best_model: MetricName = Field(
         "accuracy", description=(
-            "Validation metric that picks the best epoch, 'loss' minimised (default 'accuracy': the notebook's "
-            "metric_for_best_model)."
+            "Validation metric that picks the best epoch, 'loss' minimised; a multi-label task's are 'map', "
+            "'micro_f1' and 'macro_f1' (default 'accuracy': the notebook's metric_for_best_model; 'map' for "
+            "model.task multi_label)."
         ),
     )
     num_processes: int = Field(

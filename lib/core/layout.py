@@ -60,10 +60,16 @@ CONFUSION_FILE = "confusion_matrix.json"
 PREDICTIONS_FILE = "validation_logits.npz"
 TEST_PREDICTIONS_FILE = "test_logits.npz"
 CALIBRATION_FILE = "calibration.json"
-# What evaluate_model writes and publishing copies beside the model (the test logits only with a test split).
-REPORT_FILES = (METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, CALIBRATION_FILE)
+THRESHOLDS_FILE = "thresholds.json"  # a multi-label member's: the probability above which each class is predicted
+# What evaluate_model writes and publishing copies beside the model (the test logits only with a test split; the
+# confusion matrix for one label per clip, the thresholds for several).
+REPORT_FILES = (
+    METRICS_FILE, CONFUSION_FILE, PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, CALIBRATION_FILE, THRESHOLDS_FILE,
+)
 TRAINING_CURVES_FILE = "training_curves.png"
 CONFUSION_PLOT_FILE = "confusion_matrix.png"
+AVERAGE_PRECISION_PLOT_FILE = "average_precision.png"  # a multi-label member's or ensemble's per-class AP bars
+PRECISION_RECALL_PLOT_FILE = "precision_recall.png"  # ... and its micro-averaged precision-recall curve
 
 # a published encoder
 PRETRAIN_FILE = "pretrain.json"
@@ -80,7 +86,8 @@ RELIABILITY_PLOT_FILE = "reliability.png"
 # A member of one of these names would overwrite that file, or be overwritten; compared without case,
 # since macOS and Windows folders are case-insensitive.
 RESERVED_MEMBER_NAMES = frozenset(
-    name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE, CARD_FILE, ONNX_FILE)
+    name.lower() for name in (ENSEMBLE_FILE, LEADERBOARD_PLOT_FILE, RELIABILITY_PLOT_FILE, CARD_FILE, ONNX_FILE,
+                              AVERAGE_PRECISION_PLOT_FILE, PRECISION_RECALL_PLOT_FILE)
 )
 
 

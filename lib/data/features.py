@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import Array2D, ClassLabel, Dataset, Features, Value
+from datasets import Array2D, ClassLabel, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
 from datasets.table import MemoryMappedTable, concat_tables
 from pydantic import BaseModel, Field
@@ -51,7 +51,7 @@ from lib.core.layout import FEATURES_FOLDER, META_FILE
 from lib.core.runtime import usable_cores
 from lib.core.staging import build_lock, check_free_space, file_sizes_match, record_file_sizes, staged_folder
 from lib.data.audio import Window, load_clip
-from lib.data.scan import TEST_SPLIT, Manifest, format_bad_files
+from lib.data.scan import TEST_SPLIT, Clip, Manifest, format_bad_files
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class FeatureCacheRef(BaseModel):
     skipped: dict[str, str] = {}
     warnings: dict[str, str] = {}  # clips used although they look wrong (lib.data.audio.suspicious)
     views: dict[str, list[str]] = {}  # split -> the stored splits it is made of, in order (a fold's view)
+    multi_label: bool = False  # its label column is a multi-hot row per clip
 
     def for_fold(self, fold: str) -> FeatureCacheRef:
         """The view in which fold validates and every other fold trains (test stays test)."""
@@ -145,14 +146,26 @@ def clip_window(params: FeatureParams, training: bool) -> Window:
     return "random" if training else "centre"
 
 
-def arrow_features(params: FeatureParams, label_names: list[str]) -> Features:
+def arrow_features(params: FeatureParams, label_names: list[str], multi_label: bool = False) -> Features:
+    """The cache's columns; a multi-label clip's label is a multi-hot row of 0/1 per class (what binary cross-entropy
+    takes), a single-label clip's its class."""
     return Features(
         {
             "input_values": Array2D(shape=(params.max_frames, params.num_mel_bins), dtype=params.storage_dtype),
-            "label": ClassLabel(names=label_names),
+            "label": List(Value("float32"), length=len(label_names)) if multi_label else ClassLabel(names=label_names),
             "path": Value("string"),
         }
     )
+
+
+def label_value(clip: Clip, classes: int, multi_label: bool) -> int | list[float]:
+    """A clip's label column: its class, or a multi-label clip's multi-hot row."""
+    if not multi_label:
+        return clip.label
+    row = [0.0] * classes
+    for index in clip.labels:
+        row[index] = 1.0
+    return row
 
 
 @contextmanager
@@ -230,7 +243,8 @@ class Shard:
     index: int
     count: int  # shards in the split
     paths: list[str]
-    labels: list[int]
+    labels: list  # each clip's label column (label_value)
+    multi_label: bool = False
 
     @property
     def file_name(self) -> str:
@@ -269,7 +283,8 @@ def write_shard(
     result = ShardResult(rows=0)
     file = Path(folder) / shard.file_name
     # datasets' own writer: the Arrow stream format and schema metadata that Dataset.map writes.
-    with one_torch_thread(), ArrowWriter(features=arrow_features(params, label_names), path=str(file)) as writer:
+    features = arrow_features(params, label_names, shard.multi_label)
+    with one_torch_thread(), ArrowWriter(features=features, path=str(file)) as writer:
         for start in range(0, len(shard.paths), batch_size):
             paths = shard.paths[start : start + batch_size]
             values, kept = featurize(paths, params, extractor, result.bad, result.notes, shard.split == "train")
@@ -379,6 +394,7 @@ def build_feature_cache(
         params=params,
         label_names=manifest.label_names,
         num_clips={split: len(manifest.split(split)) for split in manifest.splits},
+        multi_label=manifest.multi_label,
     )
     scan_skipped = {item.path: item.reason for item in manifest.skipped}
     with build_lock(final, "feature cache"):  # two runs building it at once: one builds, the other waits, then reuses
@@ -405,13 +421,14 @@ def _build(
     """Compute every split's shards into a staging folder and rename it to root/<key>; the ref it describes."""
     key = ref.key
     with staged_folder(root, key, file_sizes_match, "feature cache") as staging:
-        shards = []
+        shards, classes = [], len(manifest.label_names)
         for split in manifest.splits:
             clips = manifest.split(split)
             bounds = shard_bounds(len(clips))
             shards += [
                 Shard(split, index, len(bounds), [clip.path for clip in clips[start:end]],
-                      [clip.label for clip in clips[start:end]])
+                      [label_value(clip, classes, manifest.multi_label) for clip in clips[start:end]],
+                      manifest.multi_label)
                 for index, (start, end) in enumerate(bounds)
             ]
         total = sum(len(shard.paths) for shard in shards)
@@ -440,6 +457,7 @@ def _build(
             "version": FEATURES_VERSION,
             "params": params.model_dump(),
             "label_names": manifest.label_names,
+            **({"multi_label": True} if manifest.multi_label else {}),
             "num_clips": ref.num_clips,
             "skipped": dict(sorted(bad.items())),
             "warnings": ref.warnings,  # so a cache hit names them too

@@ -43,6 +43,7 @@ from lib.data.scan import (
     FingerprintMode,
     Listing,
     Manifest,
+    clip_identity,
     fingerprint_found,
     ignored_counts,
     list_class,
@@ -60,14 +61,15 @@ CSV_DEFAULT_NAME = "metadata.csv"  # Hugging Face audiofolder's manifest name
 CSV_SPLITS = (*SPLITS, TEST_SPLIT)
 
 
-def list_dataset(data: DataConfig, warn: bool = True) -> Listing:
+def list_dataset(data: DataConfig, warn: bool = True, multi_label: bool = False) -> Listing:
     """The listing data.layout describes: its split, or with folds, data.fold (default the last) validating and
-    the others training (warn: see lib.data.scan.list_class)."""
-    folds = dataset_folds(data, warn)
-    return list_splits(data, warn) if folds is None else folds.choose(data.fold)
+    the others training (warn: see lib.data.scan.list_class; multi_label: a csv cell may hold several labels, and a
+    clip may have a row per label)."""
+    folds = dataset_folds(data, warn, multi_label)
+    return list_splits(data, warn, multi_label) if folds is None else folds.choose(data.fold)
 
 
-def default_fold(data: DataConfig) -> int | None:
+def default_fold(data: DataConfig, multi_label: bool = False) -> int | None:
     """The fold a run validates on: data.fold, else the dataset's last (ESC-50 5, UrbanSound8K 10, data.folds K, a
     csv's highest), else None (a dataset of one split)."""
     fixed = {"esc50": ESC50_FOLDS, "urbansound8k": URBANSOUND8K_FOLDS}.get(data.layout)
@@ -79,23 +81,23 @@ def default_fold(data: DataConfig) -> int | None:
     if fixed is not None and not data.folds:
         return fixed[-1]
     if data.folds or (data.layout == "csv" and csv_has_folds(data)):
-        return dataset_folds(data, warn=False).known[-1]
+        return dataset_folds(data, warn=False, multi_label=multi_label).known[-1]
     return None
 
 
-def list_splits(data: DataConfig, warn: bool = True) -> Listing:
+def list_splits(data: DataConfig, warn: bool = True, multi_label: bool = False) -> Listing:
     """The split the dataset's files give (train, validation, and test where it has one), folds aside."""
     if data.layout == "folders":
         return list_folders(data.train_dir, data.validation_dir, data.test_dir, warn)
     if data.layout == "speech_commands":
         return speech_commands(Path(data.root), warn)
     if data.layout == "csv":
-        rows, manifest, base = csv_rows(data, by_split=True)
-        return split_listing(rows, manifest, base)
+        rows, manifest, base = csv_rows(data, by_split=True, multi_label=multi_label)
+        return split_listing(rows, manifest, base, multi_label)
     raise ScanError(f"layout {data.layout} has folds, not a split")  # esc50, urbansound8k: dataset_folds
 
 
-def dataset_folds(data: DataConfig, warn: bool = True) -> Folds | None:
+def dataset_folds(data: DataConfig, warn: bool = True, multi_label: bool = False) -> Folds | None:
     """The dataset's folds: its own (esc50, urbansound8k, a csv with a fold column but no split column, or with
     data.fold set), or data.folds cut from its train and validation clips; None for a dataset of one split."""
     if data.layout == "esc50":
@@ -103,11 +105,11 @@ def dataset_folds(data: DataConfig, warn: bool = True) -> Folds | None:
     elif data.layout == "urbansound8k":
         folds = urbansound8k(Path(data.root))
     elif data.layout == "csv" and csv_has_folds(data):
-        rows, manifest, base = csv_rows(data, by_split=False)
+        rows, manifest, base = csv_rows(data, by_split=False, multi_label=multi_label)
         source = f"{display_path(manifest)}'s {data.fold_column} column"
-        folds = rows_to_folds(rows, manifest, "csv", None, base, source)
+        folds = rows_to_folds(rows, manifest, "csv", None, base, source, multi_label)
     else:
-        return stratified_folds(list_splits(data, warn), data.folds) if data.folds else None
+        return stratified_folds(list_splits(data, warn, multi_label), data.folds, multi_label) if data.folds else None
     if data.folds:
         raise ScanError(
             f"data.folds {data.folds}: the {data.layout} dataset has folds of its own ({fold_range(folds.known)}, "
@@ -116,15 +118,15 @@ def dataset_folds(data: DataConfig, warn: bool = True) -> Folds | None:
     return folds
 
 
-def scan_data(data: DataConfig) -> Manifest:
+def scan_data(data: DataConfig, multi_label: bool = False) -> Manifest:
     """Scan the dataset data describes: list it, check it, read each clip's header."""
-    found = list_dataset(data)
-    return scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint)
+    found = list_dataset(data, multi_label=multi_label)
+    return scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint, multi_label)
 
 
-def fingerprint_data(data: DataConfig, mode: FingerprintMode | None = None) -> str:
+def fingerprint_data(data: DataConfig, mode: FingerprintMode | None = None, multi_label: bool = False) -> str:
     """The listing's fingerprint (lib.data.scan.fingerprint_found), quietly: the scan that follows warns."""
-    return fingerprint_found(list_dataset(data, warn=False), mode or data.fingerprint)
+    return fingerprint_found(list_dataset(data, warn=False, multi_label=multi_label), mode or data.fingerprint)
 
 
 def dataset_folders(data: DataConfig) -> list[Path]:
@@ -249,15 +251,21 @@ def csv_has_folds(data: DataConfig) -> bool:
     return not by_split
 
 
-def csv_rows(data: DataConfig, by_split: bool) -> tuple[list[Row], Path, Path]:
-    """(rows, manifest, the folder its paths are relative to) of a csv manifest, by split or by fold."""
+def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False) -> tuple[list[Row], Path, Path]:
+    """(rows, manifest, the folder its paths are relative to) of a csv manifest, by split or by fold; multi_label:
+    a row per label of a cell holding several (data.label_separator)."""
     manifest = csv_path(data)
     base = manifest.parent
     rows = []
     for where, row in read_csv(manifest, (data.path_column, data.label_column), NAME_COLUMNS):
         path = Path(cell(row, data.path_column, where).replace("\\", "/"))  # a manifest written on Windows
         path = path if path.is_absolute() else base / path
-        label = cell(row, data.label_column, where)
+        labels = [cell(row, data.label_column, where)]
+        if multi_label:
+            labels = [label.strip() for label in labels[0].split(data.label_separator) if label.strip()]
+            if not labels:
+                raise ScanError(f"{where}: the {data.label_column!r} column holds no label, only "
+                                f"{data.label_separator!r}; fill it in, or remove the row")
         if by_split:
             given = cell(row, data.split_column, where)
             split = given.lower()
@@ -265,15 +273,16 @@ def csv_rows(data: DataConfig, by_split: bool) -> tuple[list[Row], Path, Path]:
                 raise ScanError(
                     f"{where}: {data.split_column} {given!r} is not one of {', '.join(CSV_SPLITS)}; fix the row"
                 )
-            rows.append(Row(where, path, label, split=split))
+            rows += [Row(where, path, label, split=split) for label in labels]
         else:
-            rows.append(Row(where, path, label, fold=fold_number(row, data.fold_column, where)))
+            fold = fold_number(row, data.fold_column, where)
+            rows += [Row(where, path, label, fold=fold) for label in labels]
     return rows, manifest, base
 
 
-def split_listing(rows: list[Row], manifest: Path, base: Path) -> Listing:
+def split_listing(rows: list[Row], manifest: Path, base: Path, multi_label: bool = False) -> Listing:
     """The listing of a manifest whose rows name their split."""
-    missing = check_rows(rows)
+    missing = check_rows(rows, multi_label)
     classes: dict[str, dict[str, list[Path]]] = {split: {} for split in CSV_SPLITS}
     for row in rows:
         if row.path.is_file():
@@ -355,10 +364,11 @@ def fold_split(number: int) -> str:
 
 
 def rows_to_folds(
-    rows: list[Row], manifest: Path, layout: str, folds: range | None, base: Path, source: str
+    rows: list[Row], manifest: Path, layout: str, folds: range | None, base: Path, source: str,
+    multi_label: bool = False,
 ) -> Folds:
     """A manifest's rows by fold (its fold column)."""
-    missing = check_rows(rows)
+    missing = check_rows(rows, multi_label)
     if not rows:
         raise ScanError(f"{display_path(manifest)} has no rows")
     by_fold: dict[int, dict[str, list[Path]]] = {}
@@ -375,14 +385,24 @@ def rows_to_folds(
 FOLD_SEED = 0
 
 
-def stratified_folds(listing: Listing, count: int) -> Folds:
+def stratified_folds(listing: Listing, count: int, multi_label: bool = False) -> Folds:
     """count folds of a dataset's train and validation clips together, stratified by class (scikit-learn's
-    StratifiedKFold, shuffled with FOLD_SEED); its test clips stay test."""
+    StratifiedKFold, shuffled with FOLD_SEED; a multi-label clip by its first label, all its labels in one fold);
+    its test clips stay test."""
     from sklearn.model_selection import StratifiedKFold
 
     pooled = sorted((path, label) for split in SPLITS for label, paths in listing.classes[split].items()
                     for path in paths)
-    labels = [label for _, label in pooled]
+    units: list[list[tuple[Path, str]]] = [[entry] for entry in pooled]  # what goes to one fold together
+    if multi_label:
+        grouped: dict[tuple[str, str], list[tuple[Path, str]]] = {}
+        for split in SPLITS:
+            for label, paths in sorted(listing.classes[split].items()):
+                for path in paths:
+                    key = (split, clip_identity(path, label, by_folder=listing.layout == "folders"))
+                    grouped.setdefault(key, []).append((path, label))
+        units = [grouped[key] for key in sorted(grouped)]
+    labels = [unit[0][1] for unit in units]
     smallest = min(set(labels), key=lambda label: (labels.count(label), label)) if labels else None
     if smallest is None or labels.count(smallest) < count:
         raise ScanError(
@@ -391,10 +411,10 @@ def stratified_folds(listing: Listing, count: int) -> Folds:
         )
     splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)
     by_fold: dict[int, dict[str, list[Path]]] = {}
-    for number, (_, held_out) in enumerate(splitter.split(pooled, labels), start=1):
+    for number, (_, held_out) in enumerate(splitter.split([[0]] * len(units), labels), start=1):
         for index in held_out:
-            path, label = pooled[index]
-            by_fold.setdefault(number, {}).setdefault(label, []).append(path)
+            for path, label in units[index]:
+                by_fold.setdefault(number, {}).setdefault(label, []).append(path)
     root = next(iter(listing.roots.values()))
     return Folds(
         by_fold=by_fold, known=list(range(1, count + 1)),

@@ -42,18 +42,30 @@ def read_list_file(path: Path) -> Iterator[tuple[int, str]]:
                 yield line, entry.replace("\\", "/").removeprefix("./")
 
 
-def check_rows(rows: list[Row]) -> list[BadFile]:
-    """Refuse a path listed twice; the rows naming files that are not there, as bad files."""
-    first: dict[str, str] = {}
+def check_rows(rows: list[Row], multi_label: bool = False) -> list[BadFile]:
+    """Refuse a path listed twice (multi_label: twice with one label, or in two splits or folds); the rows naming
+    files that are not there, as bad files."""
+    first: dict[object, str] = {}
+    placed: dict[str, Row] = {}
     missing = []
     for row in rows:
-        key = os.path.normpath(row.path)
+        path = os.path.normpath(row.path)
+        key = (path, row.label) if multi_label else path
         if key in first:
             raise ScanError(
                 f"{row.where}: {display_path(row.path)} is listed already ({first[key]}); a clip belongs to one "
-                "split and one label: remove the repeated row"
+                + ("split and has each label once" if multi_label else "split and one label")
+                + ": remove the repeated row"
             )
         first[key] = row.where
+        other = placed.setdefault(path, row)
+        if (other.split, other.fold) != (row.split, row.fold):
+            raise ScanError(
+                f"{row.where}: {display_path(row.path)} is in {where_placed(row)} here but in {where_placed(other)} at "
+                f"{other.where}; a clip belongs to one split: fix the row"
+            )
+        if other is not row:
+            continue  # a multi-label clip's further label: its file was checked with the first
         if row.path.is_dir():
             raise ScanError(f"{row.where}: {display_path(row.path)} is a folder, not a clip; fix the row")
         if not row.path.is_file():
@@ -64,6 +76,10 @@ def check_rows(rows: list[Row]) -> list[BadFile]:
                 "remove the row"
             )
     return missing
+
+
+def where_placed(row: Row) -> str:
+    return f"split {row.split}" if row.split is not None else f"fold {row.fold}"
 
 
 def read_csv(path: Path, required: tuple[str, ...], fix: str) -> Iterator[tuple[str, dict[str, str]]]:

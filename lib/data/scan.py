@@ -36,10 +36,11 @@ FingerprintMode = Literal["stat", "content"]
 
 class Clip(BaseModel):
     path: str
-    label: int
+    label: int  # a multi-label clip's first
     sample_rate_hz: int
     num_samples: int
     channels: int
+    labels: list[int] = Field(default_factory=list)  # a multi-label clip's every class, ascending; else empty
 
 
 class BadFile(BaseModel):
@@ -89,6 +90,7 @@ class Manifest(BaseModel):
     noise_dir: str | None = None  # the dataset's own background-noise recordings (Speech Commands), not a class
     # A cross-validation's scan: each fold's clips (fold-1, ...), train and validation left empty.
     folds: dict[str, list[Clip]] = Field(default_factory=dict)
+    multi_label: bool = False  # each clip has its classes in Clip.labels (model.task multi_label)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -366,9 +368,13 @@ def scan_dataset(
 
 
 def scan_listing(
-    found: Listing, quick_subsample: bool = False, skip_bad_files: bool = False, fingerprint: FingerprintMode = "stat"
+    found: Listing, quick_subsample: bool = False, skip_bad_files: bool = False, fingerprint: FingerprintMode = "stat",
+    multi_label: bool = False,
 ) -> Manifest:
-    """Check a layout's listing (labels, empty classes, links across splits), read each clip's header."""
+    """Check a layout's listing (labels, empty classes, links across splits), read each clip's header.
+
+    multi_label: a clip listed under several labels (the same file name in several class folders, or a manifest's
+    several labels) is one clip with all of them (Clip.labels)."""
     roots, splits = found.roots, list(found.roots)
     digests: dict[tuple[str, Path], str] = {}
     listing_fingerprint = fingerprint_listing(found.classes, roots, fingerprint, digests, labelled=not found.folders)
@@ -426,9 +432,15 @@ def scan_listing(
     clips: dict[str, list[Clip]] = {}
     for split in splits:
         clips[split] = []
+        if multi_label:
+            grouped = multi_label_clips(listing[split], by_folder=found.layout == "folders")
+            kept_clips = grouped[::SUBSAMPLE_EVERY] if quick_subsample else grouped
+            classes = [sorted(label2id[name] for name in names) for _, names in kept_clips]
+            clips[split] = probe_clips([path for path, _ in kept_clips], classes, bad, multi_label=True)
+            continue
         for class_name, paths in listing[split].items():
             kept = paths[::SUBSAMPLE_EVERY] if quick_subsample else paths
-            clips[split] += probe_clips(kept, label2id[class_name], bad)
+            clips[split] += probe_clips(kept, [[label2id[class_name]]] * len(kept), bad)
     stop_or_skip(bad, skip_bad_files)
     for split in splits:
         if not clips[split]:
@@ -445,28 +457,52 @@ def scan_listing(
         test=clips.get(TEST_SPLIT, []),
         # Identifies the exact clip set: the listing, the subsample and what was skipped.
         fingerprint=digest(
-            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}", 64
+            f"{listing_fingerprint}|subsample={quick_subsample}|skipped={sorted(b.path for b in bad)}"
+            + ("|multi_label" if multi_label else ""), 64
         ),
         ignored={key: count for key, count in found.ignored.items() if count},
         skipped=bad,
         layout=found.layout,
         note=found.note,
         noise_dir=str(found.noise_dir) if found.noise_dir else None,
+        multi_label=multi_label,
     )
 
 
-def probe_clips(paths: list[Path], label: int, bad: list[BadFile]) -> list[Clip]:
-    """A Clip (header facts) per usable path; the others go to `bad` with the reason."""
+def clip_identity(path: Path, label: str, by_folder: bool) -> str:
+    """What makes two listed files one multi-label clip: its path without the class folder (train/dog/a.wav and
+    train/bark/a.wav are train/a.wav) in the folders layout, else its path (a manifest's rows naming one file)."""
+    parts = Path(path).parts
+    if by_folder and label in parts[:-1]:
+        index = len(parts) - 2 - parts[:-1][::-1].index(label)  # the innermost folder of that name
+        parts = parts[:index] + parts[index + 1:]
+    return os.path.normpath(Path(*parts))
+
+
+def multi_label_clips(classes: dict[str, list[Path]], by_folder: bool) -> list[tuple[Path, list[str]]]:
+    """(the file read, every label) of each multi-label clip of a split, in identity order; a clip in several class
+    folders is read from the first of them (copies of one recording)."""
+    grouped: dict[str, tuple[Path, list[str]]] = {}
+    for label, paths in sorted(classes.items()):
+        for path in paths:
+            grouped.setdefault(clip_identity(path, label, by_folder), (path, []))[1].append(label)
+    return [grouped[key] for key in sorted(grouped)]
+
+
+def probe_clips(paths: list[Path], labels: list[list[int]], bad: list[BadFile], multi_label: bool = False
+                ) -> list[Clip]:
+    """A Clip (header facts) per usable path with its labels (a list each: one class, or a multi-label clip's
+    several); the others go to `bad` with the reason."""
     clips = []
-    for path in paths:
+    for path, classes in zip(paths, labels, strict=True):
         info, reason = probe_clip(path)
         if info is None:
             bad.append(BadFile(path=display_path(path), reason=reason))
             continue
         clips.append(
             Clip(
-                path=str(path), label=label, sample_rate_hz=info.samplerate, num_samples=info.frames,
-                channels=info.channels,
+                path=str(path), label=classes[0], sample_rate_hz=info.samplerate, num_samples=info.frames,
+                channels=info.channels, labels=classes if multi_label else [],
             )
         )
     return clips

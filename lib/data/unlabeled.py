@@ -120,7 +120,7 @@ def scan_unlabeled(
         for key, count in counts.items():
             ignored[key] = ignored.get(key, 0) + count
     bad: list[BadFile] = []
-    clips = {name: probe_clips(paths, 0, bad) for name, paths in listing.items()}
+    clips = {name: probe_clips(paths, [[0]] * len(paths), bad) for name, paths in listing.items()}
     stop_or_skip(bad, skip_bad_files)
     validation_name = next((name for name in roots if name.startswith("--validation-dir")), None)
     train, validation = [], clips.pop(validation_name) if validation_name else []

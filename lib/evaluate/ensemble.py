@@ -22,6 +22,7 @@ from lib.core.layout import (
     PRETRAIN_FILE,
     RELIABILITY_PLOT_FILE,
     TEST_PREDICTIONS_FILE,
+    THRESHOLDS_FILE,
 )
 from lib.data.features import FeatureParams
 from lib.evaluate.calibration import (
@@ -33,7 +34,7 @@ from lib.evaluate.calibration import (
 from lib.evaluate.evaluation import split_report
 from lib.evaluate.metrics import summary_metrics
 from lib.evaluate.plots import leaderboard_plot, reliability_plot
-from lib.model.classifier import ASTMeanPoolClassifier
+from lib.model.classifier import MULTI_LABEL, ASTMeanPoolClassifier
 
 REPUBLISH = "re-publish the member (re-run astft finetune, or astft ensemble, for it)"
 
@@ -48,6 +49,8 @@ class MemberInfo(BaseModel):
     weight: float = Field(1.0, gt=0)
     # softmax(logits / temperature); None: a member published before calibration (taken as 1 by predict)
     temperature: float | None = Field(None, gt=0)
+    multi_label: bool = False  # one sigmoid per class (config.problem_type), predicted at or above its thresholds
+    thresholds: list[float] | None = None  # a multi-label member's, per class (thresholds.json)
 
 
 def read_member(path: Path, weight: float = 1.0, temperature: float | None = None) -> MemberInfo:
@@ -66,6 +69,7 @@ def read_member(path: Path, weight: float = 1.0, temperature: float | None = Non
             "'temperature' is", REPUBLISH,
         )
     id2label = config["id2label"]
+    multi_label = config.get("problem_type") == MULTI_LABEL
     return MemberInfo(
         name=member.get("name", path.name),
         path=str(path),
@@ -75,7 +79,23 @@ def read_member(path: Path, weight: float = 1.0, temperature: float | None = Non
         freezing=member.get("freezing"),
         weight=weight,
         temperature=temperature,
+        multi_label=multi_label,
+        thresholds=_read_thresholds(path, [id2label[str(i)] for i in range(len(id2label))]) if multi_label else None,
     )
+
+
+def _read_thresholds(path: Path, label_names: list[str]) -> list[float]:
+    """A multi-label member's thresholds.json, one probability in [0, 1] per class of its label map."""
+    file = path / THRESHOLDS_FILE
+    if not file.is_file():
+        raise EnsembleError(f"{path} is a multi-label member without {THRESHOLDS_FILE}; {REPUBLISH}")
+    given = _read_json_object(file, REPUBLISH).get("thresholds")
+    if not isinstance(given, dict) or sorted(given) != sorted(label_names):
+        raise EnsembleError(f"{file}: 'thresholds' must name each of the member's classes {label_names}; {REPUBLISH}")
+    values = [given[name] for name in label_names]
+    if any(isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 for value in values):
+        raise EnsembleError(f"{file}: every threshold must be a probability between 0 and 1; {REPUBLISH}")
+    return [float(value) for value in values]
 
 
 def check_compatible(members: list[MemberInfo], same_validation_set: bool = False) -> None:
@@ -84,6 +104,12 @@ def check_compatible(members: list[MemberInfo], same_validation_set: bool = Fals
         raise EnsembleError("an ensemble needs at least one member")
     reference = members[0]
     for member in members[1:]:
+        if member.multi_label != reference.multi_label:
+            task = {True: "multi-label", False: "single-label"}
+            raise EnsembleError(
+                f"member {member.name} is {task[member.multi_label]} but {reference.name} is "
+                f"{task[reference.multi_label]}; an ensemble's members share model.task"
+            )
         if member.label_names != reference.label_names:
             raise EnsembleError(
                 f"member {member.name} has labels {member.label_names} but {reference.name} has "
@@ -146,15 +172,24 @@ def evaluate_ensemble(
     failed: dict[str, str] | None = None,
     selection: str = "greedy",
     weights: dict[str, float] | None = None,
+    thresholds: str = "per_class",
 ) -> dict:
     """Calibrate, select and soft-vote the members' stored logits; write ensemble.json and its figures.
 
     Temperatures, the selection and the weights come from validation alone; test (when the members
-    have it) is only scored. weights (given in the config) replace the selection.
+    have it) is only scored. weights (given in the config) replace the selection. Multi-label members are
+    lib.evaluate.multilabel_ensemble's (thresholds: how the vote's are fitted).
     """
     check_compatible(members, same_validation_set=True)
     logits, labels = _stored_logits(members)
     splits, names = list(logits), [member.name for member in members]
+    if members[0].multi_label:
+        from lib.evaluate.multilabel_ensemble import evaluate_multi_label_ensemble
+
+        info = {member.name: {"path": member.path, "freezing": member.freezing, "thresholds": member.thresholds,
+                              "version": member_version(Path(member.path))} for member in members}
+        return evaluate_multi_label_ensemble(names, logits, labels, info, output_file, members[0].label_names, failed,
+                                             selection, weights, thresholds)
     temperatures = {
         member.name: member.temperature if member.temperature is not None
         else fit_temperature(logits["validation"][member.name], labels["validation"])

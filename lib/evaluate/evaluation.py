@@ -11,7 +11,7 @@ import numpy as np
 from datasets import Dataset
 from pydantic import BaseModel
 
-from lib.config import SUMMARY_METRICS
+from lib.config import MULTI_LABEL_METRICS, SUMMARY_METRICS
 from lib.core.guards import check_finite_logits, check_finite_tensors
 from lib.core.layout import (
     CALIBRATION_FILE,
@@ -19,13 +19,15 @@ from lib.core.layout import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     TEST_PREDICTIONS_FILE,
+    THRESHOLDS_FILE,
 )
 from lib.core.runtime import Runtime
 from lib.core.timing import phase
+from lib.evaluate import multilabel
 from lib.evaluate.calibration import calibrate_member
 from lib.evaluate.inference import predict_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
-from lib.model.classifier import ASTMeanPoolClassifier
+from lib.model.classifier import MULTI_LABEL, ASTMeanPoolClassifier
 
 
 class EvalResult(BaseModel):
@@ -45,9 +47,11 @@ def evaluate_model(
     report_dir: Path,
     extra: dict | None = None,
     test_dataset: Dataset | None = None,
+    thresholds: str = "per_class",
 ) -> EvalResult:
     """Reload the model from disk (so what is evaluated is what will be published), score it on validation
-    (and test), and fit its temperature on the validation logits alone."""
+    (and test), and fit its temperature on the validation logits alone; a multi-label model's thresholds instead
+    (per_class or global, lib.evaluate.multilabel)."""
     model = ASTMeanPoolClassifier.from_pretrained(str(model_dir))
     saved_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if saved_labels != list(label_names):
@@ -61,6 +65,8 @@ def evaluate_model(
         logits = predict_logits(model, data, batch_size, runtime)
         check_finite_logits(logits, f"model {model_dir}")
         scored[split] = (logits, np.asarray(data.with_format("numpy", columns=["label"])["label"][:]))
+    if model.config.problem_type == MULTI_LABEL:
+        return evaluate_multi_label(scored, label_names, Path(report_dir), extra, thresholds)
     reports = {split: split_report(logits, labels, label_names) for split, (logits, labels) in scored.items()}
     with phase("calibration"):
         calibration = calibrate_member(scored)
@@ -76,6 +82,7 @@ def evaluate_model(
     (report_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
     (report_dir / CONFUSION_FILE).write_text(json.dumps(validation["confusion_matrix"], indent=2))
     (report_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    (report_dir / THRESHOLDS_FILE).unlink(missing_ok=True)  # a multi-label run's, earlier in this report dir
     for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
         if split in scored:
             np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
@@ -88,6 +95,49 @@ def evaluate_model(
         temperature=calibration["temperature"],
         test_metrics=summary_of(reports["test"]) if "test" in reports else None,
     )
+
+
+def evaluate_multi_label(
+    scored: dict[str, tuple[np.ndarray, np.ndarray]], label_names: list[str], report_dir: Path, extra: dict | None,
+    mode: str,
+) -> EvalResult:
+    """A multi-label member's reports: thresholds fitted on validation to the best F1, mAP, per-class AP and F1 at
+    them on every split; calibration skipped, and why."""
+    probabilities = {split: multilabel.sigmoid(logits) for split, (logits, _) in scored.items()}
+    thresholds = multilabel.fit_thresholds(scored["validation"][1], probabilities["validation"], mode)
+    reports = {split: multilabel.report(labels, probabilities[split], thresholds, label_names)
+               for split, (_, labels) in scored.items()}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**reports["validation"], **(extra or {}), "task": "multi_label", "temperature": 1.0}
+    if "test" in reports:
+        payload["test"] = reports["test"]
+    (report_dir / METRICS_FILE).write_text(json.dumps(payload, indent=2))
+    (report_dir / THRESHOLDS_FILE).write_text(json.dumps(threshold_file(thresholds, label_names, mode), indent=2))
+    (report_dir / CALIBRATION_FILE).write_text(json.dumps(
+        {"temperature": 1.0, "warning": None, "fitted_on": "validation", "skipped": multilabel.CALIBRATION_SKIPPED},
+        indent=2))
+    (report_dir / CONFUSION_FILE).unlink(missing_ok=True)  # a single-label run's, earlier in this report dir
+    for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
+        if split in scored:
+            np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
+        else:
+            (report_dir / file).unlink(missing_ok=True)
+    return EvalResult(
+        metrics=multi_label_summary(reports["validation"]),
+        num_samples=reports["validation"]["num_samples"],
+        report_dir=str(report_dir),
+        test_metrics=multi_label_summary(reports["test"]) if "test" in reports else None,
+    )
+
+
+def threshold_file(thresholds: np.ndarray, label_names: list[str], mode: str) -> dict:
+    """thresholds.json: how they were fitted, and class -> the probability at or above which it is predicted."""
+    return {"mode": mode, "fitted_on": "validation", "rule": "a class is predicted at probability >= its threshold",
+            "thresholds": {name: float(value) for name, value in zip(label_names, thresholds, strict=True)}}
+
+
+def multi_label_summary(report: dict) -> dict[str, float]:
+    return {key: report[key] for key in (*MULTI_LABEL_METRICS, "chance_map")}
 
 
 def split_report(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:

@@ -76,6 +76,11 @@ def export_onnx(model_path: Path, output: Path | None = None, opset: int = 18) -
     require_exporter()
     members = resolve_members(Path(model_path))
     check_compatible(members)
+    if members[0].multi_label:
+        raise EnsembleError(
+            f"{model_path}: multi-label members are not exported yet (the graph is a softmax vote); predict with "
+            "astft predict --backend torch"
+        )
     params = shared_feature_params(members)
     output = Path(output) if output is not None else Path(model_path) / ONNX_FILE
     check_output_file(output, "--output", ONNX_FILE)  # before the export's work, not after it

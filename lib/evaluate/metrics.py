@@ -1,4 +1,5 @@
-"""Classification metrics (scikit-learn): the Trainer's per-epoch metrics and the final report."""
+"""Classification metrics (scikit-learn): the Trainer's per-epoch metrics and the final report (a multi-label
+task's are lib.evaluate.multilabel's)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from sklearn.metrics import (
     confusion_matrix,
     precision_recall_fscore_support,
 )
+
+from lib.evaluate import multilabel
 
 
 def summary_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -33,10 +36,12 @@ def summary_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, fl
 
 
 def compute_metrics(eval_prediction) -> dict[str, float]:
-    """Trainer hook: logits -> summary metrics."""
+    """Trainer hook: logits -> summary metrics (a multi-label task's, for multi-hot labels)."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
+    if multilabel.is_multi_label(labels):
+        return multilabel.compute_metrics(logits, labels)
     return summary_metrics(np.asarray(labels), np.argmax(logits, axis=-1))
 
 

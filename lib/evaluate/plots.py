@@ -1,4 +1,5 @@
-"""PNG figures of a member and an ensemble: training curves, confusion matrix, leaderboard, reliability.
+"""PNG figures of a member and an ensemble: training curves, confusion matrix, leaderboard, reliability; and a
+multi-label task's per-class average precision and precision-recall curve.
 
 matplotlib with the Agg backend (no display); each function writes one PNG and returns its path.
 """
@@ -79,7 +80,7 @@ def confusion_matrix_plot(matrix: list[list[int]], labels: list[str], path: Path
     return _save(figure, path)
 
 
-def leaderboard_plot(rows: list[dict], metrics: list[str], path: Path) -> Path:
+def leaderboard_plot(rows: list[dict], metrics: list[str], path: Path, score: str = "accuracy") -> Path:
     """Horizontal bars per leaderboard row (members and ensembles) ordered by metrics[0], best on top, with any
     further metric (test accuracy) as a paler bar beside it."""
     ordered = sorted(rows, key=lambda row: row[metrics[0]])
@@ -93,7 +94,7 @@ def leaderboard_plot(rows: list[dict], metrics: list[str], path: Path) -> Path:
                          alpha=1.0 if index == 0 else 0.45, label=metric)
         axis.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
     axis.set_yticks(positions, [row["name"] for row in ordered])
-    axis.set(xlabel="accuracy", title=f"leaderboard ({', '.join(metrics)}; ensembles in orange)", xlim=(0, 1.15))
+    axis.set(xlabel=score, title=f"leaderboard ({', '.join(metrics)}; ensembles in orange)", xlim=(0, 1.15))
     if len(metrics) > 1:
         axis.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
@@ -125,6 +126,41 @@ def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
             axis.plot(*zip(*points, strict=True), marker="o", label=name)
     axis.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
              title=f"reliability ({bins} bins)")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def average_precision_plot(per_class: dict[str, dict], path: Path, title: str = "average precision per class"
+                           ) -> Path:
+    """A multi-label report's per-class AP (its per_class entries' "ap") as horizontal bars, best on top, each
+    class's share of positive clips (the AP of a ranking by chance) as a tick; classes without a positive clip are
+    left out."""
+    scored = sorted(((entry["ap"], name, entry.get("support", 0)) for name, entry in per_class.items()
+                     if entry.get("ap") is not None), key=lambda item: item[0])
+    figure, axis = plt.subplots(figsize=(8, max(2.5, min(0.3 * len(scored) + 1.2, 40.0))))
+    positions = np.arange(len(scored))
+    bars = axis.barh(positions, [ap for ap, _, _ in scored], color="tab:blue")
+    if len(scored) <= 60:
+        axis.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+        axis.set_yticks(positions, [name for _, name, _ in scored])
+    axis.set(xlabel="average precision", title=title, xlim=(0, 1.12))
+    return _save(figure, path)
+
+
+def precision_recall_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+                          points: dict[str, tuple[float, float]] | None = None) -> Path:
+    """The micro-averaged precision-recall curve (every clip and class one decision) of each named (probabilities,
+    multi-hot labels); points: named (recall, precision) marks, e.g. where the fitted thresholds operate."""
+    from sklearn.metrics import precision_recall_curve
+
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    for name, (probabilities, labels) in curves.items():
+        truth, scores = np.asarray(labels).ravel() > 0.5, np.asarray(probabilities).ravel()
+        precision, recall, _ = precision_recall_curve(truth, scores)
+        axis.plot(recall, precision, label=name)
+    for name, (recall, precision) in (points or {}).items():
+        axis.plot([recall], [precision], marker="o", linestyle="", label=name)
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall (micro)")
     axis.legend(fontsize=8)
     return _save(figure, path)
 

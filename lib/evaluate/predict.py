@@ -36,12 +36,15 @@ from lib.evaluate.ensemble import (
 from lib.evaluate.export import export_metadata, onnx_session, read_metadata, require_exporter
 from lib.evaluate.inference import batch_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
+from lib.evaluate.multilabel import sigmoid
 
 logger = logging.getLogger(__name__)
 # An existing --output is overwritten only if it is a predictions CSV astft wrote (a .csv, .tsv or .txt whose
 # first line is the header below, as every astft version wrote it), or empty; never e.g. notes, a .wav or weights.
 OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 CSV_HEADER_START = ("file", "predicted_label")
+MULTI_LABEL_HEADER_START = ("file", "predicted_labels")  # a multi-label model's: every label at its threshold
+LABEL_JOIN = ";"  # between a multi-label clip's predicted labels
 CSV_PROBABILITY_PREFIX = "prob_"
 # A member whose calibrated probabilities all lie this close to 1 / classes says nothing about the clips.
 CHANCE_TOLERANCE = 1e-3
@@ -82,7 +85,10 @@ def predict_files(
     members = resolve_members(model_path)
     check_compatible(members)
     _check_member_weights(members)
-    label_names = members[0].label_names
+    label_names, multi_label = members[0].label_names, members[0].multi_label
+    if multi_label and backend == "onnxruntime":
+        raise EnsembleError("--backend onnxruntime: multi-label models are not exported yet (astft export writes a "
+                            "softmax vote); use --backend torch")
     files = list_inputs(input_path)
     output_csv = Path(output_csv)
     _check_output_csv(output_csv)
@@ -95,8 +101,16 @@ def predict_files(
     else:
         probabilities, readable = _torch_probabilities(members, files, runtime, batch_size, bad)
         for member, member_probabilities in zip(members, probabilities, strict=True):
-            warnings += _at_chance(member, member_probabilities[readable])
+            warnings += [] if multi_label else _at_chance(member, member_probabilities[readable])
         voted = soft_vote(probabilities, [member.weight for member in members])
+    thresholds = vote_thresholds(Path(model_path), members, warnings) if multi_label else None
+
+    def answer(row: np.ndarray) -> str:
+        """The predicted label, or a multi-label clip's labels at or above their thresholds (none: empty)."""
+        if thresholds is None:
+            return label_names[int(row.argmax())]
+        return LABEL_JOIN.join(name for name, p, t in zip(label_names, row, thresholds, strict=True) if p >= t)
+
     if bad and not skip_bad_files:
         raise EnsembleError(
             format_bad_files(dict(sorted(bad.items())), during="reading the inputs", setting="skip_bad_files")
@@ -104,9 +118,10 @@ def predict_files(
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*CSV_HEADER_START, *[f"{CSV_PROBABILITY_PREFIX}{name}" for name in label_names]])
+        start = MULTI_LABEL_HEADER_START if multi_label else CSV_HEADER_START
+        writer.writerow([*start, *[f"{CSV_PROBABILITY_PREFIX}{name}" for name in label_names]])
         for index, row in zip(np.flatnonzero(readable), voted[readable], strict=True):
-            writer.writerow([str(files[index]), label_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+            writer.writerow([str(files[index]), answer(row), *[f"{p:.6f}" for p in row]])
     for path, reason in bad.items():
         logger.warning("skipped %s: %s", path, reason)
     kept = np.flatnonzero(readable)
@@ -118,11 +133,13 @@ def predict_files(
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
         "not_in_ensemble": members_not_listed(Path(model_path), members),
         **dict(zip(("scores", "not_scored"),
+                   (None, None) if multi_label else
                    scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
                    strict=True)),
         "ensemble_file": (Path(model_path) / ENSEMBLE_FILE).is_file(),
-        "first_rows": [(str(files[index]), label_names[int(voted[index].argmax())], float(voted[index].max()))
-                       for index in kept[:5]],
+        "multi_label": multi_label,
+        "thresholds": None if thresholds is None else dict(zip(label_names, map(float, thresholds), strict=True)),
+        "first_rows": [(str(files[index]), answer(voted[index]), float(voted[index].max())) for index in kept[:5]],
         "warnings": warnings,
     }
 
@@ -148,9 +165,31 @@ def _torch_probabilities(
                 features[key] = (torch.from_numpy(values), start + np.asarray(kept, dtype=int))
             values, rows = features[key]
             if len(rows):
-                # calibrated: the member's temperature (1 for members published before calibration)
-                member_probabilities[rows] = softmax(batch_logits(model, values, runtime), member.temperature or 1.0)
+                logits = batch_logits(model, values, runtime)
+                # calibrated: the member's temperature (1 for members published before calibration); multi-label:
+                # a sigmoid per class
+                member_probabilities[rows] = sigmoid(logits) if member.multi_label else softmax(
+                    logits, member.temperature or 1.0)
     return probabilities, readable
+
+
+def vote_thresholds(model_path: Path, members: list[MemberInfo], warnings: list[str]) -> np.ndarray:
+    """The thresholds a multi-label vote is cut at: those ensemble.json fitted for it, a lone member's own, or
+    (members without an ensemble.json, e.g. a cross-validation's folds) the weighted mean of theirs, said in a
+    warning."""
+    ensemble_file = model_path / ENSEMBLE_FILE
+    if ensemble_file.is_file():
+        fitted = (json.loads(ensemble_file.read_text()).get("thresholds") or {}).get("thresholds")
+        if isinstance(fitted, dict) and sorted(fitted) == sorted(members[0].label_names):
+            return np.array([float(fitted[name]) for name in members[0].label_names])
+    if len(members) == 1:
+        return np.asarray(members[0].thresholds)
+    weights = np.array([member.weight for member in members])
+    warnings.append(_warn(
+        f"{len(members)} multi-label members voted without thresholds fitted for their vote ({ENSEMBLE_FILE}): "
+        "each class is cut at the weighted mean of the members' thresholds; astft ensemble fits the vote's own"
+    ))
+    return weights @ np.array([member.thresholds for member in members]) / weights.sum()
 
 
 def exported_graph(model_path: Path, members: list[MemberInfo]) -> Path:
@@ -310,7 +349,7 @@ def _first_line(path: Path) -> str | None:
         return "it is not UTF-8 text"
     cells = next(csv.reader([line]), [])
     if (
-        tuple(cells[:2]) == CSV_HEADER_START
+        tuple(cells[:2]) in (CSV_HEADER_START, MULTI_LABEL_HEADER_START)
         and len(cells) > 2
         and all(cell.startswith(CSV_PROBABILITY_PREFIX) for cell in cells[2:])
     ):

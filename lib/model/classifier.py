@@ -1,4 +1,5 @@
-"""AST encoder -> final layernorm -> mean over tokens -> linear head, as a Hugging Face model.
+"""AST encoder -> final layernorm -> mean over tokens -> linear head, as a Hugging Face model (softmax over the
+classes, or with config.problem_type multi_label_classification one sigmoid per class).
 
 This module imports only torch and transformers so that ``save_pretrained`` can copy it next to a
 published member: the member then loads in one line anywhere, with or without this project:
@@ -20,6 +21,8 @@ from transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogra
 )
 
 POOLINGS = ("mean", "mean_patches")
+# transformers' config.problem_type of a multi-label head (model.task multi_label); single-label heads leave it unset
+MULTI_LABEL = "multi_label_classification"
 SPECIAL_TOKENS = 2  # AST prepends a cls and a distillation token
 
 
@@ -84,7 +87,10 @@ class ASTMeanPoolClassifier(ASTPreTrainedModel):
         """Pooling, dropout, head and loss on the encoder's output; lib.model.trunk's tail ends with this too."""
         logits = self.classifier(self.dropout(self.pool_tokens(sequence_output)))
         loss = None
-        if labels is not None:
+        if labels is not None and self.config.problem_type == MULTI_LABEL:
+            # a clip's classes as a multi-hot row: one sigmoid per class
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.long())
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -95,11 +101,13 @@ def build_classifier(
     pooling: str = "mean",
     classifier_dropout: float = 0.0,
     attention: str = "sdpa",
+    multi_label: bool = False,
 ) -> ASTMeanPoolClassifier:
     """Wrap a loaded encoder with a freshly initialised head; the label order is the given one.
 
     attention is the kernel every encoder layer calls (transformers' attn_implementation: 'sdpa' or
     'eager'); it is not saved in config.json, so a published member loads with the loader's default.
+    multi_label: sigmoid outputs and binary cross-entropy (config.problem_type, saved with the member).
     """
     config = ASTMeanPoolConfig(
         **{key: value for key, value in encoder.config.to_dict().items() if key in ASTConfig.__annotations__},
@@ -108,6 +116,7 @@ def build_classifier(
         id2label=dict(enumerate(label_names)),
         label2id={name: index for index, name in enumerate(label_names)},
         attn_implementation=attention,
+        **({"problem_type": MULTI_LABEL} if multi_label else {}),
     )
     model = ASTMeanPoolClassifier(config)
     model.audio_spectrogram_transformer.load_state_dict(encoder.state_dict(), strict=True)

@@ -150,7 +150,9 @@ def _write_split(encoder, features: FeatureCacheRef, split: str, layers: int, dt
             states = np.lib.format.open_memmap(folder / states_file, mode="w+", dtype=dtype, shape=shape)
         states[start : start + len(hidden)] = hidden.cpu().numpy().astype(dtype)
     states.flush()
-    np.save(folder / labels_file, dataset.with_format("numpy", columns=["label"])["label"][:].astype(np.int64))
+    labels = dataset.with_format("numpy", columns=["label"])["label"][:]
+    # a class per clip, or a multi-label clip's multi-hot row (float32, as binary cross-entropy takes it)
+    np.save(folder / labels_file, labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.float32))
     return list(states.shape)
 
 
@@ -222,7 +224,8 @@ def _build_first_fitting(classifier: ASTMeanPoolClassifier, features: FeatureCac
 
 
 class TrunkStates(torch.utils.data.Dataset):
-    """One split of a trunk cache, memory-mapped: {'hidden_states': (tokens, hidden), 'labels': int}."""
+    """One split of a trunk cache, memory-mapped: {'hidden_states': (tokens, hidden), 'labels': int, or a
+    multi-label clip's multi-hot row}."""
 
     def __init__(self, folder: Path, split: str):
         states_file, labels_file = _files(split)
@@ -246,7 +249,9 @@ class TrunkStates(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         # a copy: torch refuses to wrap the read-only memory map; the tail casts fp16 to its own dtype
-        return {"hidden_states": torch.from_numpy(np.array(self.states[index])), "labels": int(self.labels[index])}
+        label = self.labels[index]
+        return {"hidden_states": torch.from_numpy(np.array(self.states[index])),
+                "labels": int(label) if label.ndim == 0 else torch.from_numpy(label)}
 
 
 class TrunkTail(nn.Module):

@@ -16,6 +16,12 @@ import yaml
 from lib.core.layout import CALIBRATION_FILE, METRICS_FILE
 
 SCORES = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")  # f1/precision/recall: weighted
+MULTI_LABEL_SCORES = ("map", "micro_f1", "macro_f1")
+
+
+def scores_of(metrics: dict) -> tuple[str, ...]:
+    """The scores a card shows: a multi-label task's (its metrics have a 'map'), or SCORES."""
+    return MULTI_LABEL_SCORES if "map" in metrics else SCORES
 
 
 def card_text(metadata: dict, body: list[str]) -> str:
@@ -90,7 +96,7 @@ def model_index(name: str, dataset: str, scores: dict[str, dict[str, float]], ki
                 "dataset": {"name": dataset, "type": kind, "split": split},
                 "metrics": [
                     {"type": key, "value": round(float(values[key]), 4), "name": f"{split} {key}"}
-                    for key in SCORES if key in values
+                    for key in scores_of(values) if key in values
                 ],
             }
             for split, values in scores.items()
@@ -121,9 +127,11 @@ def member_card(
             name, dataset_name(data), scores, DATASET_TYPES.get(data.get("layout", "folders"), "audiofolder")
         ),
     }
-    table = ["| split | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
+    shown = scores_of(metrics)
+    multi_label = shown == MULTI_LABEL_SCORES
+    table = ["| split | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
     table += [
-        f"| {split} | " + " | ".join(f"{values[key]:.4f}" for key in SCORES) + " |" for split, values in scores.items()
+        f"| {split} | " + " | ".join(f"{values[key]:.4f}" for key in shown) + " |" for split, values in scores.items()
     ]
     calibration_lines = [
         f"{split.capitalize()} NLL {figures['before']['nll']:.4f} before, {figures['after']['nll']:.4f} after; "
@@ -143,7 +151,11 @@ def member_card(
         "",
         *table,
         "",
-        "Precision, recall and F1 are weighted by class support. The best epoch was chosen on validation "
+        (f"Multi-label: mAP is the mean over the classes of each one's average precision (a ranking by chance "
+         f"scores {metrics.get('chance_map', 0.0):.4f} here); micro F1 counts every clip-and-class decision, macro F1 "
+         "averages the classes', both at the thresholds fitted on validation (`thresholds.json`). " if multi_label
+         else "Precision, recall and F1 are weighted by class support. ")
+        + "The best epoch was chosen on validation "
         f"({trained['metric']}), so the validation scores flatter it; "
         + ("the test split, never trained or tuned on, is the fair figure." if "test" in scores
            else "no test split was given: score it on held-out clips before trusting it."),
@@ -165,15 +177,21 @@ def member_card(
         f"accumulated, {trained['precision']} on {trained['device']}, seed {training['seed']}",
         *([f"- augmentation: {text}"] if (text := augmentation_text(training.get("augmentation", {}))) else []),
         "",
-        "## Calibration",
-        "",
-        f"Temperature {metrics.get('temperature', 1.0):.4f}, fitted on validation (`calibration.json`); divide the "
-        "logits by it before the softmax for calibrated probabilities (`astft predict` does; a Hugging Face "
-        "`pipeline` gives the raw softmax). " + " ".join(calibration_lines),
+        *(["## Thresholds", "",
+            f"One sigmoid per class; a class is predicted when its probability is at or above its threshold, fitted on "
+            f"validation to the best F1 ({config['model'].get('thresholds', 'per_class')}, `thresholds.json`; "
+            f"`astft predict` applies them). Not temperature-calibrated: {calibration.get('skipped', '')}."]
+          if multi_label else
+          ["## Calibration", "",
+           f"Temperature {metrics.get('temperature', 1.0):.4f}, fitted on validation (`calibration.json`); divide the "
+           "logits by it before the softmax for calibrated probabilities (`astft predict` does; a Hugging Face "
+           "`pipeline` gives the raw softmax). " + " ".join(calibration_lines)]),
         "",
         "## Limits",
         "",
-        f"- A closed set: every clip gets one of the {len(label_names)} labels, whatever it holds.",
+        (f"- A closed set of {len(label_names)} labels: a clip gets those above their thresholds, possibly none."
+         if multi_label else
+         f"- A closed set: every clip gets one of the {len(label_names)} labels, whatever it holds."),
         f"- Trained on {features['clip_seconds']:g} s clips at {features['sample_rate_hz']} Hz; other lengths are "
         "cut or padded, other rates resampled, which it has not been scored on.",
         "- The scores above are of these splits only; a different recording setup can score lower.",
@@ -187,7 +205,7 @@ def member_card(
         "```",
         "",
         f"(`{where}`: this folder), or `astft predict --model {where} --input CLIPS` for a CSV of labels and "
-        "calibrated probabilities. "
+        + ("each class's probability. " if multi_label else "calibrated probabilities. ") +
         "Provenance (the encoder load report, speed settings, where it was trained): `member.json`.",
     ]
     return card_text(metadata, body)
@@ -206,18 +224,22 @@ def ensemble_card(name: str, leaderboard: dict, label_names: list[str], dataset:
         "labels": list(label_names),
         "model-index": model_index(name, dataset, scores),
     }
+    score = "map" if "map" in ensemble[splits[0]] else "accuracy"
     members = [
         f"| {row['name']} | {'' if row['weight'] is None else format(row['weight'], 'g')} | "
-        + " | ".join(f"{row[split]['accuracy']:.4f}" for split in splits) + " |"
+        + " | ".join(f"{row[split][score]:.4f}" for split in splits) + " |"
         for row in leaderboard["leaderboard"]
     ]
     body = [
         f"# {name}",
         "",
-        "A calibrated soft vote of Audio Spectrogram Transformer classifiers fine-tuned with astft: each member's "
-        "probabilities (temperature-scaled) are averaged with the weights below (`ensemble.json`).",
+        ("A vote of multi-label Audio Spectrogram Transformer classifiers fine-tuned with astft: each member's "
+         "sigmoid outputs are averaged with the weights below, and a class is predicted at or above the threshold "
+         "fitted on validation for the vote (`ensemble.json`)." if score == "map" else
+         "A calibrated soft vote of Audio Spectrogram Transformer classifiers fine-tuned with astft: each member's "
+         "probabilities (temperature-scaled) are averaged with the weights below (`ensemble.json`)."),
         "",
-        "| member | weight | " + " | ".join(f"{split} accuracy" for split in splits) + " |",
+        "| member | weight | " + " | ".join(f"{split} {score}" for split in splits) + " |",
         "|---|---|" + "---|" * len(splits),
         *members,
         "",

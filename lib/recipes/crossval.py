@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.config import CrossvalConfig
+from lib.config import CrossvalConfig, headline_metric
 from lib.core.errors import ConfigError
 from lib.core.layout import CROSSVAL_FILE, MEMBER_FILE, METRICS_FILE
 from lib.data.features import FeatureCacheRef
@@ -19,8 +19,8 @@ from lib.recipes.finetune import FinetunePlan, plan_run
 
 logger = logging.getLogger(__name__)
 
-# The scores a fold reports, and that the protocol averages.
-FOLD_SCORES = ("accuracy", "balanced_accuracy", "f1", "precision", "recall")
+# The scores a fold reports, and that the protocol averages (a multi-label task's are map, micro_f1 and macro_f1).
+FOLD_SCORES = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "map", "micro_f1", "macro_f1")
 
 
 def plan_crossval(config: CrossvalConfig, trains_here: bool = True) -> dict[str, FinetunePlan]:
@@ -30,7 +30,8 @@ def plan_crossval(config: CrossvalConfig, trains_here: bool = True) -> dict[str,
             f"data.fold (--fold) {config.data.fold}: cross-validation trains every fold in turn; remove data.fold "
             "(a single fold is astft finetune --fold N)"
         )
-    folds = dataset_folds(config.resolved().data, warn=False)
+    resolved = config.resolved()
+    folds = dataset_folds(resolved.data, warn=False, multi_label=resolved.model.task == "multi_label")
     if folds is None:
         raise ConfigError(
             f"layout {config.data.layout} has no folds of its own: set data.folds (--set data.folds=5) to cut that "
@@ -103,11 +104,13 @@ def write_summary(best_root: Path, summary: dict) -> Path:
 
 
 def protocol_line(summary: dict) -> str:
-    """One line with the protocol's figure: mean accuracy +- std over the folds (test too where there is one)."""
+    """One line with the protocol's figure: mean accuracy (a multi-label task's mAP) +- std over the folds (test too
+    where there is one)."""
     parts = []
     for split in ("validation", "test"):
-        if accuracy := summary[split].get("accuracy"):
-            parts.append(f"{split} accuracy {accuracy['mean']:.4f} +- {accuracy['std']:.4f}")
+        name = headline_metric(summary[split])
+        if figure := summary[split].get(name):
+            parts.append(f"{split} {'mAP' if name == 'map' else name} {figure['mean']:.4f} +- {figure['std']:.4f}")
     folds = len(summary["folds"])
     failed = f"; {len(summary['failed'])} failed ({', '.join(summary['failed'])})" if summary["failed"] else ""
     subsample = " (quick subsample: every 10th clip)" if summary.get("quick_subsample") else ""

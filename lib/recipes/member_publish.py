@@ -9,13 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from lib.core.layout import (
+    AVERAGE_PRECISION_PLOT_FILE,
     CARD_FILE,
     CONFUSION_FILE,
     CONFUSION_PLOT_FILE,
     LABEL_MAP_FILE,
     LOG_HISTORY_FILE,
     MEMBER_FILE,
+    METRICS_FILE,
+    PRECISION_RECALL_PLOT_FILE,
+    PREDICTIONS_FILE,
     REPORT_FILES,
     RUN_CONFIG_FILE,
     TRAINING_CURVES_FILE,
@@ -23,7 +29,8 @@ from lib.core.layout import (
 from lib.core.timing import phase, recorded
 from lib.data.features import FeatureCacheRef
 from lib.evaluate.evaluation import EvalResult
-from lib.evaluate.plots import confusion_matrix_plot, training_curves
+from lib.evaluate.multilabel import micro_point, sigmoid
+from lib.evaluate.plots import average_precision_plot, confusion_matrix_plot, precision_recall_plot, training_curves
 from lib.model.checkpoint import EncoderRef
 from lib.publish.card import member_card
 from lib.publish.folder import PublishSpec, publish_folder, trained_by
@@ -63,15 +70,40 @@ def publish_member(
 
 
 def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
-    """training_curves.png (from the work dir's log_history.json) and confusion_matrix.png, written into report_dir."""
+    """training_curves.png (from the work dir's log_history.json) and confusion_matrix.png, or a multi-label
+    member's average_precision.png and precision_recall.png, written into report_dir."""
+    report_dir = Path(report_dir)
     history = json.loads((Path(outcome.work_dir) / LOG_HISTORY_FILE).read_text())
-    confusion = json.loads((Path(report_dir) / CONFUSION_FILE).read_text())
-    return {
-        TRAINING_CURVES_FILE: training_curves(
-            history, outcome.metric, outcome.best_epoch, Path(report_dir) / TRAINING_CURVES_FILE
-        ),
+    plots = {TRAINING_CURVES_FILE: training_curves(
+        history, outcome.metric, outcome.best_epoch, report_dir / TRAINING_CURVES_FILE
+    )}
+    if not (report_dir / CONFUSION_FILE).is_file():  # multi-label: no confusion matrix, a curve per class instead
+        return plots | multi_label_plots(report_dir)
+    confusion = json.loads((report_dir / CONFUSION_FILE).read_text())
+    return plots | {
         CONFUSION_PLOT_FILE: confusion_matrix_plot(
-            confusion["matrix"], confusion["labels"], Path(report_dir) / CONFUSION_PLOT_FILE
+            confusion["matrix"], confusion["labels"], report_dir / CONFUSION_PLOT_FILE
+        ),
+    }
+
+
+def multi_label_plots(report_dir: Path) -> dict[str, Path]:
+    """Validation's per-class AP bars and precision-recall curve, the point the fitted thresholds operate at on it."""
+    metrics = json.loads((report_dir / METRICS_FILE).read_text())
+    stored = np.load(report_dir / PREDICTIONS_FILE)
+    per_class = metrics["per_class"]
+    probabilities, labels = sigmoid(stored["logits"]), stored["labels"]
+    operating = {"at the fitted thresholds": micro_point(
+        labels, probabilities, np.array([entry["threshold"] for entry in per_class.values()])
+    )}
+    return {
+        AVERAGE_PRECISION_PLOT_FILE: average_precision_plot(
+            per_class, report_dir / AVERAGE_PRECISION_PLOT_FILE,
+            f"average precision per class (validation; mAP {metrics['map']:.4f}, chance {metrics['chance_map']:.4f})",
+        ),
+        PRECISION_RECALL_PLOT_FILE: precision_recall_plot(
+            {"validation": (probabilities, labels)}, report_dir / PRECISION_RECALL_PLOT_FILE,
+            operating,
         ),
     }
 

@@ -1,0 +1,146 @@
+"""A multi-label ensemble of published members: their sigmoid outputs averaged, members chosen greedily on validation
+mAP, thresholds fitted for the vote on validation; ensemble.json, leaderboard and per-class figures.
+
+The multi-label counterpart of lib.evaluate.ensemble.evaluate_ensemble (which calls it for multi-label members):
+the same file shape (members, leaderboard, ensemble, verdict), scored by mAP and F1 instead of accuracy and NLL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lib.core.layout import AVERAGE_PRECISION_PLOT_FILE, LEADERBOARD_PLOT_FILE, PRECISION_RECALL_PLOT_FILE
+from lib.evaluate import multilabel
+from lib.evaluate.plots import average_precision_plot, leaderboard_plot, precision_recall_plot
+
+
+def evaluate_multi_label_ensemble(
+    names: list[str],
+    logits: dict[str, dict[str, np.ndarray]],
+    labels: dict[str, np.ndarray],
+    info: dict[str, dict],
+    output_file: Path,
+    label_names: list[str],
+    failed: dict[str, str] | None = None,
+    selection: str = "greedy",
+    weights: dict[str, float] | None = None,
+    mode: str = "per_class",
+) -> dict:
+    """Score each member and the vote on every split (split -> member -> logits, split -> multi-hot labels; info:
+    member -> path, freezing, version, its own thresholds); write ensemble.json and its figures beside it.
+
+    The selection, the weights and the vote's thresholds come from validation alone; test is only scored."""
+    splits = list(logits)
+    probabilities = {split: {name: multilabel.sigmoid(logits[split][name]) for name in names} for split in splits}
+    validation = probabilities["validation"]
+    if weights is not None:
+        method, chosen = "config weights", {name: float(weights[name]) for name in names}
+    elif selection == "all":
+        method, chosen = "all", dict.fromkeys(names, 1.0)
+    else:
+        counts = multilabel.greedy_selection(validation, labels["validation"])
+        method, chosen = "greedy", {name: float(counts.get(name, 0)) for name in names}
+
+    def vote(split: str, vote_weights: dict[str, float]) -> np.ndarray:
+        used = {name: weight for name, weight in vote_weights.items() if weight > 0}
+        total = sum(used.values())
+        return sum(weight * probabilities[split][name] for name, weight in used.items()) / total
+
+    member_rows = [
+        {"name": name, "kind": "member", "freezing": info[name]["freezing"], "weight": chosen.get(name, 0.0),
+         "temperature": None,
+         **{split: multilabel.summary(labels[split], probabilities[split][name], np.asarray(info[name]["thresholds"]))
+            | {"chance_map": multilabel.chance_map(labels[split])} for split in splits}}
+        for name in names
+    ]
+    member_rows.sort(key=lambda row: (-row["validation"]["map"], row["name"]))
+    best = member_rows[0]
+    votes = {}
+    ensemble_rows = []
+    for label, kind, vote_weights in (("mean of all members", "mean", dict.fromkeys(names, 1.0)),
+                                      (f"ensemble ({method})", "ensemble", chosen)):
+        voted = {split: vote(split, vote_weights) for split in splits}
+        thresholds = multilabel.fit_thresholds(labels["validation"], voted["validation"], mode)
+        row = {"name": label, "kind": kind, "freezing": None, "weight": None, "temperature": None,
+               **{split: multilabel.summary(labels[split], voted[split], thresholds)
+                  | {"chance_map": multilabel.chance_map(labels[split])} for split in splits}}
+        row["gain_over_best_member"] = {
+            split: {key: row[split][key] - best[split][key] for key in ("map", "micro_f1")} for split in splits
+        }
+        ensemble_rows.append(row)
+        votes = {"probabilities": voted, "thresholds": thresholds}  # the last: the selected ensemble's
+    ensemble_row = ensemble_rows[-1]
+    verdict_split = splits[-1]  # test when there is one: nothing was tuned on it
+    gain = ensemble_row["gain_over_best_member"]
+    thresholds = votes["thresholds"]
+    result = {
+        "task": "multi_label",
+        "label_names": label_names,
+        "selection": method,
+        "members": [
+            {"name": name, "path": info[name]["path"], "freezing": info[name]["freezing"], "weight": chosen[name],
+             "temperature": 1.0, "version": info[name]["version"]}
+            for name in names if chosen.get(name, 0) > 0
+        ],
+        # what predict applies to the vote: a class at or above its threshold
+        "thresholds": {"mode": mode, "fitted_on": "validation",
+                       "thresholds": dict(zip(label_names, map(float, thresholds), strict=True))},
+        "leaderboard": member_rows + ensemble_rows,
+        "ensemble": {
+            "selection": method,
+            "weights": {name: weight for name, weight in chosen.items() if weight > 0},
+            **{split: multilabel.report(labels[split], votes["probabilities"][split], thresholds, label_names)
+               for split in splits},
+            "best_member": best["name"],
+            "gain_over_best_member": gain,
+            "beats_best_member": gain[verdict_split]["map"] > 0,
+            "verdict": _verdict(method, best, ensemble_row, verdict_split),
+        },
+        "failed": failed or {},
+        "plots": {"leaderboard": LEADERBOARD_PLOT_FILE, "average_precision": AVERAGE_PRECISION_PLOT_FILE,
+                  "precision_recall": PRECISION_RECALL_PLOT_FILE},
+    }
+    output_file = Path(output_file)
+    _write_plots(result, probabilities, votes["probabilities"], labels, verdict_split, output_file.parent)
+    staged = output_file.with_name(f".{output_file.name}.{os.getpid()}.tmp")  # a reader never sees half a file
+    staged.write_text(json.dumps(result, indent=2))
+    os.replace(staged, output_file)
+    return result
+
+
+def _verdict(method: str, best: dict, ensemble: dict, split: str) -> str:
+    """One plain sentence: does the ensemble beat the member with the best validation mAP?"""
+    ours, theirs = ensemble[split], best[split]
+    gain = ours["map"] - theirs["map"]
+    figures = (f"{split} mAP {ours['map']:.4f} vs {theirs['map']:.4f} ({gain:+.4f}), micro F1 {ours['micro_f1']:.4f} "
+               f"vs {theirs['micro_f1']:.4f}")
+    if gain > 0:
+        return f"the ensemble ({method}) beats its best member {best['name']}: {figures}"
+    return (f"the ensemble ({method}) does NOT beat its best member {best['name']}: {figures}; serving "
+            f"{best['name']} alone ranks as well" + (" or better" if gain < 0 else ""))
+
+
+def _write_plots(result: dict, probabilities: dict, voted: dict, labels: dict, split: str, folder: Path) -> None:
+    """leaderboard.png (validation mAP, test beside it), and the vote's per-class AP bars and precision-recall curve
+    against the best member's, on `split` (test when there is one)."""
+    splits = [name for name in ("validation", "test") if name in result["ensemble"]]
+    rows = [{"name": row["name"], "kind": row["kind"], **{f"{name} mAP": row[name]["map"] for name in splits}}
+            for row in result["leaderboard"]]
+    leaderboard_plot(rows, [f"{name} mAP" for name in splits], folder / LEADERBOARD_PLOT_FILE, score="mAP")
+    report = result["ensemble"][split]
+    average_precision_plot(
+        report["per_class"], folder / AVERAGE_PRECISION_PLOT_FILE,
+        f"ensemble: average precision per class ({split}; mAP {report['map']:.4f}, chance {report['chance_map']:.4f})",
+    )
+    best = result["ensemble"]["best_member"]
+    precision_recall_plot(
+        {f"ensemble ({split})": (voted[split], labels[split]),
+         f"{best}, the best member ({split})": (probabilities[split][best], labels[split])},
+        folder / PRECISION_RECALL_PLOT_FILE,
+        {"ensemble at its thresholds": multilabel.micro_point(labels[split], voted[split],
+                                                              np.array(list(result["thresholds"]["thresholds"].values())))},
+    )
