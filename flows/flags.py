@@ -46,6 +46,8 @@ SHORT_FLAGS: dict[str, str] = {
     "model.head_only": "--head-only",
     "model.train_last_n_layers": "--train-last-n-layers",
     "model.pooling": "--pooling",
+    "model.task": "--task",
+    "model.thresholds": "--thresholds",
     "features.max_frames": "--max-frames",
     "features.clip_seconds": "--clip-seconds",
     "training.epochs": "--epochs",

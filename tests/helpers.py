@@ -94,6 +94,6 @@ def train_classifier(
     )
 
 
-def plan_of(data):
-    """What a task's cache key function reads of its plan parameter: plan.config.data."""
-    return SimpleNamespace(config=SimpleNamespace(data=data))
+def plan_of(data, task: str = "single_label"):
+    """What a task's cache key function reads of its plan parameter: plan.config.data and plan.config.model.task."""
+    return SimpleNamespace(config=SimpleNamespace(data=data, model=SimpleNamespace(task=task)))

@@ -1,0 +1,102 @@
+"""Multi-label datasets: a clip in several class folders, or several labels in a csv cell or rows, is one clip with all
+of its labels, in the scan, its folds and the feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib.config import DataConfig
+from lib.core.errors import ScanError
+from lib.data.features import FeatureParams, build_feature_cache, load_split
+from lib.data.layouts import dataset_folds, scan_data
+from lib.data.scan import Manifest
+from tests.layouts import CLASSES, make_multi_label_csv, make_multi_label_folders
+
+
+def clip_labels(manifest: Manifest, split: str, key=lambda path: Path(path).stem) -> dict[str, list[str]]:
+    return {key(clip.path): [manifest.label_names[index] for index in clip.labels] for clip in manifest.split(split)}
+
+
+def folders(root: Path) -> DataConfig:
+    return DataConfig(train_dir=root / "train", validation_dir=root / "validation")
+
+
+def test_a_clip_copied_into_each_of_its_class_folders_is_one_clip_with_every_label(tmp_path):
+    expected = make_multi_label_folders(tmp_path, per_pair=2)
+    manifest = scan_data(folders(tmp_path), multi_label=True)
+    assert manifest.multi_label and manifest.label_names == list(CLASSES)
+    for split in ("train", "validation"):
+        assert clip_labels(manifest, split) == expected[split]
+    assert all(clip.label == clip.labels[0] for clip in manifest.train)
+
+
+def test_the_same_folders_scanned_single_label_stay_a_clip_per_file_and_another_scan(tmp_path):
+    expected = make_multi_label_folders(tmp_path, per_pair=2)
+    single, multi = scan_data(folders(tmp_path)), scan_data(folders(tmp_path), multi_label=True)
+    assert len(single.train) == sum(len(labels) for labels in expected["train"].values())
+    assert all(not clip.labels for clip in single.train)
+    assert single.fingerprint != multi.fingerprint  # so their feature caches differ
+
+
+@pytest.mark.parametrize("style", ["cell", "row_per_label", "semicolon"])
+def test_a_csv_gives_each_clip_its_labels_from_one_cell_or_a_row_per_label(tmp_path, style):
+    expected = make_multi_label_csv(tmp_path, per_pair=2, separator=";" if style == "semicolon" else ",",
+                                    row_per_label=style == "row_per_label")
+    data = DataConfig(layout="csv", root=tmp_path, label_separator=";" if style == "semicolon" else ",")
+    manifest = scan_data(data, multi_label=True)
+    for split in ("train", "validation"):
+        assert clip_labels(manifest, split, key=lambda path: Path(path).name) == expected[split]
+
+
+def test_a_csv_repeating_a_clip_and_label_or_splitting_a_clip_is_refused_by_line(tmp_path):
+    make_multi_label_csv(tmp_path, per_pair=1, row_per_label=True)
+    manifest = tmp_path / "metadata.csv"
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(ScanError, match=rf"line {len(lines) + 1}: .* is listed already .*has each label once"):
+        scan_data(DataConfig(layout="csv", root=tmp_path), multi_label=True)
+    moved = lines[1].rsplit(",", 2)[0] + ",tone_low,validation"  # its file, another label, another split
+    manifest.write_text("\n".join([*lines, moved]) + "\n")
+    with pytest.raises(ScanError, match=r"is in split validation here but in split train at .* line 2"):
+        scan_data(DataConfig(layout="csv", root=tmp_path), multi_label=True)
+
+
+def test_stratified_folds_keep_every_label_of_a_clip_in_one_fold(tmp_path):
+    expected = make_multi_label_folders(tmp_path, per_pair=3)
+    data = folders(tmp_path).model_copy(update={"folds": 3})
+    folds = dataset_folds(data, warn=False, multi_label=True)
+    where: dict[tuple[str, str], set[int]] = {}
+    for number, labels in folds.by_fold.items():
+        for paths in labels.values():
+            for path in paths:
+                where.setdefault((path.parts[-3], path.stem), set()).add(number)  # (split folder, clip)
+    assert all(len(numbers) == 1 for numbers in where.values())
+    assert len(where) == sum(len(clips) for clips in expected.values())
+    manifest = scan_data(data.model_copy(update={"fold": 2}), multi_label=True)
+    held_out = {(Path(clip.path).parts[-3], Path(clip.path).stem) for clip in manifest.validation}
+    assert held_out == {clip for clip, numbers in where.items() if numbers == {2}}
+
+
+def test_the_feature_cache_holds_each_clip_s_multi_hot_row(tmp_path):
+    make_multi_label_folders(tmp_path / "data", per_pair=1)
+    manifest = scan_data(folders(tmp_path / "data"), multi_label=True)
+    ref, _ = build_feature_cache(manifest, FeatureParams(num_mel_bins=64, max_frames=64), tmp_path / "cache")
+    assert ref.multi_label
+    rows = load_split(ref, "train").with_format("numpy", columns=["label"])["label"][:]
+    expected = np.zeros((len(manifest.train), len(CLASSES)), np.float32)
+    for row, clip in enumerate(manifest.train):
+        expected[row, clip.labels] = 1
+    np.testing.assert_array_equal(rows, expected)
+
+
+def test_a_multi_label_scan_is_cached_apart_from_a_single_label_one(tmp_path):
+    from tasks.data import scan_cache_key
+    from tests.helpers import plan_of
+
+    make_multi_label_folders(tmp_path, per_pair=1)
+    keys = {task: scan_cache_key(None, {"plan": plan_of(folders(tmp_path), task)})
+            for task in ("single_label", "multi_label")}
+    assert None not in keys.values() and keys["single_label"] != keys["multi_label"]
