@@ -13,6 +13,7 @@ from lib.config import CrossvalConfig, DataConfig, EnsembleConfig, FeatureConfig
 from lib.core.runtime import resolve_runtime
 from lib.evaluate.multilabel import sigmoid
 from lib.evaluate.predict import predict_files
+from lib.model.classifier import build_classifier
 from tests.layouts import CLASSES, make_multi_label_csv, make_multi_label_folders
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,23 @@ def test_one_member_s_predictions_are_its_sigmoid_outputs_cut_at_its_own_thresho
     validation = [name for name in names if name.startswith("validation-")]
     probabilities = np.array([[float(rows[name][f"prob_{label}"]) for label in CLASSES] for name in validation])
     np.testing.assert_allclose(probabilities, sigmoid(stored["logits"]), atol=2e-4)  # the same clips, in order
+
+
+def test_export_and_the_onnx_backend_refuse_a_multi_label_member_in_one_line(tmp_path, ssl_checkpoint):
+    from transformers import ASTModel
+
+    from lib.core.errors import EnsembleError
+    from lib.evaluate.export import export_onnx
+    from tests.helpers import small_config
+
+    member = tmp_path / "m"
+    build_classifier(ASTModel(small_config()), list(CLASSES), multi_label=True).save_pretrained(member)
+    (member / "member.json").write_text(json.dumps({"feature_params": {}}))
+    (member / "thresholds.json").write_text(json.dumps({"thresholds": dict.fromkeys(CLASSES, 0.5)}))
+    with pytest.raises(EnsembleError, match="multi-label models are not exported yet"):
+        predict_files(member, tmp_path, tmp_path / "p.csv", resolve_runtime("cpu"), backend="onnxruntime")
+    with pytest.raises(EnsembleError, match="multi-label members are not exported yet"):
+        export_onnx(member)
 
 
 def test_a_multi_label_cross_validation_reports_the_mean_map_over_its_folds(prefect_harness, tmp_path, ssl_checkpoint):
