@@ -22,8 +22,8 @@ THRESHOLD_MODES = ("per_class", "global")
 # Stop when an addition raises the mAP by less than this: float noise must not grow the ensemble.
 MIN_IMPROVEMENT = 1e-9
 CALIBRATION_SKIPPED = (
-    "multi-label: temperature scaling calibrates one softmax over the classes; each class here has its own sigmoid, "
-    "and the thresholds fitted on validation are what turns its probabilities into labels"
+    "temperature scaling calibrates one softmax over the classes, and a multi-label model has a sigmoid per class, "
+    "whose probabilities the thresholds fitted on validation turn into labels"
 )
 
 

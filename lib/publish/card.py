@@ -189,7 +189,7 @@ def member_card(
         "",
         "## Limits",
         "",
-        (f"- A closed set of {len(label_names)} labels: a clip gets those above their thresholds, possibly none."
+        (f"- A closed set of {len(label_names)} labels: a clip gets those at or above their thresholds, possibly none."
          if multi_label else
          f"- A closed set: every clip gets one of the {len(label_names)} labels, whatever it holds."),
         f"- Trained on {features['clip_seconds']:g} s clips at {features['sample_rate_hz']} Hz; other lengths are "
