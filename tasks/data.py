@@ -52,7 +52,8 @@ def scan_cache_key(context, parameters) -> str | None:
         (lambda: fingerprint_folders(data.train_dir, data.validation_dir, data.fingerprint, data.test_dir))
         if data.layout == "folders" else (lambda: fingerprint_data(data, multi_label=multi_label)),
         dataset_folders(data),
-        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}{layout}{multi_label_key(config)}",
+        f"{data.quick_subsample}|{data.skip_bad_files}|{data.fingerprint}{layout}{multi_label_key(config)}"
+        + (f"|folds={data.folds}|fold={data.fold}" if data.folds else ""),  # a fold cut from the split, or none
     )
 
 

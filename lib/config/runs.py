@@ -55,6 +55,11 @@ def check_task_settings(model: TaskConfig, training: TrainingConfig) -> None:
                 "training.augmentation.mixup_probability: mixup is not supported with model.task multi_label yet; "
                 "set it to 0"
             )
+    elif model.thresholds != "per_class":
+        raise ValueError(
+            f"model.thresholds {model.thresholds!r}: thresholds are a multi-label task's (a single-label model "
+            "predicts its most probable class): set model.task to multi_label, or remove model.thresholds"
+        )
     elif metric in MULTI_LABEL_METRICS:
         raise ValueError(
             f"training.metric_for_best_model {metric!r} is a multi-label metric: set model.task to multi_label, or "

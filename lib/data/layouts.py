@@ -35,6 +35,7 @@ from lib.data.manifests import (
     fold_range,
     read_csv,
     read_list_file,
+    warn_joined_labels,
 )
 from lib.data.scan import (
     SPLITS,
@@ -237,6 +238,12 @@ def csv_has_folds(data: DataConfig) -> bool:
     header = csv_header(manifest)
     by_split = data.split_column in header and (data.fold is None or data.folds is not None)
     if not by_split and data.fold_column not in header:
+        if data.folds is not None:
+            raise ScanError(
+                f"data.folds {data.folds} cuts folds from a manifest's train and validation rows (its "
+                f"{data.split_column!r} column), and {display_path(manifest)} has no such column (its columns are "
+                f"{header}): add one, or name yours with data.split_column"
+            )
         if data.fold is not None:
             raise ScanError(
                 f"data.fold (--fold) {data.fold} is set but {display_path(manifest)} has no {data.fold_column!r} "
@@ -277,6 +284,7 @@ def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False) -> tup
         else:
             fold = fold_number(row, data.fold_column, where)
             rows += [Row(where, path, label, fold=fold) for label in labels]
+    warn_joined_labels(rows, multi_label, data.label_separator)
     return rows, manifest, base
 
 

@@ -4,6 +4,7 @@ class ids) and Speech Commands' list files; the rows as Row, and which of them n
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pathlib import Path
 from lib.core.errors import ScanError, display_path
 from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.scan import BadFile
+
+logger = logging.getLogger("lib.data.scan")  # its lines read as the scan's
 
 # The fix read_csv names for a column a file lacks: a dataset's own file, or a manifest whose columns are settings.
 OWN_FILE = "is it the dataset's own file?"
@@ -142,6 +145,27 @@ def check_one_label_per_id(rows: Iterator[tuple[str, dict[str, str]]], id_column
                     f"{where}: {key} has {other} {value!r} here but {seen[key][0]!r} at {seen[key][1]}; fix the row"
                 )
             seen.setdefault(key, (value, where))
+
+
+# Characters that join several labels in a manifest's cell, when its labels look joined (warn_joined_labels).
+JOINERS = (",", ";", "|", "/", " ")
+
+
+def warn_joined_labels(rows: list[Row], multi_label: bool, separator: str) -> None:
+    """Warn of a label that is other labels of the manifest joined ("dog;bark" beside "dog" and "bark"): a
+    multi-label manifest read with another data.label_separator, or one read single-label."""
+    names = {row.label for row in rows}
+    for name in sorted(names):
+        for joiner in (joiner for joiner in JOINERS if joiner in name and not (multi_label and joiner == separator)):
+            parts = [part.strip() for part in name.split(joiner)]
+            if all(part in names for part in parts):
+                fix = (f"set data.label_separator to {joiner!r}" if multi_label else
+                       "if a clip has several labels, train multi-label: --task multi_label"
+                       + (f" with data.label_separator {joiner!r}" if joiner != "," else ""))
+                where = next(row.where for row in rows if row.label == name)
+                logger.warning("the label %r looks like the labels %s joined by %r (%s); %s", name,
+                               ", ".join(map(repr, parts)), joiner, where, fix)
+                break
 
 
 def fold_range(folds: list[int]) -> str:

@@ -11,6 +11,7 @@ it stays here for now because pretraining's scan (lib.data.unlabeled) and the te
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import logging
 import os
@@ -434,9 +435,10 @@ def scan_listing(
         clips[split] = []
         if multi_label:
             grouped = multi_label_clips(listing[split], by_folder=found.layout == "folders")
+            check_one_recording(grouped)
             kept_clips = grouped[::SUBSAMPLE_EVERY] if quick_subsample else grouped
             classes = [sorted(label2id[name] for name in names) for _, names in kept_clips]
-            clips[split] = probe_clips([path for path, _ in kept_clips], classes, bad, multi_label=True)
+            clips[split] = probe_clips([paths[0] for paths, _ in kept_clips], classes, bad, multi_label=True)
             continue
         for class_name, paths in listing[split].items():
             kept = paths[::SUBSAMPLE_EVERY] if quick_subsample else paths
@@ -479,14 +481,34 @@ def clip_identity(path: Path, label: str, by_folder: bool) -> str:
     return os.path.normpath(Path(*parts))
 
 
-def multi_label_clips(classes: dict[str, list[Path]], by_folder: bool) -> list[tuple[Path, list[str]]]:
-    """(the file read, every label) of each multi-label clip of a split, in identity order; a clip in several class
-    folders is read from the first of them (copies of one recording)."""
-    grouped: dict[str, tuple[Path, list[str]]] = {}
+def multi_label_clips(classes: dict[str, list[Path]], by_folder: bool) -> list[tuple[list[Path], list[str]]]:
+    """(its files, its labels) of each multi-label clip of a split, in identity order; a clip in several class
+    folders is read from the first of its files (copies or links of one recording: check_one_recording)."""
+    grouped: dict[str, tuple[list[Path], list[str]]] = {}
     for label, paths in sorted(classes.items()):
         for path in paths:
-            grouped.setdefault(clip_identity(path, label, by_folder), (path, []))[1].append(label)
+            files, labels = grouped.setdefault(clip_identity(path, label, by_folder), ([], []))
+            files.append(path)
+            labels.append(label)
     return [grouped[key] for key in sorted(grouped)]
+
+
+def check_one_recording(grouped: list[tuple[list[Path], list[str]]]) -> None:
+    """Files taken as one multi-label clip must hold one recording (links, or copies with the same bytes): per-class
+    numbering (0001.wav in every class folder) would otherwise merge different recordings under every label."""
+    for files, labels in grouped:
+        for other, label in zip(files[1:], labels[1:], strict=True):
+            try:
+                same = filecmp.cmp(files[0], other, shallow=False)  # the same file, or the same bytes
+            except OSError:  # unreadable or a dangling link: the header probe reports it as a bad file
+                continue
+            if not same:
+                raise ScanError(
+                    f"{display_path(files[0])} and {display_path(other)} have one name in the class folders "
+                    f"{labels[0]!r} and {label!r}, so a multi-label scan takes them for one clip with both labels, "
+                    "but they are different recordings: rename one (a clip of several labels is one file copied or "
+                    "linked into the folder of each), or train single-label (without --task multi_label)"
+                )
 
 
 def probe_clips(paths: list[Path], labels: list[list[int]], bad: list[BadFile], multi_label: bool = False

@@ -14,10 +14,12 @@ from pydantic import BaseModel, Field, ValidationError
 from lib.core.errors import EnsembleError, NonFiniteError
 from lib.core.guards import check_finite_tensors
 from lib.core.layout import (
+    AVERAGE_PRECISION_PLOT_FILE,
     CALIBRATION_FILE,
     ENSEMBLE_FILE,
     LEADERBOARD_PLOT_FILE,
     MEMBER_FILE,
+    PRECISION_RECALL_PLOT_FILE,
     PREDICTIONS_FILE,
     PRETRAIN_FILE,
     RELIABILITY_PLOT_FILE,
@@ -323,6 +325,8 @@ def _write_plots(result: dict, calibrated: dict, raw: dict, labels: dict, split:
             f"ensemble ({result['selection']}, {split})": (weighted_mean(calibrated[split], weights), labels[split]),
         }
     reliability_plot(curves, folder / RELIABILITY_PLOT_FILE)
+    for stale in (AVERAGE_PRECISION_PLOT_FILE, PRECISION_RECALL_PLOT_FILE):  # a multi-label vote's, made here before
+        (folder / stale).unlink(missing_ok=True)
 
 
 def load_member_model(member: MemberInfo) -> ASTMeanPoolClassifier:

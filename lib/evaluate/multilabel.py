@@ -93,12 +93,15 @@ def micro_point(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.nd
 
 
 def summary(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray | float) -> dict[str, float]:
-    """mAP, and micro/macro F1 at the thresholds: lib.config.MULTI_LABEL_METRICS."""
+    """mAP, and micro/macro F1 at the thresholds: lib.config.MULTI_LABEL_METRICS. A class without a positive clip
+    has no AP and no recall, so mAP and macro F1 both leave it out; micro F1 counts its false alarms."""
     truth, guesses = np.asarray(labels) > 0.5, predicted(probabilities, thresholds)
+    present = truth.any(axis=0)
     return {
         "map": mean_average_precision(truth, probabilities),
         "micro_f1": float(f1_score(truth, guesses, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(truth, guesses, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(truth[:, present], guesses[:, present], average="macro", zero_division=0))
+        if present.any() else 0.0,
     }
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.core.layout import AVERAGE_PRECISION_PLOT_FILE, LEADERBOARD_PLOT_FILE, PRECISION_RECALL_PLOT_FILE
+from lib.core.layout import (
+    AVERAGE_PRECISION_PLOT_FILE,
+    LEADERBOARD_PLOT_FILE,
+    PRECISION_RECALL_PLOT_FILE,
+    RELIABILITY_PLOT_FILE,
+)
 from lib.evaluate import multilabel
 from lib.evaluate.plots import average_precision_plot, leaderboard_plot, precision_recall_plot
 
@@ -131,6 +136,7 @@ def _write_plots(result: dict, probabilities: dict, voted: dict, labels: dict, s
     rows = [{"name": row["name"], "kind": row["kind"], **{f"{name} mAP": row[name]["map"] for name in splits}}
             for row in result["leaderboard"]]
     leaderboard_plot(rows, [f"{name} mAP" for name in splits], folder / LEADERBOARD_PLOT_FILE, score="mAP")
+    (folder / RELIABILITY_PLOT_FILE).unlink(missing_ok=True)  # a single-label vote's, made here before
     report = result["ensemble"][split]
     average_precision_plot(
         report["per_class"], folder / AVERAGE_PRECISION_PLOT_FILE,

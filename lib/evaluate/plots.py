@@ -143,6 +143,9 @@ def average_precision_plot(per_class: dict[str, dict], path: Path, title: str = 
     if len(scored) <= 60:
         axis.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
         axis.set_yticks(positions, [name for _, name, _ in scored])
+    unscored = len(per_class) - len(scored)
+    if unscored:
+        title += f"\n{unscored} class(es) without a positive clip left out"
     axis.set(xlabel="average precision", title=title, xlim=(0, 1.12))
     return _save(figure, path)
 

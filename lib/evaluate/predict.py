@@ -45,6 +45,10 @@ OUTPUT_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 CSV_HEADER_START = ("file", "predicted_label")
 MULTI_LABEL_HEADER_START = ("file", "predicted_labels")  # a multi-label model's: every label at its threshold
 LABEL_JOIN = ";"  # between a multi-label clip's predicted labels
+MULTI_LABEL_NOT_SCORED = (
+    "a multi-label model is not scored against class folders (a clip's several labels are several folders, each "
+    "copy predicted as its own row): the member's metrics.json has its validation and test scores"
+)
 CSV_PROBABILITY_PREFIX = "prob_"
 # A member whose calibrated probabilities all lie this close to 1 / classes says nothing about the clips.
 CHANCE_TOLERANCE = 1e-3
@@ -133,7 +137,8 @@ def predict_files(
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
         "not_in_ensemble": members_not_listed(Path(model_path), members),
         **dict(zip(("scores", "not_scored"),
-                   (None, None) if multi_label else
+                   (None, MULTI_LABEL_NOT_SCORED if in_subfolders(Path(input_path), files) else None)
+                   if multi_label else
                    scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
                    strict=True)),
         "ensemble_file": (Path(model_path) / ENSEMBLE_FILE).is_file(),
@@ -257,6 +262,13 @@ def scores_by_folder(input_path: Path, files: list[Path], probabilities: np.ndar
     predictions = probabilities.argmax(axis=-1)
     return {**summary_metrics(labels, predictions), "num_samples": len(files),
             **detailed_report(labels, predictions, label_names)}, None
+
+
+def in_subfolders(input_path: Path, files: list[Path]) -> bool:
+    """Whether input_path is a folder with clips in subfolders of it (class folders, it may be)."""
+    return input_path.is_dir() and any(len(path.relative_to(input_path).parts) > 1 for path in files)
+
+
 def list_inputs(input_path: Path) -> list[Path]:
     """The .wav file, or every .wav file under the folder (sorted, hidden files and folders skipped)."""
     input_path = Path(input_path)

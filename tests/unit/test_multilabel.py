@@ -118,3 +118,20 @@ def test_the_task_left_at_its_default_keeps_a_run_fingerprint(tmp_path):
     assert FinetuneConfig.model_validate(config).fingerprint() == plain.fingerprint()
     config["model"]["task"] = "multi_label"
     assert FinetuneConfig.model_validate(config).fingerprint() != plain.fingerprint()
+
+
+def test_macro_f1_like_the_map_leaves_out_a_class_without_a_positive_clip():
+    labels = LABELS.copy()
+    labels[:, 1] = 0
+    probabilities = labels * 0.6 + 0.2
+    probabilities[0, 1] = 0.9  # a false alarm on the class: micro F1 counts it
+    scores = multilabel.summary(labels, probabilities, 0.5)
+    assert scores["macro_f1"] == pytest.approx(1.0) and scores["map"] == pytest.approx(1.0)
+    assert scores["micro_f1"] < 1.0
+
+
+def test_thresholds_set_for_a_single_label_run_are_refused(tmp_path):
+    config = finetune_config(tmp_path)
+    config["model"] |= {"task": "single_label", "thresholds": "global"}
+    with pytest.raises(ValidationError, match="thresholds are a multi-label task's"):
+        FinetuneConfig.model_validate(config)

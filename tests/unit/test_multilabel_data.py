@@ -100,3 +100,44 @@ def test_a_multi_label_scan_is_cached_apart_from_a_single_label_one(tmp_path):
     keys = {task: scan_cache_key(None, {"plan": plan_of(folders(tmp_path), task)})
             for task in ("single_label", "multi_label")}
     assert None not in keys.values() and keys["single_label"] != keys["multi_label"]
+
+
+def test_different_recordings_of_one_name_in_two_class_folders_are_refused_naming_both(tmp_path):
+    make_multi_label_folders(tmp_path, per_pair=1)
+    first, second = tmp_path / "train/chirp/chirp-0.wav", tmp_path / "train/tone_low/chirp-0.wav"
+    second.write_bytes((tmp_path / "train/tone_low/tone_low-0.wav").read_bytes())  # another recording, one name
+    with pytest.raises(ScanError, match=rf"{first}.*{second}.*different recordings: rename one"):
+        scan_data(folders(tmp_path), multi_label=True)
+    second.unlink()
+    second.symlink_to(first)  # a link is the same recording
+    assert clip_labels(scan_data(folders(tmp_path), multi_label=True), "train")["chirp-0"] == ["chirp", "tone_low"]
+
+
+def test_a_label_that_is_other_labels_joined_is_named_with_the_fix(tmp_path, caplog):
+    make_multi_label_csv(tmp_path, per_pair=1, separator=";")
+    scan_data(DataConfig(layout="csv", root=tmp_path), multi_label=True)  # read with the default ','
+    assert "'chirp;noise_burst' looks like the labels 'chirp', 'noise_burst' joined by ';'" in caplog.text
+    assert "set data.label_separator to ';'" in caplog.text
+    caplog.clear()
+    scan_data(DataConfig(layout="csv", root=tmp_path, label_separator=";"), multi_label=True)
+    assert "looks like the labels" not in caplog.text
+
+
+def test_data_folds_on_a_csv_without_a_split_or_fold_column_names_the_column_it_needs(tmp_path):
+    make_multi_label_csv(tmp_path, per_pair=1)
+    manifest = tmp_path / "metadata.csv"
+    manifest.write_text(manifest.read_text().replace(",split\n", ",part\n", 1))
+    with pytest.raises(ScanError, match="data.folds 3 cuts folds from a manifest's train and validation rows"):
+        scan_data(DataConfig(layout="csv", root=tmp_path, folds=3, fold=1), multi_label=True)
+
+
+def test_a_fold_cut_from_split_folders_is_cached_apart_from_the_split(tmp_path):
+    from tasks.data import scan_cache_key
+    from tests.helpers import plan_of
+
+    make_multi_label_folders(tmp_path, per_pair=2)
+    data = folders(tmp_path)
+    keys = {(folds, fold): scan_cache_key(None, {"plan": plan_of(data.model_copy(update={"folds": folds,
+                                                                                         "fold": fold}))})
+            for folds, fold in ((None, None), (3, 1), (3, 2), (4, 2))}
+    assert len(set(keys.values())) == 4
