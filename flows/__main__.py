@@ -1,5 +1,5 @@
 import sys
 
-from flows.cli import main
+from flows.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

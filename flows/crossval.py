@@ -86,7 +86,7 @@ def crossval(config: CrossvalConfig, overrides: list[str] | None = None) -> dict
                 failed[fold] = _failure_reason(future.state)
                 logger.error("%s failed: %s", fold, failed[fold])
 
-    source = dataset_folds(first.config.data, False, first.config.model.task == "multi_label").source
+    source = dataset_folds(first.config.data, False, first.config.model.multi_label).source
     summary = summarize(dict(sorted(results.items(), key=lambda item: int(item[0].rsplit("-", 1)[1]))), failed,
                         source, config.data.quick_subsample)
     summary["file"] = str(write_summary(first.publish_root, summary))

@@ -72,7 +72,7 @@ def show_members(plans: dict[str, FinetunePlan], results: dict[str, dict | str],
     for name, plan in plans.items():
         result = results.get(name)
         done = isinstance(result, dict)
-        score = "map" if plan.config.model.task == "multi_label" else "accuracy"
+        score = "map" if plan.config.model.multi_label else "accuracy"
         rows.append({
             "member": name, "freezing": plan.config.model.freezing,
             "status": "published" if done else "failed" if result else "waiting",

@@ -82,8 +82,19 @@ def flow_server(ephemeral: bool = False) -> Iterator[str | None]:
     with contextlib.ExitStack() as stack:
         with phase("prefect server"):  # about 10 s where it starts; next to nothing where it is reused or started early
             url = stack.enter_context(temporary_server()) if ephemeral else _started_early() or local_server()
-        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}))
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: f"{url}/api", **quiet_heartbeats()}))
         yield url
+
+
+def quiet_heartbeats() -> dict:
+    """No flow-run heartbeats on astft's own server, unless the user set PREFECT_FLOWS_HEARTBEAT_FREQUENCY: they
+    drive an automation that marks a silent run Crashed, which that server does not have (Prefect's docs: "Detect
+    zombie flows"), and each flow run's end waits up to a second for the heartbeat thread's sleep."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    if any(name in os.environ for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")):
+        return {}
+    return {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
 
 
 class _EarlyStart(threading.Thread):

@@ -43,7 +43,7 @@ def scan_cache_key(context, parameters) -> str | None:
     (Without a test folder the key is what it was before test folders existed.)
     """
     config = parameters["plan"].config
-    data, multi_label = config.data, multi_label_task(config)
+    data, multi_label = config.data, config.model.multi_label
     layout = "" if data.layout == "folders" else (  # folders: the key it had before layouts existed
         f"|{data.layout}|{data.fold}|{data.path_column}|{data.label_column}|{data.split_column}|{data.fold_column}"
     )
@@ -57,13 +57,9 @@ def scan_cache_key(context, parameters) -> str | None:
     )
 
 
-def multi_label_task(config) -> bool:
-    return config.model.task == "multi_label"
-
-
 def multi_label_key(config) -> str:
     """What a multi-label run adds to a scan's cache key (a single-label run's key is what it always was)."""
-    return f"|multi_label|{config.data.label_separator}" if multi_label_task(config) else ""
+    return f"|multi_label|{config.data.label_separator}" if config.model.multi_label else ""
 
 
 @task(name="scan-folders", cache_key_fn=scan_cache_key, persist_result=True)
@@ -73,7 +69,7 @@ def scan_folders(plan: FinetunePlan) -> Manifest:
     data = plan.config.data
     logger = get_run_logger()
     with phase("scan"):
-        manifest = scan_data(data, multi_label_task(plan.config))
+        manifest = scan_data(data, plan.config.model.multi_label)
     logger.info(
         "scanned %s clips, %d classes %s; ignored %s; skipped %d bad files",
         " / ".join(f"{len(manifest.split(split))} {split}" for split in manifest.splits), len(manifest.label_names),
@@ -86,7 +82,7 @@ def folds_scan_cache_key(context, parameters) -> str | None:
     """scan_cache_key for a cross-validation's scan: every fold of the dataset (data.fold, which each fold's plan
     sets, plays no part)."""
     config = parameters["plan"].config
-    data, multi_label = config.data, multi_label_task(config)
+    data, multi_label = config.data, config.model.multi_label
     return folder_scan_cache_key(
         "astft-folds-",
         lambda: fingerprint_found(dataset_folds(data, False, multi_label).all_folds(), data.fingerprint),
@@ -99,7 +95,7 @@ def folds_scan_cache_key(context, parameters) -> str | None:
 @task(name="scan-folds", cache_key_fn=folds_scan_cache_key, persist_result=True)
 def scan_folds(plan: FinetunePlan) -> Manifest:
     """Scan every fold of the dataset once, each its own split (fold-1, ...), for a cross-validation."""
-    data, multi_label = plan.config.data, multi_label_task(plan.config)
+    data, multi_label = plan.config.data, plan.config.model.multi_label
     with phase("scan"):
         found = dataset_folds(data, multi_label=multi_label).all_folds()
         manifest = scan_listing(found, data.quick_subsample, data.skip_bad_files, data.fingerprint, multi_label)

@@ -195,7 +195,7 @@ def multi_label_artifacts(result: dict, best_root: Path, failed: dict[str, str],
     )
     failed_lines = "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
     create_markdown_artifact(
-        key="ensemble-confusion-matrix",
+        key="ensemble-average-precision",
         markdown=(f"## Multi-label ensemble ({ensemble['selection']}) of {len(ensemble['weights'])} of {len(members)} "
                   f"members\n\n**{ensemble['verdict']}**\n\nWeights: {weights_text}.\n\n{per_class}"
                   + (f"\n### Failed members\n{failed_lines}" if failed else "")),

@@ -103,7 +103,7 @@ def member_markdown(plan: FinetunePlan, published: Path, outcome: TrainOutcome, 
         f"| {key} | {value:.4f} |" + (f" {test[key]:.4f} |" if test else "")
         for key, value in evaluation.metrics.items()
     )
-    multi_label = (published / AVERAGE_PRECISION_PLOT_FILE).is_file()
+    multi_label = plan.config.model.multi_label
     fitted = (f"thresholds ({plan.config.model.thresholds}) fitted on validation, in {THRESHOLDS_FILE}" if multi_label
               else f"temperature {evaluation.temperature:.3f} fitted on validation")
     figures = ((("Average precision per class (validation)", AVERAGE_PRECISION_PLOT_FILE),

@@ -95,5 +95,6 @@ def train_classifier(
 
 
 def plan_of(data, task: str = "single_label"):
-    """What a task's cache key function reads of its plan parameter: plan.config.data and plan.config.model.task."""
-    return SimpleNamespace(config=SimpleNamespace(data=data, model=SimpleNamespace(task=task)))
+    """What a task's cache key function reads of its plan parameter: plan.config.data and plan.config.model's task."""
+    model = SimpleNamespace(task=task, multi_label=task == "multi_label")
+    return SimpleNamespace(config=SimpleNamespace(data=data, model=model))

@@ -11,7 +11,6 @@ from lib.config.base import (
     MemberName,
     RunConfig,
     Section,
-    headline_metric,
     tagged,
 )
 from lib.config.data import DataConfig
@@ -46,6 +45,6 @@ __all__ = [
     "DataConfig", "EncoderConfig", "EnsembleConfig", "EnsembleModelConfig", "FeatureConfig", "FinetuneConfig",
     "Freezing", "MemberName", "MemberVariant", "ModelConfig", "ObjectiveConfig", "PredictConfig", "PretrainConfig",
     "PretrainDataConfig", "PretrainModelConfig", "PretrainTrainingConfig", "RunConfig", "Section", "TaskConfig",
-    "TrainingConfig", "TrainingSettings", "deep_merge", "format_validation_error", "headline_metric", "load_config",
+    "TrainingConfig", "TrainingSettings", "deep_merge", "format_validation_error", "load_config",
     "read_preset", "tagged",
 ]

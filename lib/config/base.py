@@ -44,11 +44,6 @@ MetricName = Literal[(*SUMMARY_METRICS, *MULTI_LABEL_METRICS, "loss")]
 Task = Literal["single_label", "multi_label"]
 
 
-def headline_metric(metrics: dict) -> str:
-    """The figure a task is compared by: accuracy, or a multi-label task's mAP (its metrics have a 'map')."""
-    return "map" if "map" in metrics else "accuracy"
-
-
 MEMBER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$"
 
 

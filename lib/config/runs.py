@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -33,38 +33,52 @@ from lib.config.sections import (
     PretrainDataConfig,
     PretrainModelConfig,
     PretrainTrainingConfig,
-    TaskConfig,
     TrainingConfig,
 )
 from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER
 
 
-def check_task_settings(model: TaskConfig, training: TrainingConfig) -> None:
-    """The best-epoch metric must be the task's: a multi-label run left at the default 'accuracy' picks by mAP."""
+def with_task_metric(raw: object) -> object:
+    """A run config's raw input with the best-epoch metric a multi-label task is judged by, mAP, where it names none
+    (a single-label run keeps the default, accuracy). Before validation: nothing the caller passed is changed."""
+    if not isinstance(raw, dict):
+        return raw
+    model, training = raw.get("model"), raw.get("training", {})
+    task = model.get("task") if isinstance(model, dict) else getattr(model, "task", None)
+    if task != "multi_label":
+        return raw
+    if isinstance(training, dict) and "metric_for_best_model" not in training:
+        return {**raw, "training": {**training, "metric_for_best_model": "map"}}
+    if isinstance(training, TrainingConfig) and "metric_for_best_model" not in training.model_fields_set:
+        return {**raw, "training": training.model_copy(update={"metric_for_best_model": "map"})}
+    return raw
+
+
+def check_task_settings(config: FinetuneConfig | EnsembleConfig) -> FinetuneConfig | EnsembleConfig:
+    """The best-epoch metric and the thresholds must be the task's, and mixup is single-label only."""
+    model, training = config.model, config.training
     metric = training.metric_for_best_model
-    if model.task == "multi_label":
-        if metric in SUMMARY_METRICS and "metric_for_best_model" not in training.model_fields_set:
-            training.metric_for_best_model = "map"
-        elif metric in SUMMARY_METRICS:
-            raise ValueError(
-                f"training.metric_for_best_model {metric!r} is a single-label metric, and model.task is multi_label: "
-                f"use one of {', '.join(MULTI_LABEL_METRICS)} or loss"
-            )
-        if training.augmentation.mixup_probability:
-            raise ValueError(
-                "training.augmentation.mixup_probability: mixup is not supported with model.task multi_label yet; "
-                "set it to 0"
-            )
-    elif model.thresholds != "per_class":
+    if model.multi_label and metric in SUMMARY_METRICS:
+        raise ValueError(
+            f"training.metric_for_best_model {metric!r} is a single-label metric, and model.task is multi_label: "
+            f"use one of {', '.join(MULTI_LABEL_METRICS)} or loss"
+        )
+    if model.multi_label and training.augmentation.mixup_probability:
+        raise ValueError(
+            "training.augmentation.mixup_probability: mixup is not supported with model.task multi_label yet; set it "
+            "to 0"
+        )
+    if not model.multi_label and model.thresholds != "per_class":
         raise ValueError(
             f"model.thresholds {model.thresholds!r}: thresholds are a multi-label task's (a single-label model "
             "predicts its most probable class): set model.task to multi_label, or remove model.thresholds"
         )
-    elif metric in MULTI_LABEL_METRICS:
+    if not model.multi_label and metric in MULTI_LABEL_METRICS:
         raise ValueError(
             f"training.metric_for_best_model {metric!r} is a multi-label metric: set model.task to multi_label, or "
             f"use one of {', '.join(SUMMARY_METRICS)} or loss"
         )
+    return config
 
 
 class FinetuneConfig(RunConfig):
@@ -85,11 +99,8 @@ class FinetuneConfig(RunConfig):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     _dataset_features = model_validator(mode="before")(with_dataset_features)
-
-    @model_validator(mode="after")
-    def _task_metric(self) -> Self:
-        check_task_settings(self.model, self.training)
-        return self
+    _task_metric = model_validator(mode="before")(with_task_metric)
+    _task_settings = model_validator(mode="after")(check_task_settings)
 
     @property
     def run_work_dir(self) -> Path:
@@ -174,13 +185,8 @@ class EnsembleConfig(Section):
     model: EnsembleModelConfig
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     _dataset_features = model_validator(mode="before")(with_dataset_features)
-    _task_metric = FinetuneConfig._task_metric
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _encoder_config(cls, value: object) -> object:
-        # an EncoderConfig, as this field took before it had the task: its fields, with the default task
-        return value.model_dump() if isinstance(value, EncoderConfig) else value
+    _task_metric = model_validator(mode="before")(with_task_metric)
+    _task_settings = model_validator(mode="after")(check_task_settings)
     members: list[MemberVariant] = Field(
         default_factory=list,
         max_length=256,
@@ -229,6 +235,12 @@ class EnsembleConfig(Section):
             "deployments/prefect.yaml)."
         ),
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _encoder_config(cls, value: object) -> object:
+        # an EncoderConfig, as this field took before it had the task: its fields, with the default task
+        return value.model_dump() if isinstance(value, EncoderConfig) else value
 
     @model_validator(mode="after")
     def _unique_member_names(self) -> EnsembleConfig:

@@ -178,6 +178,10 @@ class TaskConfig(Section):
         ),
     )
 
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi_label"
+
 
 class ModelConfig(Freezing, TaskConfig, EncoderConfig):
     """The encoder, the task and the freezing variant (bases in this order list EncoderConfig's fields first)."""

@@ -18,6 +18,7 @@ data.skip_bad_files), every other bad row stops the scan.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +45,11 @@ from lib.data.scan import (
     FingerprintMode,
     Listing,
     Manifest,
-    clip_identity,
     fingerprint_found,
     ignored_counts,
     list_class,
     list_folders,
+    multi_label_clips,
     scan_listing,
 )
 
@@ -395,26 +396,23 @@ FOLD_SEED = 0
 
 def stratified_folds(listing: Listing, count: int, multi_label: bool = False) -> Folds:
     """count folds of a dataset's train and validation clips together, stratified by class (scikit-learn's
-    StratifiedKFold, shuffled with FOLD_SEED; a multi-label clip by its first label, all its labels in one fold);
-    its test clips stay test."""
+    StratifiedKFold, shuffled with FOLD_SEED; a multi-label clip goes to one fold with all its labels, stratified by
+    its rarest); its test clips stay test."""
     from sklearn.model_selection import StratifiedKFold
 
-    pooled = sorted((path, label) for split in SPLITS for label, paths in listing.classes[split].items()
-                    for path in paths)
-    units: list[list[tuple[Path, str]]] = [[entry] for entry in pooled]  # what goes to one fold together
+    # a unit is what goes to one fold: (path, label) of a clip, or of each of a multi-label clip's labels
     if multi_label:
-        grouped: dict[tuple[str, str], list[tuple[Path, str]]] = {}
-        for split in SPLITS:
-            for label, paths in sorted(listing.classes[split].items()):
-                for path in paths:
-                    key = (split, clip_identity(path, label, by_folder=listing.layout == "folders"))
-                    grouped.setdefault(key, []).append((path, label))
-        units = [grouped[key] for key in sorted(grouped)]
-    labels = [unit[0][1] for unit in units]
-    smallest = min(set(labels), key=lambda label: (labels.count(label), label)) if labels else None
-    if smallest is None or labels.count(smallest) < count:
+        units = [list(zip(paths, labels, strict=True)) for split in SPLITS
+                 for paths, labels in multi_label_clips(listing.classes[split], listing.layout == "folders")]
+    else:
+        units = [[entry] for entry in sorted((path, label) for split in SPLITS
+                                             for label, paths in listing.classes[split].items() for path in paths)]
+    counts = Counter(label for unit in units for _, label in unit)
+    labels = [min((label for _, label in unit), key=lambda label: (counts[label], label)) for unit in units]
+    smallest = min(counts, key=lambda label: (counts[label], label)) if counts else None
+    if smallest is None or counts[smallest] < count:
         raise ScanError(
-            f"data.folds {count}: the smallest class, {smallest!r}, has {labels.count(smallest)} clips, fewer than "
+            f"data.folds {count}: the smallest class, {smallest!r}, has {counts[smallest]} clips, fewer than "
             "the folds; a fold would validate without it: lower data.folds"
         )
     splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)

@@ -14,7 +14,7 @@ from lib.core.errors import ScanError, display_path
 from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.scan import BadFile
 
-logger = logging.getLogger("lib.data.scan")  # its lines read as the scan's
+logger = logging.getLogger(__name__)
 
 # The fix read_csv names for a column a file lacks: a dataset's own file, or a manifest whose columns are settings.
 OWN_FILE = "is it the dataset's own file?"
@@ -148,7 +148,7 @@ def check_one_label_per_id(rows: Iterator[tuple[str, dict[str, str]]], id_column
 
 
 # Characters that join several labels in a manifest's cell, when its labels look joined (warn_joined_labels).
-JOINERS = (",", ";", "|", "/", " ")
+JOINERS = (",", ";", "|", "/")
 
 
 def warn_joined_labels(rows: list[Row], multi_label: bool, separator: str) -> None:

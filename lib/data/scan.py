@@ -434,8 +434,10 @@ def scan_listing(
     for split in splits:
         clips[split] = []
         if multi_label:
-            grouped = multi_label_clips(listing[split], by_folder=found.layout == "folders")
-            check_one_recording(grouped)
+            by_folder = found.layout == "folders"
+            grouped = multi_label_clips(listing[split], by_folder)
+            if by_folder:  # elsewhere a clip's labels are rows naming its one path
+                check_one_recording(grouped)
             kept_clips = grouped[::SUBSAMPLE_EVERY] if quick_subsample else grouped
             classes = [sorted(label2id[name] for name in names) for _, names in kept_clips]
             clips[split] = probe_clips([paths[0] for paths, _ in kept_clips], classes, bad, multi_label=True)
@@ -498,8 +500,8 @@ def check_one_recording(grouped: list[tuple[list[Path], list[str]]]) -> None:
     numbering (0001.wav in every class folder) would otherwise merge different recordings under every label."""
     for files, labels in grouped:
         for other, label in zip(files[1:], labels[1:], strict=True):
-            try:
-                same = filecmp.cmp(files[0], other, shallow=False)  # the same file, or the same bytes
+            try:  # one file (a link), or copies with the same bytes
+                same = os.path.samefile(files[0], other) or filecmp.cmp(files[0], other, shallow=False)
             except OSError:  # unreadable or a dangling link: the header probe reports it as a bad file
                 continue
             if not same:

@@ -4,7 +4,7 @@
   minimising the validation NLL over log T (so T stays positive) with torch's LBFGS.
 - Calibration figures: NLL, Brier score, expected calibration error over 15 equal-width bins.
 - Greedy forward selection with replacement (Caruana et al., 2004): start from the member with the
-  lowest validation NLL, repeatedly add the member (repeats allowed) that most lowers the NLL of
+  lowest validation NLL (or another loss), repeatedly add the member (repeats allowed) that most lowers the NLL of
   the averaged probabilities, stop when no addition improves it; the counts are the weights.
 
 scikit-learn has no temperature scaling (CalibratedClassifierCV wraps estimators it refits) and no
@@ -14,6 +14,7 @@ ensemble selection, so both are written here; they are a few lines over numpy an
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -91,21 +92,23 @@ def calibration_report(probabilities: np.ndarray, labels: np.ndarray) -> dict[st
 
 
 def greedy_selection(
-    probabilities: dict[str, np.ndarray], labels: np.ndarray, max_rounds: int = 100
+    probabilities: dict[str, np.ndarray], labels: np.ndarray, max_rounds: int = 100,
+    loss: Callable[[np.ndarray, np.ndarray], float] = nll,
 ) -> dict[str, int]:
-    """Caruana et al.'s forward selection with replacement on validation NLL: member name -> count (>= 1 only).
+    """Caruana et al.'s forward selection with replacement on a validation loss of the averaged probabilities (NLL;
+    a multi-label vote's: lib.evaluate.multilabel.negative_map): member name -> count (>= 1 only).
 
     Ties go to the name first in sorted order, so the result does not depend on dict order.
     """
     names = sorted(probabilities)
     if not names:
         raise ValueError("greedy selection needs at least one member")
-    start = min(names, key=lambda name: (nll(probabilities[name], labels), name))
+    start = min(names, key=lambda name: (loss(probabilities[name], labels), name))
     counts = {start: 1}
     total = np.array(probabilities[start], dtype=np.float64)
-    best = nll(total, labels)
+    best = loss(total, labels)
     for size in range(2, max_rounds + 1):
-        candidates = [(nll((total + probabilities[name]) / size, labels), name) for name in names]
+        candidates = [(loss((total + probabilities[name]) / size, labels), name) for name in names]
         score, name = min(candidates)
         if score > best - MIN_IMPROVEMENT:
             break

@@ -87,16 +87,30 @@ def read_member(path: Path, weight: float = 1.0, temperature: float | None = Non
 
 
 def _read_thresholds(path: Path, label_names: list[str]) -> list[float]:
-    """A multi-label member's thresholds.json, one probability in [0, 1] per class of its label map."""
+    """A multi-label member's thresholds.json: a probability in [0, 1] per class of its label map."""
     file = path / THRESHOLDS_FILE
     if not file.is_file():
         raise EnsembleError(f"{path} is a multi-label member without {THRESHOLDS_FILE}; {REPUBLISH}")
-    given = _read_json_object(file, REPUBLISH).get("thresholds")
+    return checked_thresholds(_read_json_object(file, REPUBLISH), label_names, file, REPUBLISH)
+
+
+def ensemble_thresholds(ensemble_file: Path, label_names: list[str]) -> list[float]:
+    """The thresholds ensemble.json fitted for a multi-label vote, checked as a member's are."""
+    fix = f"re-run the ensemble (astft ensemble), or delete {ensemble_file.name} to vote every member folder"
+    fitted = _read_json_object(ensemble_file, fix).get("thresholds")
+    if not isinstance(fitted, dict):
+        raise EnsembleError(f"{ensemble_file}: no 'thresholds' for its multi-label members' vote; {fix}")
+    return checked_thresholds(fitted, label_names, ensemble_file, fix)
+
+
+def checked_thresholds(content: dict[str, Any], label_names: list[str], file: Path, fix: str) -> list[float]:
+    """content's 'thresholds', class -> probability, for exactly these classes, in their order."""
+    given = content.get("thresholds")
     if not isinstance(given, dict) or sorted(given) != sorted(label_names):
-        raise EnsembleError(f"{file}: 'thresholds' must name each of the member's classes {label_names}; {REPUBLISH}")
+        raise EnsembleError(f"{file}: 'thresholds' must name each of the classes {label_names}; {fix}")
     values = [given[name] for name in label_names]
     if any(isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 for value in values):
-        raise EnsembleError(f"{file}: every threshold must be a probability between 0 and 1; {REPUBLISH}")
+        raise EnsembleError(f"{file}: every threshold must be a probability between 0 and 1; {fix}")
     return [float(value) for value in values]
 
 

@@ -83,11 +83,7 @@ def evaluate_model(
     (report_dir / CONFUSION_FILE).write_text(json.dumps(validation["confusion_matrix"], indent=2))
     (report_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     (report_dir / THRESHOLDS_FILE).unlink(missing_ok=True)  # a multi-label run's, earlier in this report dir
-    for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
-        if split in scored:
-            np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
-        else:  # an earlier run's, with a test folder this run does not have: it must not be published
-            (report_dir / file).unlink(missing_ok=True)
+    save_scored(report_dir, scored)
     return EvalResult(
         metrics=summary_of(validation),
         num_samples=validation["num_samples"],
@@ -117,17 +113,22 @@ def evaluate_multi_label(
         {"temperature": 1.0, "warning": None, "fitted_on": "validation", "skipped": multilabel.CALIBRATION_SKIPPED},
         indent=2))
     (report_dir / CONFUSION_FILE).unlink(missing_ok=True)  # a single-label run's, earlier in this report dir
-    for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
-        if split in scored:
-            np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
-        else:
-            (report_dir / file).unlink(missing_ok=True)
+    save_scored(report_dir, scored)
     return EvalResult(
         metrics=multi_label_summary(reports["validation"]),
         num_samples=reports["validation"]["num_samples"],
         report_dir=str(report_dir),
         test_metrics=multi_label_summary(reports["test"]) if "test" in reports else None,
     )
+
+
+def save_scored(report_dir: Path, scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Each split's logits and labels (validation_logits.npz, test_logits.npz), what ensembles vote on."""
+    for split, file in (("validation", PREDICTIONS_FILE), ("test", TEST_PREDICTIONS_FILE)):
+        if split in scored:
+            np.savez_compressed(report_dir / file, logits=scored[split][0], labels=scored[split][1])
+        else:  # an earlier run's, with a test folder this run does not have: it must not be published
+            (report_dir / file).unlink(missing_ok=True)
 
 
 def threshold_file(thresholds: np.ndarray, label_names: list[str], mode: str) -> dict:

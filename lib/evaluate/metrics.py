@@ -41,7 +41,7 @@ def compute_metrics(eval_prediction) -> dict[str, float]:
     if isinstance(logits, tuple):
         logits = logits[0]
     if multilabel.is_multi_label(labels):
-        return multilabel.compute_metrics(logits, labels)
+        return multilabel.epoch_metrics(logits, labels)
     return summary_metrics(np.asarray(labels), np.argmax(logits, axis=-1))
 
 
@@ -62,6 +62,11 @@ def detailed_report(labels: np.ndarray, predictions: np.ndarray, label_names: li
     }
     matrix = confusion_matrix(labels, predictions, labels=indices)
     return {"per_class": per_class, "confusion_matrix": {"labels": list(label_names), "matrix": matrix.tolist()}}
+
+
+def headline_metric(metrics: dict) -> str:
+    """The figure a task is compared by: accuracy, or a multi-label task's mAP (its metrics have a 'map')."""
+    return "map" if "map" in metrics else "accuracy"
 
 
 def format_metrics(metrics: dict) -> str:

@@ -1,10 +1,9 @@
 """Multi-label scores (model.task multi_label): sigmoid probabilities, mAP and per-class AP, thresholds fitted on
-validation to the best F1, micro/macro F1 at them, and greedy ensemble selection on validation mAP.
+validation to the best F1, micro/macro F1 at them, and the loss greedy ensemble selection lowers (-mAP).
 
 Labels are multi-hot rows (clips x classes of 0/1). scikit-learn gives average precision, the precision-recall
 curve and F1; what it lacks is written here over numpy: fitting a threshold to a curve's best F1 (its
-TunedThresholdClassifierCV refits an estimator, and fits one threshold for a binary task only), and Caruana's
-selection on mAP instead of NLL.
+TunedThresholdClassifierCV refits an estimator, and fits one threshold for a binary task only).
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ logger = logging.getLogger(__name__)
 # A class without a positive validation clip has no curve to fit: it keeps the plain sigmoid's midpoint.
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_MODES = ("per_class", "global")
-# Stop when an addition raises the mAP by less than this: float noise must not grow the ensemble.
-MIN_IMPROVEMENT = 1e-9
 CALIBRATION_SKIPPED = (
     "temperature scaling calibrates one softmax over the classes, and a multi-label model has a sigmoid per class, "
     "whose probabilities the thresholds fitted on validation turn into labels"
@@ -59,11 +56,17 @@ def chance_map(labels: np.ndarray) -> float:
 
 
 def _best_f1_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The probability threshold (predict positive at >= it) with the best F1 on these labels."""
-    precision, recall, thresholds = precision_recall_curve(labels, probabilities)
+    """The probability threshold (predict positive at >= it) with the best F1 on these labels: halfway between the
+    lowest score it keeps and the next lower one, so that a clip scored a hair lower elsewhere (another batch size,
+    autocast) does not flip."""
+    precision, recall, thresholds = precision_recall_curve(labels, probabilities)  # thresholds: increasing scores
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
                    where=precision + recall > 0)[:-1]  # the curve's last point has no threshold
-    return float(thresholds[int(np.argmax(f1))]) if len(thresholds) else DEFAULT_THRESHOLD
+    if not len(thresholds):
+        return DEFAULT_THRESHOLD
+    best = int(np.argmax(f1))
+    lower = thresholds[best - 1] if best else 0.0
+    return float((thresholds[best] + lower) / 2)
 
 
 def fit_thresholds(labels: np.ndarray, probabilities: np.ndarray, mode: str = "per_class") -> np.ndarray:
@@ -127,28 +130,11 @@ def report(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray
             "num_samples": int(len(truth)), "per_class": per_class}
 
 
-def compute_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The Trainer's per-epoch figures at the sigmoid's midpoint (thresholds are fitted once, after training)."""
     return summary(labels, sigmoid(logits), DEFAULT_THRESHOLD)
 
 
-def greedy_selection(probabilities: dict[str, np.ndarray], labels: np.ndarray, max_rounds: int = 100
-                     ) -> dict[str, int]:
-    """Caruana et al.'s forward selection with replacement on validation mAP (of the mean sigmoid outputs):
-    member name -> count (>= 1 only). Ties go to the name first in sorted order."""
-    names = sorted(probabilities)
-    if not names:
-        raise ValueError("greedy selection needs at least one member")
-    start = min(names, key=lambda name: (-mean_average_precision(labels, probabilities[name]), name))
-    counts = {start: 1}
-    total = np.array(probabilities[start], dtype=np.float64)
-    best = mean_average_precision(labels, total)
-    for size in range(2, max_rounds + 1):
-        candidates = [(-mean_average_precision(labels, (total + probabilities[name]) / size), name) for name in names]
-        score, name = min(candidates)
-        if -score < best + MIN_IMPROVEMENT:
-            break
-        counts[name] = counts.get(name, 0) + 1
-        total = total + probabilities[name]
-        best = -score
-    return counts
+def negative_map(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The loss greedy selection (lib.evaluate.calibration.greedy_selection) lowers for a multi-label vote: -mAP."""
+    return -mean_average_precision(labels, probabilities)

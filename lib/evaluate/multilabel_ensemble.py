@@ -20,6 +20,7 @@ from lib.core.layout import (
     RELIABILITY_PLOT_FILE,
 )
 from lib.evaluate import multilabel
+from lib.evaluate.calibration import greedy_selection
 from lib.evaluate.plots import average_precision_plot, leaderboard_plot, precision_recall_plot
 
 
@@ -41,47 +42,32 @@ def evaluate_multi_label_ensemble(
     The selection, the weights and the vote's thresholds come from validation alone; test is only scored."""
     splits = list(logits)
     probabilities = {split: {name: multilabel.sigmoid(logits[split][name]) for name in names} for split in splits}
-    validation = probabilities["validation"]
-    if weights is not None:
-        method, chosen = "config weights", {name: float(weights[name]) for name in names}
-    elif selection == "all":
-        method, chosen = "all", dict.fromkeys(names, 1.0)
-    else:
-        counts = multilabel.greedy_selection(validation, labels["validation"])
-        method, chosen = "greedy", {name: float(counts.get(name, 0)) for name in names}
-
-    def vote(split: str, vote_weights: dict[str, float]) -> np.ndarray:
-        used = {name: weight for name, weight in vote_weights.items() if weight > 0}
-        total = sum(used.values())
-        return sum(weight * probabilities[split][name] for name, weight in used.items()) / total
+    method, chosen = _select(selection, weights, probabilities["validation"], labels["validation"])
 
     member_rows = [
         {"name": name, "kind": "member", "freezing": info[name]["freezing"], "weight": chosen.get(name, 0.0),
-         "temperature": None,
-         **{split: multilabel.summary(labels[split], probabilities[split][name], np.asarray(info[name]["thresholds"]))
-            | {"chance_map": multilabel.chance_map(labels[split])} for split in splits}}
+         "temperature": None, **_scores(probabilities, {name: 1.0}, np.asarray(info[name]["thresholds"]), labels)}
         for name in names
     ]
     member_rows.sort(key=lambda row: (-row["validation"]["map"], row["name"]))
     best = member_rows[0]
-    votes = {}
-    ensemble_rows = []
-    for label, kind, vote_weights in (("mean of all members", "mean", dict.fromkeys(names, 1.0)),
-                                      (f"ensemble ({method})", "ensemble", chosen)):
-        voted = {split: vote(split, vote_weights) for split in splits}
-        thresholds = multilabel.fit_thresholds(labels["validation"], voted["validation"], mode)
-        row = {"name": label, "kind": kind, "freezing": None, "weight": None, "temperature": None,
-               **{split: multilabel.summary(labels[split], voted[split], thresholds)
-                  | {"chance_map": multilabel.chance_map(labels[split])} for split in splits}}
+    equal = dict.fromkeys(names, 1.0)
+    mean_thresholds = _fitted(probabilities, equal, labels["validation"], mode)
+    voted = {split: _weighted(by_member, chosen) for split, by_member in probabilities.items()}
+    thresholds = _fitted(probabilities, chosen, labels["validation"], mode)
+    ensemble_rows = [
+        {"name": "mean of all members", "kind": "mean", "freezing": None, "weight": None, "temperature": None,
+         **_scores(probabilities, equal, mean_thresholds, labels)},
+        {"name": f"ensemble ({method})", "kind": "ensemble", "freezing": None, "weight": None, "temperature": None,
+         **_scores(probabilities, chosen, thresholds, labels)},
+    ]
+    for row in ensemble_rows:
         row["gain_over_best_member"] = {
             split: {key: row[split][key] - best[split][key] for key in ("map", "micro_f1")} for split in splits
         }
-        ensemble_rows.append(row)
-        votes = {"probabilities": voted, "thresholds": thresholds}  # the last: the selected ensemble's
     ensemble_row = ensemble_rows[-1]
     verdict_split = splits[-1]  # test when there is one: nothing was tuned on it
     gain = ensemble_row["gain_over_best_member"]
-    thresholds = votes["thresholds"]
     result = {
         "task": "multi_label",
         "label_names": label_names,
@@ -98,8 +84,7 @@ def evaluate_multi_label_ensemble(
         "ensemble": {
             "selection": method,
             "weights": {name: weight for name, weight in chosen.items() if weight > 0},
-            **{split: multilabel.report(labels[split], votes["probabilities"][split], thresholds, label_names)
-               for split in splits},
+            **{split: multilabel.report(labels[split], voted[split], thresholds, label_names) for split in splits},
             "best_member": best["name"],
             "gain_over_best_member": gain,
             "beats_best_member": gain[verdict_split]["map"] > 0,
@@ -110,11 +95,44 @@ def evaluate_multi_label_ensemble(
                   "precision_recall": PRECISION_RECALL_PLOT_FILE},
     }
     output_file = Path(output_file)
-    _write_plots(result, probabilities, votes["probabilities"], labels, verdict_split, output_file.parent)
+    _write_plots(result, probabilities, voted, labels, verdict_split, output_file.parent)
     staged = output_file.with_name(f".{output_file.name}.{os.getpid()}.tmp")  # a reader never sees half a file
     staged.write_text(json.dumps(result, indent=2))
     os.replace(staged, output_file)
     return result
+
+
+def _select(selection: str, weights: dict[str, float] | None, validation: dict[str, np.ndarray], labels: np.ndarray
+            ) -> tuple[str, dict[str, float]]:
+    """(method, member -> weight): the config's weights, every member equally, or greedy on validation mAP."""
+    if weights is not None:
+        return "config weights", {name: float(weights[name]) for name in validation}
+    if selection == "all":
+        return "all", dict.fromkeys(validation, 1.0)
+    counts = greedy_selection(validation, labels, loss=multilabel.negative_map)
+    return "greedy", {name: float(counts.get(name, 0)) for name in validation}
+
+
+def _weighted(by_member: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """The vote: the weighted mean of the members' probabilities (members of weight 0 left out)."""
+    used = {name: weight for name, weight in weights.items() if weight > 0}
+    return sum(weight * by_member[name] for name, weight in used.items()) / sum(used.values())
+
+
+def _fitted(probabilities: dict[str, dict[str, np.ndarray]], weights: dict[str, float], validation_labels: np.ndarray,
+            mode: str) -> np.ndarray:
+    """The thresholds fitted to a vote's validation probabilities."""
+    return multilabel.fit_thresholds(validation_labels, _weighted(probabilities["validation"], weights), mode)
+
+
+def _scores(probabilities: dict[str, dict[str, np.ndarray]], weights: dict[str, float], thresholds: np.ndarray,
+            labels: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """split -> mAP, micro and macro F1 at the thresholds, and the chance mAP, of a vote (one member: weight 1)."""
+    return {
+        split: multilabel.summary(labels[split], _weighted(by_member, weights), thresholds)
+        | {"chance_map": multilabel.chance_map(labels[split])}
+        for split, by_member in probabilities.items()
+    }
 
 
 def _verdict(method: str, best: dict, ensemble: dict, split: str) -> str:

@@ -29,6 +29,7 @@ from lib.evaluate.ensemble import (
     REPUBLISH,
     MemberInfo,
     check_compatible,
+    ensemble_thresholds,
     load_member_model,
     resolve_members,
     soft_vote,
@@ -129,6 +130,10 @@ def predict_files(
     for path, reason in bad.items():
         logger.warning("skipped %s: %s", path, reason)
     kept = np.flatnonzero(readable)
+    if multi_label:
+        scored = (None, MULTI_LABEL_NOT_SCORED if in_subfolders(Path(input_path), files) else None)
+    else:
+        scored = scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names)
     return {
         "backend": backend,
         "csv": str(output_csv), "predicted": int(readable.sum()), "skipped": len(bad),
@@ -136,11 +141,7 @@ def predict_files(
         "weights": {member.name: member.weight for member in members},
         "temperatures": {member.name: member.temperature or 1.0 for member in members},
         "not_in_ensemble": members_not_listed(Path(model_path), members),
-        **dict(zip(("scores", "not_scored"),
-                   (None, MULTI_LABEL_NOT_SCORED if in_subfolders(Path(input_path), files) else None)
-                   if multi_label else
-                   scores_by_folder(Path(input_path), [files[index] for index in kept], voted[kept], label_names),
-                   strict=True)),
+        **dict(zip(("scores", "not_scored"), scored, strict=True)),
         "ensemble_file": (Path(model_path) / ENSEMBLE_FILE).is_file(),
         "multi_label": multi_label,
         "thresholds": None if thresholds is None else dict(zip(label_names, map(float, thresholds), strict=True)),
@@ -184,9 +185,7 @@ def vote_thresholds(model_path: Path, members: list[MemberInfo], warnings: list[
     warning."""
     ensemble_file = model_path / ENSEMBLE_FILE
     if ensemble_file.is_file():
-        fitted = (json.loads(ensemble_file.read_text()).get("thresholds") or {}).get("thresholds")
-        if isinstance(fitted, dict) and sorted(fitted) == sorted(members[0].label_names):
-            return np.array([float(fitted[name]) for name in members[0].label_names])
+        return np.array(ensemble_thresholds(ensemble_file, members[0].label_names))
     if len(members) == 1:
         return np.asarray(members[0].thresholds)
     weights = np.array([member.weight for member in members])

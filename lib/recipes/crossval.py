@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.config import CrossvalConfig, headline_metric
+from lib.config import CrossvalConfig
 from lib.core.errors import ConfigError
 from lib.core.layout import CROSSVAL_FILE, MEMBER_FILE, METRICS_FILE
 from lib.data.features import FeatureCacheRef
 from lib.data.layouts import dataset_folds, fold_split
+from lib.evaluate.metrics import headline_metric
 from lib.recipes.finetune import FinetunePlan, plan_run
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def plan_crossval(config: CrossvalConfig, trains_here: bool = True) -> dict[str,
             "(a single fold is astft finetune --fold N)"
         )
     resolved = config.resolved()
-    folds = dataset_folds(resolved.data, warn=False, multi_label=resolved.model.task == "multi_label")
+    folds = dataset_folds(resolved.data, warn=False, multi_label=resolved.model.multi_label)
     if folds is None:
         raise ConfigError(
             f"layout {config.data.layout} has no folds of its own: set data.folds (--set data.folds=5) to cut that "

@@ -116,7 +116,7 @@ def plan_run(config: FinetuneConfig, trains_here: bool = True) -> FinetunePlan:
     if config.data.layout != "folders" or config.data.folds:
         # the fold validated on, named in run_config.json and the card; a dataset's own files give its default
         try:
-            config.data.fold = default_fold(config.data, config.model.task == "multi_label")
+            config.data.fold = default_fold(config.data, config.model.multi_label)
         except ScanError as error:
             raise ConfigError(str(error)) from error
     for label, folder in data_folders(config.data).items():
@@ -303,7 +303,7 @@ def train_member_in_process(
         pooling=config.model.pooling,
         classifier_dropout=config.model.classifier_dropout,
         attention=training.attention,
-        multi_label=config.model.task == "multi_label",
+        multi_label=config.model.multi_label,
     )
     counts = apply_freezing(model, config.model.head_only, config.model.train_last_n_layers)
     # before the trunk cache is built: a work dir we did not make is refused first

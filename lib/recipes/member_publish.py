@@ -77,8 +77,9 @@ def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
     plots = {TRAINING_CURVES_FILE: training_curves(
         history, outcome.metric, outcome.best_epoch, report_dir / TRAINING_CURVES_FILE
     )}
-    if not (report_dir / CONFUSION_FILE).is_file():  # multi-label: no confusion matrix, a curve per class instead
-        return plots | multi_label_plots(report_dir)
+    metrics = json.loads((report_dir / METRICS_FILE).read_text())
+    if metrics.get("task") == "multi_label":  # no confusion matrix: a figure per class instead
+        return plots | multi_label_plots(report_dir, metrics)
     confusion = json.loads((report_dir / CONFUSION_FILE).read_text())
     return plots | {
         CONFUSION_PLOT_FILE: confusion_matrix_plot(
@@ -87,9 +88,8 @@ def member_plots(outcome: TrainOutcome, report_dir: Path) -> dict[str, Path]:
     }
 
 
-def multi_label_plots(report_dir: Path) -> dict[str, Path]:
+def multi_label_plots(report_dir: Path, metrics: dict) -> dict[str, Path]:
     """Validation's per-class AP bars and precision-recall curve, the point the fitted thresholds operate at on it."""
-    metrics = json.loads((report_dir / METRICS_FILE).read_text())
     stored = np.load(report_dir / PREDICTIONS_FILE)
     per_class = metrics["per_class"]
     probabilities, labels = sigmoid(stored["logits"]), stored["labels"]

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from lib.config import FinetuneConfig
 from lib.evaluate import multilabel
+from lib.evaluate.calibration import greedy_selection
 from lib.model.classifier import build_classifier
 from tests.helpers import small_config
 
@@ -34,7 +35,7 @@ def test_per_class_thresholds_separate_each_class_where_one_threshold_cannot():
     probabilities = np.where(LABELS[:, :2] > 0, [0.8, 0.4], [0.6, 0.2])
     labels = LABELS[:, :2]
     per_class = multilabel.fit_thresholds(labels, probabilities, "per_class")
-    assert per_class.tolist() == pytest.approx([0.8, 0.4])
+    assert per_class.tolist() == pytest.approx([0.7, 0.3])  # halfway to the next lower score
     assert multilabel.summary(labels, probabilities, per_class)["micro_f1"] == pytest.approx(1.0)
     one = multilabel.fit_thresholds(labels, probabilities, "global")
     assert one[0] == one[1]
@@ -60,11 +61,11 @@ def test_the_report_counts_each_class_at_its_threshold():
 def test_greedy_selection_on_map_adds_a_member_only_while_the_map_rises():
     good = LABELS * 0.6 + 0.2
     noisy = np.random.default_rng(0).uniform(size=LABELS.shape)
-    assert multilabel.greedy_selection({"good": good, "noisy": noisy}, LABELS) == {"good": 1}
+    assert greedy_selection({"good": good, "noisy": noisy}, LABELS, loss=multilabel.negative_map) == {"good": 1}
     # two members each right about different classes: together they rank every class
     left, right = good.copy(), good.copy()
     left[:, 2], right[:, 0] = noisy[:, 2], noisy[:, 0]
-    counts = multilabel.greedy_selection({"left": left, "right": right}, LABELS)
+    counts = greedy_selection({"left": left, "right": right}, LABELS, loss=multilabel.negative_map)
     assert set(counts) == {"left", "right"}
 
 
@@ -135,3 +136,21 @@ def test_thresholds_set_for_a_single_label_run_are_refused(tmp_path):
     config["model"] |= {"task": "single_label", "thresholds": "global"}
     with pytest.raises(ValidationError, match="thresholds are a multi-label task's"):
         FinetuneConfig.model_validate(config)
+
+
+def test_an_ensemble_config_is_checked_for_its_task_as_a_member_s_is(tmp_path):
+    from lib.config import EnsembleConfig
+
+    config = finetune_config(tmp_path) | {"sweep_last_n": [0]}
+    del config["name"]
+    assert EnsembleConfig.model_validate(config).training.metric_for_best_model == "map"
+    with pytest.raises(ValidationError, match="mixup is not supported with model.task multi_label"):
+        EnsembleConfig.model_validate(config | {"training": {"augmentation": {"mixup_probability": 0.5}}})
+
+
+def test_a_multi_label_config_leaves_the_training_section_it_was_given_as_it_was(tmp_path):
+    from lib.config import TrainingConfig
+
+    training = TrainingConfig()
+    config = FinetuneConfig.model_validate(finetune_config(tmp_path) | {"training": training})
+    assert config.training.metric_for_best_model == "map" and training.metric_for_best_model == "accuracy"

@@ -141,3 +141,15 @@ def test_a_fold_cut_from_split_folders_is_cached_apart_from_the_split(tmp_path):
                                                                                          "fold": fold}))})
             for folds, fold in ((None, None), (3, 1), (3, 2), (4, 2))}
     assert len(set(keys.values())) == 4
+
+
+def test_a_rare_label_that_never_comes_first_is_spread_over_the_folds_and_counted_by_the_guard(tmp_path):
+    make_multi_label_folders(tmp_path, per_pair=3)
+    rare = sorted((tmp_path / "train" / "chirp").glob("chirp+noise_burst-*.wav"))[:3]
+    for path in rare:  # three clips that are also 'zzz', a label sorted after their others
+        (tmp_path / "train" / "zzz").mkdir(exist_ok=True)
+        (tmp_path / "train" / "zzz" / path.name).write_bytes(path.read_bytes())
+    folds = dataset_folds(folders(tmp_path).model_copy(update={"folds": 3}), warn=False, multi_label=True)
+    assert sorted(len(labels.get("zzz", [])) for labels in folds.by_fold.values()) == [1, 1, 1]
+    with pytest.raises(ScanError, match="the smallest class, 'zzz', has 3 clips, fewer than the folds"):
+        dataset_folds(folders(tmp_path).model_copy(update={"folds": 4}), warn=False, multi_label=True)

@@ -89,6 +89,9 @@ def test_predict_cuts_a_vote_at_the_ensemble_s_thresholds_else_the_members_weigh
     assert vote_thresholds(tmp_path, members[:1], []).tolist() == [0.2, 0.4, 0.6]
     (tmp_path / "ensemble.json").write_text(json.dumps({"thresholds": {"thresholds": {"a": 0.1, "b": 0.2, "c": 0.3}}}))
     assert vote_thresholds(tmp_path, members, []).tolist() == [0.1, 0.2, 0.3]
+    (tmp_path / "ensemble.json").write_text(json.dumps({"thresholds": {"thresholds": {"a": 1.5, "b": 0.2, "c": 0.3}}}))
+    with pytest.raises(EnsembleError, match="every threshold must be a probability between 0 and 1"):
+        vote_thresholds(tmp_path, members, [])
 
 
 def test_a_multi_label_member_without_its_thresholds_is_refused(tmp_path):
