@@ -33,14 +33,23 @@ _held: dict[str, int] = {}
 _held_guard = threading.Lock()
 
 
+# How long a refused run waits for a lock just taken to name its holder (file_lock writes it right after flock).
+HOLDER_SETTLE_SECONDS = 1.0
+
+
 def holder(lock_file: Path) -> str:
-    """Who holds the lock, as its lock file records it ("an unknown process" where it cannot be read)."""
-    try:
-        info = json.loads(Path(lock_file).read_text())
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"]))
-        return f"{info['what']} (pid {info['pid']} on {info['host']}, started {started})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "an unknown process"
+    """Who holds the lock, as its lock file records it ("an unknown process" where it cannot be read). A lock taken
+    a moment ago may not name its holder yet: read again for up to HOLDER_SETTLE_SECONDS."""
+    deadline = time.monotonic() + HOLDER_SETTLE_SECONDS
+    while True:
+        try:
+            info = json.loads(Path(lock_file).read_text())
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"]))
+            return f"{info['what']} (pid {info['pid']} on {info['host']}, started {started})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "an unknown process"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

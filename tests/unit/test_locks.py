@@ -215,3 +215,18 @@ def test_a_cache_being_built_elsewhere_is_waited_for_then_found_whole(tmp_path):
         assert (final / "meta.json").is_file()  # built by the other run before this one got the lock
     assert builder.wait(timeout=30) == 0
     assert sorted(p.name for p in final.parent.iterdir()) == ["key"]  # the lock file went with the build
+
+
+def test_a_lock_taken_a_moment_ago_is_named_once_its_holder_has_written_it(tmp_path):
+    import json
+    import threading
+
+    from lib.core.locks import holder
+
+    lock = tmp_path / ".astft.lock"
+    lock.write_text("")  # flock taken, the holder's record not yet written
+    record = {"what": "the fine-tune run 'x'", "pid": 7, "host": "h", "started": 0}
+    threading.Timer(0.2, lambda: lock.write_text(json.dumps(record))).start()
+    assert holder(lock).startswith("the fine-tune run 'x' (pid 7 on h")
+    lock.write_text("not json")
+    assert holder(lock) == "an unknown process"
