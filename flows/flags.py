@@ -449,4 +449,6 @@ def apply_overrides(config: ConfigT, overrides: Sequence[str] | None) -> ConfigT
     except argparse.ArgumentTypeError as error:
         raise ConfigError(f"overrides: {error}") from None
     nested = overrides_from_args(argparse.Namespace(assignments=assignments))
-    return load_config(type(config), None, deep_merge(config.model_dump(), nested))
+    # exclude_unset: a default left as it was stays a default, which a validator may choose by what else is set
+    # (model.task multi_label picks its best epoch by mAP unless told), as it does for --set
+    return load_config(type(config), None, deep_merge(config.model_dump(exclude_unset=True), nested))

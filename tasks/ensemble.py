@@ -189,8 +189,8 @@ def multi_label_artifacts(result: dict, best_root: Path, failed: dict[str, str],
         f"### {split}: mAP {ensemble[split]['map']:.4f} (chance {ensemble[split]['chance_map']:.4f}), micro F1 "
         f"{ensemble[split]['micro_f1']:.4f}, macro F1 {ensemble[split]['macro_f1']:.4f}\n\n"
         "| class | AP | threshold | F1 |\n|---|---|---|---|\n" + "".join(
-            f"| {name} | {'' if entry['ap'] is None else format(entry['ap'], '.4f')} | {entry['threshold']:.3f} | "
-            f"{entry['f1']:.4f} |\n" for name, entry in ensemble[split]["per_class"].items()) + "\n"
+            f"| {name} | {_figure(entry['ap'])} | {entry['threshold']:.3f} | {_figure(entry['f1'])} |\n"
+            for name, entry in ensemble[split]["per_class"].items()) + "\n"
         for split in splits
     )
     failed_lines = "".join(f"- `{name}`: {reason}\n" for name, reason in failed.items())
@@ -211,6 +211,11 @@ def multi_label_artifacts(result: dict, best_root: Path, failed: dict[str, str],
     write_ensemble_card(best_root, result, members)
     get_run_logger().info("ensemble of %s: %s", weights_text, ensemble["verdict"])
     return result
+
+
+def _figure(value: float | None) -> str:
+    """A per-class figure, or "-" for a class without a positive clip (it has none)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def write_ensemble_card(best_root: Path, result: dict, members: list) -> None:

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lib.config import DataConfig
 from lib.core.errors import ScanError, display_path
 from lib.data.manifests import (
@@ -94,7 +96,7 @@ def list_splits(data: DataConfig, warn: bool = True, multi_label: bool = False) 
     if data.layout == "speech_commands":
         return speech_commands(Path(data.root), warn)
     if data.layout == "csv":
-        rows, manifest, base = csv_rows(data, by_split=True, multi_label=multi_label)
+        rows, manifest, base = csv_rows(data, by_split=True, multi_label=multi_label, warn=warn)
         return split_listing(rows, manifest, base, multi_label)
     raise ScanError(f"layout {data.layout} has folds, not a split")  # esc50, urbansound8k: dataset_folds
 
@@ -107,7 +109,7 @@ def dataset_folds(data: DataConfig, warn: bool = True, multi_label: bool = False
     elif data.layout == "urbansound8k":
         folds = urbansound8k(Path(data.root))
     elif data.layout == "csv" and csv_has_folds(data):
-        rows, manifest, base = csv_rows(data, by_split=False, multi_label=multi_label)
+        rows, manifest, base = csv_rows(data, by_split=False, multi_label=multi_label, warn=warn)
         source = f"{display_path(manifest)}'s {data.fold_column} column"
         folds = rows_to_folds(rows, manifest, "csv", None, base, source, multi_label)
     else:
@@ -259,9 +261,11 @@ def csv_has_folds(data: DataConfig) -> bool:
     return not by_split
 
 
-def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False) -> tuple[list[Row], Path, Path]:
+def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False, warn: bool = True
+             ) -> tuple[list[Row], Path, Path]:
     """(rows, manifest, the folder its paths are relative to) of a csv manifest, by split or by fold; multi_label:
-    a row per label of a cell holding several (data.label_separator)."""
+    a row per label of a cell holding several (data.label_separator); warn: of labels that look joined (the scan
+    warns, a listing made for a cache key or the plan does not)."""
     manifest = csv_path(data)
     base = manifest.parent
     rows = []
@@ -274,6 +278,8 @@ def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False) -> tup
             if not labels:
                 raise ScanError(f"{where}: the {data.label_column!r} column holds no label, only "
                                 f"{data.label_separator!r}; fill it in, or remove the row")
+            if repeated := sorted({label for label in labels if labels.count(label) > 1}):
+                raise ScanError(f"{where}: the {data.label_column!r} column names {repeated[0]!r} twice; remove one")
         if by_split:
             given = cell(row, data.split_column, where)
             split = given.lower()
@@ -285,7 +291,8 @@ def csv_rows(data: DataConfig, by_split: bool, multi_label: bool = False) -> tup
         else:
             fold = fold_number(row, data.fold_column, where)
             rows += [Row(where, path, label, fold=fold) for label in labels]
-    warn_joined_labels(rows, multi_label, data.label_separator)
+    if warn:
+        warn_joined_labels(rows, multi_label, data.label_separator)
     return rows, manifest, base
 
 
@@ -396,40 +403,74 @@ FOLD_SEED = 0
 
 def stratified_folds(listing: Listing, count: int, multi_label: bool = False) -> Folds:
     """count folds of a dataset's train and validation clips together, stratified by class (scikit-learn's
-    StratifiedKFold, shuffled with FOLD_SEED; a multi-label clip goes to one fold with all its labels, stratified by
-    its rarest); its test clips stay test."""
+    StratifiedKFold, shuffled with FOLD_SEED; a multi-label clip goes to one fold with all its labels, by
+    iterative_folds); its test clips stay test."""
     from sklearn.model_selection import StratifiedKFold
 
     # a unit is what goes to one fold: (path, label) of a clip, or of each of a multi-label clip's labels
     if multi_label:
         units = [list(zip(paths, labels, strict=True)) for split in SPLITS
-                 for paths, labels in multi_label_clips(listing.classes[split], listing.layout == "folders")]
+                 for paths, labels in multi_label_clips(
+                     listing.classes[split], listing.roots[split] if listing.layout == "folders" else None)]
     else:
         units = [[entry] for entry in sorted((path, label) for split in SPLITS
                                              for label, paths in listing.classes[split].items() for path in paths)]
     counts = Counter(label for unit in units for _, label in unit)
-    labels = [min((label for _, label in unit), key=lambda label: (counts[label], label)) for unit in units]
     smallest = min(counts, key=lambda label: (counts[label], label)) if counts else None
     if smallest is None or counts[smallest] < count:
         raise ScanError(
             f"data.folds {count}: the smallest class, {smallest!r}, has {counts[smallest]} clips, fewer than "
             "the folds; a fold would validate without it: lower data.folds"
         )
-    splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)
+    if multi_label:
+        fold_of = iterative_folds([{label for _, label in unit} for unit in units], count)
+    else:
+        splitter = StratifiedKFold(n_splits=count, shuffle=True, random_state=FOLD_SEED)
+        fold_of = [0] * len(units)
+        for number, (_, held_out) in enumerate(splitter.split([[0]] * len(units), [u[0][1] for u in units])):
+            for index in held_out:
+                fold_of[index] = number
     by_fold: dict[int, dict[str, list[Path]]] = {}
-    for number, (_, held_out) in enumerate(splitter.split([[0]] * len(units), labels), start=1):
-        for index in held_out:
-            for path, label in units[index]:
-                by_fold.setdefault(number, {}).setdefault(label, []).append(path)
+    for unit, number in zip(units, fold_of, strict=True):
+        for path, label in unit:
+            by_fold.setdefault(number + 1, {}).setdefault(label, []).append(path)
+    by_fold = dict(sorted(by_fold.items()))
     root = next(iter(listing.roots.values()))
     return Folds(
         by_fold=by_fold, known=list(range(1, count + 1)),
-        source=f"data.folds {count} (train and validation clips, stratified by class, seed {FOLD_SEED})",
+        source=f"data.folds {count} (train and validation clips, stratified by "
+               + ("label, iteratively" if multi_label else "class") + f", seed {FOLD_SEED})",
         layout=listing.layout, root=root if not listing.folders else Path(os.path.commonpath(
             [listing.roots[split] for split in SPLITS])),
         missing=listing.missing, ignored=listing.ignored, test=listing.classes.get(TEST_SPLIT, {}),
         noise_dir=listing.noise_dir,
     )
+
+
+def iterative_folds(labels: list[set[str]], count: int, seed: int = FOLD_SEED) -> list[int]:
+    """The fold (0..count-1) of each multi-label clip (its set of labels), by iterative stratification (Sechidis,
+    Tsoumakas and Vlahavas, 2011): the label with the fewest clips left to place goes first, each of its clips to the
+    fold that lacks that label most (then clips overall), so that every label of at least `count` clips reaches every
+    fold. Written here: scikit-learn stratifies by one label per clip, and a label that comes with others would be
+    left to chance (and scikit-multilearn, which has it, is not a dependency)."""
+    rng = np.random.default_rng(seed)
+    totals = Counter(label for clip in labels for label in clip)
+    wanted = {label: np.full(count, total / count) for label, total in totals.items()}
+    room = np.full(count, len(labels) / count)
+    fold_of = [-1] * len(labels)
+    unplaced = set(range(len(labels)))
+    while unplaced:
+        left = Counter(label for index in unplaced for label in labels[index])
+        label = min(left, key=lambda name: (left[name], name))
+        clips = sorted(index for index in unplaced if label in labels[index])
+        for index in rng.permutation(clips):
+            fold = max(range(count), key=lambda number: (wanted[label][number], room[number], -number))
+            fold_of[index] = fold
+            unplaced.discard(index)
+            room[fold] -= 1
+            for other in labels[index]:
+                wanted[other][fold] -= 1
+    return fold_of
 
 
 def sorted_classes(classes: dict[str, dict[str, list[Path]]]) -> dict[str, dict[str, list[Path]]]:

@@ -434,9 +434,9 @@ def scan_listing(
     for split in splits:
         clips[split] = []
         if multi_label:
-            by_folder = found.layout == "folders"
-            grouped = multi_label_clips(listing[split], by_folder)
-            if by_folder:  # elsewhere a clip's labels are rows naming its one path
+            class_root = roots[split] if found.layout == "folders" else None
+            grouped = multi_label_clips(listing[split], class_root)
+            if class_root is not None:  # elsewhere a clip's labels are rows naming its one path
                 check_one_recording(grouped)
             kept_clips = grouped[::SUBSAMPLE_EVERY] if quick_subsample else grouped
             classes = [sorted(label2id[name] for name in names) for _, names in kept_clips]
@@ -473,23 +473,28 @@ def scan_listing(
     )
 
 
-def clip_identity(path: Path, label: str, by_folder: bool) -> str:
-    """What makes two listed files one multi-label clip: its path without the class folder (train/dog/a.wav and
-    train/bark/a.wav are train/a.wav) in the folders layout, else its path (a manifest's rows naming one file)."""
-    parts = Path(path).parts
-    if by_folder and label in parts[:-1]:
-        index = len(parts) - 2 - parts[:-1][::-1].index(label)  # the innermost folder of that name
+def clip_identity(path: Path, label: str, class_root: Path | None) -> str:
+    """What makes two listed files one multi-label clip. Class folders (class_root: the folder holding them, or one
+    above): the path below class_root without its class folder, the first folder of the label's name there
+    (train/dog/a.wav and train/bark/a.wav are both a.wav). Otherwise (class_root None): its path, as a manifest's
+    rows naming one file."""
+    if class_root is None:
+        return os.path.normpath(path)
+    parts = Path(os.path.relpath(path, class_root)).parts
+    if label in parts[:-1]:
+        index = parts.index(label)
         parts = parts[:index] + parts[index + 1:]
     return os.path.normpath(Path(*parts))
 
 
-def multi_label_clips(classes: dict[str, list[Path]], by_folder: bool) -> list[tuple[list[Path], list[str]]]:
-    """(its files, its labels) of each multi-label clip of a split, in identity order; a clip in several class
-    folders is read from the first of its files (copies or links of one recording: check_one_recording)."""
+def multi_label_clips(classes: dict[str, list[Path]], class_root: Path | None) -> list[tuple[list[Path], list[str]]]:
+    """(its files, its labels) of each multi-label clip of a split, in identity order (clip_identity); a clip in
+    several class folders is read from the first of its files (copies or links of one recording:
+    check_one_recording)."""
     grouped: dict[str, tuple[list[Path], list[str]]] = {}
     for label, paths in sorted(classes.items()):
         for path in paths:
-            files, labels = grouped.setdefault(clip_identity(path, label, by_folder), ([], []))
+            files, labels = grouped.setdefault(clip_identity(path, label, class_root), ([], []))
             files.append(path)
             labels.append(label)
     return [grouped[key] for key in sorted(grouped)]

@@ -108,10 +108,12 @@ def checked_thresholds(content: dict[str, Any], label_names: list[str], file: Pa
     given = content.get("thresholds")
     if not isinstance(given, dict) or sorted(given) != sorted(label_names):
         raise EnsembleError(f"{file}: 'thresholds' must name each of the classes {label_names}; {fix}")
-    values = [given[name] for name in label_names]
-    if any(isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 for value in values):
-        raise EnsembleError(f"{file}: every threshold must be a probability between 0 and 1; {fix}")
-    return [float(value) for value in values]
+    for name in label_names:
+        value = given[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise EnsembleError(f"{file}: the threshold of {name!r} is {value!r}, not a probability between 0 and 1; "
+                                f"{fix}")
+    return [float(given[name]) for name in label_names]
 
 
 def check_compatible(members: list[MemberInfo], same_validation_set: bool = False) -> None:

@@ -109,21 +109,23 @@ def summary(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarra
 
 
 def report(labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, label_names: list[str]) -> dict:
-    """summary, the chance mAP, the clip count, and per class: AP, threshold, precision, recall, F1, support."""
+    """summary, the chance mAP, the clip count, and per class: AP, threshold, precision, recall, F1, support (a class
+    without a positive clip: AP, recall and F1 None, as are its precision where nothing was predicted either)."""
     truth, guesses = np.asarray(labels) > 0.5, predicted(probabilities, thresholds)
     scores = average_precisions(truth, probabilities)
     hits = (truth & guesses).sum(axis=0)
     per_class = {}
     for index, name in enumerate(label_names):
         chosen, support = int(guesses[:, index].sum()), int(truth[:, index].sum())
-        precision = hits[index] / chosen if chosen else 0.0
-        recall = hits[index] / support if support else 0.0
+        precision = float(hits[index] / chosen) if chosen else 0.0
+        recall = float(hits[index] / support) if support else None  # None: no positive clip, nothing to find
         per_class[name] = {
             "ap": None if np.isnan(scores[index]) else float(scores[index]),
             "threshold": float(thresholds[index]),
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0,
+            "precision": precision if chosen or support else None,
+            "recall": recall,
+            "f1": None if recall is None else float(2 * precision * recall / (precision + recall))
+            if precision + recall else 0.0,
             "support": support,
         }
     return {**summary(truth, probabilities, thresholds), "chance_map": chance_map(truth),

@@ -154,3 +154,20 @@ def test_a_multi_label_config_leaves_the_training_section_it_was_given_as_it_was
     training = TrainingConfig()
     config = FinetuneConfig.model_validate(finetune_config(tmp_path) | {"training": training})
     assert config.training.metric_for_best_model == "map" and training.metric_for_best_model == "accuracy"
+
+
+def test_a_deployment_override_to_multi_label_picks_by_map_as_set_does(tmp_path):
+    from flows.flags import apply_overrides
+
+    config = finetune_config(tmp_path)
+    del config["model"]["task"]
+    changed = apply_overrides(FinetuneConfig.model_validate(config), ["model.task=multi_label"])
+    assert changed.model.multi_label and changed.training.metric_for_best_model == "map"
+
+
+def test_a_class_without_a_positive_clip_reports_no_recall_or_f1_rather_than_zero():
+    labels = LABELS.copy()
+    labels[:, 1] = 0
+    report = multilabel.report(labels, labels * 0.6 + 0.2, np.full(3, 0.5), ["a", "b", "c"])
+    assert report["per_class"]["b"] | {"threshold": None} == {
+        "ap": None, "threshold": None, "precision": None, "recall": None, "f1": None, "support": 0}

@@ -153,3 +153,24 @@ def test_a_rare_label_that_never_comes_first_is_spread_over_the_folds_and_counte
     assert sorted(len(labels.get("zzz", [])) for labels in folds.by_fold.values()) == [1, 1, 1]
     with pytest.raises(ScanError, match="the smallest class, 'zzz', has 3 clips, fewer than the folds"):
         dataset_folds(folders(tmp_path).model_copy(update={"folds": 4}), warn=False, multi_label=True)
+
+
+def test_two_rare_labels_sharing_a_clip_each_reach_every_fold():
+    from lib.data.layouts import iterative_folds
+
+    # x on clips 0-2, y on clips 0, 3 and 4: placing clip 0 by x alone used to leave a fold without y
+    labels = [{"x", "y"}, {"x"}, {"x"}, {"y"}, {"y"}] + [{"a"}, {"b"}, {"a", "b"}] * 8
+    fold_of = iterative_folds(labels, 3)
+    for label in ("x", "y", "a", "b"):
+        assert {fold for fold, clip in zip(fold_of, labels, strict=True) if label in clip} == {0, 1, 2}, label
+    assert sorted(np.bincount(fold_of)) == [9, 10, 10]  # the folds' sizes differ by one at most
+
+
+def test_a_cell_naming_a_label_twice_is_refused_by_its_line(tmp_path):
+    make_multi_label_csv(tmp_path, per_pair=1)
+    manifest = tmp_path / "metadata.csv"
+    lines = manifest.read_text().splitlines()
+    path = lines[1].split(",", 1)[0]
+    manifest.write_text("\n".join([*lines[:1], f'{path},"chirp,chirp",train', *lines[2:]]) + "\n")
+    with pytest.raises(ScanError, match=r"line 2: the 'label' column names 'chirp' twice; remove one"):
+        scan_data(DataConfig(layout="csv", root=tmp_path), multi_label=True)

@@ -90,7 +90,7 @@ def test_predict_cuts_a_vote_at_the_ensemble_s_thresholds_else_the_members_weigh
     (tmp_path / "ensemble.json").write_text(json.dumps({"thresholds": {"thresholds": {"a": 0.1, "b": 0.2, "c": 0.3}}}))
     assert vote_thresholds(tmp_path, members, []).tolist() == [0.1, 0.2, 0.3]
     (tmp_path / "ensemble.json").write_text(json.dumps({"thresholds": {"thresholds": {"a": 1.5, "b": 0.2, "c": 0.3}}}))
-    with pytest.raises(EnsembleError, match="every threshold must be a probability between 0 and 1"):
+    with pytest.raises(EnsembleError, match="the threshold of .a. is 1.5, not a probability between 0 and 1"):
         vote_thresholds(tmp_path, members, [])
 
 
