@@ -404,10 +404,9 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             raise
         return disk_error_exit(error, written_folders(pretrain_config, config))
 
-    from flows.crossval import CrossvalFoldsFailed
-    from flows.ensemble import EnsembleMembersFailed
     from flows.server import ServerStartTimeout, flow_server
     from flows.terminal import log_to_file
+    from lib.core.errors import CrossvalFoldsFailed, EnsembleMembersFailed
 
     first = pretrain_config or config
     log_file = log_to_file(first.output_dir, args.debug)

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.ensemble import _failure_reason, train_members_here
 from flows.flags import apply_overrides
 from lib.config import CrossvalConfig
+from lib.core.errors import CrossvalFoldsFailed
 from lib.data.layouts import dataset_folds
 from lib.recipes.crossval import (
     FOLD_SCORES,
@@ -25,10 +26,6 @@ from lib.recipes.crossval import (
 from tasks.data import build_features, scan_folds
 from tasks.ensemble import dispatch_member, member_work_pool
 from tasks.member import prepare_encoder
-
-
-class CrossvalFoldsFailed(RuntimeError):
-    """Some folds failed; the others were published, and crossval.json reports them."""
 
 
 @flow(name="astft-crossval", log_prints=True)

@@ -11,6 +11,7 @@ from prefect.artifacts import create_table_artifact
 from flows.finetune import run_member, shared_inputs
 from flows.flags import apply_overrides
 from lib.config import EnsembleConfig
+from lib.core.errors import EnsembleMembersFailed
 from lib.core.layout import ENSEMBLE_FILE
 from lib.data.features import FeatureCacheRef
 from lib.evaluate.metrics import format_metrics
@@ -18,10 +19,6 @@ from lib.model.checkpoint import EncoderRef
 from lib.recipes.finetune import FinetunePlan, plan_ensemble
 from lib.train.launch import release_memory
 from tasks.ensemble import dispatch_member, evaluate_ensemble_members, member_work_pool
-
-
-class EnsembleMembersFailed(RuntimeError):
-    """Some members failed; the others were published and evaluated."""
 
 
 @flow(name="astft-member", log_prints=True)

@@ -141,3 +141,12 @@ def human_bytes(count: float) -> str:
         if count >= size:
             return f"{count / size:.1f} {unit}"
     return f"{int(count)} bytes"
+
+
+class EnsembleMembersFailed(RuntimeError):
+    """Some members of an ensemble failed; the others were published and evaluated (flows.ensemble)."""
+
+
+class CrossvalFoldsFailed(RuntimeError):
+    """Some folds of a cross-validation failed; the others were published, and crossval.json reports them
+    (flows.crossval)."""
