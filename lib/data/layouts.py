@@ -40,6 +40,7 @@ from lib.data.manifests import (
     read_list_file,
     warn_joined_labels,
 )
+from lib.data.multilabel import multi_label_clips
 from lib.data.scan import (
     SPLITS,
     TEST_SPLIT,
@@ -51,7 +52,6 @@ from lib.data.scan import (
     ignored_counts,
     list_class,
     list_folders,
-    multi_label_clips,
     scan_listing,
 )
 

@@ -5,13 +5,12 @@ The other layouts (lib.data.layouts) list their clips from the dataset's own fil
 The fingerprint (relative path, size, mtime of every clip, and with ``fingerprint="content"`` a
 hash of its bytes) keys every downstream cache.
 
-About 500 lines: the folders layout's listing (list_class .. list_folders) is the seam to split along next;
+About 520 lines: the folders layout's listing (list_class .. list_folders) is the seam to split along next;
 it stays here for now because pretraining's scan (lib.data.unlabeled) and the tests import it from here.
 """
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
 import logging
 import os
@@ -26,6 +25,7 @@ from lib.core.errors import ScanError, display_path, is_utf8
 from lib.core.hashing import digest
 from lib.data.audio import AUDIO_SUFFIXES, probe_clip
 from lib.data.leaks import cross_split_clips, leaked_from, warn_duplicate_content
+from lib.data.multilabel import check_one_recording, multi_label_clips
 
 logger = logging.getLogger(__name__)
 
@@ -471,51 +471,6 @@ def scan_listing(
         noise_dir=str(found.noise_dir) if found.noise_dir else None,
         multi_label=multi_label,
     )
-
-
-def clip_identity(path: Path, label: str, class_root: Path | None) -> str:
-    """What makes two listed files one multi-label clip. Class folders (class_root: the folder holding them, or one
-    above): the path below class_root without its class folder, the first folder of the label's name there
-    (train/dog/a.wav and train/bark/a.wav are both a.wav). Otherwise (class_root None): its path, as a manifest's
-    rows naming one file."""
-    if class_root is None:
-        return os.path.normpath(path)
-    parts = Path(os.path.relpath(path, class_root)).parts
-    if label in parts[:-1]:
-        index = parts.index(label)
-        parts = parts[:index] + parts[index + 1:]
-    return os.path.normpath(Path(*parts))
-
-
-def multi_label_clips(classes: dict[str, list[Path]], class_root: Path | None) -> list[tuple[list[Path], list[str]]]:
-    """(its files, its labels) of each multi-label clip of a split, in identity order (clip_identity); a clip in
-    several class folders is read from the first of its files (copies or links of one recording:
-    check_one_recording)."""
-    grouped: dict[str, tuple[list[Path], list[str]]] = {}
-    for label, paths in sorted(classes.items()):
-        for path in paths:
-            files, labels = grouped.setdefault(clip_identity(path, label, class_root), ([], []))
-            files.append(path)
-            labels.append(label)
-    return [grouped[key] for key in sorted(grouped)]
-
-
-def check_one_recording(grouped: list[tuple[list[Path], list[str]]]) -> None:
-    """Files taken as one multi-label clip must hold one recording (links, or copies with the same bytes): per-class
-    numbering (0001.wav in every class folder) would otherwise merge different recordings under every label."""
-    for files, labels in grouped:
-        for other, label in zip(files[1:], labels[1:], strict=True):
-            try:  # one file (a link), or copies with the same bytes
-                same = os.path.samefile(files[0], other) or filecmp.cmp(files[0], other, shallow=False)
-            except OSError:  # unreadable or a dangling link: the header probe reports it as a bad file
-                continue
-            if not same:
-                raise ScanError(
-                    f"{display_path(files[0])} and {display_path(other)} have one name in the class folders "
-                    f"{labels[0]!r} and {label!r}, so a multi-label scan takes them for one clip with both labels, "
-                    "but they are different recordings: rename one (a clip of several labels is one file copied or "
-                    "linked into the folder of each), or train single-label (without --task multi_label)"
-                )
 
 
 def probe_clips(paths: list[Path], labels: list[list[int]], bad: list[BadFile], multi_label: bool = False
