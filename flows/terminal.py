@@ -78,6 +78,7 @@ def console_loggers() -> list[logging.Logger]:
 def log_to_file(output_dir: Path, debug: bool) -> Path | None:
     """Send every CLI log line, tracebacks included, to <output_dir>/logs/astft-<time>-<pid>.log, and keep the
     tracebacks off the terminal unless debug. The file's path, or None where output_dir cannot take it."""
+    import prefect.main  # noqa: F401 - sets up Prefect's logging (its console handlers), which is adjusted below
     from prefect.logging.handlers import PrefectConsoleHandler
 
     folder = Path(output_dir) / LOGS_FOLDER
