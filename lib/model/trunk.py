@@ -40,6 +40,7 @@ from lib.core.hashing import digest
 from lib.core.layout import TRUNK_FOLDER, WEIGHTS_FILE
 from lib.core.runtime import Runtime
 from lib.core.staging import build_lock, file_sizes_match, record_file_sizes, staged_folder
+from lib.data.feature_rows import FeatureRows
 from lib.data.features import FeatureCacheRef, load_split
 from lib.data.scan import SPLITS
 from lib.model.checkpoint import architecture_dict
@@ -325,7 +326,7 @@ def training_inputs(
     layers, reason = frozen_trunk_layers(config, classifier.config)
     if layers is None:  # lib.recipes.finetune logs the outcome (used, or why not) once
         return TrainingInputs(
-            classifier, load_split(features, "train"), load_split(features, "validation"),
+            classifier, FeatureRows(load_split(features, "train")), FeatureRows(load_split(features, "validation")),
             TrunkCacheInfo(used=False, reason=reason),
         )
     # Token states are large (AST-base at 1024 frames: ~1.9 MB per clip in fp16): never fill the disk.
@@ -341,7 +342,7 @@ def training_inputs(
         )
         logger.warning("trunk cache not used: %s", reason)
         return TrainingInputs(
-            classifier, load_split(features, "train"), load_split(features, "validation"),
+            classifier, FeatureRows(load_split(features, "train")), FeatureRows(load_split(features, "validation")),
             TrunkCacheInfo(used=False, reason=reason),
         )
     start = time.perf_counter()
