@@ -1,5 +1,9 @@
 """The sections of a run config: features, model (encoder + freezing), augmentation, training, and pretraining's
-own (fine-tuning's data section is lib/config/data.py). Each default's description says where it comes from."""
+own (fine-tuning's data section is lib/config/data.py). Each default's description says where it comes from.
+
+About 460 lines: pretraining's own sections (PretrainDataConfig .. PretrainTrainingConfig) are the seam to split
+along next, as the data section was.
+"""
 
 from __future__ import annotations
 
@@ -173,7 +177,7 @@ class TaskConfig(Section):
     thresholds: Annotated[Literal["per_class", "global"], OMITTED_AT_DEFAULT] = Field(
         "per_class",
         description=(
-            "Multi-label: the probability above which a class is predicted, fitted on validation to the best F1, "
+            "Multi-label: the probability at or above which a class is predicted, fitted on validation to the best F1, "
             "one per class or one for all (default 'per_class': ours, classes differ in how sure a model gets)."
         ),
     )

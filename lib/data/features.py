@@ -9,7 +9,7 @@ Each split is stored as shard files, <split>-NNNNN-of-MMMMM.arrow, in row order,
 worker processes computes in parallel (data.feature_workers). Where the shards are cut depends
 only on the clip count, so the cache is the same, byte for byte, whatever the number of workers.
 
-About 500 lines on purpose: the cache's key, its parallel build, its self-check and the views a
+About 520 lines on purpose: the cache's key, its parallel build, its self-check and the views a
 cross-validation reads it through (FeatureCacheRef.for_fold, load_split) are one contract (what is
 written is what is read back), kept in one module.
 """

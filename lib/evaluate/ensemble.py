@@ -1,4 +1,8 @@
-"""Ensembles of published members: reading them, compatibility checks, soft vote, leaderboard."""
+"""Ensembles of published members: reading them, compatibility checks, soft vote, leaderboard.
+
+About 470 lines: reading and checking the published files (read_member .. _positive_number) is the seam to split
+along next; kept here for now because predict, export and the tests import them from this module.
+"""
 
 from __future__ import annotations
 
