@@ -16,7 +16,7 @@ from lib.core.errors import ConfigError
 from lib.core.guards import NonFiniteLossCallback
 from lib.core.layout import EPOCHS_FILE
 from lib.core.runtime import Runtime, usable_cores
-from lib.train.epochs import EpochLogCallback, EpochRecord
+from lib.train.epochs import EpochLogCallback, EpochRecord, WarmupClock
 from lib.train.schedule import epoch_batch_sizes
 
 logger = logging.getLogger(__name__)
@@ -143,11 +143,13 @@ def run_callbacks(
     extra_callbacks: Sequence[TrainerCallback] = (),
     train_keys: Sequence[str] = (),
 ) -> list[TrainerCallback]:
-    """The callbacks of every run: the NaN guard, the per-epoch log (train log, epochs file, on_epoch),
-    extra_callbacks, and TensorBoard when asked for."""
+    """The callbacks of every run: the warm-up clock, the NaN guard, the per-epoch log (train log, epochs file,
+    on_epoch), extra_callbacks, and TensorBoard when asked for."""
+    clock = WarmupClock()  # first: the epoch log reads the evaluation it has just timed
     callbacks: list[TrainerCallback] = [
-        NonFiniteLossCallback(),  # first: a NaN epoch stops before it is logged, evaluated or saved
-        EpochLogCallback(train_log, settings.epochs, Path(work_dir) / EPOCHS_FILE, on_epoch, train_keys),
+        clock,
+        NonFiniteLossCallback(),  # before the log: a NaN epoch stops before it is logged, evaluated or saved
+        EpochLogCallback(train_log, settings.epochs, Path(work_dir) / EPOCHS_FILE, on_epoch, train_keys, clock),
         *extra_callbacks,
     ]
     if settings.tensorboard:

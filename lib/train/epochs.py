@@ -27,6 +27,10 @@ class EpochRecord(BaseModel):
     # validation metrics, without the eval_ prefix; None: not measured (pretraining: no masked patch scored)
     metrics: dict[str, float | None]
     seconds: float  # wall time of the epoch, its validation included
+    evaluation_seconds: float | None = None  # of that: the validation (the first pays for its workers' start)
+    # on the first epoch a run trained: seconds from trainer.train() to the end of its first optimizer step (data
+    # loader start, the first forward and backward, kernel selection); the warm-up a user waits through
+    first_step_seconds: float | None = None
     # more training figures the Trainer logged with the loss (pretraining's); None as in metrics
     train_metrics: dict[str, float | None] = {}
     # Set on the epoch a run resumed into mid-way (from a checkpoint_every_steps checkpoint): the optimizer
@@ -41,6 +45,10 @@ class EpochRecord(BaseModel):
         parts += [f"train_{key} {_figure(key, value)}" for key, value in self.train_metrics.items()]
         parts += [f"{key} {_figure(key, value)}" for key, value in self.metrics.items()]
         parts.append(f"seconds {self.seconds:.1f}")
+        if self.evaluation_seconds is not None:
+            parts.append(f"eval_seconds {self.evaluation_seconds:.2f}")
+        if self.first_step_seconds is not None:
+            parts.append(f"first_step_seconds {self.first_step_seconds:.2f}")
         if self.resumed_at_step is not None:
             parts.append(f"(resumed mid-epoch: train figures of steps {self.resumed_at_step + 1}-{self.step} only)")
         return "  ".join(parts)
@@ -53,16 +61,59 @@ def _figure(key: str, value: float | None) -> str:
     return f"{value:.0f}" if key.endswith("patches") else f"{value:.4f}"
 
 
+class WarmupClock(TrainerCallback):
+    """The warm-up a run pays: seconds from trainer.train() (start()) to its first optimizer step, and of each
+    evaluation (from the epoch's end to its metrics). First in the callback list, so that the epoch log sees the
+    evaluation just timed."""
+
+    def __init__(self):
+        self.started: float | None = None
+        self.first_step: float | None = None  # time.perf_counter() at the first optimizer step's end
+        self.evaluation_started: float | None = None
+        self.evaluations: list[float] = []
+
+    def start(self) -> None:
+        """Called right before trainer.train(): what Trainer does before on_train_begin (its data loader,
+        optimizer, free_memory) is part of the warm-up."""
+        self.started = time.perf_counter()
+
+    @property
+    def first_step_seconds(self) -> float | None:
+        if self.started is None or self.first_step is None:
+            return None
+        return self.first_step - self.started
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.started is None:  # a Trainer driven without run_trainer
+            self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.evaluation_started = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.evaluation_started is not None:
+            self.evaluations.append(time.perf_counter() - self.evaluation_started)
+            self.evaluation_started = None
+
+
 class EpochLogCallback(TrainerCallback):
     """Per epoch, on rank 0: a line in train_log<name>.txt, an EpochRecord in epochs.jsonl, and on_epoch(record).
 
-    train_keys: figures besides the loss that the Trainer logs with it, copied into the record.
+    train_keys: figures besides the loss that the Trainer logs with it, copied into the record. clock: the run's
+    WarmupClock, whose evaluation and first-step seconds the records carry.
     """
 
     def __init__(
         self, path: Path, total_epochs: int, records: Path | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None, train_keys: Sequence[str] = (),
+        clock: WarmupClock | None = None,
     ):
+        self.clock = clock
+        self.first_step_logged = False
         self.path = Path(path)
         self.records = Path(records) if records else self.path.parent / EPOCHS_FILE
         self.total_epochs = total_epochs
@@ -106,6 +157,7 @@ class EpochLogCallback(TrainerCallback):
             },
             seconds=time.monotonic() - self.started,
             resumed_at_step=self.resumed_at_step,
+            **self._warmup(),
         )
         self.resumed_at_step = None
         with self.path.open("a") as log:
@@ -114,6 +166,18 @@ class EpochLogCallback(TrainerCallback):
             records.write(record.model_dump_json() + "\n")
         if self.on_epoch is not None:
             self.on_epoch(record)
+
+
+    def _warmup(self) -> dict[str, float | None]:
+        """This epoch's evaluation seconds, and the first step's on the first record of the run."""
+        if self.clock is None:
+            return {}
+        first_step = None if self.first_step_logged else self.clock.first_step_seconds
+        self.first_step_logged = self.first_step_logged or first_step is not None
+        return {
+            "evaluation_seconds": self.clock.evaluations[-1] if self.clock.evaluations else None,
+            "first_step_seconds": first_step,
+        }
 
 
 def read_epoch_records(work_dir: Path, skip: int = 0) -> list[EpochRecord]:
