@@ -101,11 +101,11 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
     if clock is None:
         clock = WarmupClock()
         trainer.add_callback(clock)
-    start_evaluation_workers(trainer)
-    set_up = time.perf_counter()
-    clock.start()
     try:
-        with frozen_heap():
+        with frozen_heap():  # before any worker forks
+            start_evaluation_workers(trainer)
+            set_up = time.perf_counter()
+            clock.start()
             trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(setup) from error
