@@ -36,10 +36,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,8 +53,8 @@ for path in (str(REPO), str(Path(__file__).resolve().parent)):
 # (name, estimated seconds on a GPU, on a CPU): a stage is skipped when its estimate does not fit the budget left
 # In the order they run, the issue's targets first.
 STAGES = (
-    ("warmup-model", 30, 15), ("warmup-trainer", 35, 15), ("step", 30, 25), ("epoch", 45, 30), ("sdpa", 15, 8),
-    ("transfer", 10, 0), ("eval-batch", 15, 10), ("compile", 90, 0),
+    ("warmup-model", 25, 15), ("warmup-trainer", 30, 15), ("step", 20, 25), ("epoch", 25, 30), ("sdpa", 10, 8),
+    ("transfer", 8, 0), ("eval-batch", 10, 10), ("compile", 60, 0),
 )
 # workers: the warm-up stages' DataLoader workers; on a CPU 2, not auto's 0, so that their start is rehearsed too
 QUICK = {"cuda": {"config": "base", "clips": 2048, "batch_sizes": [64, 128, 256], "batch_size": 128, "steps": 30,
@@ -217,8 +219,9 @@ def stage_warmup_trainer(job: dict) -> None:
 
     cache = FeatureCacheRef.model_validate_json(job["cache"])
     model = _model(job, runtime, cache.label_names)
-    config = TrainingConfig(epochs=3, batch_size=job["batch_size"], warmup_steps=0, save_total_limit=1,
-                            dataloader_num_workers=job["workers"])
+    # one batch per optimizer step, as the model stage's first iteration: the two are compared
+    config = TrainingConfig(epochs=3, batch_size=job["batch_size"], gradient_accumulation_steps=1, warmup_steps=0,
+                            save_total_limit=1, dataloader_num_workers=job["workers"])
     work = Path(job["work_dir"]) / "warmup-trainer"
     run = run_trainer(classifier_trainer_setup(
         model, FeatureRows(load_split(cache, "train")), FeatureRows(load_split(cache, "validation")), config, work,
@@ -368,8 +371,8 @@ def stage_epoch(job: dict) -> None:
     cache = FeatureCacheRef.model_validate_json(job["cache"])
     torch.manual_seed(0)
     model = _model(job, runtime, cache.label_names)
-    config = TrainingConfig(epochs=job["epochs"], batch_size=job["batch_size"], learning_rate=1e-5, warmup_steps=0,
-                            save_total_limit=1)
+    config = TrainingConfig(epochs=job["epochs"], batch_size=job["batch_size"], gradient_accumulation_steps=1,
+                            learning_rate=1e-5, warmup_steps=0, save_total_limit=1)  # a step per batch, as `step`
     timer = EpochTimer(runtime.device == "cuda")
     train = FeatureRows(load_split(cache, "train"))
     start = time.perf_counter()
@@ -401,33 +404,57 @@ STAGE_FUNCTIONS = {
 
 
 def run_stage(name: str, job: dict, seconds_left: float) -> list[dict]:
-    """Run one stage in a fresh process, relaying its lines as they come; its JSON lines, parsed."""
+    """Run one stage in a fresh process, relaying its lines as they come; its JSON lines, parsed.
+
+    The stage and whatever it starts (DataLoader workers, compile workers) are one process group, killed together
+    when the budget runs out, silent or not: their end closes the pipe this reads.
+    """
     command = [sys.executable, "-u", __file__, "--stage", name, "--job", json.dumps(job)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    figures, other, deadline = [], [], time.monotonic() + seconds_left
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                             start_new_session=True)
+    timer = threading.Timer(max(seconds_left, 0.0), _kill_group, (child.pid,))
+    timer.start()
+    figures, other = [], []
     try:
-        for line in child.stdout:  # a hung child is killed by the timer below
-            if line.startswith("{"):
-                figures.append(json.loads(line))
-            if line.startswith(("{", "# ")):
+        for line in child.stdout:
+            figure = parse_figure(line)
+            if figure is not None:
+                figures.append(figure)
+            if figure is not None or line.startswith("# "):
                 print(line, end="", flush=True)
             else:
                 other.append(line)  # warnings, progress, a traceback: shown only if the stage fails
-            if time.monotonic() > deadline:
-                break
-        child.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
+        child.wait()
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-            figures.append(emit(name, f"stopped at the budget ({seconds_left:.0f} s left when it started)",
-                                status="stopped"))
-        elif child.returncode:
-            print("".join(other[-25:]), end="", flush=True)
-            figures.append(emit(name, f"failed (exit {child.returncode})", status="failed"))
+        stopped = not timer.is_alive()  # the timer fired: the budget ran out
+        timer.cancel()
+        _kill_group(child.pid)  # a driver stopped by Ctrl-C takes its stage with it; after a clean end, a no-op
+        child.wait()
+    if stopped:
+        figures.append(emit(name, f"stopped at the budget ({seconds_left:.0f} s left when it started)",
+                            status="stopped"))
+    elif child.returncode:
+        print("".join(other[-25:]), end="", flush=True)
+        figures.append(emit(name, f"failed (exit {child.returncode})", status="failed"))
     return figures
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def parse_figure(line: str) -> dict | None:
+    """A figure line's JSON, or None for any other line (one that merely starts with '{' included)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        figure = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return figure if isinstance(figure, dict) and "stage" in figure else None
 
 
 def make_data(args: argparse.Namespace, profile: dict, work: Path) -> dict:
@@ -463,10 +490,13 @@ def main(argv: list[str] | None = None) -> int:
         STAGE_FUNCTIONS[args.stage](json.loads(args.job))
         return 0
     if args.summarize:
-        lines = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.startswith("{")]
+        lines = [figure for line in Path(args.summarize).read_text().splitlines()
+                 if (figure := parse_figure(line)) is not None]
         print(summary(lines))
         return 0
     started = time.monotonic()
+    # `timeout` and schedulers stop with SIGTERM: end as Ctrl-C does, stopping the running stage and cleaning up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profile = (FULL if args.full else QUICK)[args.device]
     lines = [emit("machine", f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
          f"device {args.device}, profile {'full' if args.full else 'quick'}, budget {args.budget:.0f} s",

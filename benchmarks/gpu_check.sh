@@ -38,7 +38,8 @@ else
   select=()
 fi
 out=${OUT:-gpu-check-out}
-mkdir -p "$out"
+mkdir -p "$out" || { echo "gpu_check: cannot make OUT=$out (set OUT to a writable folder)"; exit 1; }
+rm -f "$out/gpu-tests.log" "$out/gpu-tests.xml" "$out/bench.log" "$out/bench.jsonl"  # no stale stage in the summary
 python=${PYTHON:-python3}
 wheels=${WHEELS:-wheels}
 site=$(mktemp -d /tmp/astft-site.XXXXXX)
@@ -80,32 +81,45 @@ print("lib imports: ok")
 EOF
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 
-left() { echo $(( budget - (SECONDS - started) )); }
+left() { local seconds=$(( budget - (SECONDS - started) )); echo $(( seconds > 0 ? seconds : 0 )); }
 status=0
 if [ "$stage" = all ] || [ "$stage" = tests ]; then
   tests_timeout=${TESTS_TIMEOUT:-120}
   # leave the benchmark at least 100 s when it runs too
-  [ "$stage" = all ] && [ $(( $(left) - 100 )) -lt "$tests_timeout" ] && tests_timeout=$(( $(left) - 100 ))
+  reserve=10  # the kill grace below
+  [ "$stage" = all ] && reserve=110
+  [ $(( $(left) - reserve )) -lt "$tests_timeout" ] && tests_timeout=$(( $(left) - reserve ))
   if [ "$tests_timeout" -lt 30 ]; then
-    echo "gpu_check: tests skipped, ${tests_timeout} s of the budget left for them (raise BUDGET)" | tee "$out/gpu-tests.log"
+    echo "gpu_check: tests not run: $(( tests_timeout > 0 ? tests_timeout : 0 )) s of the budget left for them, 30 s" \
+      "at least needed (raise BUDGET)" | tee "$out/gpu-tests.log"
+    status=1
   else
     # -rfE: failures and errors only (-rA would print every passed test's captured DEBUG logs)
-    timeout "$tests_timeout" "$python" -m pytest -m gpu tests/gpu/test_gpu.py "${select[@]}" -p no:cacheprovider -q \
+    timeout -k 10 "$tests_timeout" "$python" -m pytest -m gpu tests/gpu/test_gpu.py ${select[@]+"${select[@]}"} \
+      -p no:cacheprovider -q \
       -rfE -o log_level=WARNING --durations=5 --junitxml "$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
     [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "gpu_check: tests failed or passed their ${tests_timeout} s"; }
   fi
 fi
 if [ "$stage" = all ] || [ "$stage" = bench ]; then
-  bench_budget=$(( $(left) - 10 ))  # the summary's few seconds
-  # the benchmark keeps to its budget; the timeout is a backstop for a hang outside its stages
-  timeout $(( bench_budget + 30 )) "$python" benchmarks/bench_gpu.py --device "$device" --budget "$bench_budget" \
-    "${full[@]}" 2>&1 | tee "$out/bench.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  grep '^{' "$out/bench.log" > "$out/bench.jsonl"
+  # the benchmark keeps to its budget (its data, then each stage's estimate); the timeout, 15 s later but still
+  # inside the check's budget, is a backstop for a hang outside its stages, and the summary has the last 5 s
+  bench_budget=$(( $(left) - 20 ))
+  if [ "$bench_budget" -lt 20 ]; then
+    echo "gpu_check: benchmark not run: $(( bench_budget > 0 ? bench_budget : 0 )) s of the budget left for it, 20 s" \
+      "at least needed (raise BUDGET)" | tee "$out/bench.log"
+    status=1
+  else
+    timeout -k 5 $(( bench_budget + 15 )) "$python" benchmarks/bench_gpu.py --device "$device" \
+      --budget "$bench_budget" ${full[@]+"${full[@]}"} 2>&1 | tee "$out/bench.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    grep '^{' "$out/bench.log" > "$out/bench.jsonl"
+  fi
 fi
 # last, since a remote runner keeps only the end of the output: the tests' result and the benchmark's table
 echo "==== gpu_check summary (stage $stage, device $device, $(( SECONDS - started )) s of a ${budget} s budget, exit $status)"
-[ -f "$out/gpu-tests.log" ] && grep -E "passed|failed|skipped|error" "$out/gpu-tests.log" | tail -4
-[ -f "$out/bench.log" ] && "$python" benchmarks/bench_gpu.py --summarize "$out/bench.log"
+[ -f "$out/gpu-tests.log" ] && grep -E "passed|failed|skipped|error|not run" "$out/gpu-tests.log" | tail -4
+[ -f "$out/bench.log" ] && grep "not run" "$out/bench.log"
+[ -f "$out/bench.log" ] && grep -q "^{" "$out/bench.log" && "$python" benchmarks/bench_gpu.py --summarize "$out/bench.log"
 rm -rf "$site"
 exit $status

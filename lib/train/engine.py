@@ -104,8 +104,7 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
     try:
         with frozen_heap():  # before any worker forks
             start_evaluation_workers(trainer)
-            set_up = time.perf_counter()
-            clock.start()
+            set_up = clock.start()
             trainer.train(resume_from_checkpoint=resume_from)
     except torch.cuda.OutOfMemoryError as error:
         raise out_of_memory(setup) from error
@@ -138,6 +137,9 @@ def run_trainer(setup: TrainerSetup) -> TrainerRun:
     )
 
 
+_runs_in_this_process = 0
+
+
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """Keep the objects that exist before training out of the cyclic garbage collector while it trains.
@@ -148,7 +150,16 @@ def frozen_heap() -> Iterator[None]:
     from this process no longer copy the pages a collection in them would touch (Python's gc.freeze docs give
     this use). Reference counting frees as always; the frozen objects return to the collector afterwards. A
     caller that froze objects itself keeps them frozen.
+
+    What free_memory() is for stays done: garbage in cycles is frozen too, and a finished member's model is such
+    garbage (accelerate's autocast wrapper makes model.forward refer back to the model). So from the second run
+    in a process (the next member of an ensemble or fold), the heap is collected before it is frozen; the first
+    run has no earlier model to free.
     """
+    global _runs_in_this_process
+    if _runs_in_this_process:
+        gc.collect()
+    _runs_in_this_process += 1
     already_frozen = gc.get_freeze_count() > 0
     gc.freeze()
     try:
@@ -170,7 +181,9 @@ def start_evaluation_workers(trainer: Trainer) -> None:
     if trainer.eval_dataset is None or not (args.dataloader_num_workers and args.dataloader_persistent_workers):
         return
     loader = trainer.get_eval_dataloader()  # kept by Trainer for every evaluation of the run
+    state = torch.get_rng_state()  # the iterator draws its workers' base seed: training's draws stay as they were
     iter(getattr(loader, "base_dataloader", loader))
+    torch.set_rng_state(state)
 
 
 class TrainingBar(ProgressCallback):

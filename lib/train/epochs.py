@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel
 from transformers import TrainerCallback
 
@@ -64,18 +65,22 @@ def _figure(key: str, value: float | None) -> str:
 class WarmupClock(TrainerCallback):
     """The warm-up a run pays: seconds from trainer.train() (start()) to its first optimizer step, and of each
     evaluation (from the epoch's end to its metrics). First in the callback list, so that the epoch log sees the
-    evaluation just timed."""
+    evaluation just timed. On CUDA the first step and each epoch's end wait for the GPU (one sync each), so that
+    queued work is counted where it was launched."""
 
     def __init__(self):
-        self.started: float | None = None
-        self.first_step: float | None = None  # time.perf_counter() at the first optimizer step's end
-        self.evaluation_started: float | None = None
-        self.evaluations: list[float] = []
+        self.start()
+        self.started = None  # every field set, and not started yet
 
-    def start(self) -> None:
+    def start(self) -> float:
         """Called right before trainer.train(): what Trainer does before on_train_begin (its data loader,
-        optimizer, free_memory) is part of the warm-up."""
-        self.started = time.perf_counter()
+        optimizer, free_memory) is part of the warm-up. Returns the time it started from."""
+        self.started: float | None = _now()
+        self.first_step: float | None = None  # when the first optimizer step ended
+        self.evaluation_started: float | None = None
+        self.last_evaluation: float | None = None  # seconds of the evaluation just ended; None: not timed
+        self.evaluations: list[float] = []
+        return self.started
 
     @property
     def first_step_seconds(self) -> float | None:
@@ -85,19 +90,27 @@ class WarmupClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.started is None:  # a Trainer driven without run_trainer
-            self.started = time.perf_counter()
+            self.started = _now()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.first_step is None:
-            self.first_step = time.perf_counter()
+            self.first_step = _now(synchronize=True)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.evaluation_started = time.perf_counter()
+        self.evaluation_started = _now(synchronize=True)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        if self.evaluation_started is not None:
-            self.evaluations.append(time.perf_counter() - self.evaluation_started)
-            self.evaluation_started = None
+        self.last_evaluation = None if self.evaluation_started is None else _now() - self.evaluation_started
+        if self.last_evaluation is not None:
+            self.evaluations.append(self.last_evaluation)
+        self.evaluation_started = None
+
+
+def _now(synchronize: bool = False) -> float:
+    """time.perf_counter(), after the GPU's queued work when asked (never starts CUDA where it is not in use)."""
+    if synchronize and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 class EpochLogCallback(TrainerCallback):
@@ -175,7 +188,7 @@ class EpochLogCallback(TrainerCallback):
         first_step = None if self.first_step_logged else self.clock.first_step_seconds
         self.first_step_logged = self.first_step_logged or first_step is not None
         return {
-            "evaluation_seconds": self.clock.evaluations[-1] if self.clock.evaluations else None,
+            "evaluation_seconds": self.clock.last_evaluation,
             "first_step_seconds": first_step,
         }
 

@@ -3,11 +3,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_gpu import summary, warmup_verdict
+from benchmarks.bench_gpu import parse_figure, run_stage, summary, warmup_verdict
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_gpu.py"
 
@@ -34,7 +35,8 @@ def test_a_benchmark_killed_mid_stage_has_already_printed_every_figure_it_finish
     figures = [json.loads(line) for line in printed if line.startswith("{")]
     assert [figure["stage"] for figure in figures[:2]] == ["machine", "data"]
     candidates = [figure["candidate"] for figure in figures if figure["stage"] == "warmup-model"]
-    assert candidates[-4:] == ["first_forward", "first_backward", "first_optimizer_step", "first_iteration"]
+    first = candidates.index("first_forward")
+    assert candidates[first:first + 4] == ["first_forward", "first_backward", "first_optimizer_step", "first_iteration"]
     assert all(figure["seconds"] >= 0 for figure in figures if figure["stage"] == "warmup-model")
     assert all(line.startswith(("{", "# ")) for line in printed)  # readable: no bars, warnings or chatter
     table = summary(figures)
@@ -67,3 +69,19 @@ def test_the_warmup_verdict_is_what_the_trainer_adds_to_the_models_own_first_cal
     assert verdict["met"] is True
     assert warmup_verdict(lines, "cpu")["met"] is False  # 1 s on a CPU
     assert warmup_verdict(lines[:1], "cuda")["status"] == "incomplete"
+
+
+def test_a_silent_stage_is_stopped_when_the_budget_runs_out():
+    start_time = time.monotonic()
+    figures = run_stage("warmup-model", {}, 0.05)  # stopped while Python still starts: it has printed nothing
+
+    assert figures[-1]["status"] == "stopped"
+    assert time.monotonic() - start_time < 10
+
+
+def test_only_a_json_object_with_a_stage_is_a_figure():
+    assert parse_figure('{"stage": "step", "batch_size": 8}\n') == {"stage": "step", "batch_size": 8}
+    assert parse_figure("{'loss': 0.5}\n") is None
+    assert parse_figure('{"loss": 0.5}\n') is None
+    assert parse_figure('{"stage": "step", "batch_size": 8}{"x": 1}\n') is None
+    assert parse_figure("# step: batch 8\n") is None

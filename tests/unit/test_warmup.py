@@ -1,12 +1,13 @@
 import gc
 import time
+import weakref
 
 import pytest
 import torch.utils.data.dataloader as torch_dataloader
 from transformers import ASTModel, TrainerCallback
 
 from lib.config import TrainingConfig
-from lib.core.runtime import seed_everything
+from lib.core.runtime import Runtime, seed_everything
 from lib.model.classifier import build_classifier
 from lib.train.engine import frozen_heap
 from lib.train.epochs import read_epoch_records
@@ -21,13 +22,15 @@ class FreezeCount(TrainerCallback):
         self.at_train_begin = gc.get_freeze_count()
 
 
-def train(tmp_path, workers: int = 0, extra_callbacks=()):
+def train(tmp_path, workers: int = 0, extra_callbacks=(), model=None, runtime=CPU, epochs: int = 2):
     seed_everything(0, True)
-    model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
-    config = TrainingConfig(epochs=2, batch_size=4, learning_rate=1e-3, warmup_steps=0, dataloader_num_workers=workers)
+    model = model or build_classifier(ASTModel(small_config()), ["a", "b", "c"])
+    config = TrainingConfig(
+        epochs=epochs, batch_size=4, learning_rate=1e-3, warmup_steps=0, dataloader_num_workers=workers
+    )
     return train_classifier(
         model, random_features(12, 0), random_features(6, 1), None, config,
-        tmp_path / "work", tmp_path / "log.txt", "warmup", CPU, extra_callbacks=extra_callbacks,
+        tmp_path / "work", tmp_path / "log.txt", "warmup", runtime, extra_callbacks=extra_callbacks,
     )
 
 
@@ -42,6 +45,30 @@ def test_the_objects_from_before_training_are_frozen_while_it_trains_and_returne
 
     assert count.at_train_begin >= 0.9 * before >= len(heap)
     assert gc.get_freeze_count() == 0
+
+
+class Alive(TrainerCallback):
+    def __init__(self, earlier):
+        self.earlier, self.at_train_begin = earlier, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at_train_begin = [reference() is not None for reference in self.earlier]
+
+
+@pytest.mark.train
+def test_members_trained_one_after_another_free_the_earlier_members_models(tmp_path):
+    # bf16 autocast: accelerate's wrapped forward refers back to its model, so only the cyclic collector frees it
+    autocast = Runtime(device="cpu", fp16=False, bf16=True)
+    earlier, seen = [], []
+    for member in range(3):
+        model = build_classifier(ASTModel(small_config()), ["a", "b", "c"])
+        alive = Alive(list(earlier))
+        train(tmp_path / str(member), model=model, runtime=autocast, extra_callbacks=[alive], epochs=1)
+        earlier.append(weakref.ref(model))
+        seen.append(alive.at_train_begin)
+        del model
+
+    assert seen == [[], [False], [False, False]]
 
 
 def test_a_caller_that_froze_objects_keeps_them_frozen():
@@ -94,4 +121,4 @@ def test_the_first_step_and_each_evaluation_are_timed_in_the_epoch_records_and_p
         "trainer set-up", "first optimizer step", "first evaluation", "training loop", "saving the best model",
     ]
     assert phases["first evaluation"] == pytest.approx(first.evaluation_seconds, abs=1e-3)
-    assert phases["first optimizer step"] == pytest.approx(first.first_step_seconds, abs=5e-3)
+    assert phases["first optimizer step"] == pytest.approx(first.first_step_seconds, abs=1e-3)
