@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -55,7 +56,8 @@ def _write_marker(work_dir: Path, run_fingerprint: str | None, owner: RunOwner |
     previous = _marker(work_dir) or {}
     name = owner.name or previous.get("name")  # a caller without a name keeps the one recorded
     marker = {"fingerprint": run_fingerprint, "kind": owner.kind, **({"name": name} if name else {})}
-    partial = Path(work_dir) / PARTIAL_RUN_FILE
+    # one partial file per process: torchrun's ranks rewrite the same marker at once (each renames its own)
+    partial = Path(work_dir) / f"{PARTIAL_RUN_FILE}.{os.getpid()}"
     partial.write_text(json.dumps(marker))
     partial.replace(Path(work_dir) / RUN_FILE)
 
@@ -74,7 +76,9 @@ def check_work_dir(work_dir: Path, owner: RunOwner | None = None) -> None:
     if not work_dir.is_dir():
         raise ConfigError(f"work_dir (--work-dir) {work_dir} is a file; pass a folder (a new one is created)")
     marker = _marker(work_dir)
-    if marker is None and any(entry.name not in (PARTIAL_RUN_FILE, LOCK_FILE) for entry in work_dir.iterdir()):
+    leftovers = [entry for entry in work_dir.iterdir()
+                 if entry.name != LOCK_FILE and not entry.name.startswith(PARTIAL_RUN_FILE)]  # a killed write's
+    if marker is None and leftovers:
         raise ConfigError(
             f"work_dir (--work-dir) {work_dir} is not empty and has no {RUN_FILE} marking it as an astft run's "
             "work dir; a run removes the checkpoint-* folders, best-model/ and training logs of its work dir, so "

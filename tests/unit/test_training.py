@@ -481,3 +481,27 @@ def test_the_trainer_prints_no_log_dicts_and_at_most_one_bar(tmp_path, bars):
     kinds = {type(callback) for callback in trainer.callback_handler.callbacks}
     assert PrinterCallback not in kinds and ProgressCallback not in kinds  # they print {'loss': ...} dicts
     assert (TrainingBar in kinds) == bars  # --progress: the training steps' bar, no evaluation bar under it
+
+
+def _rewrite_marker(work_dir, times):
+    from lib.train.workdir import _write_marker
+
+    for _ in range(times):
+        _write_marker(work_dir, "same-config")
+
+
+def test_torchrun_ranks_rewriting_the_run_marker_at_once_never_collide(tmp_path):
+    import multiprocessing
+
+    from lib.train.workdir import _marker
+
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=_rewrite_marker, args=(tmp_path, 300)) for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=60)
+
+    assert [rank.exitcode for rank in ranks] == [0, 0]  # one rank's rename once found the other's file gone
+    assert _marker(tmp_path)["fingerprint"] == "same-config"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["run.json"]
