@@ -152,7 +152,8 @@ def stage_warmup_model(job: dict) -> None:
 
     emit("warmup-model", f"imports {time.perf_counter() - started:.2f} s", candidate="imports",
          seconds=round(time.perf_counter() - started, 4))
-    timed("device_start", lambda: torch.zeros(1, device=runtime.device), "device start (CUDA context)")
+    timed("device_start", lambda: torch.zeros(1, device=runtime.device),
+          "device start (CUDA context)" if runtime.device == "cuda" else "device start (nothing to start on a CPU)")
     model = _model(job, runtime, labels)
     timed("model_to_device", lambda: model.to(runtime.device).train(), "model to the device")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     # `timeout` and schedulers stop with SIGTERM: end as Ctrl-C does, stopping the running stage and cleaning up
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _interrupt)
     profile = (FULL if args.full else QUICK)[args.device]
     lines = [emit("machine", f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
          f"device {args.device}, profile {'full' if args.full else 'quick'}, budget {args.budget:.0f} s",
@@ -525,12 +526,19 @@ def main(argv: list[str] | None = None) -> int:
                              and line.get("batch_size") == job["batch_size"]), {})
                 job["step_samples_per_second"] = step.get("samples_per_second")
             lines += run_stage(name, job, left)
-            if name == "warmup-trainer":
+            if name == "warmup-trainer" and any(line.get("candidate") for line in lines):
                 lines.append(warmup_verdict(lines, args.device))
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM): the running stage is stopped; what was measured stays
+        lines.append(emit("interrupted", "stopped by Ctrl-C or a signal", status="interrupted"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(summary(lines), flush=True)
-    return 1 if any(line.get("status") in ("failed", "stopped") for line in lines) else 0
+    if not args.no_summary:
+        print(summary(lines), flush=True)
+    return 1 if any(line.get("status") in ("failed", "stopped", "interrupted") for line in lines) else 0
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def warmup_verdict(lines: list[dict], device: str) -> dict:
@@ -564,7 +572,7 @@ def summary(lines: list[dict]) -> str:
 
     for line in lines:
         stage = line["stage"]
-        if line.get("status") in ("skipped", "stopped", "failed", "incomplete"):
+        if line.get("status") in ("skipped", "stopped", "failed", "incomplete", "interrupted"):
             row(stage, f"{line['status']}" + (f" ({line['reason']})" if line.get("reason") else ""))
         elif stage == "machine":
             row("machine", f"{line['cpus']} CPUs, load {line['load_average'][0]:.2f}, {line['device']}, "
@@ -603,6 +611,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", nargs="+", choices=list(STAGE_FUNCTIONS), help="only these stages")
     parser.add_argument("--cpu-threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--summarize", metavar="LOG", help="print the summary table of a benchmark log and stop")
+    parser.add_argument("--no-summary", action="store_true", help="leave the table out (gpu_check.sh prints it last)")
     parser.add_argument("--stage", choices=list(STAGE_FUNCTIONS), help=argparse.SUPPRESS)  # a stage's own process
     parser.add_argument("--job", help=argparse.SUPPRESS)
     return parser.parse_args(argv)

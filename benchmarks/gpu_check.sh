@@ -18,16 +18,22 @@
 # give it BUDGET=900). DEVICE=cpu rehearses the script where no GPU is: the same steps on the CPU in float32
 # (the GPU tests but AST-base's, the benchmark with the small config), in under 3 minutes on 2 cores.
 set -uo pipefail
+usage="usage: bash benchmarks/gpu_check.sh [all|tests|bench] [--full]   (settings: see the top of this file)"
+# OUT as the caller wrote it, from the caller's folder; the default lives in the repository (git-ignored)
+out=${OUT:+$(realpath -m -- "$OUT")}
 cd "$(dirname "$0")/.."
+out=${out:-$PWD/gpu-check-out}
 started=$SECONDS
 budget=${BUDGET:-235}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "gpu_check: BUDGET must be whole seconds, got '$budget'"; exit 2; }
 stage=all
 full=()
 for arg in "$@"; do
   case $arg in
     --full) full=(--full) ;;
     all|tests|bench) stage=$arg ;;
-    *) echo "gpu_check: unknown argument $arg (all|tests|bench, --full)"; exit 2 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    *) echo "gpu_check: unknown argument $arg"; echo "$usage"; exit 2 ;;
   esac
 done
 device=${DEVICE:-cuda}
@@ -37,13 +43,50 @@ if [ "$device" = cpu ]; then
 else
   select=()
 fi
-out=${OUT:-gpu-check-out}
-mkdir -p "$out" || { echo "gpu_check: cannot make OUT=$out (set OUT to a writable folder)"; exit 1; }
+mkdir -p "$out" && : > "$out/versions.txt" \
+  || { echo "gpu_check: cannot write to OUT=$out (set OUT to a writable folder)"; exit 1; }
 rm -f "$out/gpu-tests.log" "$out/gpu-tests.xml" "$out/bench.log" "$out/bench.jsonl"  # no stale stage in the summary
 python=${PYTHON:-python3}
 wheels=${WHEELS:-wheels}
+# The end of the output, which a remote runner keeps: the tests' result and the benchmark's table
+summarize() {
+  echo "==== gpu_check summary (stage $stage, device $device, $(( SECONDS - started )) s of a ${budget} s budget," \
+    "exit $status)"
+  [ -f "$out/gpu-tests.log" ] && grep -E "passed|failed|skipped|error|gpu_check:" "$out/gpu-tests.log" | tail -4
+  [ -f "$out/bench.log" ] && grep "gpu_check:" "$out/bench.log"
+  [ -f "$out/bench.log" ] && grep -q "^{" "$out/bench.log" && "$python" benchmarks/bench_gpu.py --summarize "$out/bench.log"
+  return 0
+}
 site=$(mktemp -d /tmp/astft-site.XXXXXX)
 trap 'rm -rf "$site"' EXIT  # also when a stage or the import check stops the script early
+# Ctrl-C or a TERM stops the running stage too: `timeout` runs it in its own process group, which the terminal's
+# Ctrl-C does not reach, so the signal is passed on to `timeout`, which passes it to the whole group
+running=
+status=0
+stop() {
+  echo "gpu_check: stopped by a signal"
+  [ -n "$running" ] && kill -TERM "$running" 2>/dev/null && wait "$running" 2>/dev/null
+  status=130
+  summarize
+  exit 130
+}
+trap stop INT TERM
+# run LOG COMMAND...: the command (a `timeout ...`) in the background, so that the trap above can stop it, with
+# its output in LOG and followed on the terminal until it ends (tail --pid reads to the end); its exit status
+run() {
+  local log=$1 rc viewer
+  shift
+  : > "$log"
+  "$@" >> "$log" 2>&1 &
+  running=$!
+  tail -n +1 -s 0.2 -f --pid="$running" "$log" &
+  viewer=$!
+  wait "$running"
+  rc=$?
+  wait "$viewer"
+  running=
+  return $rc
+}
 
 if compgen -G "$wheels/*.whl" >/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
@@ -82,23 +125,26 @@ EOF
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 
 left() { local seconds=$(( budget - (SECONDS - started) )); echo $(( seconds > 0 ? seconds : 0 )); }
-status=0
 if [ "$stage" = all ] || [ "$stage" = tests ]; then
   tests_timeout=${TESTS_TIMEOUT:-120}
-  # leave the benchmark at least 100 s when it runs too
   reserve=10  # the kill grace below
-  [ "$stage" = all ] && reserve=110
+  [ "$stage" = all ] && reserve=110  # the benchmark's least, 90 s, and its margins
   [ $(( $(left) - reserve )) -lt "$tests_timeout" ] && tests_timeout=$(( $(left) - reserve ))
   if [ "$tests_timeout" -lt 30 ]; then
-    echo "gpu_check: tests not run: $(( tests_timeout > 0 ? tests_timeout : 0 )) s of the budget left for them, 30 s" \
-      "at least needed (raise BUDGET)" | tee "$out/gpu-tests.log"
+    echo "gpu_check: tests not run: $(( tests_timeout > 0 ? tests_timeout : 0 )) s allowed them (BUDGET, TESTS_TIMEOUT)," \
+      "30 s at least needed" | tee "$out/gpu-tests.log"
     status=1
   else
     # -rfE: failures and errors only (-rA would print every passed test's captured DEBUG logs)
-    timeout -k 10 "$tests_timeout" "$python" -m pytest -m gpu tests/gpu/test_gpu.py ${select[@]+"${select[@]}"} \
-      -p no:cacheprovider -q \
-      -rfE -o log_level=WARNING --durations=5 --junitxml "$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.log"
-    [ "${PIPESTATUS[0]}" = 0 ] || { status=1; echo "gpu_check: tests failed or passed their ${tests_timeout} s"; }
+    run "$out/gpu-tests.log" timeout -k 10 "$tests_timeout" "$python" -m pytest -m gpu tests/gpu/test_gpu.py \
+      ${select[@]+"${select[@]}"} -p no:cacheprovider -q -rfE -o log_level=WARNING --durations=5 \
+      --junitxml "$out/gpu-tests.xml"
+    rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      echo "gpu_check: tests stopped at their ${tests_timeout} s limit (a loaded machine? raise TESTS_TIMEOUT and BUDGET)" \
+        | tee -a "$out/gpu-tests.log"
+    fi
+    [ "$rc" = 0 ] || status=1
   fi
 fi
 if [ "$stage" = all ] || [ "$stage" = bench ]; then
@@ -110,16 +156,12 @@ if [ "$stage" = all ] || [ "$stage" = bench ]; then
       "at least needed (raise BUDGET)" | tee "$out/bench.log"
     status=1
   else
-    timeout -k 5 $(( bench_budget + 15 )) "$python" benchmarks/bench_gpu.py --device "$device" \
-      --budget "$bench_budget" ${full[@]+"${full[@]}"} 2>&1 | tee "$out/bench.log"
-    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    run "$out/bench.log" timeout -k 5 $(( bench_budget + 15 )) "$python" benchmarks/bench_gpu.py --device "$device" \
+      --budget "$bench_budget" --no-summary ${full[@]+"${full[@]}"} || status=1
     grep '^{' "$out/bench.log" > "$out/bench.jsonl"
   fi
 fi
 # last, since a remote runner keeps only the end of the output: the tests' result and the benchmark's table
-echo "==== gpu_check summary (stage $stage, device $device, $(( SECONDS - started )) s of a ${budget} s budget, exit $status)"
-[ -f "$out/gpu-tests.log" ] && grep -E "passed|failed|skipped|error|not run" "$out/gpu-tests.log" | tail -4
-[ -f "$out/bench.log" ] && grep "not run" "$out/bench.log"
-[ -f "$out/bench.log" ] && grep -q "^{" "$out/bench.log" && "$python" benchmarks/bench_gpu.py --summarize "$out/bench.log"
+summarize
 rm -rf "$site"
 exit $status

@@ -78,3 +78,10 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_unconfigure(config):
+    """The session's Prefect and astft homes go with it (the servers started there are stopped by then)."""
+    import shutil
+
+    shutil.rmtree(_PREFECT_TMP, ignore_errors=True)
