@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -491,9 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         STAGE_FUNCTIONS[args.stage](json.loads(args.job))
         return 0
     if args.summarize:
-        lines = [figure for line in Path(args.summarize).read_text().splitlines()
-                 if (figure := parse_figure(line)) is not None]
-        print(summary(lines))
+        try:
+            text = Path(args.summarize).read_text(errors="replace")
+        except OSError as error:
+            print(f"bench_gpu: cannot read {args.summarize}: {error.strerror}", file=sys.stderr)
+            return 2
+        print(summary([figure for line in text.splitlines() if (figure := parse_figure(line)) is not None]))
         return 0
     started = time.monotonic()
     # `timeout` and schedulers stop with SIGTERM: end as Ctrl-C does, stopping the running stage and cleaning up
@@ -571,36 +575,44 @@ def summary(lines: list[dict]) -> str:
         rows.append(f"{name:<44}{value}")
 
     for line in lines:
-        stage = line["stage"]
-        if line.get("status") in ("skipped", "stopped", "failed", "incomplete", "interrupted"):
-            row(stage, f"{line['status']}" + (f" ({line['reason']})" if line.get("reason") else ""))
-        elif stage == "machine":
-            row("machine", f"{line['cpus']} CPUs, load {line['load_average'][0]:.2f}, {line['device']}, "
-                           f"{line['profile']} profile, AST {line['config']}")
-        elif stage == "warmup-trainer":
-            row("Trainer: first optimizer step / first eval", f"{line['first_step_seconds']:.2f} s / "
-                f"{line['first_evaluation_seconds']:.2f} s (later evals {line['later_evaluation_seconds']:.2f} s)")
-        elif stage == "warmup":
-            row("warm-up stall: first step / first eval", f"{line['first_step_stall_seconds']:.2f} s / "
-                f"{line['first_evaluation_stall_seconds']:.2f} s (target <= {line['target_seconds']:.0f} s: "
-                f"{'met' if line['met'] else 'missed'})")
-        elif stage == "warmup-model" and line["candidate"] in ("device_start", "first_iteration"):
-            row(f"model: {line['candidate'].replace('_', ' ')}", f"{line['seconds']:.2f} s")
-        elif stage in ("step", "compile") and line.get("samples_per_second"):
-            mfu = f", MFU {line['mfu']:.1%} (target 40%)" if line.get("mfu") else ""
-            row(f"{'model step' if stage == 'step' else 'compiled step'}, batch {line['batch_size']}",
-                f"{line['samples_per_second']:.1f} samples/s{mfu}")
-        elif stage == "sdpa":
-            row("attention kernel", f"{line['attention']}: {', '.join(line['kernels'][:3]) or 'n/a'}")
-        elif stage == "transfer":
-            row(f"pinned batch to the GPU, {line['dtype']}", f"{line['milliseconds']:.3f} ms")
-        elif stage == "eval-batch" and line.get("samples_per_second"):
-            row(f"evaluation, batch {line['batch_size']}", f"{line['samples_per_second']:.1f} samples/s")
-        elif stage == "epoch":
-            ratios = (f" = {line['ratio']:.0%} of the step (target 85%), whole run {line['run_ratio']:.0%} (70%)"
-                      if line.get("ratio") else "")
-            row(f"whole epoch, batch {line['batch_size']}", f"{line['samples_per_second']:.1f} samples/s{ratios}")
+        try:
+            summary_row(line, row)
+        except (KeyError, TypeError, ValueError, IndexError):  # a line cut or edited by hand: say so, keep the rest
+            row(str(line.get("stage")), "unreadable figure line")
     return "\n".join(["==== bench_gpu summary", *rows])
+
+
+def summary_row(line: dict, row: Callable[[str, str], None]) -> None:
+    """The summary's row for one figure line, if it has one."""
+    stage = line["stage"]
+    if line.get("status") in ("skipped", "stopped", "failed", "incomplete", "interrupted"):
+        row(stage, f"{line['status']}" + (f" ({line['reason']})" if line.get("reason") else ""))
+    elif stage == "machine":
+        row("machine", f"{line['cpus']} CPUs, load {line['load_average'][0]:.2f}, {line['device']}, "
+                       f"{line['profile']} profile, AST {line['config']}")
+    elif stage == "warmup-trainer":
+        row("Trainer: first optimizer step / first eval", f"{line['first_step_seconds']:.2f} s / "
+            f"{line['first_evaluation_seconds']:.2f} s (later evals {line['later_evaluation_seconds']:.2f} s)")
+    elif stage == "warmup":
+        row("warm-up stall: first step / first eval", f"{line['first_step_stall_seconds']:.2f} s / "
+            f"{line['first_evaluation_stall_seconds']:.2f} s (target <= {line['target_seconds']:.0f} s: "
+            f"{'met' if line['met'] else 'missed'})")
+    elif stage == "warmup-model" and line["candidate"] in ("device_start", "first_iteration"):
+        row(f"model: {line['candidate'].replace('_', ' ')}", f"{line['seconds']:.2f} s")
+    elif stage in ("step", "compile") and line.get("samples_per_second"):
+        mfu = f", MFU {line['mfu']:.1%} (target 40%)" if line.get("mfu") else ""
+        row(f"{'model step' if stage == 'step' else 'compiled step'}, batch {line['batch_size']}",
+            f"{line['samples_per_second']:.1f} samples/s{mfu}")
+    elif stage == "sdpa":
+        row("attention kernel", f"{line['attention']}: {', '.join(line['kernels'][:3]) or 'n/a'}")
+    elif stage == "transfer":
+        row(f"pinned batch to the GPU, {line['dtype']}", f"{line['milliseconds']:.3f} ms")
+    elif stage == "eval-batch" and line.get("samples_per_second"):
+        row(f"evaluation, batch {line['batch_size']}", f"{line['samples_per_second']:.1f} samples/s")
+    elif stage == "epoch":
+        ratios = (f" = {line['ratio']:.0%} of the step (target 85%), whole run {line['run_ratio']:.0%} (70%)"
+                  if line.get("ratio") else "")
+        row(f"whole epoch, batch {line['batch_size']}", f"{line['samples_per_second']:.1f} samples/s{ratios}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

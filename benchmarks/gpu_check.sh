@@ -25,7 +25,11 @@ cd "$(dirname "$0")/.."
 out=${out:-$PWD/gpu-check-out}
 started=$SECONDS
 budget=${BUDGET:-235}
-[[ $budget =~ ^[0-9]+$ ]] || { echo "gpu_check: BUDGET must be whole seconds, got '$budget'"; exit 2; }
+tests_limit=${TESTS_TIMEOUT:-120}
+for setting in "BUDGET=$budget" "TESTS_TIMEOUT=$tests_limit"; do
+  [[ ${setting#*=} =~ ^[0-9]+$ ]] || { echo "gpu_check: ${setting%%=*} must be whole seconds, got '${setting#*=}'"; exit 2; }
+done
+budget=$((10#$budget)) tests_limit=$((10#$tests_limit))  # 08 is eight seconds, not an octal error
 stage=all
 full=()
 for arg in "$@"; do
@@ -62,9 +66,11 @@ trap 'rm -rf "$site"' EXIT  # also when a stage or the import check stops the sc
 # Ctrl-C or a TERM stops the running stage too: `timeout` runs it in its own process group, which the terminal's
 # Ctrl-C does not reach, so the signal is passed on to `timeout`, which passes it to the whole group
 running=
+running_log=
 status=0
 stop() {
   echo "gpu_check: stopped by a signal"
+  [ -n "$running_log" ] && printf "\ngpu_check: stopped by a signal while running\n" >> "$running_log"
   [ -n "$running" ] && kill -TERM "$running" 2>/dev/null && wait "$running" 2>/dev/null
   status=130
   summarize
@@ -79,12 +85,13 @@ run() {
   : > "$log"
   "$@" >> "$log" 2>&1 &
   running=$!
+  running_log=$log
   tail -n +1 -s 0.2 -f --pid="$running" "$log" &
   viewer=$!
   wait "$running"
   rc=$?
   wait "$viewer"
-  running=
+  running= running_log=
   return $rc
 }
 
@@ -94,7 +101,7 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
 fi
 # the repository for lib/ (torchrun's ranks start with -m lib.recipes.finetune), then the carried packages
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export GPU_CHECK_DEVICE=$device HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # readable output: no progress bars (tqdm, the hub's, transformers' shard writing), no library chatter
 export TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error PYTHONWARNINGS=ignore
 unset TORCH_LOGS
@@ -102,6 +109,7 @@ unset TORCH_LOGS
 # What runs here, and whether lib/ imports: a missing package is named before any test starts.
 "$python" - <<'EOF' 2>&1 | tee "$out/versions.txt"
 import importlib.metadata
+import os
 import sys
 
 import torch
@@ -114,6 +122,8 @@ for name in ("torch", "transformers", "accelerate", "datasets", "pyarrow", "hugg
     except importlib.metadata.PackageNotFoundError:
         print(f"{name} MISSING: add it to the wheelhouse (benchmarks/make_wheelhouse.sh)")
 cuda = torch.cuda.is_available()
+if os.environ["GPU_CHECK_DEVICE"] == "cuda" and not cuda:
+    sys.exit("gpu_check: no CUDA device visible to torch (driver? CUDA_VISIBLE_DEVICES?); DEVICE=cpu rehearses on a CPU")
 print("cuda", torch.version.cuda, torch.cuda.get_device_name() if cuda else "no CUDA device visible",
       f"capability {torch.cuda.get_device_capability()}" if cuda else "")
 pyarrow = tuple(int(part) for part in importlib.metadata.version("pyarrow").split(".")[:2])
@@ -126,7 +136,7 @@ EOF
 
 left() { local seconds=$(( budget - (SECONDS - started) )); echo $(( seconds > 0 ? seconds : 0 )); }
 if [ "$stage" = all ] || [ "$stage" = tests ]; then
-  tests_timeout=${TESTS_TIMEOUT:-120}
+  tests_timeout=$tests_limit
   reserve=10  # the kill grace below
   [ "$stage" = all ] && reserve=110  # the benchmark's least, 90 s, and its margins
   [ $(( $(left) - reserve )) -lt "$tests_timeout" ] && tests_timeout=$(( $(left) - reserve ))

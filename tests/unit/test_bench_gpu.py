@@ -13,16 +13,17 @@ from benchmarks.bench_gpu import parse_figure, run_stage, summary, warmup_verdic
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_gpu.py"
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-u", str(SCRIPT), "--device", "cpu", *args], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,  # its own group: killed with its stages
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # what a SIGKILL leaves behind stays in the test's folder
     )
 
 
 @pytest.mark.train
-def test_a_benchmark_killed_mid_stage_has_already_printed_every_figure_it_finished():
-    bench = start("--stages", "warmup-model", "step")
+def test_a_benchmark_killed_mid_stage_has_already_printed_every_figure_it_finished(tmp_path):
+    bench = start(tmp_path, "--stages", "warmup-model", "step")
     printed = []
     for line in bench.stdout:
         printed.append(line)
@@ -44,8 +45,8 @@ def test_a_benchmark_killed_mid_stage_has_already_printed_every_figure_it_finish
 
 
 @pytest.mark.train
-def test_a_stage_that_does_not_fit_the_budget_is_skipped_with_a_line_saying_so():
-    bench = start("--stages", "step", "epoch", "--budget", "1")
+def test_a_stage_that_does_not_fit_the_budget_is_skipped_with_a_line_saying_so(tmp_path):
+    bench = start(tmp_path, "--stages", "step", "epoch", "--budget", "1")
     out, _ = bench.communicate(timeout=120)
 
     figures = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -85,3 +86,17 @@ def test_only_a_json_object_with_a_stage_is_a_figure():
     assert parse_figure('{"loss": 0.5}\n') is None
     assert parse_figure('{"stage": "step", "batch_size": 8}{"x": 1}\n') is None
     assert parse_figure("# step: batch 8\n") is None
+
+
+def test_a_figure_line_missing_its_fields_is_one_unreadable_row_and_the_rest_of_the_table_stays():
+    table = summary([
+        {"stage": "epoch"},
+        {"stage": "step", "batch_size": 8, "samples_per_second": "abc"},
+        {"stage": "step", "batch_size": 32, "samples_per_second": 800.0, "mfu": None},
+    ])
+
+    assert table.splitlines()[1:] == [
+        f"{'epoch':<44}unreadable figure line",
+        f"{'step':<44}unreadable figure line",
+        f"{'model step, batch 32':<44}800.0 samples/s",
+    ]
