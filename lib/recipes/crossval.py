@@ -14,7 +14,8 @@ from lib.config import CrossvalConfig
 from lib.core.errors import ConfigError
 from lib.core.layout import CROSSVAL_FILE, MEMBER_FILE, METRICS_FILE
 from lib.data.features import FeatureCacheRef
-from lib.data.layouts import dataset_folds, fold_split
+from lib.data.folds import fold_split
+from lib.data.layouts import dataset_folds
 from lib.evaluate.metrics import headline_metric
 from lib.recipes.finetune import FinetunePlan, plan_run
 

@@ -156,7 +156,7 @@ def test_a_rare_label_that_never_comes_first_is_spread_over_the_folds_and_counte
 
 
 def test_two_rare_labels_sharing_a_clip_each_reach_every_fold():
-    from lib.data.layouts import iterative_folds
+    from lib.data.folds import iterative_folds
 
     # x on clips 0-2, y on clips 0, 3 and 4: placing clip 0 by x alone used to leave a fold without y
     labels = [{"x", "y"}, {"x"}, {"x"}, {"y"}, {"y"}] + [{"a"}, {"b"}, {"a", "b"}] * 8
