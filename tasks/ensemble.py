@@ -18,7 +18,8 @@ from prefect.states import Cancelled
 
 from lib.core.errors import ConfigError
 from lib.core.layout import CARD_FILE, ENSEMBLE_FILE, RUN_CONFIG_FILE
-from lib.evaluate.ensemble import evaluate_ensemble, read_member
+from lib.evaluate.ensemble import evaluate_ensemble
+from lib.evaluate.members import read_member
 from lib.evaluate.plots import png_data_uri
 from lib.publish.card import dataset_name, ensemble_card
 from lib.recipes.finetune import FinetunePlan

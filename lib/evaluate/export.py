@@ -24,7 +24,7 @@ from lib.core.layout import ONNX_FILE, RUN_CONFIG_FILE, WEIGHTS_FILE
 from lib.data.features import FeatureParams, featurize, make_feature_extractor
 from lib.data.layouts import list_dataset
 from lib.data.scan import list_split
-from lib.evaluate.ensemble import (
+from lib.evaluate.members import (
     MemberInfo,
     check_compatible,
     load_member_model,

@@ -25,17 +25,17 @@ from lib.data.audio import AUDIO_SUFFIXES
 from lib.data.features import FeatureParams, featurize, make_feature_extractor
 from lib.data.scan import format_bad_files
 from lib.evaluate.calibration import softmax
-from lib.evaluate.ensemble import (
+from lib.evaluate.ensemble import soft_vote
+from lib.evaluate.export import export_metadata, onnx_session, read_metadata, require_exporter
+from lib.evaluate.inference import batch_logits
+from lib.evaluate.members import (
     REPUBLISH,
     MemberInfo,
     check_compatible,
     ensemble_thresholds,
     load_member_model,
     resolve_members,
-    soft_vote,
 )
-from lib.evaluate.export import export_metadata, onnx_session, read_metadata, require_exporter
-from lib.evaluate.inference import batch_logits
 from lib.evaluate.metrics import detailed_report, summary_metrics
 from lib.evaluate.multilabel import sigmoid
 

@@ -9,7 +9,8 @@ import pytest
 from lib.core.errors import EnsembleError
 from lib.data.features import FeatureParams
 from lib.evaluate.calibration import fit_temperature, softmax
-from lib.evaluate.ensemble import evaluate_ensemble, read_member, soft_vote
+from lib.evaluate.ensemble import evaluate_ensemble, soft_vote
+from lib.evaluate.members import read_member
 
 LABELS = ["a", "b"]
 
@@ -284,7 +285,7 @@ def test_ensemble_flow_trains_a_sweep_on_one_feature_cache_and_predict_reproduce
 
 
 def test_publish_backups_and_staging_folders_are_never_members(tmp_path):
-    from lib.evaluate.ensemble import resolve_members
+    from lib.evaluate.members import resolve_members
 
     fake_member(tmp_path, "real", [[0.0, 1.0]], [1])
     fake_member(tmp_path, ".real.previous", [[0.0, 1.0]], [1])

@@ -481,7 +481,7 @@ def test_a_fine_tune_work_dir_is_refused_to_pretraining_before_any_work(tmp_path
 
 def test_predict_says_a_pretrained_encoder_is_one_and_how_to_fine_tune_from_it(tmp_path):
     from lib.core.errors import EnsembleError
-    from lib.evaluate.ensemble import resolve_members
+    from lib.evaluate.members import resolve_members
     from tests.factories import make_ssl_checkpoint
 
     encoder, _ = make_ssl_checkpoint(tmp_path / "out" / "ssl" / "mine", small_config())

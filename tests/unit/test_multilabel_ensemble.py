@@ -10,7 +10,8 @@ import pytest
 
 from lib.core.errors import EnsembleError
 from lib.data.features import FeatureParams
-from lib.evaluate.ensemble import evaluate_ensemble, read_member
+from lib.evaluate.ensemble import evaluate_ensemble
+from lib.evaluate.members import read_member
 from lib.evaluate.multilabel import sigmoid
 from lib.evaluate.predict import vote_thresholds
 

@@ -7,7 +7,7 @@ import pytest
 
 import lib.publish.folder as publish_module
 from lib.data.features import FeatureParams
-from lib.evaluate.ensemble import resolve_members
+from lib.evaluate.members import resolve_members
 from lib.publish.folder import PublishSpec, publish_folder
 
 
