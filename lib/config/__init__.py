@@ -15,6 +15,13 @@ from lib.config.base import (
 )
 from lib.config.data import DataConfig
 from lib.config.loading import deep_merge, format_validation_error, load_config, read_preset
+from lib.config.pretraining import (
+    SSAST_MASK_RATIO,
+    ObjectiveConfig,
+    PretrainDataConfig,
+    PretrainModelConfig,
+    PretrainTrainingConfig,
+)
 from lib.config.runs import (
     CrossvalConfig,
     EnsembleConfig,
@@ -24,17 +31,12 @@ from lib.config.runs import (
     PretrainConfig,
 )
 from lib.config.sections import (
-    SSAST_MASK_RATIO,
     AugmentationConfig,
     EncoderConfig,
     EnsembleModelConfig,
     FeatureConfig,
     Freezing,
     ModelConfig,
-    ObjectiveConfig,
-    PretrainDataConfig,
-    PretrainModelConfig,
-    PretrainTrainingConfig,
     TaskConfig,
     TrainingConfig,
     TrainingSettings,

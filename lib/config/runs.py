@@ -23,16 +23,13 @@ from lib.config.base import (
     WaitForWorkDir,
 )
 from lib.config.data import DataConfig, with_dataset_features
+from lib.config.pretraining import ObjectiveConfig, PretrainDataConfig, PretrainModelConfig, PretrainTrainingConfig
 from lib.config.sections import (
     EncoderConfig,
     EnsembleModelConfig,
     FeatureConfig,
     Freezing,
     ModelConfig,
-    ObjectiveConfig,
-    PretrainDataConfig,
-    PretrainModelConfig,
-    PretrainTrainingConfig,
     TrainingConfig,
 )
 from lib.core.layout import RUNS_FOLDER, SSL_RUNS_FOLDER

@@ -26,8 +26,8 @@ from transformers import (
     default_data_collator,
 )
 
+from lib.config.pretraining import PretrainModelConfig
 from lib.config.runs import PretrainConfig
-from lib.config.sections import PretrainModelConfig
 from lib.core.errors import CheckpointError, ConfigError, ScanError
 from lib.core.hashing import digest
 from lib.core.layout import (
