@@ -120,7 +120,8 @@ def _batches(job: dict, split: str, size: int):
         batches.append((torch.stack([item["input_values"] for item in items]),
                         torch.stack([item["label"] for item in items])))
     if not batches:
-        raise SystemExit(f"batch {size} is larger than the {len(rows)} {split} clips: raise --clips")
+        raise SystemExit(f"batch {size} is larger than the {len(rows)} {split} clips: raise the profile's clips or "
+                         "lower its batch sizes (QUICK and FULL in benchmarks/bench_gpu.py)")
     return batches
 
 
