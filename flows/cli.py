@@ -263,8 +263,20 @@ def hold_run_locks(locks: ExitStack, plans: list) -> None:
 
 
 def entry() -> int:
-    """The astft command (and python -m flows): main, then the interpreter's exit without its last collection."""
+    """The astft command (and python -m flows): run in the warm process where one serves this environment (see
+    flows.warm), else main here and then a warm process started for the next command; the interpreter's exit
+    without its last collection."""
+    from flows import warm
+
+    warmable = warm.enabled(sys.argv)
+    if warmable:
+        key, environ, path = warm.warm_key(), dict(os.environ), list(sys.path)  # as the command started
+        code = warm.run_warm(sys.argv, key)
+        if code is not None:
+            return code
     code = main()
+    if warmable:
+        warm.start_in_background(key, environ, path)
     # Why by hand: at exit CPython collects every object left, and torch's, transformers' and Prefect's module graphs
     # make that 1.5-2.4 s on 2 cores (benchmarks/bench_peer.py's "exit"); frozen (gc.freeze, CPython's own), they
     # are left to the process's end. Not in main: tests call it in one long process, which must keep collecting.

@@ -17,6 +17,8 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["ASTFT_HOME"] = str(_PREFECT_TMP / "astft-home")
 # In-process CLI calls that stop at their plan start no server early (tests/integration/test_server.py's runs do).
 os.environ["ASTFT_EARLY_SERVER_START"] = "0"
+# CLI runs in subprocesses run in their own process and leave no warm process behind (tests/unit/test_warm.py's do).
+os.environ["ASTFT_WARM"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

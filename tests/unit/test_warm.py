@@ -1,0 +1,183 @@
+"""The warm start (flows.warm): a command runs in a child of the warm process, with its own terminal, folder,
+environment and exit code; its signals reach the child; none runs warm with another environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import warm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def warm_env(home: Path, **extra: str) -> dict[str, str]:
+    """The tests' environment with the warm start on; without pytest's PYTEST_CURRENT_TEST, which names each
+    test, so that the commands of several tests share one key."""
+    environ = {name: value for name, value in os.environ.items() if name != "PYTEST_CURRENT_TEST"}
+    return {**environ, "ASTFT_HOME": str(home), "PYTHONPATH": str(ROOT), warm.ENABLE_VARIABLE: "1", **extra}
+
+
+def astft(*args: str, env: dict[str, str], **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, **options)
+
+
+def served_commands(home: Path) -> list[str]:
+    """The warm process log's lines for the commands it ran."""
+    return [line for log in (home / "warm").glob("*.log") for line in log.read_text().splitlines()
+            if ": " in line and " (in " in line]
+
+
+def wait_until_ready(home: Path, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = list((home / "warm").glob("*.ready"))
+        if ready:
+            return ready[0].with_suffix(".sock")
+        time.sleep(0.1)
+    raise AssertionError(f"no warm process became ready under {home}")
+
+
+def fifo_checkpoint(ssl_checkpoint: Path, folder: Path) -> Path:
+    """A checkpoint whose config.json is a FIFO: reading it blocks, so a command waits at its plan until signalled."""
+    folder.mkdir()
+    shutil.copy(ssl_checkpoint / "model.safetensors", folder / "model.safetensors")
+    os.mkfifo(folder / "config.json")
+    return folder
+
+
+def start_blocked_command(dataset_dirs, checkpoint: Path, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    train, validation = dataset_dirs
+    command = [sys.executable, "-m", "flows", "finetune", "--train-dir", str(train), "--validation-dir",
+               str(validation), "--ssl-checkpoint", str(checkpoint), "--name", "blocked", "--output-dir",
+               str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    # SIGINT as a terminal's Ctrl-C delivers it (a shell running the tests may ignore it, and children inherit that)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def child_pid(home: Path, before: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = served_commands(home)
+        if len(lines) > before:
+            return int(lines[-1].split("pid ", 1)[1].split(":", 1)[0])
+        time.sleep(0.05)
+    raise AssertionError("the warm process ran no new command")
+
+
+def gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_key_follows_the_environment_and_install_folders_not_the_working_folder(tmp_path):
+    packages = tmp_path / "site-packages"
+    packages.mkdir()
+    path = [str(tmp_path / "repo"), str(packages)]
+    environ = {"HOME": "/home/someone", "PWD": "/a"}
+    key = warm.warm_key(environ, path)
+    assert warm.warm_key({**environ, "PWD": "/b", "OLDPWD": "/a"}, path) == key
+    assert warm.warm_key({**environ, "HF_HUB_OFFLINE": "1"}, path) != key
+    (tmp_path / "repo").mkdir()  # a run's outputs in the working folder
+    assert warm.warm_key(environ, path) == key
+    time.sleep(0.01)
+    (packages / "newly_installed").mkdir()
+    assert warm.warm_key(environ, path) != key
+
+
+def test_a_socket_path_too_long_for_unix_turns_the_warm_start_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASTFT_HOME", str(tmp_path / ("x" * 120)))
+    assert warm.socket_path("k" * 24) is None
+    monkeypatch.setenv("ASTFT_HOME", str(tmp_path))
+    assert warm.socket_path("k" * 24) == tmp_path / "warm" / f"{'k' * 24}.sock"
+
+
+def test_only_the_heavy_commands_run_warm_and_astft_warm_0_turns_it_off(monkeypatch):
+    monkeypatch.setenv(warm.ENABLE_VARIABLE, "1")
+    assert warm.enabled(["astft", "finetune", "--help"]) is sys.platform.startswith("linux")
+    assert not warm.enabled(["astft", "server", "status"])
+    assert not warm.enabled(["astft"])
+    monkeypatch.setenv(warm.ENABLE_VARIABLE, "0")
+    assert not warm.enabled(["astft", "finetune"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm start is Linux-only")
+class TestWarmCommands:
+    """One warm process (started by the first command), then commands through it."""
+
+    @pytest.fixture(scope="class")
+    def home(self, tmp_path_factory):
+        home = tmp_path_factory.mktemp("warm-home")
+        yield home
+        warm.stop_all(home)
+
+    def test_without_a_warm_process_a_command_runs_in_its_own_and_then_starts_one(self, home):
+        done = astft("finetune", "--name", "x", env=warm_env(home))
+        assert done.returncode == 2 and "astft: " in done.stderr  # the plan refused it, in this process
+        assert served_commands(home) == []
+        socket_file = wait_until_ready(home)
+        assert socket_file.is_socket() and oct(socket_file.stat().st_mode & 0o777) == "0o700"
+
+    def test_a_command_runs_in_the_warm_process_with_its_output_and_exit_code(self, home, tmp_path):
+        wait_until_ready(home)
+        refused = astft("finetune", "--name", "x", env=warm_env(home))
+        assert refused.returncode == 2 and "astft: invalid configuration" in refused.stderr
+        assert refused.stdout == ""
+        helped = astft("predict", "--help", env=warm_env(home))
+        assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
+        served = served_commands(home)
+        assert [line.split(": ", 1)[1].split(" (in ")[0] for line in served[-2:]] == ["finetune --name x",
+                                                                                       "predict --help"]
+
+    def test_another_environment_is_not_served_by_this_warm_process(self, home):
+        wait_until_ready(home)
+        before = len(served_commands(home))
+        done = astft("predict", "--help", env=warm_env(home, SOME_SETTING="changed"))
+        assert done.returncode == 0
+        assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
+
+    def test_ctrl_c_reaches_the_warm_child(self, home, dataset_dirs, ssl_checkpoint, tmp_path):
+        wait_until_ready(home)
+        before = len(served_commands(home))
+        checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
+        command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
+        child = child_pid(home, before)
+        time.sleep(1)  # into the plan, blocked reading the FIFO
+        command.send_signal(signal.SIGINT)
+        _, stderr = command.communicate(timeout=60)
+        assert command.returncode == 130 and "interrupted" in stderr
+        assert gone(child)
+
+    def test_a_command_killed_outright_interrupts_its_warm_child(self, home, dataset_dirs, ssl_checkpoint,
+                                                                  tmp_path):
+        wait_until_ready(home)
+        before = len(served_commands(home))
+        checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
+        command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
+        child = child_pid(home, before)
+        time.sleep(1)
+        command.kill()
+        command.communicate(timeout=60)
+        assert gone(child)
+
+    def test_stop_all_stops_the_warm_processes_and_removes_their_sockets(self, home):
+        socket_file = wait_until_ready(home)
+        pids = warm.stop_all(home)
+        assert pids
+        assert all(gone(pid) for pid in pids)
+        assert not socket_file.exists()
