@@ -8,8 +8,10 @@ checkpoint as the starting point (written once), 128 frames, the same epochs, ba
 cosine schedule with warm-up. The peer is benchmarks/peer_recipe.py (stock ASTForAudioClassification,
 features per batch through `datasets`' set_transform, load_best_model_at_end). Each side runs as a fresh
 process, alternating astft / peer in pairs, each with fresh output and cache folders (so astft builds its
-feature cache every time: the first run a user makes). astft runs on its local Prefect server, started before
-the first pair (`--ephemeral` to pay a server start per run instead).
+feature cache every time: the first run a user makes). astft runs on its local Prefect server and in its warm
+process (flows/warm.py: torch, transformers and datasets imported once), both started before the first pair, as
+a user's earlier command leaves them (`--cold`: each astft command in its own process, importing everything, as
+a first command does; `--ephemeral`: a server start per run as well).
 
 `--cold-start` compares astft with itself instead: each run on a fresh ASTFT_HOME (a user's first run, which
 starts the local server), alternating the server started after the plan (ASTFT_EARLY_SERVER_START=0) with the
@@ -59,8 +61,11 @@ def run_astft(data: Path, checkpoint: Path, work: Path, args, env: dict[str, str
         "--device", "cpu", "--set", "training.gradient_accumulation_steps=1",
         *(["--ephemeral"] if args.ephemeral else []),
     ]
+    env = env or _env()
+    if args.cold or args.ephemeral:
+        env = {**env, "ASTFT_WARM": "0"}
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env or _env())
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"astft failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -87,7 +92,8 @@ def run_peer(data: Path, checkpoint: Path, work: Path, args) -> dict:
 def run_cold(early: bool):
     """run_astft on a fresh ASTFT_HOME (the server starts, then is stopped), the server started early or not."""
     def run(data: Path, checkpoint: Path, work: Path, args) -> dict:
-        env = {**_env(), "ASTFT_HOME": str(work / "home"), "ASTFT_EARLY_SERVER_START": "1" if early else "0"}
+        env = {**_env(), "ASTFT_HOME": str(work / "home"), "ASTFT_EARLY_SERVER_START": "1" if early else "0",
+               "ASTFT_WARM": "0"}  # a first command imports everything (and its home is removed after it)
         try:
             return run_astft(data, checkpoint, work, args, env)
         finally:
@@ -115,7 +121,10 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--ephemeral", action="store_true", help="astft starts a server of its own each run")
+    parser.add_argument("--ephemeral", action="store_true",
+                        help="astft starts a server of its own each run (and imports everything: no warm process)")
+    parser.add_argument("--cold", action="store_true",
+                        help="each astft command in its own process, importing everything (no warm process)")
     parser.add_argument("--cold-start", action="store_true",
                         help="astft against itself on a fresh server each run: started after the plan, or early")
     args = parser.parse_args()
@@ -135,6 +144,14 @@ def main() -> None:
             from flows.server import local_server
 
             print(f"astft's local Prefect server: {local_server()} (started before the pairs)", flush=True)
+        if not (args.ephemeral or args.cold or args.cold_start):
+            started = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=REPO, env=_env(),
+                                     capture_output=True, text=True, timeout=300)
+            if started.returncode:
+                raise SystemExit(f"astft's warm process did not start:\n{started.stderr[-2000:]}")
+            print(f"astft's warm process: {started.stdout.strip()} (started before the pairs)", flush=True)
+        else:
+            print("astft: each command in its own process (no warm process)", flush=True)
         walls: dict[str, list[float]] = {side: [] for side, _ in sides}
         for pair in range(1, args.pairs + 1):
             for side, run in sides:
@@ -149,8 +166,10 @@ def main() -> None:
     finally:
         if not args.ephemeral and not args.cold_start and os.environ["ASTFT_HOME"].startswith(str(root)):
             from flows.server import stop_local_server
+            from flows.warm import stop_all
 
             stop_local_server(force=True)
+            stop_all()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -270,7 +270,7 @@ def serve(path_text: str) -> None:
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(0))  # stop_all: leave through the cleanup below
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
-    inode = os.stat(path).st_ino
+    inode, server = os.stat(path).st_ino, os.getpid()
     try:
         listener.listen(16)  # a command connecting now waits for the imports below, rather than doing its own
         path.with_suffix(".pid").write_text(str(os.getpid()))
@@ -293,7 +293,7 @@ def serve(path_text: str) -> None:
             _serve_one(connection, listener, log)
     finally:
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:  # still ours
+            if os.getpid() == server and os.stat(path).st_ino == inode:  # still ours
                 for suffix in (".ready", ".pid"):
                     path.with_suffix(suffix).unlink(missing_ok=True)
                 path.unlink()
@@ -322,6 +322,9 @@ def _serve_one(connection: socket.socket, listener: socket.socket, log) -> None:
         connection.settimeout(REQUEST_TIMEOUT_SECONDS)
         uid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
         header, fds, _, _ = socket.recv_fds(connection, HEADER.size, 3)
+        if not header:  # a readiness probe (start, start_in_background): connected, then closed
+            connection.close()
+            return
         magic, length = HEADER.unpack(header) if len(header) == HEADER.size else (b"", 0)
         if uid != os.getuid() or magic != MAGIC or len(fds) != 3:
             raise ValueError("not an astft command")
@@ -334,9 +337,12 @@ def _serve_one(connection: socket.socket, listener: socket.socket, log) -> None:
         return
     pid = os.fork()
     if pid == 0:
-        listener.close()
-        log.close()
-        _run_child(connection, request, fds)  # never returns
+        try:
+            listener.close()
+            log.close()
+            _run_child(connection, request, fds)
+        finally:
+            os._exit(1)  # never back into serve(), whose cleanup is the warm process's own
     connection.close()
     for fd in fds:
         os.close(fd)
@@ -388,6 +394,9 @@ def _run_child(connection: socket.socket, request: dict, fds: list[int]) -> None
     finally:
         with contextlib.suppress(BaseException):
             _finish()
+        # no Ctrl-C from here on: the command closes its socket once it has the code, which the orphan watcher
+        # would otherwise take for a kill and turn into a KeyboardInterrupt before os._exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(OSError):
             connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
         os._exit(code)

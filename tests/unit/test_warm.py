@@ -144,6 +144,16 @@ class TestWarmCommands:
         assert [line.split(": ", 1)[1].split(" (in ")[0] for line in served[-2:]] == ["finetune --name x",
                                                                                        "predict --help"]
 
+    def test_the_warm_process_outlives_the_commands_it_runs(self, home):
+        socket_file = wait_until_ready(home)
+        pid = int(socket_file.with_suffix(".pid").read_text())
+        before = len(served_commands(home))
+        for _ in range(5):  # each command closes its socket as its child exits: the child must never clean up
+            assert astft("predict", "--help", env=warm_env(home)).returncode == 0
+        assert len(served_commands(home)) == before + 5
+        assert socket_file.is_socket() and socket_file.with_suffix(".pid").read_text() == str(pid)
+        os.kill(pid, 0)
+
     def test_another_environment_is_not_served_by_this_warm_process(self, home):
         wait_until_ready(home)
         before = len(served_commands(home))
