@@ -138,10 +138,12 @@ examples:
                         help="where to write it (default: DIR/probabilities.onnx, which predict --backend onnxruntime "
                         "reads)")
     server = commands.add_parser(
-        "server", help="show or stop the local Prefect server that astft runs flows on",
+        "server", help="show or stop the local Prefect server that astft runs flows on, and its warm processes",
         description="astft runs its flows on a local Prefect server that outlives each run (started on first use, "
         "bound to 127.0.0.1, its database under ASTFT_HOME or ~/.astft/server), so runs stay visible in its UI; "
-        "nothing is started where PREFECT_API_URL is set.",
+        "nothing is started where PREFECT_API_URL is set. Its heavy commands run in a warm process that has "
+        "imported torch, transformers and datasets once (ended after 15 minutes unused; ASTFT_WARM=0: none); "
+        "stop ends those too.",
     )
     server.add_argument("action", choices=["status", "stop"])
     server.add_argument("--force", action="store_true", help="stop it even while flow runs are running on it")
@@ -341,6 +343,7 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
     from lib.core.errors import ConfigError, disk_error
 
     if args.command == "server":
+        from flows import warm
         from flows.server import server_status, stop_local_server
 
         try:
@@ -348,6 +351,10 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         except expected as error:
             print(f"astft: {error}", file=sys.stderr)
             return 2
+        if args.action == "status":
+            print(warm.status())
+        elif stopped := warm.stop_all():  # their imports are the memory astft holds between commands
+            print(f"stopped the warm process(es): pid {', '.join(map(str, stopped))}")
         return 0
     config: FinetuneConfig | EnsembleConfig | None = None
     pretrain_config: PretrainConfig | None = None  # pretrain first (astft pretrain, astft demo)

@@ -93,8 +93,7 @@ def warm_key(environ: dict[str, str] | None = None, path: list[str] | None = Non
 
 def socket_path(key: str) -> Path | None:
     """Where the warm process for this key listens; None where the path is too long for a Unix socket."""
-    home = Path(os.environ.get("ASTFT_HOME") or Path.home() / ".astft")
-    path = home.absolute() / "warm" / f"{key}.sock"
+    path = _folder().absolute() / f"{key}.sock"
     return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
@@ -177,15 +176,38 @@ def start(
 
 def stop_all(home: Path | None = None) -> list[int]:
     """Stop every warm process under ASTFT_HOME (a child running a command finishes it); their pids."""
-    folder = Path(home or os.environ.get("ASTFT_HOME") or Path.home() / ".astft") / "warm"
     stopped = []
-    for pid_file in sorted(folder.glob("*.pid")):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            if _holds_lock(pid_file.with_suffix(".lock")):
-                os.kill(pid, signal.SIGTERM)
-                stopped.append(pid)
+    for pid in _running(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
     return stopped
+
+
+def status(home: Path | None = None) -> str:
+    """A line for `astft server status`: the warm processes running under ASTFT_HOME."""
+    pids = _running(home)
+    if not pids:
+        return f"no warm process is running; the next heavy command starts one ({ENABLE_VARIABLE}=0: none)"
+    return (f"warm process(es), torch, transformers and datasets imported for the next command: pid "
+            f"{', '.join(map(str, pids))} (each ends after {_idle_seconds():.0f} s unused; {ENABLE_VARIABLE}=0: none)")
+
+
+def _idle_seconds() -> float:
+    return float(os.environ.get(IDLE_VARIABLE) or IDLE_SECONDS)
+
+
+def _running(home: Path | None = None) -> list[int]:
+    pids = []
+    for pid_file in sorted(_folder(home).glob("*.pid")):
+        with contextlib.suppress(OSError, ValueError):
+            if _holds_lock(pid_file.with_suffix(".lock")):
+                pids.append(int(pid_file.read_text()))
+    return pids
+
+
+def _folder(home: Path | None = None) -> Path:
+    return Path(home or os.environ.get("ASTFT_HOME") or Path.home() / ".astft") / "warm"
 
 
 def _send_request(client: socket.socket, request: dict) -> None:
@@ -281,7 +303,7 @@ def serve(path_text: str) -> None:
                   + (f" (not importable: {', '.join(skipped)})" if skipped else "")
                   + (f"; threads running, which a fork does not copy: {', '.join(threads)}" if threads else ""))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-        idle = float(os.environ.get(IDLE_VARIABLE) or IDLE_SECONDS)
+        idle = _idle_seconds()
         listener.settimeout(idle)
         path.with_suffix(".ready").write_text("")
         while True:

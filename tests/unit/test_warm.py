@@ -185,9 +185,20 @@ class TestWarmCommands:
         command.communicate(timeout=60)
         assert gone(child)
 
-    def test_stop_all_stops_the_warm_processes_and_removes_their_sockets(self, home):
+    def test_astft_server_shows_and_stops_the_warm_processes(self, home):
         socket_file = wait_until_ready(home)
-        pids = warm.stop_all(home)
-        assert pids
-        assert all(gone(pid) for pid in pids)
-        assert not socket_file.exists()
+        pid = int(socket_file.with_suffix(".pid").read_text())
+        status = astft("server", "status", env=warm_env(home))
+        assert status.returncode == 0 and "warm process(es)" in status.stdout and str(pid) in status.stdout
+        stopped = astft("server", "stop", "--force", env=warm_env(home))
+        assert stopped.returncode == 0 and "stopped the warm process(es): pid " in stopped.stdout
+        assert gone(pid) and not socket_file.exists()
+        after = astft("server", "status", env=warm_env(home))
+        assert "no warm process is running" in after.stdout
+
+
+def test_a_warm_process_unused_for_its_idle_time_ends_and_removes_its_socket(tmp_path):
+    where = tmp_path / "warm" / "k.sock"
+    process = warm.start(where, {**os.environ, warm.IDLE_VARIABLE: "1"}, [str(ROOT), *sys.path])
+    process.wait(timeout=120)
+    assert not where.exists() and "idle for 1 s: exiting" in where.with_suffix(".log").read_text()
