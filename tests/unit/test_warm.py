@@ -116,85 +116,106 @@ def test_only_the_heavy_commands_run_warm_and_astft_warm_0_turns_it_off(monkeypa
     assert not warm.enabled(["astft", "finetune"])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm start is Linux-only")
-class TestWarmCommands:
-    """One warm process (started by the first command), then commands through it."""
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the warm start is Linux-only")
 
-    @pytest.fixture(scope="class")
-    def home(self, tmp_path_factory):
-        home = tmp_path_factory.mktemp("warm-home")
-        yield home
-        warm.stop_all(home)
 
-    def test_without_a_warm_process_a_command_runs_in_its_own_and_then_starts_one(self, home):
-        done = astft("finetune", "--name", "x", env=warm_env(home))
-        assert done.returncode == 2 and "astft: " in done.stderr  # the plan refused it, in this process
-        assert served_commands(home) == []
-        socket_file = wait_until_ready(home)
-        assert socket_file.is_socket() and oct(socket_file.stat().st_mode & 0o777) == "0o700"
 
-    def test_a_command_runs_in_the_warm_process_with_its_output_and_exit_code(self, home, tmp_path):
-        wait_until_ready(home)
-        refused = astft("finetune", "--name", "x", env=warm_env(home))
-        assert refused.returncode == 2 and "astft: invalid configuration" in refused.stderr
-        assert refused.stdout == ""
-        helped = astft("predict", "--help", env=warm_env(home))
-        assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
-        served = served_commands(home)
-        assert [line.split(": ", 1)[1].split(" (in ")[0] for line in served[-2:]] == ["finetune --name x",
-                                                                                       "predict --help"]
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """An ASTFT_HOME with a warm process ready for the tests' environment."""
+    home = tmp_path_factory.mktemp("warm-home")
+    started = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    yield home
+    warm.stop_all(home)
 
-    def test_the_warm_process_outlives_the_commands_it_runs(self, home):
-        socket_file = wait_until_ready(home)
-        pid = int(socket_file.with_suffix(".pid").read_text())
-        before = len(served_commands(home))
-        for _ in range(5):  # each command closes its socket as its child exits: the child must never clean up
-            assert astft("predict", "--help", env=warm_env(home)).returncode == 0
-        assert len(served_commands(home)) == before + 5
-        assert socket_file.is_socket() and socket_file.with_suffix(".pid").read_text() == str(pid)
-        os.kill(pid, 0)
 
-    def test_another_environment_is_not_served_by_this_warm_process(self, home):
-        wait_until_ready(home)
-        before = len(served_commands(home))
-        done = astft("predict", "--help", env=warm_env(home, SOME_SETTING="changed"))
-        assert done.returncode == 0
-        assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
+@linux_only
+def test_without_a_warm_process_a_command_runs_in_its_own_and_then_starts_one(tmp_path):
+    done = astft("finetune", "--name", "x", env=warm_env(tmp_path))
+    assert done.returncode == 2 and "astft: " in done.stderr  # the plan refused it, in this process
+    assert served_commands(tmp_path) == []
+    socket_file = wait_until_ready(tmp_path)
+    assert socket_file.is_socket() and oct(socket_file.stat().st_mode & 0o777) == "0o700"
+    warm.stop_all(tmp_path)
 
-    def test_ctrl_c_reaches_the_warm_child(self, home, dataset_dirs, ssl_checkpoint, tmp_path):
-        wait_until_ready(home)
-        before = len(served_commands(home))
-        checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
-        command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
-        child = child_pid(home, before)
-        time.sleep(1)  # into the plan, blocked reading the FIFO
-        command.send_signal(signal.SIGINT)
-        _, stderr = command.communicate(timeout=60)
-        assert command.returncode == 130 and "interrupted" in stderr
-        assert gone(child)
 
-    def test_a_command_killed_outright_interrupts_its_warm_child(self, home, dataset_dirs, ssl_checkpoint,
-                                                                  tmp_path):
-        wait_until_ready(home)
-        before = len(served_commands(home))
-        checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
-        command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
-        child = child_pid(home, before)
-        time.sleep(1)
-        command.kill()
-        command.communicate(timeout=60)
-        assert gone(child)
+@linux_only
+def test_a_command_runs_in_the_warm_process_with_its_output_and_exit_code(home, tmp_path):
+    wait_until_ready(home)
+    refused = astft("finetune", "--name", "x", env=warm_env(home))
+    assert refused.returncode == 2 and "astft: invalid configuration" in refused.stderr
+    assert refused.stdout == ""
+    helped = astft("predict", "--help", env=warm_env(home))
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: ")
+    served = served_commands(home)
+    assert [line.split(": ", 1)[1].split(" (in ")[0] for line in served[-2:]] == ["finetune --name x",
+                                                                                   "predict --help"]
 
-    def test_astft_server_shows_and_stops_the_warm_processes(self, home):
-        socket_file = wait_until_ready(home)
-        pid = int(socket_file.with_suffix(".pid").read_text())
-        status = astft("server", "status", env=warm_env(home))
-        assert status.returncode == 0 and "warm process(es)" in status.stdout and str(pid) in status.stdout
-        stopped = astft("server", "stop", "--force", env=warm_env(home))
-        assert stopped.returncode == 0 and "stopped the warm process(es): pid " in stopped.stdout
-        assert gone(pid) and not socket_file.exists()
-        after = astft("server", "status", env=warm_env(home))
-        assert "no warm process is running" in after.stdout
+
+@linux_only
+def test_the_warm_process_outlives_the_commands_it_runs(home):
+    socket_file = wait_until_ready(home)
+    pid = int(socket_file.with_suffix(".pid").read_text())
+    before = len(served_commands(home))
+    for _ in range(5):  # each command closes its socket as its child exits: the child must never clean up
+        assert astft("predict", "--help", env=warm_env(home)).returncode == 0
+    assert len(served_commands(home)) == before + 5
+    assert socket_file.is_socket() and socket_file.with_suffix(".pid").read_text() == str(pid)
+    os.kill(pid, 0)
+
+
+@linux_only
+def test_another_environment_is_not_served_by_this_warm_process(home):
+    wait_until_ready(home)
+    before = len(served_commands(home))
+    done = astft("predict", "--help", env=warm_env(home, SOME_SETTING="changed"))
+    assert done.returncode == 0
+    assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
+
+
+@linux_only
+def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
+    wait_until_ready(home)
+    before = len(served_commands(home))
+    checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
+    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
+    child = child_pid(home, before)
+    time.sleep(1)  # into the plan, blocked reading the FIFO
+    command.send_signal(signal.SIGINT)
+    _, stderr = command.communicate(timeout=60)
+    assert command.returncode == 130 and "interrupted" in stderr
+    assert gone(child)
+
+
+@linux_only
+def test_a_command_killed_outright_interrupts_its_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
+    wait_until_ready(home)
+    before = len(served_commands(home))
+    checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
+    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
+    child = child_pid(home, before)
+    time.sleep(1)
+    command.kill()
+    command.communicate(timeout=60)
+    assert gone(child)
+
+
+@linux_only
+def test_astft_server_shows_and_stops_the_warm_processes(tmp_path):
+    home = tmp_path
+    assert subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
+                          timeout=300).returncode == 0
+    socket_file = wait_until_ready(home)
+    pid = int(socket_file.with_suffix(".pid").read_text())
+    status = astft("server", "status", env=warm_env(home))
+    assert status.returncode == 0 and "warm process(es)" in status.stdout and str(pid) in status.stdout
+    stopped = astft("server", "stop", "--force", env=warm_env(home))
+    assert stopped.returncode == 0 and "stopped the warm process(es): pid " in stopped.stdout
+    assert gone(pid) and not socket_file.exists()
+    after = astft("server", "status", env=warm_env(home))
+    assert "no warm process is running" in after.stdout
 
 
 def test_a_warm_process_unused_for_its_idle_time_ends_and_removes_its_socket(tmp_path):
