@@ -175,14 +175,20 @@ def test_another_environment_is_not_served_by_this_warm_process(home):
     assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
 
 
-@linux_only
-def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
+def blocked_warm_command(home: Path, dataset_dirs, ssl_checkpoint, tmp_path) -> tuple[subprocess.Popen, int]:
+    """A command running in the warm process, blocked in its plan; and its child's pid."""
     wait_until_ready(home)
     before = len(served_commands(home))
     checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
     command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
     child = child_pid(home, before)
     time.sleep(1)  # into the plan, blocked reading the FIFO
+    return command, child
+
+
+@linux_only
+def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
     command.send_signal(signal.SIGINT)
     _, stderr = command.communicate(timeout=60)
     assert command.returncode == 130 and "interrupted" in stderr
@@ -191,12 +197,7 @@ def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_p
 
 @linux_only
 def test_a_command_killed_outright_interrupts_its_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
-    wait_until_ready(home)
-    before = len(served_commands(home))
-    checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
-    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
-    child = child_pid(home, before)
-    time.sleep(1)
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
     command.kill()
     command.communicate(timeout=60)
     assert gone(child)
