@@ -319,14 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # while planning (the flows' own Ctrl-C is said in run_command)
             print("astft: interrupted before any run started", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # astft server status | head -1: the reader left, nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except Exception:  # a Ctrl-C that a lazy import turned into another error (transformers' ImportError)
             if not INTERRUPTED:
                 raise
             print("astft: interrupted before any run started", file=sys.stderr)
             return 130
-        except BrokenPipeError:  # astft server status | head -1: the reader left, nothing more to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
 
 
 INTERRUPTED = []  # a Ctrl-C was pressed: whatever it breaks on its way out (Prefect's crash handling) is said as one

@@ -54,14 +54,21 @@ def fifo_checkpoint(ssl_checkpoint: Path, folder: Path) -> Path:
     return folder
 
 
-def start_blocked_command(dataset_dirs, checkpoint: Path, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_blocked_command(dataset_dirs, checkpoint: Path, tmp_path: Path, env: dict[str, str],
+                          ignore: tuple[int, ...] = ()) -> subprocess.Popen:
     train, validation = dataset_dirs
     command = [sys.executable, "-m", "flows", "finetune", "--train-dir", str(train), "--validation-dir",
                str(validation), "--ssl-checkpoint", str(checkpoint), "--name", "blocked", "--output-dir",
                str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
-    # SIGINT as a terminal's Ctrl-C delivers it (a shell running the tests may ignore it, and children inherit that)
+    def signals() -> None:
+        # SIGINT as a terminal's Ctrl-C delivers it (a shell running the tests may ignore it, and children inherit
+        # that); the ignored ones as nohup leaves them
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for number in ignore:
+            signal.signal(number, signal.SIG_IGN)
+
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=signals)
 
 
 def child_pid(home: Path, before: int, timeout: float = 60) -> int:
@@ -175,12 +182,13 @@ def test_another_environment_is_not_served_by_this_warm_process(home):
     assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
 
 
-def blocked_warm_command(home: Path, dataset_dirs, ssl_checkpoint, tmp_path) -> tuple[subprocess.Popen, int]:
+def blocked_warm_command(home: Path, dataset_dirs, ssl_checkpoint, tmp_path, ignore: tuple[int, ...] = ()
+                         ) -> tuple[subprocess.Popen, int]:
     """A command running in the warm process, blocked in its plan; and its child's pid."""
     wait_until_ready(home)
     before = len(served_commands(home))
     checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
-    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home))
+    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home), ignore)
     child = child_pid(home, before)
     time.sleep(1)  # into the plan, blocked reading the FIFO
     return command, child
@@ -201,6 +209,66 @@ def test_a_command_killed_outright_interrupts_its_warm_child(home, dataset_dirs,
     command.kill()
     command.communicate(timeout=60)
     assert gone(child)
+
+
+def process_state(pid: int) -> str:
+    """R, S, T (stopped) ...: the state letter in /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@linux_only
+def test_term_sent_to_the_command_ends_its_warm_child_and_the_command_as_term(home, dataset_dirs, ssl_checkpoint,
+                                                                               tmp_path):
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+    command.terminate()
+    command.communicate(timeout=60)
+    assert command.returncode == -signal.SIGTERM and gone(child)
+
+
+@linux_only
+def test_a_hangup_the_command_ignores_nohup_style_does_not_reach_its_warm_child(home, dataset_dirs, ssl_checkpoint,
+                                                                                  tmp_path):
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path, ignore=(signal.SIGHUP,))
+    command.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert command.poll() is None and not gone(child, timeout=0)
+    command.send_signal(signal.SIGINT)
+    command.communicate(timeout=60)
+    assert command.returncode == 130 and gone(child)
+
+
+@linux_only
+def test_ctrl_z_stops_the_warm_child_with_the_command_and_fg_continues_both(home, dataset_dirs, ssl_checkpoint,
+                                                                             tmp_path):
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+    command.send_signal(signal.SIGTSTP)
+    time.sleep(1)
+    assert process_state(child) == "T" and process_state(command.pid) == "T"
+    command.send_signal(signal.SIGCONT)
+    time.sleep(1)
+    assert process_state(child) != "T" and process_state(command.pid) != "T"
+    command.send_signal(signal.SIGINT)
+    command.communicate(timeout=60)
+    assert command.returncode == 130 and gone(child)
+
+
+@linux_only
+def test_a_command_outliving_its_warm_process_does_not_keep_a_new_one_from_starting(dataset_dirs, ssl_checkpoint,
+                                                                                      tmp_path, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")  # a short path: a socket's is at most 108 bytes
+    started = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+    stopped = warm.stop_all(home)
+    assert stopped and all(gone(pid) for pid in stopped) and not gone(child, timeout=0)
+    again = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr  # the key's lock went with the warm process, not its child
+    command.send_signal(signal.SIGINT)
+    command.communicate(timeout=60)
+    assert command.returncode == 130 and gone(child)
+    warm.stop_all(home)
 
 
 @linux_only
