@@ -401,6 +401,8 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
         # server (if one is to be used) starts beside it
         from lib.core.timing import phase
 
+        with phase("imports (Prefect)"):  # imported by every command, warm ones too (flows/warm.py: why)
+            import prefect.main  # noqa: F401
         if not args.ephemeral:
             from flows.server import start_local_server_early
 
