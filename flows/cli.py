@@ -353,7 +353,9 @@ def run_command(args: argparse.Namespace, locks: ExitStack, expected: tuple[type
             return 2
         if args.action == "status":
             print(warm.status())
-        elif stopped := warm.stop_all():  # their imports are the memory astft holds between commands
+        # the warm processes' imports are the memory astft holds between commands (their children running
+        # commands finish them)
+        elif stopped := warm.stop_all():
             print(f"stopped the warm process(es): pid {', '.join(map(str, stopped))}")
         return 0
     config: FinetuneConfig | EnsembleConfig | None = None

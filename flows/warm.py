@@ -49,8 +49,8 @@ IDLE_VARIABLE = "ASTFT_WARM_IDLE_S"
 IDLE_SECONDS = 900.0
 # the commands that import the heavy modules (not `server`, which must stay light)
 COMMANDS = frozenset({"finetune", "ensemble", "crossval", "pretrain", "demo", "predict", "export"})
-# what a shell, terminal or login sets per session, which no preloaded module reads: not part of the key, so that
-# two terminals share a warm process (the child still gets the command's own values)
+# what a shell, terminal or login sets per session, which no preloaded module reads, and the warm start's own
+# settings: not part of the key, so that two terminals share a warm process (the child gets the command's values)
 SESSION_VARIABLES = frozenset({
     "PWD", "OLDPWD", "_", "SHLVL", "WINDOWID", "STY", "GPG_TTY", "TERM_SESSION_ID", "ITERM_SESSION_ID",
     "KITTY_WINDOW_ID", "WEZTERM_PANE", "XDG_SESSION_ID", "XDG_VTNR", "COLUMNS", "LINES",
@@ -73,6 +73,7 @@ GO = b"g"  # the command's go-ahead once it has the child's pid: a command that 
 REQUEST_TIMEOUT_SECONDS = 10.0  # a client that connects and sends nothing does not hold the warm process up
 READY_TIMEOUT_SECONDS = 120.0  # a warm process still importing answers within this, or the command runs here
 EXIT_TIMEOUT_SECONDS = 30.0  # after its exit code, how long the command waits for its child to be gone
+ORPHAN_GRACE_SECONDS = 30.0  # a child whose command was killed outright: its Ctrl-C's time, then a kill
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
 
 
@@ -209,11 +210,15 @@ def start(
 
 def status(home: Path | None = None) -> str:
     """A line for `astft server status`: the warm processes running under ASTFT_HOME."""
-    pids = _running(home)
-    if not pids:
+    if socket_path("0" * 24) is None:
+        return (f"no warm start: ASTFT_HOME's path is too long for its Unix socket (at most {MAX_SOCKET_PATH} bytes "
+                f"with warm/<key>.sock); set a shorter ASTFT_HOME")
+    running = _running(home)
+    if not running:
         return f"no warm process is running; the next heavy command starts one ({ENABLE_VARIABLE}=0: none)"
-    return (f"warm process(es), torch, transformers and datasets imported for the next command: pid "
-            f"{', '.join(map(str, pids))} (each ends after {_idle_seconds():.0f} s unused; {ENABLE_VARIABLE}=0: none)")
+    listed = ", ".join(f"pid {pid} (ends after {idle} s unused)" for pid, idle in running.items())
+    return (f"warm process(es), torch, transformers and datasets imported for the next command: {listed}; "
+            f"{ENABLE_VARIABLE}=0: none")
 
 
 def stop_all(home: Path | None = None) -> list[int]:
@@ -226,18 +231,20 @@ def stop_all(home: Path | None = None) -> list[int]:
     return stopped
 
 
-def _running(home: Path | None = None) -> list[int]:
-    """The pids of the warm processes under ASTFT_HOME: a .pid file whose process is a warm process serving its
-    socket (read from /proc, not by taking its lock, which would make one that is starting give up)."""
-    pids = []
+def _running(home: Path | None = None) -> dict[int, str]:
+    """The warm processes under ASTFT_HOME, pid -> their idle time ("?" while starting): a .pid file whose process
+    is a warm process serving its socket (read from /proc, not by taking its lock, which would make one that is
+    starting give up)."""
+    running = {}
     for pid_file in sorted(_folder(home).glob("*.pid")):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text())
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if any(b"from flows.warm import serve" in part for part in command) and os.fsdecode(command[-2]) == str(
                     pid_file.with_suffix(".sock")):
-                pids.append(pid)
-    return pids
+                ready = pid_file.with_suffix(".ready")
+                running[pid] = ready.read_text().strip() if ready.exists() else "?"
+    return running
 
 
 def _folder(home: Path | None = None) -> Path:
@@ -312,7 +319,7 @@ def _age() -> float:
 
 
 def _session_variable(name: str) -> bool:
-    return name in SESSION_VARIABLES or name.startswith(SESSION_PREFIXES)
+    return name in SESSION_VARIABLES or name.startswith(SESSION_PREFIXES) or name in (ENABLE_VARIABLE, IDLE_VARIABLE)
 
 
 def _process_settings() -> list:
@@ -360,6 +367,7 @@ def serve(path_text: str) -> None:
     listener.bind(str(path))
     os.umask(umask)  # what the imports below write (caches) is made as the command's own files would be
     inode, server = os.stat(path).st_ino, os.getpid()
+    command_line = _command_line_area()  # before anything changes the environment, whose strings follow it
     try:
         listener.listen(16)  # a command connecting now waits for the imports below, rather than doing its own
         path.with_suffix(".pid").write_text(str(os.getpid()))
@@ -370,14 +378,14 @@ def serve(path_text: str) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
         idle = _idle_seconds()
         listener.settimeout(idle)
-        path.with_suffix(".ready").write_text("")
+        path.with_suffix(".ready").write_text(f"{idle:.0f}")
         while True:
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
                 _log(log, f"idle for {idle:.0f} s: exiting")
                 return
-            _serve_one(connection, (listener, log, lock))
+            _serve_one(connection, (listener, log, lock), command_line)
     finally:
         with contextlib.suppress(OSError):
             if os.getpid() == server and os.stat(path).st_ino == inode:  # still ours
@@ -408,9 +416,10 @@ def _thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _serve_one(connection: socket.socket, held: tuple) -> None:
+def _serve_one(connection: socket.socket, held: tuple, command_line: tuple[int, int] | None) -> None:
     """Take one command's request and fork its child. held: what only the warm process may keep open (the
-    listener, its log, the key's lock: a child holding the lock would keep a later warm process from starting)."""
+    listener, its log, the key's lock: a child holding the lock would keep a later warm process from starting);
+    command_line: where this process's command line is, for the child's own (_show_as)."""
     fds: list[int] = []
     try:
         connection.settimeout(REQUEST_TIMEOUT_SECONDS)
@@ -433,6 +442,7 @@ def _serve_one(connection: socket.socket, held: tuple) -> None:
         try:
             for handle in held:
                 handle.close()
+            _show_as(request["argv"], command_line)
             _run_child(connection, request, fds)
         finally:
             os._exit(1)  # never back into serve(), whose cleanup is the warm process's own
@@ -440,6 +450,31 @@ def _serve_one(connection: socket.socket, held: tuple) -> None:
     for fd in fds:
         os.close(fd)
     _log(held[1], f"pid {pid}: {' '.join(request['argv'][1:])} (in {request['cwd']})")
+
+
+def _command_line_area() -> tuple[int, int] | None:
+    """(address, length) of this process's command line as the kernel shows it (/proc/PID/cmdline: ps, pkill -f):
+    the original argv strings, which end where the first environment string starts (how setproctitle finds them).
+    None where memory does not hold what /proc says."""
+    with contextlib.suppress(Exception):
+        shown = Path("/proc/self/cmdline").read_bytes()
+        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+        start = environ[0] - len(shown)
+        if ctypes.string_at(start, len(shown)) == shown:
+            return start, len(shown)
+    return None
+
+
+def _show_as(argv: list[str], command_line: tuple[int, int] | None) -> None:
+    """Show the child as the command it runs (ps, top, pkill -f), not as the warm process: `pkill -f flows.warm`
+    must not end a training run. Why by hand: setproctitle does this, but is not a dependency here."""
+    text = " ".join(["astft", *argv[1:]]).encode("utf-8", "replace")
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(15, b"astft", 0, 0, 0)  # PR_SET_NAME: top's and ps -o comm's name
+        if command_line is not None:
+            start, length = command_line
+            data = text[: length - 1]
+            ctypes.memmove(start, data + b"\0" * (length - len(data)), length)
 
 
 def _receive(connection: socket.socket, length: int) -> bytes:
@@ -529,11 +564,15 @@ def _finish() -> None:
 
 
 def _interrupt_when_orphaned(connection: socket.socket) -> None:
-    """The command was killed outright (its socket closed): interrupt the run as its Ctrl-C would have."""
+    """The command was killed outright (its socket closed): interrupt the run as its Ctrl-C would have, and end it
+    outright, as that kill would have at once, if it has not ended ORPHAN_GRACE_SECONDS later (a Ctrl-C can wait
+    on a Prefect server that is gone)."""
     with contextlib.suppress(OSError):
         while connection.recv(1024):
             pass
     os.killpg(0, signal.SIGINT)
+    time.sleep(ORPHAN_GRACE_SECONDS)
+    os.killpg(0, signal.SIGKILL)
 
 
 def _reseed() -> None:

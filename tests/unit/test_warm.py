@@ -100,6 +100,7 @@ def test_the_key_follows_the_environment_and_install_folders_not_the_working_fol
     key = warm.warm_key(environ, path)
     assert warm.warm_key({**environ, "PWD": "/b", "OLDPWD": "/a"}, path) == key
     assert warm.warm_key({**environ, "HF_HUB_OFFLINE": "1"}, path) != key
+    assert warm.warm_key({**environ, "ASTFT_WARM": "1", "ASTFT_WARM_IDLE_S": "3"}, path) == key
     (tmp_path / "repo").mkdir()  # a run's outputs in the working folder
     assert warm.warm_key(environ, path) == key
     time.sleep(0.01)
@@ -107,9 +108,10 @@ def test_the_key_follows_the_environment_and_install_folders_not_the_working_fol
     assert warm.warm_key(environ, path) != key
 
 
-def test_a_socket_path_too_long_for_unix_turns_the_warm_start_off(monkeypatch, tmp_path):
+def test_a_socket_path_too_long_for_unix_turns_the_warm_start_off_and_status_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("ASTFT_HOME", str(tmp_path / ("x" * 120)))
     assert warm.socket_path("k" * 24) is None
+    assert "ASTFT_HOME's path is too long" in warm.status()
     monkeypatch.setenv("ASTFT_HOME", str(tmp_path))
     assert warm.socket_path("k" * 24) == tmp_path / "warm" / f"{'k' * 24}.sock"
 
@@ -197,6 +199,9 @@ def blocked_warm_command(home: Path, dataset_dirs, ssl_checkpoint, tmp_path, ign
 @linux_only
 def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
     command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+    # ps and pkill -f see the command, not the warm process (pkill -f flows.warm must not end a run)
+    assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"astft finetune --train-dir ")
+    assert Path(f"/proc/{child}/comm").read_text().strip() == "astft"
     command.send_signal(signal.SIGINT)
     _, stderr = command.communicate(timeout=60)
     assert command.returncode == 130 and "interrupted" in stderr
@@ -278,8 +283,8 @@ def test_astft_server_shows_and_stops_the_warm_processes(tmp_path):
                           timeout=300).returncode == 0
     socket_file = wait_until_ready(home)
     pid = int(socket_file.with_suffix(".pid").read_text())
-    status = astft("server", "status", env=warm_env(home))
-    assert status.returncode == 0 and "warm process(es)" in status.stdout and str(pid) in status.stdout
+    status = astft("server", "status", env=warm_env(home, ASTFT_WARM_IDLE_S="5"))  # not this process's setting
+    assert status.returncode == 0 and f"pid {pid} (ends after 900 s unused)" in status.stdout
     stopped = astft("server", "stop", "--force", env=warm_env(home))
     assert stopped.returncode == 0 and "stopped the warm process(es): pid " in stopped.stdout
     assert gone(pid) and not socket_file.exists()
