@@ -137,7 +137,12 @@ def home(tmp_path_factory):
                              capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stderr
     yield home
-    warm.stop_all(home)
+    stop_servers(home)
+
+
+def stop_servers(home: Path) -> None:
+    """The warm processes and the local Prefect server a blocked command started (it blocks inside its flow)."""
+    astft("server", "stop", "--force", env=warm_env(home))
 
 
 @linux_only
@@ -273,7 +278,7 @@ def test_a_command_outliving_its_warm_process_does_not_keep_a_new_one_from_start
     command.send_signal(signal.SIGINT)
     command.communicate(timeout=60)
     assert command.returncode == 130 and gone(child)
-    warm.stop_all(home)
+    stop_servers(home)
 
 
 @linux_only
