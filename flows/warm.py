@@ -71,7 +71,10 @@ HEADER = struct.Struct("!6sQ")  # magic, request length
 MAGIC = b"ASTFT2"
 GO = b"g"  # the command's go-ahead once it has the child's pid: a command that gave up waiting never runs twice
 REQUEST_TIMEOUT_SECONDS = 10.0  # a client that connects and sends nothing does not hold the warm process up
-READY_TIMEOUT_SECONDS = 120.0  # a warm process still importing answers within this, or the command runs here
+READY_TIMEOUT_SECONDS = 120.0  # how long `start(wait=True)` waits for a warm process's imports
+# how long a command waits for a warm process still importing (about 5 s on 2 cores) before it runs in its own
+# process: a warm process stuck in its imports costs each command this, not READY_TIMEOUT_SECONDS
+COMMAND_WAIT_SECONDS = 30.0
 EXIT_TIMEOUT_SECONDS = 30.0  # after its exit code, how long the command waits for its child to be gone
 ORPHAN_GRACE_SECONDS = 30.0  # a child whose command was killed outright: its Ctrl-C's time, then a kill
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
@@ -134,7 +137,7 @@ def run_warm(argv: list[str], key: str) -> int | None:
         }
         try:
             _send_request(client, request)
-            client.settimeout(READY_TIMEOUT_SECONDS)
+            client.settimeout(COMMAND_WAIT_SECONDS)
             replies = client.makefile("rb")
             first = replies.readline()  # {"pid": ...} once the child has started
             if not first:

@@ -302,3 +302,22 @@ def test_a_warm_process_unused_for_its_idle_time_ends_and_removes_its_socket(tmp
     process = warm.start(where, {**os.environ, warm.IDLE_VARIABLE: "1"}, [str(ROOT), *sys.path])
     process.wait(timeout=120)
     assert not where.exists() and "idle for 1 s: exiting" in where.with_suffix(".log").read_text()
+
+
+@linux_only
+def test_a_command_runs_in_its_own_process_when_the_warm_one_does_not_answer(monkeypatch, tmp_path):
+    import socket
+
+    monkeypatch.setenv("ASTFT_HOME", str(tmp_path))
+    monkeypatch.setattr(warm, "COMMAND_WAIT_SECONDS", 0.5)
+    where = warm.socket_path("k" * 24)
+    where.parent.mkdir(mode=0o700)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # listening, never answering: stuck in its imports
+    stuck.bind(str(where))
+    stuck.listen(1)
+    try:
+        started = time.monotonic()
+        assert warm.run_warm(["astft", "predict", "--help"], "k" * 24) is None
+        assert time.monotonic() - started < 5
+    finally:
+        stuck.close()
