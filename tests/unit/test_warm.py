@@ -3,8 +3,8 @@ environment and exit code; its signals reach the child; none runs warm with anot
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,20 +46,16 @@ def wait_until_ready(home: Path, timeout: float = 120) -> Path:
     raise AssertionError(f"no warm process became ready under {home}")
 
 
-def fifo_checkpoint(ssl_checkpoint: Path, folder: Path) -> Path:
-    """A checkpoint whose config.json is a FIFO: reading it blocks, so a command waits at its plan until signalled."""
-    folder.mkdir()
-    shutil.copy(ssl_checkpoint / "model.safetensors", folder / "model.safetensors")
-    os.mkfifo(folder / "config.json")
-    return folder
-
-
-def start_blocked_command(dataset_dirs, checkpoint: Path, tmp_path: Path, env: dict[str, str],
+def start_blocked_command(dataset_dirs, ssl_checkpoint, tmp_path: Path, env: dict[str, str],
                           ignore: tuple[int, ...] = ()) -> subprocess.Popen:
+    """astft finetune --wait on a work dir whose lock is held: it waits in its plan (no flow, no server) until
+    signalled."""
     train, validation = dataset_dirs
     command = [sys.executable, "-m", "flows", "finetune", "--train-dir", str(train), "--validation-dir",
-               str(validation), "--ssl-checkpoint", str(checkpoint), "--name", "blocked", "--output-dir",
-               str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+               str(validation), "--ssl-checkpoint", str(ssl_checkpoint), "--name", "blocked", "--output-dir",
+               str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--wait",
+               "--set", "features.max_frames=null", "--set", "features.clip_seconds=0.6"]
+
     def signals() -> None:
         # SIGINT as a terminal's Ctrl-C delivers it (a shell running the tests may ignore it, and children inherit
         # that); the ignored ones as nohup leaves them
@@ -189,21 +185,28 @@ def test_another_environment_is_not_served_by_this_warm_process(home):
     assert len(served_commands(home)) == before  # ran in its own process (and started a second warm one)
 
 
-def blocked_warm_command(home: Path, dataset_dirs, ssl_checkpoint, tmp_path, ignore: tuple[int, ...] = ()
-                         ) -> tuple[subprocess.Popen, int]:
-    """A command running in the warm process, blocked in its plan; and its child's pid."""
-    wait_until_ready(home)
-    before = len(served_commands(home))
-    checkpoint = fifo_checkpoint(ssl_checkpoint, tmp_path / "checkpoint")
-    command = start_blocked_command(dataset_dirs, checkpoint, tmp_path, warm_env(home), ignore)
-    child = child_pid(home, before)
-    time.sleep(1)  # into the plan, blocked reading the FIFO
-    return command, child
+@pytest.fixture
+def blocked_command(dataset_dirs, ssl_checkpoint):
+    """start(home, tmp_path, ignore=()): a command running in home's warm process, waiting for a work dir this test
+    holds; returns it and its child's pid."""
+    from lib.core.locks import folder_lock
+
+    with contextlib.ExitStack() as held:
+        def start(home: Path, tmp_path: Path, ignore: tuple[int, ...] = ()) -> tuple[subprocess.Popen, int]:
+            held.enter_context(folder_lock(tmp_path / "out" / "runs" / "blocked", "the test's own run"))
+            wait_until_ready(home)
+            before = len(served_commands(home))
+            command = start_blocked_command(dataset_dirs, ssl_checkpoint, tmp_path, warm_env(home), ignore)
+            child = child_pid(home, before)
+            time.sleep(1)  # into its plan, waiting for the lock
+            return command, child
+
+        yield start
 
 
 @linux_only
-def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+def test_ctrl_c_reaches_the_warm_child(home, blocked_command, tmp_path):
+    command, child = blocked_command(home, tmp_path)
     # ps and pkill -f see the command, not the warm process (pkill -f flows.warm must not end a run)
     assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"astft finetune --train-dir ")
     assert Path(f"/proc/{child}/comm").read_text().strip() == "astft"
@@ -214,8 +217,8 @@ def test_ctrl_c_reaches_the_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_p
 
 
 @linux_only
-def test_a_command_killed_outright_interrupts_its_warm_child(home, dataset_dirs, ssl_checkpoint, tmp_path):
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+def test_a_command_killed_outright_interrupts_its_warm_child(home, blocked_command, tmp_path):
+    command, child = blocked_command(home, tmp_path)
     command.kill()
     command.communicate(timeout=60)
     assert gone(child)
@@ -227,18 +230,16 @@ def process_state(pid: int) -> str:
 
 
 @linux_only
-def test_term_sent_to_the_command_ends_its_warm_child_and_the_command_as_term(home, dataset_dirs, ssl_checkpoint,
-                                                                               tmp_path):
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+def test_term_sent_to_the_command_ends_its_warm_child_and_the_command_as_term(home, blocked_command, tmp_path):
+    command, child = blocked_command(home, tmp_path)
     command.terminate()
     command.communicate(timeout=60)
     assert command.returncode == -signal.SIGTERM and gone(child)
 
 
 @linux_only
-def test_a_hangup_the_command_ignores_nohup_style_does_not_reach_its_warm_child(home, dataset_dirs, ssl_checkpoint,
-                                                                                  tmp_path):
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path, ignore=(signal.SIGHUP,))
+def test_a_hangup_the_command_ignores_nohup_style_does_not_reach_its_warm_child(home, blocked_command, tmp_path):
+    command, child = blocked_command(home, tmp_path, ignore=(signal.SIGHUP,))
     command.send_signal(signal.SIGHUP)
     time.sleep(1)
     assert command.poll() is None and not gone(child, timeout=0)
@@ -248,9 +249,8 @@ def test_a_hangup_the_command_ignores_nohup_style_does_not_reach_its_warm_child(
 
 
 @linux_only
-def test_ctrl_z_stops_the_warm_child_with_the_command_and_fg_continues_both(home, dataset_dirs, ssl_checkpoint,
-                                                                             tmp_path):
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+def test_ctrl_z_stops_the_warm_child_with_the_command_and_fg_continues_both(home, blocked_command, tmp_path):
+    command, child = blocked_command(home, tmp_path)
     command.send_signal(signal.SIGTSTP)
     time.sleep(1)
     assert process_state(child) == "T" and process_state(command.pid) == "T"
@@ -263,13 +263,13 @@ def test_ctrl_z_stops_the_warm_child_with_the_command_and_fg_continues_both(home
 
 
 @linux_only
-def test_a_command_outliving_its_warm_process_does_not_keep_a_new_one_from_starting(dataset_dirs, ssl_checkpoint,
-                                                                                      tmp_path, tmp_path_factory):
+def test_a_command_outliving_its_warm_process_does_not_keep_a_new_one_from_starting(blocked_command, tmp_path,
+                                                                                      tmp_path_factory):
     home = tmp_path_factory.mktemp("home")  # a short path: a socket's is at most 108 bytes
     started = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
                              capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stderr
-    command, child = blocked_warm_command(home, dataset_dirs, ssl_checkpoint, tmp_path)
+    command, child = blocked_command(home, tmp_path)
     stopped = warm.stop_all(home)
     assert stopped and all(gone(pid) for pid in stopped) and not gone(child, timeout=0)
     again = subprocess.run([sys.executable, "-m", "flows.warm", "start"], cwd=ROOT, env=warm_env(home),
