@@ -251,7 +251,9 @@ def _running(home: Path | None = None) -> dict[int, str]:
 
 
 def _folder(home: Path | None = None) -> Path:
-    return Path(home or os.environ.get("ASTFT_HOME") or Path.home() / ".astft") / "warm"
+    from flows.server import astft_home  # the standard library only: cheap for the command's side
+
+    return Path(home or astft_home()) / "warm"
 
 
 def _private(folder: Path) -> bool:
